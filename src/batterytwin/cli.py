@@ -1,0 +1,97 @@
+"""``batterytwin <stage> ...``: argument parsing, logging, exit codes.
+
+Each stage package contributes its sub-commands through ``<package>/cli.py``, which defines
+``register(subparsers)``; the parser of each sub-command sets ``func`` (called with the parsed
+arguments; returns an exit code or ``None``). Bad input (:class:`~batterytwin.errors.InputError`)
+prints one line naming the file/key and the problem and exits with status 2; under MPI, every rank
+is stopped so none waits forever in a barrier.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from . import __version__
+from .errors import InputError
+
+# Stage packages, in pipeline order; a package without cli.py (not built yet) is skipped.
+STAGE_PACKAGES = (
+    "ingest",
+    "denoise",
+    "segment",
+    "microstructure",
+    "cellsim",
+    "degradation",
+    "report",
+    "inspect",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="batterytwin",
+        description="X-ray micro-CT of lithium batteries to a digital twin: one sub-command per "
+        "pipeline stage. Run under srun/mpirun for several ranks.",
+    )
+    parser.add_argument("--version", action="version", version=f"batterytwin {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only, no progress bars")
+    subparsers = parser.add_subparsers(dest="command", metavar="<stage>", required=True)
+    for name in STAGE_PACKAGES:
+        module_name = f"batterytwin.{name}.cli" if name != "inspect" else "batterytwin.inspect"
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name and module_name.startswith(exc.name):
+                continue  # stage not built yet
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def setup_logging(verbose: int, quiet: bool) -> None:
+    from .distributed import get_world
+
+    world = get_world()
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    if world.rank != 0 and verbose < 2:
+        level = logging.WARNING  # rank 0 speaks for the job
+    prefix = f"[rank {world.rank}/{world.size}] " if world.size > 1 else ""
+    logging.basicConfig(level=level, format=f"%(asctime)s {prefix}%(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S", stream=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose, args.quiet)
+    try:
+        code = args.func(args)
+    except InputError as exc:
+        print(f"batterytwin {args.command}: error: {exc}", file=sys.stderr)
+        _abort_other_ranks(2)
+        return 2
+    except KeyboardInterrupt:
+        print(f"batterytwin {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception:
+        logging.getLogger("batterytwin").exception("batterytwin %s failed", args.command)
+        _abort_other_ranks(1)
+        return 1
+    return int(code or 0)
+
+
+def _abort_other_ranks(code: int) -> None:
+    from .distributed import get_world
+
+    world = get_world()
+    if world.size > 1:
+        sys.stderr.flush()
+        world.abort(code)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""``batterytwin ingest`` and ``batterytwin phantom``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+
+from ..distributed import get_world
+from ..errors import InputError
+from . import driver, readers
+from .phantom import PhantomParams
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "ingest", help="tomography volume (TIFF, HDF5, NumPy, raw) -> sharded Zarr v3 volume store",
+        description="Stream a volume into a sharded Zarr v3 store in z slabs (memory bounded by "
+        "--max-memory-mb whatever the volume size), with optional crop and binning. The output "
+        "appears only when complete.")
+    p.add_argument("source", help="TIFF folder, multi-page .tif, .h5/.hdf5, .npy or raw file")
+    p.add_argument("output", help="output store, e.g. results/s1/volume.zarr")
+    p.add_argument("--format", default="auto", choices=readers.FORMATS, help="input format (default: from the name)")
+    p.add_argument("--dataset", default=readers.DXCHANGE_DATASET, help="HDF5 dataset path (default: DXchange %(default)s)")
+    p.add_argument("--shape", type=int, nargs=3, metavar=("Z", "Y", "X"), help="raw input: volume shape")
+    p.add_argument("--dtype", help="raw input: sample type, e.g. uint16, float32")
+    p.add_argument("--byte-order", default="little", choices=("little", "big"), help="raw input: byte order")
+    p.add_argument("--header-bytes", type=int, default=0, help="raw input: bytes to skip at the start")
+    p.add_argument("--voxel-size-um", type=float, nargs="+", required=True,
+                   help="voxel size of the source in micrometres: one value or three (z y x)")
+    p.add_argument("--crop", help="source-space crop 'z0:z1,y0:y1,x0:x1' (empty range = whole axis)")
+    p.add_argument("--bin", type=int, default=1, help="bin factor (mean over bin^3 voxels; output float32)")
+    p.add_argument("--output-dtype", default="auto", help="output sample type (default: source type)")
+    p.add_argument("--nan-fill", type=float, help="replace NaN/Inf with this value (default: reject them)")
+    _store_options(p)
+    p.add_argument("--max-memory-mb", type=float, default=2048, help="memory budget for one slab (default %(default)s)")
+    p.add_argument("--no-checksum", action="store_true", help="skip the SHA-256 of the source files")
+    p.set_defaults(func=run_ingest)
+
+    q = subparsers.add_parser(
+        "phantom", help="synthetic solid-state lithium-metal cell: CT image + ground-truth labels",
+        description="Write the built-in battery phantom shard by shard (ranks share the shards): "
+        "the noisy CT image, optionally the noise-free image and the ground-truth labels. "
+        "Classes: 0 pore, 1 solid_electrolyte, 2 lithium_metal, 3 cathode_active, "
+        "4 redeposited_lithium, 5 current_collector. Layers stack along z.")
+    q.add_argument("volume", help="output CT image store, e.g. results/phantom/volume.zarr")
+    q.add_argument("--clean", help="also write the noise-free image here")
+    q.add_argument("--labels", help="also write the ground-truth labels here")
+    q.add_argument("--shape", type=int, nargs=3, metavar=("Z", "Y", "X"), default=[48, 48, 48])
+    q.add_argument("--seed", type=int, default=0, help="geometry and noise seed (default %(default)s)")
+    q.add_argument("--frame", type=int, default=0, help="time-series frame (dendrites grow with it)")
+    q.add_argument("--n-frames", type=int, default=1, help="number of frames in the time series")
+    q.add_argument("--voxel-size-um", type=float, default=0.5)
+    q.add_argument("--param", action="append", default=[], metavar="KEY=JSON",
+                   help="any other phantom parameter, e.g. --param noise_sigma=0.08 --param ring_amplitude=0.03")
+    _store_options(q)
+    q.set_defaults(func=run_phantom)
+
+
+def _store_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--chunk", type=int, default=64, help="chunk edge (read unit), default %(default)s")
+    p.add_argument("--shard", type=int, default=256, help="shard edge (write unit), default %(default)s")
+
+
+def run_ingest(args: argparse.Namespace) -> None:
+    world = get_world()
+    if world.is_root:  # one sequential writer: ingest is I/O bound
+        reader = readers.open_reader(args.source, args.format, dataset=args.dataset, shape=args.shape,
+                                     dtype=args.dtype, byte_order=args.byte_order, header_bytes=args.header_bytes)
+        params = {k: v for k, v in vars(args).items() if k not in ("func", "verbose", "quiet", "command")}
+        voxel = args.voxel_size_um[0] if len(args.voxel_size_um) == 1 else args.voxel_size_um
+        driver.ingest_volume(reader, args.output, voxel_size_um=voxel, crop=args.crop, bin_factor=args.bin,
+                             output_dtype=args.output_dtype, nan_fill=args.nan_fill, chunk=args.chunk,
+                             shard=args.shard, max_memory_mb=args.max_memory_mb,
+                             checksum=not args.no_checksum, params=params)
+        log.info("wrote %s", args.output)
+    world.barrier()
+
+
+def parse_params(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise InputError(f"--param {item!r}: expected KEY=VALUE")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            raise InputError(f"--param {key}: value {value!r} is not valid JSON (quote strings)") from None
+    return out
+
+
+def run_phantom(args: argparse.Namespace) -> None:
+    values = {"shape": tuple(args.shape), "seed": args.seed, "frame": args.frame, "n_frames": args.n_frames,
+              "voxel_size_um": args.voxel_size_um, **parse_params(args.param)}
+    params = PhantomParams.from_dict(values)
+    driver.write_phantom(params, args.volume, args.clean, args.labels, chunk=args.chunk, shard=args.shard)
+    log.info("wrote %s", args.volume)

@@ -1,0 +1,71 @@
+# Shared helpers: config validation, the sample table, per-rule resources.
+import json
+import re
+
+from snakemake.utils import validate
+
+
+validate(config, workflow.source_path("../schemas/config.schema.yaml"))
+
+
+def _expand_samples(samples):
+    """Sample name -> spec; a synthetic time series becomes one sample per frame (name_t000, ...)."""
+    out = {}
+    for name, spec in samples.items():
+        frames = int(spec.get("frames", 1)) if spec["source"] == "synthetic" else 1
+        if frames == 1:
+            out[name] = dict(spec, frame=0, n_frames=1)
+        else:
+            for t in range(frames):
+                out[f"{name}_t{t:03d}"] = dict(spec, frame=t, n_frames=frames, series=name)
+    return out
+
+
+SAMPLE_SPECS = _expand_samples(config["samples"])
+SAMPLES = list(SAMPLE_SPECS)
+SYNTHETIC = [s for s, spec in SAMPLE_SPECS.items() if spec["source"] == "synthetic"]
+FROM_FILES = [s for s in SAMPLES if s not in SYNTHETIC]
+
+
+def _name_regex(names):
+    return "|".join(re.escape(n) for n in names) if names else "^$NEVER"
+
+
+def sample_dir(sample):
+    return f"results/{sample}"
+
+
+def is_synthetic(sample):
+    return sample in SYNTHETIC
+
+
+def RES(rule_name):
+    """Resources of a rule: config resources.default updated by resources.<rule>."""
+    res = dict(config["resources"]["default"])
+    res.update(config["resources"].get(rule_name, {}))
+    res.setdefault("mpi", config.get("mpi", "mpiexec"))
+    return res
+
+
+def THREADS(rule_name):
+    return int(RES(rule_name).get("cpus_per_task", 1))
+
+
+def _phantom_params(wildcards):
+    spec = SAMPLE_SPECS[wildcards.sample]
+    args = []
+    for key, value in spec.get("params", {}).items():
+        args.extend(["--param", f"{key}={json.dumps(value)}"])
+    return args
+
+
+def _ingest_options(wildcards):
+    spec = SAMPLE_SPECS[wildcards.sample]
+    voxel = spec["voxel_size_um"]
+    args = ["--format", spec.get("format", "auto"), "--voxel-size-um", *map(str, voxel if isinstance(voxel, list) else [voxel])]
+    for key in ("dataset", "dtype", "byte_order", "header_bytes", "crop", "bin", "output_dtype", "nan_fill"):
+        if spec.get(key) is not None:
+            args.extend([f"--{key.replace('_', '-')}", str(spec[key])])
+    if spec.get("shape") is not None:
+        args.extend(["--shape", *map(str, spec["shape"])])
+    return args
