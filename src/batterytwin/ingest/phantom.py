@@ -149,13 +149,16 @@ class CellGeometry:
         lay = p.layers
         objects: list = []
 
-        def spheres(z_range, fraction, median_radius, sigma, label, z_band=None):
-            z0, z1 = z_band or z_range
-            volume = (z1 - z0) * area
+        def spheres(z_range, fraction, median_radius, sigma, label):
+            # Centres also fall within a margin outside the slab and the volume, so that coverage
+            # is uniform right up to the slab faces (spheres are clipped to the slab when painted).
+            m = 2.0 * median_radius
+            lo, hi = np.array([z_range[0] - m, -m, -m]), np.array([z_range[1] + m, ny + m, nx + m])
+            volume = float(np.prod(hi - lo))
             mean_v = 4 / 3 * math.pi * median_radius**3 * math.exp(4.5 * sigma**2)
             # Boolean-model inversion: random overlapping spheres cover 1 - exp(-n v) of space.
             n = rng.poisson(-math.log(1 - min(fraction, 0.95)) * volume / mean_v) if fraction > 0 else 0
-            centres = np.column_stack([rng.uniform(z0, z1, n), rng.uniform(0, ny, n), rng.uniform(0, nx, n)])
+            centres = rng.uniform(lo, hi, (n, 3))
             radii = median_radius * np.exp(sigma * rng.standard_normal(n))
             return _Spheres(centres, radii, label, z_range)
 
@@ -228,9 +231,9 @@ def _redeposits(rng: np.random.Generator, p: PhantomParams, growth: float) -> li
 
 
 def _bbox_hits(lo: np.ndarray, hi: np.ndarray, coords: list[np.ndarray]) -> np.ndarray:
-    """Objects whose bounding boxes [lo, hi] meet the region spanned by ``coords``."""
-    rmin = np.array([c.min() for c in coords])
-    rmax = np.array([c.max() for c in coords])
+    """Objects whose bounding boxes [lo, hi] may meet the voxels (centres c + 0.5) of ``coords``."""
+    rmin = np.array([c.min() for c in coords]) - 1.0
+    rmax = np.array([c.max() for c in coords]) + 1.0
     return np.all((hi >= rmin) & (lo <= rmax), axis=1)
 
 

@@ -97,6 +97,8 @@ class MultipageTiffReader:
             dtypes = {np.dtype(p.dtype) for p in pages}
         except Exception as exc:
             raise InputError(f"{self.path}: unreadable or corrupt TIFF ({exc})") from None
+        if not shapes:
+            raise InputError(f"{self.path}: unreadable or corrupt TIFF (no image pages)")
         if len(shapes) != 1 or len(dtypes) != 1:
             raise InputError(f"{self.path}: pages differ in shape or dtype ({sorted(shapes)}, {sorted(map(str, dtypes))})")
         (shape,) = shapes
