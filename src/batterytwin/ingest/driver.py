@@ -104,8 +104,11 @@ def ingest_volume(reader, out_path: Path | str, *, voxel_size_um: Any, crop: Any
             sz0 = region[0].start + oz0 * bin_factor
             block = reader.read(sz0, sz0 + (oz1 - oz0) * bin_factor)[:, region[1], region[2]]
             block = _finite(block, nan_fill, where, sz0)
-            block = bin_volume(block, bin_factor)
-            arr[oz0:oz1] = _cast(block, dtype, where)
+            block = _cast(bin_volume(block, bin_factor), dtype, where)
+            # One shard column at a time: zarr encodes every shard of a write concurrently,
+            # so writing a whole slab at once would hold a full row of encoded shards.
+            for _, ys, xs in store.shard_regions((1, *out_shape[1:]), (1, *shards[1:])):
+                arr[oz0:oz1, ys, xs] = block[:, ys, xs]
             stats.add(block)
         zarr.open_group(str(tmp), mode="r+").attrs.update({"statistics": stats.result()})
     return Path(out_path)
@@ -140,11 +143,12 @@ class _RunningStats:
         self.n, self.s, self.s2, self.lo, self.hi = 0, 0.0, 0.0, math.inf, -math.inf
 
     def add(self, block: np.ndarray) -> None:
-        b = block.astype(np.float64)
-        self.n += b.size
-        self.s += float(b.sum())
-        self.s2 += float((b * b).sum())
-        self.lo, self.hi = min(self.lo, float(b.min())), max(self.hi, float(b.max()))
+        for plane in block:  # plane by plane: float64 copies of a whole slab would double memory
+            p = plane.astype(np.float64)
+            self.n += p.size
+            self.s += float(p.sum())
+            self.s2 += float(np.dot(p.ravel(), p.ravel()))
+        self.lo, self.hi = min(self.lo, float(block.min())), max(self.hi, float(block.max()))
 
     def result(self) -> dict[str, float]:
         mean = self.s / self.n

@@ -141,24 +141,48 @@ class Hdf5Reader:
 
 
 class NpyReader:
-    """A NumPy ``.npy`` file, memory-mapped (never unpickled)."""
+    """A NumPy ``.npy`` file, read slab by slab from its data offset (never unpickled)."""
 
     def __init__(self, path: os.PathLike | str):
         self.path = Path(path)
         self.files = [self.path]
         try:
-            self._data = np.load(self.path, mmap_mode="r", allow_pickle=False)
-        except ValueError as exc:
-            raise InputError(f"{self.path}: not a plain numeric .npy array ({exc})") from None
-        except OSError as exc:
-            raise InputError(f"{self.path}: unreadable .npy file ({exc})") from None
-        if self._data.ndim != 3:
-            raise InputError(f"{self.path}: expected a 3-D volume, got shape {self._data.shape}")
-        self.shape = tuple(self._data.shape)
-        self.dtype = check_numeric(self._data.dtype, str(self.path))
+            with open(self.path, "rb") as f:
+                version = np.lib.format.read_magic(f)
+                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0)
+                shape, fortran, dtype = read_header(f)
+                self._offset = f.tell()
+        except (ValueError, OSError) as exc:
+            raise InputError(f"{self.path}: not a readable .npy file ({exc})") from None
+        if dtype.hasobject:
+            raise InputError(f"{self.path}: holds Python objects (refused: never unpickled)")
+        if len(shape) != 3:
+            raise InputError(f"{self.path}: expected a 3-D volume, got shape {shape}")
+        if fortran:
+            raise InputError(f"{self.path}: Fortran-order arrays are not supported; save with C order")
+        self.shape = tuple(shape)
+        self.dtype = check_numeric(dtype, str(self.path))
+        self._reader = _SlabFile(self.path, self._offset, self.shape, self.dtype)
 
     def read(self, z0: int, z1: int) -> np.ndarray:
-        return np.array(self._data[z0:z1])
+        return self._reader.read(z0, z1)
+
+
+class _SlabFile:
+    """Plain reads of z slabs from a C-order binary file (no mmap: RSS stays what we hold)."""
+
+    def __init__(self, path: Path, offset: int, shape: tuple, dtype: np.dtype):
+        self.path, self.offset, self.shape, self.dtype = path, offset, shape, dtype
+        self.plane = int(np.prod(shape[1:]))
+
+    def read(self, z0: int, z1: int) -> np.ndarray:
+        with open(self.path, "rb") as f:
+            f.seek(self.offset + z0 * self.plane * self.dtype.itemsize)
+            data = np.fromfile(f, dtype=self.dtype, count=(z1 - z0) * self.plane)
+        if data.size != (z1 - z0) * self.plane:
+            raise InputError(f"{self.path}: file ends early (truncated?) in slices {z0}..{z1 - 1}")
+        return data.reshape(z1 - z0, *self.shape[1:]).astype(self.dtype.newbyteorder("="), copy=False)
 
 
 class RawReader:
@@ -186,10 +210,10 @@ class RawReader:
         if actual != expected:
             raise InputError(f"{self.path}: file has {actual} bytes but shape {list(self.shape)} x {base} "
                              f"+ {header_bytes} header bytes needs {expected}")
-        self._data = np.memmap(self.path, dtype=self.dtype, mode="r", offset=int(header_bytes), shape=self.shape)
+        self._reader = _SlabFile(self.path, int(header_bytes), self.shape, self.dtype)
 
     def read(self, z0: int, z1: int) -> np.ndarray:
-        return np.array(self._data[z0:z1]).astype(self.dtype.newbyteorder("="), copy=False)
+        return self._reader.read(z0, z1)
 
 
 def guess_format(path: Path) -> str:
