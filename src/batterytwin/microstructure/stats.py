@@ -1,0 +1,161 @@
+"""Morphology of a label volume: volume fractions, interface areas, layers, particles, lithium.
+
+All functions take ``labels`` uint8 [Z, Y, X] (z = stacking axis, z = 0 at the current collector)
+and return plain dicts/numbers (JSON-ready). Lengths in micrometres from ``voxel_size_um`` (z, y, x).
+
+Example::
+
+    volume_fractions(labels, {0: "pore", 1: "solid_electrolyte"})   # {"pore": 0.3, ...}
+    interface_areas(labels, classes, (0.5, 0.5, 0.5))               # {"pore|solid_electrolyte": {...}}
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+from skimage import measure
+
+from .clusters import SIX
+
+
+def volume_fractions(labels: np.ndarray, classes: dict[int, str], ignore_label: int = 255) -> dict[str, float]:
+    """Fraction of the whole volume per class (and ``"unlabelled"`` for ``ignore_label`` voxels)."""
+    counts = np.bincount(labels.ravel(), minlength=256).astype(np.float64) / labels.size
+    out = {name: float(counts[c]) for c, name in sorted(classes.items())}
+    if counts[ignore_label] > 0:
+        out["unlabelled"] = float(counts[ignore_label])
+    return out
+
+
+SMOOTH_SIGMA = 0.7  # voxels: marching cubes on a raw binary mask overestimates areas by ~9 %
+
+
+def surface_area_um2(mask: np.ndarray, voxel_size_um) -> float:
+    """Area of the boundary of ``mask`` (bool [Z, Y, X]) inside the volume, by marching cubes.
+
+    The mask is smoothed with a Gaussian of ``SMOOTH_SIGMA`` voxels first: on raw binary masks the
+    staircase mesh overestimates areas by ~9 % (spheres of any radius); smoothed, a sphere of radius
+    >= 5 voxels is within 2-4 % (-9 % at radius 3). The outer faces of the volume are not counted
+    (the mesh is open there).
+    """
+    if not mask.any() or mask.all():
+        return 0.0
+    field = ndimage.gaussian_filter(mask.astype(np.float32), SMOOTH_SIGMA, mode="nearest")
+    verts, faces, _, _ = measure.marching_cubes(field, level=0.5,
+                                                spacing=tuple(float(v) for v in voxel_size_um))
+    return float(measure.mesh_surface_area(verts, faces))
+
+
+def _touching(labels: np.ndarray, a: int, b: int) -> bool:
+    for ax in range(3):
+        lo = [slice(None)] * 3
+        hi = [slice(None)] * 3
+        lo[ax], hi[ax] = slice(0, -1), slice(1, None)
+        x, y = labels[tuple(lo)], labels[tuple(hi)]
+        if np.any((x == a) & (y == b)) or np.any((x == b) & (y == a)):
+            return True
+    return False
+
+
+def interface_areas(labels: np.ndarray, classes: dict[int, str], voxel_size_um) -> dict[str, dict[str, float]]:
+    """Interface area between every pair of touching classes (marching cubes).
+
+    Area(a|b) = (S(a) + S(b) - S(a u b)) / 2 with S the boundary area of a set: the shared
+    interface is counted in S(a) and S(b) but not in S(a u b).
+
+    Returns:
+        {"a|b": {"area_um2": A, "specific_area_per_um": A / V_total}} for touching pairs.
+    """
+    volume = labels.size * float(np.prod(voxel_size_um))
+    present = [c for c in sorted(classes) if np.any(labels == c)]
+    single = {c: surface_area_um2(labels == c, voxel_size_um) for c in present}
+    out = {}
+    for a, b in itertools.combinations(present, 2):
+        if not _touching(labels, a, b):
+            continue
+        union = surface_area_um2((labels == a) | (labels == b), voxel_size_um)
+        area = max(0.0, 0.5 * (single[a] + single[b] - union))
+        out[f"{classes[a]}|{classes[b]}"] = {"area_um2": area, "specific_area_per_um": area / volume}
+    return out
+
+
+def layer_ranges(labels: np.ndarray, class_id: int, min_fraction: float = 0.01) -> tuple[int, int] | None:
+    """First and last+1 z slice where class ``class_id`` covers >= ``min_fraction`` of the slice."""
+    frac = (labels == class_id).mean(axis=(1, 2))
+    idx = np.flatnonzero(frac >= min_fraction)
+    if len(idx) == 0:
+        return None
+    return int(idx[0]), int(idx[-1]) + 1
+
+
+def layers(labels: np.ndarray, classes: dict[int, str], voxel_size_um, min_fraction: float = 0.01) -> dict:
+    """Per class: z range (slices where it covers >= ``min_fraction``) and its thickness in um."""
+    out = {}
+    for c, name in sorted(classes.items()):
+        r = layer_ranges(labels, c, min_fraction)
+        if r is not None:
+            out[name] = {"z_start": r[0], "z_stop": r[1], "thickness_um": (r[1] - r[0]) * float(voxel_size_um[0])}
+    return out
+
+
+def particle_stats(mask: np.ndarray, voxel_size_um) -> dict[str, Any]:
+    """Active-material particles: mean radius r = 3 V / S and the equivalent-radius distribution.
+
+    ``mean_radius_um`` = 3 V / S is exact for equal spheres and does not need touching particles to
+    be separated; the distribution is of 6-connected components (touching particles merge).
+    """
+    if not mask.any():
+        return {"count": 0, "mean_radius_um": None, "equivalent_radii_um": []}
+    vox = float(np.prod(voxel_size_um))
+    area = surface_area_um2(mask, voxel_size_um)
+    lab, n = ndimage.label(mask, structure=SIX)
+    vols = np.bincount(lab.ravel())[1:] * vox
+    radii = np.cbrt(3 * vols / (4 * math.pi))
+    return {"count": int(n), "mean_radius_um": float(3 * mask.sum() * vox / area) if area > 0 else None,
+            "equivalent_radii_um": sorted((float(r) for r in radii), reverse=True)[:1000],
+            "equivalent_radius_mean_um": float(radii.mean()), "equivalent_radius_std_um": float(radii.std())}
+
+
+def lithium_stats(labels: np.ndarray, redeposited: int, anode: int | None, voxel_size_um) -> dict[str, Any]:
+    """Redeposited lithium: agglomerates (26-connected components) and dendrite length.
+
+    Protrusion of a redeposited voxel = (anode surface z in its column - its z) * voxel z size,
+    with the anode surface the lowest lithium-metal z of the column (the median surface where a
+    column has none). ``dendrite_length_um`` is the largest protrusion of a component that touches
+    the anode; ``max_protrusion_um`` the largest of any component.
+    """
+    vz = float(voxel_size_um[0])
+    vox = float(np.prod(voxel_size_um))
+    mask = labels == redeposited
+    if not mask.any():
+        return {"count": 0, "volumes_um3": [], "equivalent_diameters_um": [], "total_volume_um3": 0.0,
+                "dendrite_length_um": 0.0, "max_protrusion_um": 0.0, "attached_count": 0}
+    lab, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    vols = np.bincount(lab.ravel(), minlength=n + 1)[1:] * vox
+    out = {"count": int(n), "total_volume_um3": float(vols.sum()),
+           "volumes_um3": [float(v) for v in vols],
+           "equivalent_diameters_um": [float(d) for d in np.cbrt(6 * vols / math.pi)]}
+    if anode is None or not np.any(labels == anode):
+        out.update(dendrite_length_um=None, max_protrusion_um=None, attached_count=None,
+                   flag="no lithium-metal anode in the volume: protrusion undefined")
+        return out
+    metal = labels == anode
+    has = metal.any(axis=0)
+    surface = np.where(has, metal.argmax(axis=0), 0).astype(np.float64)
+    surface[~has] = np.median(surface[has])
+    z = np.arange(labels.shape[0])[:, None, None]
+    prot = np.where(mask, surface[None] - z, -np.inf)
+    per_comp = ndimage.maximum(prot, lab, index=np.arange(1, n + 1))
+    near = ndimage.binary_dilation(metal, structure=np.ones((3, 3, 3), bool))
+    attached = np.zeros(n + 1, bool)
+    attached[np.unique(lab[near & mask])] = True
+    attached = attached[1:]
+    per_comp = np.maximum(np.asarray(per_comp, dtype=np.float64), 0) * vz
+    out.update(dendrite_length_um=float(per_comp[attached].max()) if attached.any() else 0.0,
+               max_protrusion_um=float(per_comp.max()), attached_count=int(attached.sum()),
+               protrusions_um=[float(p) for p in per_comp])
+    return out

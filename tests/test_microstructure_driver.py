@@ -1,0 +1,162 @@
+"""The microstructure driver and CLI: outputs, the cell block, checkpoints, MPI, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from batterytwin.ingest.phantom import CLASSES, make_phantom
+from batterytwin.store import create_volume, volume_attrs
+
+from .conftest import BIN, mpiexec
+
+WALK = ["--walkers", "1024", "--steps", "600", "--records", "12", "--batches", "4", "--bootstrap", "50"]
+CLS = {str(k): v for k, v in CLASSES.items()}
+
+
+@pytest.fixture(scope="module")
+def phantom_store(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ms")
+    _, lab = make_phantom((40, 32, 32), seed=2)
+    path = d / "labels.zarr"
+    arr = create_volume(path, lab.shape, "uint8", volume_attrs("segment", 0.5, classes=CLS, ignore_label=255))
+    arr[...] = lab
+    return path, lab
+
+
+def _layer(lab, cls):
+    z = np.flatnonzero((lab == cls).mean(axis=(1, 2)) >= 0.01)
+    return int(z[0]), int(z[-1]) + 1
+
+
+def test_driver_outputs_and_cell_block(phantom_store, tmp_path, cli):
+    path, lab = phantom_store
+    out, msd = tmp_path / "m.json", tmp_path / "msd.npz"
+    code, err = cli("microstructure", "--labels", path, "--output", out, "--msd", msd, *WALK,
+                    "--checkpoint-dir", tmp_path / "work")
+    assert code == 0, err
+    rec = json.loads(out.read_text())
+    assert rec["schema"] == "batterytwin.microstructure/1"
+    assert rec["voxel_size_um"] == [0.5, 0.5, 0.5] and rec["classes"] == CLS
+    for c, name in CLASSES.items():
+        assert np.isclose(rec["volume_fractions"][name], np.mean(lab == c))
+    se = rec["tortuosity"]["solid_electrolyte"]
+    assert se["convention"] == "tau = eps * D_bulk / D_eff (TauFactor)"
+    assert np.array(se["tensor_D_eff_over_D_bulk"]).shape == (3, 3)
+    for a in ("z", "y", "x"):
+        assert set(se["axes"][a]) >= {"eps", "D_eff_over_D_bulk", "tau", "tau_pore", "tau_std", "percolating",
+                                      "linear_regime"}
+    # the electrolyte cannot cross the collector and the anode: no through-plane path in the whole cell
+    assert se["axes"]["z"]["percolating"] is False and se["axes"]["z"]["tau"] is None
+    assert se["axes"]["y"]["tau"] > 1.0
+
+    cell = rec["cell"]
+    assert cell["stacking_axis"] == "z" and cell["electrolyte_phase"] == "solid_electrolyte"
+    pe, sep = cell["positive_electrode"], cell["separator"]
+    z0, z1 = _layer(lab, 3)
+    a0, _ = _layer(lab, 2)
+    assert pe["z_range"] == [z0, z1] and sep["z_range"] == [z1, a0]
+    assert np.isclose(pe["thickness_um"], (z1 - z0) * 0.5)
+    region = lab[z0:z1]
+    assert np.isclose(pe["electrolyte_volume_fraction"], np.mean(region == 1))
+    assert np.isclose(pe["active_material_volume_fraction"], np.mean(region == 3))
+    assert np.isclose(pe["porosity_void"], np.mean(region == 0))
+    tau, eps = pe["tortuosity_electrolyte"], pe["electrolyte_volume_fraction"]
+    assert tau > 1.0 and np.isclose(pe["bruggeman"], 1 - np.log(tau) / np.log(eps))
+    assert np.isclose(pe["bruggeman_std"], pe["tortuosity_electrolyte_std"] / tau / -np.log(eps))
+    assert pe["particle_radius_um"] > 0.5
+    for key in ("thickness_um", "electrolyte_volume_fraction", "tortuosity_electrolyte", "bruggeman"):
+        assert key in sep
+    assert {"percolation", "layers", "interfaces", "particles", "lithium"} <= set(rec)
+
+    # MSD file: plain arrays, and refitting its mean curve gives the reported D_pore / D_bulk
+    with np.load(msd, allow_pickle=False) as f:
+        t = f["positive_electrode.solid_electrolyte.t_steps"]
+        m = f["positive_electrode.solid_electrolyte.msd_um2"]
+        free = f["positive_electrode.solid_electrolyte.free_slope_um2_per_step"]
+        assert "volume.solid_electrolyte.msd_um2" in f.files
+    sel = t >= 0.5 * t[-1]
+    slope = np.polyfit(t[sel], m[sel, 0], 1)[0]
+    assert np.isclose(slope / free[0], pe["tortuosity_detail"]["axes"]["z"]["D_pore_over_D_bulk"], rtol=1e-6)
+
+    # checkpoints: a rerun reuses every finished batch and reproduces the numbers
+    batches = sorted((tmp_path / "work").rglob("batch_*.npy"))
+    assert len(batches) > 0
+    stamp = {p: p.stat().st_mtime_ns for p in batches}
+    out2 = tmp_path / "m2.json"
+    code, err = cli("microstructure", "--labels", path, "--output", out2, "--msd", tmp_path / "msd2.npz", *WALK,
+                    "--checkpoint-dir", tmp_path / "work")
+    assert code == 0, err
+    assert sorted((tmp_path / "work").rglob("batch_*.npy")) == batches
+    assert all(p.stat().st_mtime_ns == s for p, s in stamp.items())
+    assert json.loads(out2.read_text())["cell"] == rec["cell"]
+
+
+@pytest.mark.mpi
+def test_two_ranks_equal_one(phantom_store, tmp_path, cli):
+    path, _ = phantom_store
+    one = tmp_path / "one.json"
+    code, err = cli("microstructure", "--labels", path, "--output", one, "--msd", tmp_path / "1.npz", *WALK,
+                    "--no-surface-area")
+    assert code == 0, err
+    two = tmp_path / "two.json"
+    mpiexec(2, str(BIN / "batterytwin"), "-q", "microstructure", "--labels", str(path), "--output", str(two),
+            "--msd", str(tmp_path / "2.npz"), *WALK, "--no-surface-area", timeout=240)
+    a, b = json.loads(one.read_text()), json.loads(two.read_text())
+    assert a["tortuosity"] == b["tortuosity"]
+    assert a["cell"] == b["cell"]
+
+
+def _store(path, lab, attrs):
+    arr = create_volume(path, lab.shape, "uint8", attrs)
+    arr[...] = lab
+    return path
+
+
+def test_bad_input(tmp_path, cli):
+    lab = np.ones((12, 12, 12), np.uint8)
+    lab[:, :4] = 0
+    good = volume_attrs("segment", 1.0, classes={"0": "pore", "1": "solid_electrolyte"})
+    p = _store(tmp_path / "a.zarr", lab, good)
+    args = ["--output", tmp_path / "o.json", "--msd", tmp_path / "o.npz", "--walkers", "64", "--batches", "4",
+            "--steps", "100", "--records", "5"]
+    code, err = cli("microstructure", "--labels", p, *args, "--phases", "pore", "binder")
+    assert code == 2 and "'binder' is not a class" in err
+    code, err = cli("microstructure", "--labels", p, *args[:-4], "--steps", "200000", "--records", "5")
+    assert code == 2 and "too small for the requested walk" in err
+    empty = _store(tmp_path / "e.zarr", np.ones_like(lab), good)
+    code, err = cli("microstructure", "--labels", empty, *args)
+    assert code == 2 and "absent" in err
+    no_vs = {k: v for k, v in good.items() if k != "voxel_size_um"}
+    p2 = _store(tmp_path / "b.zarr", lab, no_vs)
+    code, err = cli("microstructure", "--labels", p2, *args)
+    assert code == 2 and "voxel_size_um" in err
+    no_cls = {k: v for k, v in good.items() if k != "classes"}
+    code, err = cli("microstructure", "--labels", _store(tmp_path / "c.zarr", lab, no_cls), *args)
+    assert code == 2 and "classes" in err
+    code, err = cli("microstructure", "--labels", p, *args, "--params", '{"walk": {"n_walker": 5}}')
+    assert code == 2 and "walk.n_walker" in err
+    assert not (tmp_path / "o.json").exists()
+
+
+def test_time_series_lithium_growth(tmp_path, cli):
+    outs, vols = [], []
+    for frame in (0, 1):
+        _, lab = make_phantom((40, 32, 32), seed=3, frame=frame, n_frames=2)
+        vols.append(np.count_nonzero(lab == 4) * 0.5 ** 3)
+        path = _store(tmp_path / f"l{frame}.zarr", lab, volume_attrs("segment", 0.5, classes=CLS))
+        out = tmp_path / f"m{frame}.json"
+        prev = ["--previous", outs[-1]] if outs else []
+        code, err = cli("microstructure", "--labels", path, "--output", out, "--msd", tmp_path / f"{frame}.npz",
+                        *WALK, "--no-surface-area", "--phases", "solid_electrolyte", *prev)
+        assert code == 0, err
+        outs.append(out)
+    a, b = (json.loads(o.read_text())["lithium"] for o in outs)
+    assert np.isclose(a["total_volume_um3"], vols[0]) and np.isclose(b["total_volume_um3"], vols[1])
+    g = b["growth_from_previous"]
+    assert g["previous"] == str(outs[0]) and "growth_from_previous" not in a
+    assert np.isclose(g["total_volume_um3"]["change"], vols[1] - vols[0])
+    assert np.isclose(g["dendrite_length_um"]["change"], b["dendrite_length_um"] - a["dendrite_length_um"])
+    assert vols[1] > vols[0]  # the phantom's lithium grows

@@ -1,0 +1,196 @@
+"""Random-walk tortuosity against exact results and against TauFactor.
+
+References: free space (tau = 1), straight channels (tau = 1 along, no percolation across), a
+layered "comb" medium whose long-time diffusivities are exact volume fractions (below), and the
+steady-state finite-volume solve of `taufactor` on porespy media, computed in the same test.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from batterytwin.errors import InputError
+from batterytwin.microstructure import ckernel
+from batterytwin.microstructure import walk as W
+from batterytwin.microstructure.tortuosity import WalkParams, walk_tortuosity
+
+
+def _taus(res):
+    return {a: (v["tau"], v["tau_std"]) for a, v in res["axes"].items()}
+
+
+@pytest.mark.parametrize("boundary", ["mirror", "periodic"])
+def test_c_kernel_equals_torch_walk(boundary):
+    rng = np.random.default_rng(0)
+    mask = torch.from_numpy(rng.random((11, 9, 7)) < 0.6)
+    start = torch.from_numpy(np.flatnonzero(mask.numpy()))[:300]
+    ids = torch.arange(300) + 10_000
+    assert ckernel.load() is not None, "no C compiler: the fused CPU kernel cannot be built"
+    for off in (False, True):
+        a = W.walk_start(mask.shape, start, ids, 5, off)
+        b = W.walk_start(mask.shape, start, ids, 5, off)
+        if off:
+            W.offlattice_advance(mask, a, 0, 30, boundary, (0.4, 0.4, 0.4))
+            ckernel.offlattice_advance(mask.to(torch.uint8), b.voxel, b.frac, b.key, 0, 30, boundary, (0.4,) * 3)
+            assert torch.equal(a.voxel, b.voxel)
+            assert torch.allclose(a.frac, b.frac, atol=1e-9)
+        else:
+            W.lattice_advance(mask, a, 0, 150, boundary)
+            ckernel.lattice_advance(mask.to(torch.uint8), b.voxel, b.key, 0, 150, boundary, threads=2)
+            assert torch.equal(a.voxel, b.voxel)
+        # walkers stay in the phase (rejection / reflection never lets one into the solid)
+        Z, Y, X = mask.shape
+        v = b.voxel
+        idx = (W.fold(v[:, 0], Z, boundary) * Y + W.fold(v[:, 1], Y, boundary)) * X + W.fold(v[:, 2], X, boundary)
+        assert bool(mask.reshape(-1)[idx].all())
+        assert (a.displacement() != 0).any()
+
+
+@pytest.mark.parametrize("model,steps", [("lattice", 1000), ("offlattice", 1500)])
+def test_free_space_tau_is_one(model, steps):
+    res = walk_tortuosity(np.ones((24, 24, 24), bool),
+                          WalkParams(model=model, n_walkers=4096, n_steps=steps, n_batches=16, seed=3))
+    for a, (tau, std) in _taus(res).items():
+        assert std < 0.06
+        assert abs(tau - 1.0) < max(4 * std, 0.01), (a, tau, std)
+        assert res["axes"][a]["linear_regime"]
+    t = np.array(res["tensor_D_eff_over_D_bulk"])
+    assert abs(t[0, 1]) < 0.1 and abs(t[0, 2]) < 0.1
+
+
+def test_straight_channels():
+    m = np.zeros((20, 20, 20), bool)
+    m[:, 2:4, 2:4] = m[:, 10:12, 13:15] = True  # two channels along z
+    res = walk_tortuosity(m, WalkParams(n_walkers=2048, n_steps=800, n_batches=8))
+    z = res["axes"]["z"]
+    assert z["percolating"] and abs(z["tau"] - 1) < max(4 * z["tau_std"], 0.01)
+    assert abs(z["D_eff_over_D_bulk"] - m.mean()) < 4 * z["D_eff_over_D_bulk_std"] + 1e-3
+    for a in ("y", "x"):  # no path across: infinite tau reported as None + flag, zero flux
+        assert res["axes"][a]["percolating"] is False
+        assert res["axes"][a]["tau"] is None and res["axes"][a]["D_eff_over_D_bulk"] == 0.0
+        assert "not percolating" in res["axes"][a]["flag"]
+
+
+def comb(period_z=4, cell=4, reps=4):
+    """Layered medium, periodic: per period one open plane (z) and period_z-1 layers that are
+    solid except a 1x1 column per cell x cell patch (columns aligned through all layers).
+
+    Exact long-time values (lattice and continuum walks alike): z motion is free only in column
+    voxels, x/y motion only in the planes, so D_zz/D_bulk and D_xx/D_bulk are those volume
+    fractions of the (single) cluster. In steady-state terms the planes act in parallel along x
+    (D_eff,x = eps_planes) and the columns in series with the planes along z (D_eff,z = 1/cell^2),
+    giving the same tau = eps * D_bulk / D_eff.
+    """
+    nb = period_z - 1
+    m = np.zeros((period_z * reps, cell * reps, cell * reps), bool)
+    m[::period_z] = True
+    m[:, ::cell, ::cell] = True
+    per_cell = nb + cell * cell
+    tau_z = per_cell / (nb + 1)
+    tau_x = per_cell / (cell * cell)
+    return m, tau_z, tau_x
+
+
+@pytest.mark.parametrize("model,steps", [("lattice", 1500), ("offlattice", 3000)])
+def test_layered_medium_exact(model, steps):
+    m, tau_z, tau_x = comb()
+    assert np.isclose(m.mean(), (3 + 16) / 64)
+    res = walk_tortuosity(m, WalkParams(model=model, boundary="periodic", n_walkers=4096, n_steps=steps,
+                                        n_batches=16, seed=1, step_length=0.5))
+    for a, ref in (("z", tau_z), ("y", tau_x), ("x", tau_x)):
+        tau, std = res["axes"][a]["tau"], res["axes"][a]["tau_std"]
+        assert abs(tau - ref) < 4 * std + 0.01 * ref, (model, a, tau, std, ref)
+        assert std < 0.05 * ref
+
+
+@pytest.mark.parametrize("porosity", [0.45, 0.65])
+def test_against_taufactor(porosity):
+    ps = pytest.importorskip("porespy")
+    tf = pytest.importorskip("taufactor")
+    im = ps.generators.blobs(shape=[64, 64, 64], porosity=porosity, blobiness=1.5, seed=7).astype(bool)
+    res = walk_tortuosity(im, WalkParams(n_walkers=16384, n_steps=3000, n_batches=16, seed=2))
+    solver = tf.Solver(im.astype(np.uint8), device="cpu")
+    ref = float(np.ravel(solver.solve(verbose=False))[0])  # along axis 0 = z
+    tau, std = res["axes"]["z"]["tau"], res["axes"]["z"]["tau_std"]
+    print(f"porosity {porosity}: walk tau_z = {tau:.3f} +- {std:.3f}, TauFactor {ref:.3f}, "
+          f"difference {100 * (tau / ref - 1):+.1f}%")
+    assert res["axes"]["z"]["linear_regime"]
+    assert abs(tau / ref - 1) < 0.05
+    assert std / tau < 0.04
+
+
+def test_batches_and_seed():
+    rng = np.random.default_rng(1)
+    m = rng.random((16, 16, 16)) < 0.7
+    p = WalkParams(n_walkers=1024, n_steps=300, n_batches=4, seed=9)
+    a, b = walk_tortuosity(m, p), walk_tortuosity(m, p)
+    assert a["axes"]["z"]["tau"] == b["axes"]["z"]["tau"]  # reproducible from the seed
+    c = walk_tortuosity(m, WalkParams(n_walkers=1024, n_steps=300, n_batches=4, seed=10))
+    assert c["axes"]["z"]["tau"] != a["axes"]["z"]["tau"]
+    # torch path = C path, whole pipeline
+    d = walk_tortuosity(m, WalkParams(n_walkers=1024, n_steps=300, n_batches=4, seed=9, backend="torch"))
+    assert d["axes"]["z"]["tau"] == a["axes"]["z"]["tau"]
+
+
+def test_bad_walk_inputs():
+    with pytest.raises(InputError, match="absent"):
+        walk_tortuosity(np.zeros((8, 8, 8), bool), WalkParams())
+    with pytest.raises(InputError, match="too small for the requested walk"):
+        walk_tortuosity(np.ones((8, 8, 8), bool), WalkParams(n_steps=100_000, max_box_traversals=10))
+    with pytest.raises(InputError, match="cubic voxels"):
+        walk_tortuosity(np.ones((8, 8, 8), bool), WalkParams(n_steps=50), voxel_size_um=(1.0, 0.5, 0.5))
+    with pytest.raises(InputError, match="model"):
+        walk_tortuosity(np.ones((8, 8, 8), bool), WalkParams(model="brownian"))
+
+
+TRITON_SCRIPT = r"""
+import json, numpy as np, torch
+from batterytwin.microstructure import walk as W, triton_walk as T
+from batterytwin.microstructure.tortuosity import WalkParams, walk_tortuosity
+assert T.available()
+rng = np.random.default_rng(0)
+m = torch.from_numpy(rng.random((9, 7, 6)) < 0.6)
+start = torch.from_numpy(np.flatnonzero(m.numpy()))[:100]
+same = []
+for bnd in ("mirror", "periodic"):
+    a = W.walk_start(m.shape, start, torch.arange(100), 3, False)
+    b = W.walk_start(m.shape, start, torch.arange(100), 3, False)
+    W.lattice_advance(m, a, 5, 40, bnd)
+    T.lattice_advance(m.to(torch.uint8).contiguous(), b, 5, 40, bnd, block=64)
+    same.append(bool(torch.equal(a.voxel, b.voxel)) and bool((a.voxel != a.origin.long()).any()))
+im = rng.random((8, 8, 8)) < 0.7
+p = dict(n_walkers=64, n_steps=16, n_records=4, n_batches=2, n_bootstrap=20, seed=4)
+tt = walk_tortuosity(im, WalkParams(backend="triton", **p))["axes"]
+tc = walk_tortuosity(im, WalkParams(backend="torch", **p))["axes"]
+print(json.dumps({"same": same, "tau_triton": [tt[a]["tau"] for a in "zyx"],
+                  "tau_torch": [tc[a]["tau"] for a in "zyx"]}))
+"""
+
+
+def test_triton_lattice_kernel_interpreted():
+    """The Triton kernel on CPU under TRITON_INTERPRET=1: bit-identical walks to the torch path."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    proc = subprocess.run([sys.executable, "-c", TRITON_SCRIPT], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["same"] == [True, True]
+    assert out["tau_triton"] == out["tau_torch"]
+
+
+def test_offlattice_anisotropic_voxels():
+    """Free space sampled with voxels 2x longer along z: the per-axis step scaling and the per-axis
+    D_bulk normalisation must agree (tau = 1 on every axis)."""
+    res = walk_tortuosity(np.ones((20, 30, 30), bool),
+                          WalkParams(model="offlattice", n_walkers=2048, n_steps=1000, n_batches=8, seed=5),
+                          voxel_size_um=(2.0, 1.0, 1.0))
+    for a in "zyx":
+        tau, std = res["axes"][a]["tau"], res["axes"][a]["tau_std"]
+        assert abs(tau - 1) < max(4 * std, 0.01), (a, tau, std)

@@ -1,0 +1,44 @@
+# Microstructure: results/{sample}/labels.zarr -> microstructure.json (tortuosity tensor, cell block
+# for cellsim, volume fractions, interfaces, percolation, lithium/dendrite statistics) + msd.npz.
+# Walker batches run over MPI ranks; finished batches are checkpointed in work/{sample}/microstructure
+# (outside the declared outputs), so a rerun after a time-out only walks the missing batches.
+import json
+
+validate(config, workflow.source_path("../schemas/microstructure.schema.yaml"))
+
+MICROSTRUCTURE_TARGETS = expand("results/{sample}/microstructure.json", sample=SAMPLES)
+
+
+def _previous_frame(wildcards):
+    """Frame t > 0 of a synthetic time series also reads frame t-1's result (lithium growth)."""
+    spec = SAMPLE_SPECS[wildcards.sample]
+    if spec.get("series") and int(spec.get("frame", 0)) > 0:
+        return {"previous": f"results/{spec['series']}_t{int(spec['frame']) - 1:03d}/microstructure.json"}
+    return {}
+
+
+rule microstructure:
+    input:
+        unpack(_previous_frame),
+        labels="results/{sample}/labels.zarr",
+    output:
+        metrics="results/{sample}/microstructure.json",
+        msd="results/{sample}/msd.npz",
+    params:
+        settings=lambda w: json.dumps(config.get("microstructure", {})),
+        work="work/{sample}/microstructure",
+        previous=lambda w, input: input.get("previous", ""),
+    log:
+        "logs/{sample}/microstructure.log",
+    message:
+        "Random-walk tortuosity and morphology of {wildcards.sample}: {input.labels} -> {output.metrics}"
+    conda:
+        "../../envs/gpu.yaml"
+    threads: THREADS("microstructure")
+    resources:
+        **RES("microstructure"),
+    shell:
+        "{resources.mpi} -n {resources.tasks} batterytwin microstructure"
+        " --labels {input.labels:q} --output {output.metrics:q} --msd {output.msd:q}"
+        " --checkpoint-dir {params.work:q} --previous={params.previous:q}"
+        " --params {params.settings:q} > {log:q} 2>&1"
