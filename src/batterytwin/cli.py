@@ -28,9 +28,18 @@ STAGE_PACKAGES = (
     "report",
     "inspect",
 )
+# Sub-command -> package: a run imports only its own stage (torch, pybamm... cost seconds of
+# start-up on every MPI rank); `batterytwin --help` imports them all.
+COMMANDS = {
+    "ingest": "ingest", "phantom": "ingest", "inspect": "inspect", "denoise": "denoise",
+    "train-seg": "segment", "segment": "segment", "microstructure": "microstructure",
+    "simulate": "cellsim", "train-degradation": "degradation", "predict-degradation": "degradation",
+    "report": "report",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser; with ``command``, only the package that defines it is imported."""
     parser = argparse.ArgumentParser(
         prog="batterytwin",
         description="X-ray micro-CT of lithium batteries to a digital twin: one sub-command per "
@@ -40,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only, no progress bars")
     subparsers = parser.add_subparsers(dest="command", metavar="<stage>", required=True)
-    for name in STAGE_PACKAGES:
+    packages = (COMMANDS[command],) if command in COMMANDS else STAGE_PACKAGES
+    for name in packages:
         module_name = f"batterytwin.{name}.cli" if name != "inspect" else "batterytwin.inspect"
         try:
             module = importlib.import_module(module_name)
@@ -50,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
             raise
         module.register(subparsers)
     return parser
+
+
+def _command(argv: list[str]) -> str | None:
+    """The sub-command named in ``argv`` (global options take no values)."""
+    return next((a for a in argv if not a.startswith("-")), None)
 
 
 def setup_logging(verbose: int, quiet: bool) -> None:
@@ -65,7 +80,8 @@ def setup_logging(verbose: int, quiet: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(_command(argv))
     args = parser.parse_args(argv)
     setup_logging(args.verbose, args.quiet)
     try:

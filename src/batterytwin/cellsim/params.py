@@ -1,0 +1,214 @@
+"""Microstructure -> PyBaMM parameter values, with every substitution recorded.
+
+The PyBaMM lithium-ion models are liquid-electrolyte models. For the imaged solid-state cathode
+we map the *ion-conducting* phase (the solid electrolyte) onto the PyBaMM "porosity" and its
+measured through-plane tortuosity onto the Bruggeman exponent,
+``D_eff = eps^b D  =>  b = 1 - ln(tau) / ln(eps)`` (tau in the TauFactor convention,
+tau = eps D / D_eff). This is an approximation: the electrolyte transport properties remain
+those of the liquid electrolyte of the chosen parameter set (see ``docs/cellsim.md``).
+
+Example::
+
+    ms = read_microstructure("results/s1/microstructure.json")
+    pv, subs = build_parameter_values("OKane2022", microstructure_substitutions(ms, "..."),
+                                      overrides={"Ambient temperature [K]": 300.0})
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ..errors import InputError
+from ..store import read_json
+
+log = logging.getLogger(__name__)
+
+MICROSTRUCTURE_SCHEMA = "batterytwin.microstructure/1"
+
+# (json key in cell.<region>, PyBaMM name, divisor to SI); bruggeman is handled separately.
+_POSITIVE = (
+    ("electrolyte_volume_fraction", "Positive electrode porosity", 1.0),
+    ("active_material_volume_fraction", "Positive electrode active material volume fraction", 1.0),
+    ("thickness_um", "Positive electrode thickness [m]", 1e6),
+    ("particle_radius_um", "Positive particle radius [m]", 1e6),
+)
+_SEPARATOR = (
+    ("electrolyte_volume_fraction", "Separator porosity", 1.0),
+    ("thickness_um", "Separator thickness [m]", 1e6),
+)
+_BRUGGEMAN = {
+    "positive_electrode": "Positive electrode Bruggeman coefficient (electrolyte)",
+    "separator": "Separator Bruggeman coefficient (electrolyte)",
+}
+NOMINAL_CAPACITY = "Nominal cell capacity [A.h]"
+
+
+@dataclass
+class Substitution:
+    """One parameter replaced in the parameter set: PyBaMM ``name``, ``old`` and ``new`` value,
+    and ``source`` (which measurement or config key it came from)."""
+
+    name: str
+    new: float
+    source: str
+    old: Any = None
+
+    def record(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["from"] = d.pop("source")
+        d["value"] = d.pop("new")
+        return d
+
+
+def bruggeman_from_tortuosity(eps: float, tau: float) -> float:
+    """Bruggeman exponent b with ``eps^(b-1) = 1/tau``: ``b = 1 - ln(tau)/ln(eps)``.
+
+    Args:
+        eps: volume fraction of the conducting phase, in (0, 1).
+        tau: tortuosity factor (TauFactor convention, tau = eps D / D_eff), >= 1 in practice.
+    """
+    if not (0.0 < eps < 1.0) or not (tau > 0.0):
+        raise InputError(f"bruggeman: need 0 < eps < 1 and tau > 0, got eps={eps}, tau={tau}")
+    return 1.0 - math.log(tau) / math.log(eps)
+
+
+def read_microstructure(path: str) -> dict[str, Any]:
+    """Read ``microstructure.json`` and check its schema and ``cell`` block."""
+    ms = read_json(path, "microstructure file")
+    if not isinstance(ms, dict) or ms.get("schema") != MICROSTRUCTURE_SCHEMA:
+        raise InputError(f"{path}: schema is {ms.get('schema') if isinstance(ms, dict) else None!r}, "
+                         f"expected {MICROSTRUCTURE_SCHEMA!r}")
+    if not isinstance(ms.get("cell"), dict):
+        raise InputError(f"{path}: no 'cell' block (the microstructure stage writes it)")
+    return ms
+
+
+def _number(value: Any, where: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{where}: expected a number or null, got {value!r}") from None
+    if not math.isfinite(x):
+        raise InputError(f"{where}: not finite ({value!r})")
+    return x
+
+
+def microstructure_substitutions(ms: dict[str, Any], path: str = "microstructure.json") -> list[Substitution]:
+    """The PyBaMM parameters the measured cell geometry replaces (unmeasured values are skipped).
+
+    Args:
+        ms: the parsed ``microstructure.json`` (schema ``batterytwin.microstructure/1``).
+        path: shown in messages and recorded as the source of each substitution.
+
+    Returns:
+        substitutions in a fixed order (positive electrode, then separator).
+    """
+    cell = ms["cell"]
+    subs: list[Substitution] = []
+    for region, table in (("positive_electrode", _POSITIVE), ("separator", _SEPARATOR)):
+        block = cell.get(region)
+        if block is None:
+            log.warning("%s: cell.%s missing: keeping the parameter set's values", path, region)
+            continue
+        if not isinstance(block, dict):
+            raise InputError(f"{path}: cell.{region} must be an object")
+        for key, name, scale in table:
+            where = f"{path}: cell.{region}.{key}"
+            x = _number(block.get(key), where)
+            if x is None:
+                log.info("%s not measured (null): keeping the parameter set's %r", where, name)
+                continue
+            if key.endswith("fraction") and not 0.0 < x < 1.0:
+                raise InputError(f"{where}: a volume fraction must be in (0, 1), got {x}")
+            if key.endswith("_um") and x <= 0:
+                raise InputError(f"{where}: must be > 0 micrometres, got {x}")
+            subs.append(Substitution(name, x / scale, f"{path}: cell.{region}.{key}"))
+        b = _number(block.get("bruggeman"), f"{path}: cell.{region}.bruggeman")
+        source = f"{path}: cell.{region}.bruggeman"
+        if b is None:  # derive it when eps and tau are there but b is not
+            eps = _number(block.get("electrolyte_volume_fraction"), f"{path}: cell.{region}")
+            tau = _number(block.get("tortuosity_electrolyte"), f"{path}: cell.{region}.tortuosity_electrolyte")
+            if eps is not None and tau is not None:
+                b = bruggeman_from_tortuosity(eps, tau)
+                source = f"{path}: 1 - ln(tau)/ln(eps) from cell.{region}.tortuosity_electrolyte and electrolyte_volume_fraction"
+        if b is not None:
+            if not 0.0 < b < 50.0:
+                raise InputError(f"{source}: Bruggeman exponent {b} is outside (0, 50)")
+            subs.append(Substitution(_BRUGGEMAN[region], b, source))
+    return subs
+
+
+def load_parameter_set(name: str):
+    """A fresh ``pybamm.ParameterValues`` for a named set; unknown names raise InputError."""
+    import pybamm
+
+    available = sorted(pybamm.parameter_sets.keys())
+    if name not in available:
+        hint = difflib.get_close_matches(str(name), available, n=3)
+        raise InputError(f"cellsim.parameter_set: unknown PyBaMM parameter set {name!r}"
+                         + (f" (did you mean {', '.join(hint)}?)" if hint else f"; available: {', '.join(available)}"))
+    return pybamm.ParameterValues(name)
+
+
+def check_parameter_name(pv, name: str, where: str) -> None:
+    """InputError naming ``where`` when ``name`` is not a parameter of the set ``pv``."""
+    if name not in pv.keys():
+        hint = difflib.get_close_matches(name, list(pv.keys()), n=3, cutoff=0.6)
+        raise InputError(f"{where}: unknown PyBaMM parameter name {name!r}"
+                         + (f" (did you mean {hint}?)" if hint else ""))
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-friendly view of a parameter value (numbers stay numbers, functions by name)."""
+    if isinstance(value, (int, float)):
+        return float(value)
+    try:
+        return float(value.value)  # pybamm.Scalar
+    except AttributeError:
+        return getattr(value, "__name__", type(value).__name__)
+
+
+def build_parameter_values(set_name: str, substitutions: list[Substitution],
+                           overrides: dict[str, Any] | None = None, rescale_capacity: bool = True):
+    """Parameter set + microstructure substitutions + config overrides (config wins).
+
+    Args:
+        set_name: PyBaMM parameter set, e.g. ``"OKane2022"`` or ``"Chen2020"``.
+        substitutions: from :func:`microstructure_substitutions`.
+        overrides: ``{PyBaMM name: number}`` from ``cellsim.parameters``.
+        rescale_capacity: scale "Nominal cell capacity [A.h]" by the change in positive
+            thickness x active fraction, so that C-rates stay relative to this cell.
+
+    Returns:
+        ``(pybamm.ParameterValues, [Substitution, ...])`` with ``old`` filled in.
+    """
+    pv = load_parameter_set(set_name)
+    applied: list[Substitution] = []
+    for s in substitutions:
+        check_parameter_name(pv, s.name, s.source)
+        s.old = _plain(pv[s.name])
+        applied.append(s)
+    if rescale_capacity:
+        new = {s.name: s.new for s in applied}
+        L, f = "Positive electrode thickness [m]", "Positive electrode active material volume fraction"
+        if L in new or f in new:
+            ratio = (new.get(L, pv[L]) / pv[L]) * (new.get(f, pv[f]) / pv[f])
+            old_cap = float(pv[NOMINAL_CAPACITY])
+            applied.append(Substitution(NOMINAL_CAPACITY, old_cap * ratio,
+                                        "derived: x (thickness x active fraction) ratio of the positive electrode",
+                                        old_cap))
+    for name, value in (overrides or {}).items():
+        check_parameter_name(pv, name, "cellsim.parameters")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InputError(f"cellsim.parameters[{name!r}]: expected a number, got {value!r}")
+        applied.append(Substitution(name, float(value), "config: cellsim.parameters", _plain(pv[name])))
+    for s in applied:
+        log.info("parameter %r: %s -> %s (%s)", s.name, s.old, s.new, s.source)
+        pv[s.name] = s.new
+    return pv, applied

@@ -1,0 +1,342 @@
+"""Cell simulation stage: parameters, design, PyBaMM sweeps vs PyBaMM itself, ranks, resume."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from batterytwin.cellsim import checkpoint
+from batterytwin.cellsim.design import make_design
+from batterytwin.cellsim.driver import simulate
+from batterytwin.cellsim.params import (bruggeman_from_tortuosity, build_parameter_values,
+                                        microstructure_substitutions)
+from batterytwin.cellsim.runner import capacity_at_voltages, soh_percent
+from batterytwin.errors import InputError
+
+from .conftest import mpiexec
+
+pybamm = pytest.importorskip("pybamm")
+
+OKANE_L, OKANE_AM = 75.6e-6, 0.665  # OKane2022 positive thickness and active fraction
+
+
+def write_microstructure(path: Path, eps=0.30, tau=2.0, thickness_um=70.0, am=0.62, radius_um=5.0,
+                         sep_eps=0.45, sep_b=1.6) -> Path:
+    """A small ``microstructure.json`` (schema batterytwin.microstructure/1, ``cell`` block)."""
+    ms = {
+        "schema": "batterytwin.microstructure/1",
+        "voxel_size_um": [0.5, 0.5, 0.5],
+        "classes": {"0": "pore", "1": "solid_electrolyte", "3": "cathode_active"},
+        "cell": {
+            "stacking_axis": "z", "electrolyte_phase": "solid_electrolyte",
+            "positive_electrode": {"thickness_um": thickness_um, "electrolyte_volume_fraction": eps,
+                                   "active_material_volume_fraction": am, "porosity_void": 0.02,
+                                   "tortuosity_electrolyte": tau, "bruggeman": None,
+                                   "particle_radius_um": radius_um},
+            "separator": {"thickness_um": 15.0, "electrolyte_volume_fraction": sep_eps,
+                          "tortuosity_electrolyte": None, "bruggeman": sep_b},
+        },
+    }
+    path.write_text(json.dumps(ms))
+    return path
+
+
+# Small sweep shared by several tests: SPM + SEI, 3 cycles, 2 C-rates + one absurd C-rate.
+SWEEP_CFG = {
+    "model": "SPM",
+    "model_options": {"SEI": "ec reaction limited"},
+    "n_cycles": 3,
+    "n_early": 2,
+    "voltage_grid": {"points": 24},
+    "sweep": {"method": "grid", "axes": {
+        "discharge_c_rate": [1.0, 2.0, 1.0e4],
+        "SEI kinetic rate constant [m.s-1]": [1e-15, 1e-13],
+    }},
+}
+
+
+# -- pure parts ----------------------------------------------------------------------------------
+
+def test_bruggeman_definition():
+    eps, tau = 0.3, 2.5
+    b = bruggeman_from_tortuosity(eps, tau)
+    # D_eff / D = eps^b must equal eps / tau (TauFactor convention tau = eps D / D_eff)
+    assert math.isclose(eps ** b, eps / tau, rel_tol=1e-12)
+    with pytest.raises(InputError):
+        bruggeman_from_tortuosity(1.2, 2.0)
+
+
+def test_substitutions_recorded(tmp_path):
+    ms = json.loads(write_microstructure(tmp_path / "m.json", eps=0.3, tau=2.0).read_text())
+    subs = microstructure_substitutions(ms, "m.json")
+    pv, applied = build_parameter_values("OKane2022", subs, {"Ambient temperature [K]": 300.0})
+    by_name = {s.name: s for s in applied}
+    assert by_name["Positive electrode porosity"].new == 0.3
+    assert by_name["Positive electrode porosity"].old == pytest.approx(0.335)
+    b = 1 - math.log(2.0) / math.log(0.3)
+    assert by_name["Positive electrode Bruggeman coefficient (electrolyte)"].new == pytest.approx(b, rel=1e-12)
+    assert pv["Positive electrode thickness [m]"] == pytest.approx(70e-6)
+    assert pv["Positive particle radius [m]"] == pytest.approx(5e-6)
+    assert pv["Separator Bruggeman coefficient (electrolyte)"] == 1.6
+    # nominal capacity follows the positive electrode's thickness x active fraction
+    assert pv["Nominal cell capacity [A.h]"] == pytest.approx(5.0 * 70e-6 / OKANE_L * 0.62 / OKANE_AM)
+    assert by_name["Ambient temperature [K]"].source == "config: cellsim.parameters"
+    assert "cell.positive_electrode.tortuosity_electrolyte" in by_name[
+        "Positive electrode Bruggeman coefficient (electrolyte)"].source
+    # a null (unmeasured) value is skipped, never made up
+    ms["cell"]["positive_electrode"]["particle_radius_um"] = None
+    names = {s.name for s in microstructure_substitutions(ms, "m.json")}
+    assert "Positive particle radius [m]" not in names
+
+
+def test_bad_parameter_inputs(tmp_path):
+    ms = json.loads(write_microstructure(tmp_path / "m.json").read_text())
+    subs = microstructure_substitutions(ms, "m.json")
+    with pytest.raises(InputError, match="unknown PyBaMM parameter set 'OKane2023'"):
+        build_parameter_values("OKane2023", subs)
+    with pytest.raises(InputError, match="unknown PyBaMM parameter name 'Positive electrode porosityy'"):
+        build_parameter_values("Chen2020", subs, {"Positive electrode porosityy": 0.3})
+    ms["cell"]["positive_electrode"]["electrolyte_volume_fraction"] = 1.5
+    with pytest.raises(InputError, match="electrolyte_volume_fraction"):
+        microstructure_substitutions(ms, "m.json")
+
+
+def test_design_grid_and_lhs():
+    d = make_design({"method": "grid", "axes": {"discharge_c_rate": [1, 2], "charge_c_rate": [0.5, 1, 2]}})
+    assert len(d) == 6 and d.names[:4] == ["discharge_c_rate", "charge_c_rate", "ambient_temperature_C",
+                                           "depth_of_discharge"]
+    assert {tuple(r[:2]) for r in d.values} == {(a, b) for a in (1, 2) for b in (0.5, 1, 2)}
+    spec = {"method": "lhs", "n_samples": 10, "seed": 3,
+            "axes": {"discharge_c_rate": [0.5, 3.0],
+                     "SEI kinetic rate constant [m.s-1]": {"low": 1e-15, "high": 1e-12, "scale": "log"}}}
+    a, b = make_design(spec), make_design(spec)
+    np.testing.assert_array_equal(a.values, b.values)  # seeded
+    # Latin hypercube: exactly one sample in each of the n equal strata of every varied axis
+    c = (a.values[:, 0] - 0.5) / 2.5
+    assert sorted(np.floor(c * 10).astype(int)) == list(range(10))
+    k = (np.log(a.values[:, 4]) - np.log(1e-15)) / (np.log(1e-12) - np.log(1e-15))
+    assert sorted(np.floor(k * 10).astype(int)) == list(range(10))
+    assert a.varied == ["discharge_c_rate", "SEI kinetic rate constant [m.s-1]"]
+    assert len(make_design({"method": "lhs", "n_samples": 5, "axes": {"charge_c_rate": 1.0}})) == 1  # nothing varies
+
+
+@pytest.mark.parametrize("sweep, match", [
+    ({"method": "grid", "axes": {"charge_c_rate": [-1.0, 1.0]}}, "C-rate must be > 0"),
+    ({"method": "grid", "axes": {"discharge_c_rate": []}}, "empty sweep"),
+    ({"method": "lhs", "n_samples": 0}, "empty sweep"),
+    ({"method": "sobol"}, "'grid' or 'lhs'"),
+])
+def test_design_bad_input(sweep, match):
+    with pytest.raises(InputError, match=match):
+        make_design(sweep)
+
+
+def test_capacity_at_voltages_analytic():
+    q = np.linspace(0, 4, 401)
+    v = 4.0 - 0.5 * q  # linear discharge from 4.0 V to 2.0 V
+    grid = np.array([4.2, 3.5, 3.0, 2.25, 1.5])
+    out = capacity_at_voltages(v, q, grid)
+    np.testing.assert_allclose(out[1:4], (4.0 - grid[1:4]) / 0.5, rtol=1e-12)
+    assert out[0] == 0.0 and np.isnan(out[4])
+    np.testing.assert_allclose(soh_percent(np.array([[2.0, 1.0, np.nan]])), [[100.0, 50.0, np.nan]])
+
+
+# -- the sweep against PyBaMM itself --------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cellsim")
+    ms = write_microstructure(root / "microstructure.json")
+    out = {"ms": ms, "zarr": root / "sweep.zarr", "json": root / "sweep.json", "work": root / "work"}
+    simulate(str(ms), str(out["zarr"]), str(out["json"]), str(out["work"]), SWEEP_CFG)
+    return out
+
+
+def _read(path):
+    import zarr
+
+    g = zarr.open_group(str(path), mode="r")
+    return {k: g[k][...] for k in g.array_keys()}, dict(g.attrs)
+
+
+def _direct_capacities(ms_path: Path, c_dis: float, k_sei: float, n_cycles: int) -> np.ndarray:
+    """An independent PyBaMM run of one condition: string experiment, numbers, fresh Simulation."""
+    ms = json.loads(ms_path.read_text())["cell"]
+    pe, sep = ms["positive_electrode"], ms["separator"]
+    pv = pybamm.ParameterValues("OKane2022")
+    pv.update({
+        "Positive electrode porosity": pe["electrolyte_volume_fraction"],
+        "Positive electrode Bruggeman coefficient (electrolyte)":
+            1 - math.log(pe["tortuosity_electrolyte"]) / math.log(pe["electrolyte_volume_fraction"]),
+        "Positive electrode active material volume fraction": pe["active_material_volume_fraction"],
+        "Positive electrode thickness [m]": pe["thickness_um"] * 1e-6,
+        "Positive particle radius [m]": pe["particle_radius_um"] * 1e-6,
+        "Separator porosity": sep["electrolyte_volume_fraction"],
+        "Separator thickness [m]": sep["thickness_um"] * 1e-6,
+        "Separator Bruggeman coefficient (electrolyte)": sep["bruggeman"],
+        "Nominal cell capacity [A.h]": 5.0 * (pe["thickness_um"] * 1e-6 / OKANE_L)
+        * (pe["active_material_volume_fraction"] / OKANE_AM),
+        "SEI kinetic rate constant [m.s-1]": k_sei,
+        "Ambient temperature [K]": 298.15,
+    })
+    cycle = (f"Discharge at {c_dis}C until 2.5 V", "Rest for 5 minutes", "Charge at 0.5C until 4.2 V",
+             "Hold at 4.2 V until C/50", "Rest for 5 minutes")
+    sim = pybamm.Simulation(pybamm.lithium_ion.SPM({"SEI": "ec reaction limited"}),
+                            experiment=pybamm.Experiment([cycle] * n_cycles), parameter_values=pv)
+    sol = sim.solve()
+    caps = []
+    for cyc in sol.cycles:
+        q = cyc.steps[0]["Discharge capacity [A.h]"].entries
+        caps.append(q[-1] - q[0])
+    return np.array(caps)
+
+
+def test_stored_capacities_equal_direct_pybamm(sweep):
+    arrays, attrs = _read(sweep["zarr"])
+    names = attrs["input_names"]
+    i = next(j for j, row in enumerate(arrays["inputs"])
+             if row[names.index("discharge_c_rate")] == 2.0
+             and row[names.index("SEI kinetic rate constant [m.s-1]")] == 1e-13)
+    direct = _direct_capacities(sweep["ms"], 2.0, 1e-13, 3)
+    stored = arrays["capacity_Ah"][i]
+    assert arrays["status"][i] == 1
+    np.testing.assert_allclose(stored, direct, rtol=1e-3)
+    def at(c, k):
+        return next(j for j, row in enumerate(arrays["inputs"]) if row[names.index("discharge_c_rate")] == c
+                    and row[names.index("SEI kinetic rate constant [m.s-1]")] == k)
+
+    # at 1C a 100x faster SEI reaction visibly costs capacity within 3 cycles
+    assert arrays["capacity_Ah"][at(1.0, 1e-13), -1] < 0.99 * arrays["capacity_Ah"][at(1.0, 1e-15), -1]
+    np.testing.assert_allclose(arrays["soh"][i], 100 * stored / stored[0])
+    # early Q(V): 0 above the start voltage, rising, and near the full capacity at the bottom
+    qv = arrays["qv_capacity_Ah"][i]
+    assert qv.shape == (2, 24) and qv[0, 0] == 0.0
+    assert np.all(np.diff(qv[0]) >= 0)
+    assert qv[0, -1] == pytest.approx(stored[0], rel=0.02)
+    assert attrs["substitutions"]["Positive electrode porosity"]["value"] == 0.30
+    assert len(attrs["voltage_grid_V"]) == 24 and attrs["n_cycles"] == 3
+
+
+def test_absurd_c_rate_fails_others_complete(sweep):
+    arrays, attrs = _read(sweep["zarr"])
+    summary = json.loads(sweep["json"].read_text())
+    c = arrays["inputs"][:, attrs["input_names"].index("discharge_c_rate")]
+    assert np.all(arrays["status"][c == 1.0e4] == 2)
+    assert np.all(arrays["status"][c < 1.0e4] == 1)
+    assert np.all(np.isnan(arrays["capacity_Ah"][c == 1.0e4]))
+    assert np.all(np.isfinite(arrays["capacity_Ah"][c < 1.0e4]))
+    failed = [cond for cond in summary["conditions"] if cond["status"] == 2]
+    assert len(failed) == 2 and all("discharge infeasible" in cond["message"] for cond in failed)
+    assert summary["counts"] == {"ok": 4, "failed": 2, "time_limit": 0}
+    assert summary["conditions"][0]["inputs"]["depth_of_discharge"] == 1.0
+
+
+def test_resume_computes_only_missing(sweep, tmp_path, caplog):
+    before, _ = _read(sweep["zarr"])
+    files = sorted(sweep["work"].glob("run-*/c-*.npz"))
+    assert len(files) == 6
+    victim = files[2]
+    victim.unlink()  # as if the job died before this condition finished
+    stamps = {f: f.stat().st_mtime_ns for f in files if f != victim}
+    out = tmp_path / "again.zarr"
+    with caplog.at_level(logging.INFO, logger="batterytwin.cellsim"):
+        simulate(str(sweep["ms"]), str(out), str(tmp_path / "again.json"), str(sweep["work"]), SWEEP_CFG)
+    assert "6 conditions, 5 already in" in caplog.text and "1 to run" in caplog.text
+    assert victim.exists()
+    assert all(f.stat().st_mtime_ns == t for f, t in stamps.items())  # others untouched
+    after, _ = _read(out)
+    np.testing.assert_array_equal(after["status"], before["status"])
+    np.testing.assert_allclose(after["capacity_Ah"], before["capacity_Ah"], rtol=1e-9)
+
+
+@pytest.mark.mpi
+@pytest.mark.slow
+def test_two_ranks_equal_one_rank(sweep, tmp_path):
+    cfg = tmp_path / "cellsim.json"
+    cfg.write_text(json.dumps({"cellsim": SWEEP_CFG}))
+    out = tmp_path / "sweep.zarr"
+    mpiexec(2, "batterytwin", "simulate", "-i", str(sweep["ms"]), "-o", str(out), "--summary",
+            str(tmp_path / "sweep.json"), "--work-dir", str(tmp_path / "work"), "--config", str(cfg),
+            timeout=240)
+    one, _ = _read(sweep["zarr"])
+    two, _ = _read(out)
+    for key in ("inputs", "status"):
+        np.testing.assert_array_equal(two[key], one[key])
+    for key in ("capacity_Ah", "soh", "qv_capacity_Ah"):
+        np.testing.assert_allclose(two[key], one[key], rtol=1e-9, equal_nan=True)
+
+
+# -- physics sanity and failure modes on the runner ------------------------------------------------
+
+def _high_rate_capacity(tmp_path: Path, name: str, eps: float, tau: float) -> np.ndarray:
+    ms = write_microstructure(tmp_path / f"{name}.json", eps=eps, tau=tau)
+    cfg = {"model": "SPMe", "model_options": {}, "n_cycles": 1, "n_early": 0,
+           "protocol": {"rest_minutes": 0, "cv_cutoff_c_rate": None},
+           "sweep": {"method": "grid", "axes": {"discharge_c_rate": [3.0]}}}
+    summary = simulate(str(ms), str(tmp_path / f"{name}.zarr"), str(tmp_path / f"{name}.json.out"),
+                       str(tmp_path / "work"), cfg)
+    assert summary["counts"]["ok"] == 1
+    return _read(tmp_path / f"{name}.zarr")[0]["capacity_Ah"][0, 0]
+
+
+def test_denser_more_tortuous_cathode_gives_less_high_rate_capacity(tmp_path):
+    open_cap = _high_rate_capacity(tmp_path, "open", eps=0.35, tau=1.6)
+    dense_cap = _high_rate_capacity(tmp_path, "dense", eps=0.15, tau=6.0)
+    assert dense_cap < 0.97 * open_cap, (dense_cap, open_cap)
+
+
+def test_time_limit_recorded(tmp_path):
+    ms = write_microstructure(tmp_path / "m.json")
+    cfg = dict(SWEEP_CFG, time_limit_s=1e-3,
+               sweep={"method": "grid", "axes": {"discharge_c_rate": [1.0]}})
+    summary = simulate(str(ms), str(tmp_path / "s.zarr"), str(tmp_path / "s.json"), str(tmp_path / "w"), cfg)
+    cond = summary["conditions"][0]
+    assert cond["status"] == 3 and "time limit" in cond["message"]
+    res, meta = checkpoint.load_result(next((tmp_path / "w").glob("run-*/c-*.npz")))
+    assert np.isnan(res.capacity_Ah[-1]) and meta["time_limit_s"] == 1e-3
+    # a longer limit makes the time-limited condition count as missing again
+    assert not checkpoint.is_done(next((tmp_path / "w").glob("run-*/c-*.npz")), 10.0)
+
+
+def test_stop_below_soh(tmp_path):
+    ms = write_microstructure(tmp_path / "m.json")
+    cfg = dict(SWEEP_CFG, n_cycles=5, stop_below_soh_percent=99.0,
+               sweep={"method": "grid", "axes": {"SEI kinetic rate constant [m.s-1]": [1e-13]}})
+    summary = simulate(str(ms), str(tmp_path / "s.zarr"), str(tmp_path / "s.json"), str(tmp_path / "w"), cfg)
+    cond = summary["conditions"][0]
+    arrays, _ = _read(tmp_path / "s.zarr")
+    k = cond["cycles_completed"]
+    assert cond["status"] == 1 and "SOH" in cond["message"] and 1 < k < 5
+    assert arrays["soh"][0, k - 1] < 99.0 <= arrays["soh"][0, k - 2]  # stopped at the first cycle below
+    assert np.all(np.isnan(arrays["capacity_Ah"][0, k:]))
+
+
+# -- CLI: clear errors --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("override, message", [
+    ({"parameters": {"Positive electrode porosityy": 0.3}}, "unknown PyBaMM parameter name"),
+    ({"parameter_set": "NoSuchSet2020"}, "unknown PyBaMM parameter set 'NoSuchSet2020'"),
+    ({"sweep": {"method": "grid", "axes": {"discharge_c_rate": [-1]}}}, "C-rate must be > 0"),
+    ({"sweep": {"method": "grid", "axes": {"charge_c_rate": []}}}, "empty sweep"),
+    ({"sweep": {"method": "grid", "axes": {"No such parameter [m]": [1.0, 2.0]}}}, "unknown PyBaMM parameter name"),
+    ({"model": "P4D"}, "cellsim.model"),
+    ({"n_cyles": 3}, "unknown key"),
+])
+def test_cli_bad_input(cli, tmp_path, override, message):
+    ms = write_microstructure(tmp_path / "m.json")
+    code, err = cli("simulate", "-i", ms, "-o", tmp_path / "s.zarr", "--summary", tmp_path / "s.json",
+                    "--work-dir", tmp_path / "w", "--config-json", json.dumps(override))
+    assert code == 2
+    assert message in err and err.count("\n") == 1  # one line, no traceback
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_cli_missing_microstructure(cli, tmp_path):
+    code, err = cli("simulate", "-i", tmp_path / "nope.json", "-o", tmp_path / "s.zarr", "--summary",
+                    tmp_path / "s.json", "--work-dir", tmp_path / "w")
+    assert code == 2 and "no such microstructure file" in err
