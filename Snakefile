@@ -1,6 +1,6 @@
 # batterytwin: X-ray micro-CT of lithium batteries -> digital twin.
 # `snakemake --cores 2` runs the whole chain on the built-in synthetic phantom (config.yaml);
-# `snakemake --profile slurm/profile --configfile config.cluster.yaml` runs it on a Slurm cluster.
+# on a Slurm cluster see README "Running on a Slurm cluster" (config.cluster.yaml, slurm/).
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -11,9 +11,17 @@ configfile: "config.yaml"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/ingest.smk"
+include: "workflow/rules/denoise.smk"
+include: "workflow/rules/segment.smk"
+include: "workflow/rules/microstructure.smk"
+include: "workflow/rules/cellsim.smk"
 
 
 rule all:
     input:
         INGEST_TARGETS,
+        DENOISE_TARGETS,
+        SEGMENT_TARGETS,
+        MICROSTRUCTURE_TARGETS,
+        CELLSIM_TARGETS,
     default_target: True

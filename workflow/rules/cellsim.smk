@@ -5,7 +5,7 @@ import json
 
 validate(config, workflow.source_path("../schemas/cellsim.schema.yaml"))
 
-CELLSIM_TARGETS = expand("results/{sample}/sweep.zarr", sample=SAMPLES)
+CELLSIM_TARGETS = expand("results/{sample}/sweep.zarr", sample=ANALYSE)
 
 
 rule simulate:

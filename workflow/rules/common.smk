@@ -25,6 +25,9 @@ SAMPLE_SPECS = _expand_samples(config["samples"])
 SAMPLES = list(SAMPLE_SPECS)
 SYNTHETIC = [s for s, spec in SAMPLE_SPECS.items() if spec["source"] == "synthetic"]
 FROM_FILES = [s for s in SAMPLES if s not in SYNTHETIC]
+# Samples carried through microstructure, cell simulation and degradation (role analyse/both);
+# training-only phantoms stop at segmentation.
+ANALYSE = [s for s, spec in SAMPLE_SPECS.items() if spec.get("role", "both") in ("analyse", "both")]
 
 
 def _name_regex(names):
@@ -39,11 +42,17 @@ def is_synthetic(sample):
     return sample in SYNTHETIC
 
 
-def RES(rule_name):
-    """Resources of a rule: config resources.default updated by resources.<rule>."""
+def RES(rule_name, mpi=True):
+    """Resources of a rule: config resources.default updated by resources.<rule>.
+
+    mpi=False for rules without a `{resources.mpi}` launcher: the Slurm executor plugin treats any
+    job with an `mpi` resource as an MPI job (it refuses tasks == 1 and does not wrap it in srun).
+    """
     res = dict(config["resources"]["default"])
     res.update(config["resources"].get(rule_name, {}))
-    res.setdefault("mpi", config.get("mpi", "mpiexec"))
+    launcher = res.pop("mpi", config.get("mpi", "mpiexec"))
+    if mpi:
+        res["mpi"] = launcher
     return res
 
 

@@ -57,7 +57,7 @@ rule ingest:
         "../../envs/cpu.yaml"
     threads: THREADS("ingest")
     resources:
-        **RES("ingest"),
+        **RES("ingest", mpi=False),
     shell:
         "batterytwin ingest {input:q} {output.volume:q} {params.options:q}"
         " --chunk {params.chunk:q} --shard {params.shard:q} --max-memory-mb {params.memory:q} > {log:q} 2>&1"

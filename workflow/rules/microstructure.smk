@@ -6,7 +6,7 @@ import json
 
 validate(config, workflow.source_path("../schemas/microstructure.schema.yaml"))
 
-MICROSTRUCTURE_TARGETS = expand("results/{sample}/microstructure.json", sample=SAMPLES)
+MICROSTRUCTURE_TARGETS = expand("results/{sample}/microstructure.json", sample=ANALYSE)
 
 
 def _previous_frame(wildcards):

@@ -1,0 +1,93 @@
+"""Sub-commands ``batterytwin train-seg`` and ``batterytwin segment``."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..errors import InputError
+
+CONFIG_HELP = ("segment config: a YAML/JSON file holding the 'segment' section (or a whole config.yaml); "
+               "keys and defaults in docs/segment.md and workflow/schemas/segment.schema.yaml")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "train-seg",
+        help="train the 3-D segmentation network (batteryNET residual U-Net) with DDP",
+        description=(
+            "Train the segmentation network on random 3-D patches of volume stores with their label "
+            "stores (uint8, 'classes' attribute; 255 = unlabelled, ignored by the loss). Run under "
+            "srun/mpiexec -n N for data-parallel training (NCCL on GPU, gloo on CPU); the global batch "
+            "is split over the ranks. Checkpoints go to train.checkpoint_dir; on SIGUSR1/SIGTERM the "
+            "job checkpoints and exits with code 75 ('preempted'); rerunning resumes the same run."),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--volume", action="append", required=True, metavar="ZARR",
+                   help="training volume store (repeat for several volumes, in the order of --labels)")
+    p.add_argument("--labels", action="append", required=True, metavar="ZARR",
+                   help="label store matching each --volume (same shape)")
+    p.add_argument("--val-volume", action="append", default=[], metavar="ZARR",
+                   help="held-out validation volume (repeat); without it a slab of each training volume "
+                        "(train.val_axis, train.val_fraction) is held out")
+    p.add_argument("--val-labels", action="append", default=[], metavar="ZARR",
+                   help="label store matching each --val-volume")
+    p.add_argument("--model-out", required=True, metavar="PT", help="output model file (model.pt)")
+    p.add_argument("--metrics-out", required=True, metavar="JSON", help="output metrics (loss curve, Dice)")
+    p.add_argument("--config", metavar="YAML", help=CONFIG_HELP)
+    p.add_argument("--config-json", metavar="JSON", help="segment config as a JSON string (applied after --config)")
+    p.add_argument("--checkpoint-dir", metavar="DIR", help="override train.checkpoint_dir")
+    p.add_argument("--steps", type=int, help="override train.steps")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="override train.device")
+    p.add_argument("--resume", choices=("auto", "yes", "no"), default="auto",
+                   help="auto: resume when a checkpoint of this same run exists; yes: it must exist; no: start afresh")
+    p.set_defaults(func=run_train)
+
+    q = subparsers.add_parser(
+        "segment",
+        help="segment a volume store with a trained model (distributed sliding window)",
+        description=(
+            "Sliding-window inference with Gaussian blending on a window grid fixed to the whole volume; "
+            "ranks (srun/mpiexec -n N) own disjoint output shards and the result does not depend on their "
+            "number. Writes a uint8 label store with 'classes' and 'ignore_label' attributes and, with "
+            "--uncertainty, a float16 store of the softmax entropy (nats)."),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    q.add_argument("--input", required=True, metavar="ZARR", help="volume store to segment (denoised.zarr or volume.zarr)")
+    q.add_argument("--model", required=True, metavar="PT", help="model.pt written by train-seg")
+    q.add_argument("--output", required=True, metavar="ZARR", help="output label store (labels.zarr)")
+    q.add_argument("--uncertainty", metavar="ZARR", help="optional output store of the softmax entropy (float16)")
+    q.add_argument("--config", metavar="YAML", help=CONFIG_HELP + " (only segment.infer is used)")
+    q.add_argument("--config-json", metavar="JSON", help="segment config as a JSON string (applied after --config)")
+    q.add_argument("--device", choices=("auto", "cpu", "cuda"), help="override infer.device")
+    q.add_argument("--overlap", type=float, help="override infer.overlap (fraction of the window, 0..1)")
+    q.add_argument("--sw-batch-size", type=int, help="override infer.sw_batch_size (windows per forward pass)")
+    q.set_defaults(func=run_segment)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from .config import load_config, merge_config
+    from .train import TrainInput, train
+
+    cfg = load_config(args.config, args.config_json)
+    over = {k: v for k, v in (("checkpoint_dir", args.checkpoint_dir), ("steps", args.steps),
+                              ("device", args.device)) if v is not None}
+    if over:
+        cfg = merge_config({**cfg, "train": {**cfg["train"], **over}})
+    if len(args.volume) != len(args.labels):
+        raise InputError(f"--volume/--labels: {len(args.volume)} volumes but {len(args.labels)} label stores")
+    if len(args.val_volume) != len(args.val_labels):
+        raise InputError(f"--val-volume/--val-labels: {len(args.val_volume)} volumes but "
+                         f"{len(args.val_labels)} label stores")
+    inputs = [TrainInput(v, l) for v, l in zip(args.volume, args.labels)]
+    val = [TrainInput(v, l) for v, l in zip(args.val_volume, args.val_labels)]
+    return train(cfg, inputs, args.model_out, args.metrics_out, val_inputs=val, resume=args.resume)
+
+
+def run_segment(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .infer import segment_volume
+
+    cfg = load_config(args.config, args.config_json)["infer"]
+    for key, value in (("device", args.device), ("overlap", args.overlap), ("sw_batch_size", args.sw_batch_size)):
+        if value is not None:
+            cfg[key] = value
+    segment_volume(args.input, args.model, args.output, args.uncertainty, cfg)
+    return 0

@@ -1,0 +1,100 @@
+"""Network factory: batteryNET's residual 3-D U-Net (MONAI ``UNet``), ``SegResNet`` or ``SwinUNETR``.
+
+batteryNET (Quenum et al., npj Comput. Mater. 2023) is a MONAI ``UNet`` with residual units; we
+use it in 3-D. Every network maps ``[B, 1, Z, Y, X]`` float32 to ``[B, n_classes, Z, Y, X]``
+logits; patch sizes must be multiples of :func:`size_multiple`.
+
+Normalisation layers are per sample (instance/group/layer norm), never batch norm: the result of
+a step then does not depend on how the global batch is split over ranks.
+
+Example::
+
+    net = build_model({"arch": "unet", "channels": [16, 32, 64], "strides": [2, 2],
+                       "num_res_units": 2}, n_classes=6)
+    net(torch.zeros(2, 1, 32, 32, 32)).shape                 # torch.Size([2, 6, 32, 32, 32])
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from ..errors import InputError
+
+
+def build_model(model_cfg: dict[str, Any], n_classes: int) -> nn.Module:
+    """The network described by ``model_cfg`` (the ``segment.model`` section) with ``n_classes`` outputs."""
+    arch = model_cfg["arch"]
+    if arch == "unet":
+        from monai.networks.nets import UNet
+
+        net = UNet(spatial_dims=3, in_channels=1, out_channels=n_classes,
+                   channels=tuple(model_cfg["channels"]), strides=tuple(model_cfg["strides"]),
+                   num_res_units=int(model_cfg["num_res_units"]), norm="INSTANCE",
+                   dropout=float(model_cfg.get("dropout", 0.0)))
+        return drop_biases_before_norm(net)
+    if arch == "segresnet":
+        from monai.networks.nets import SegResNet
+
+        return SegResNet(spatial_dims=3, in_channels=1, out_channels=n_classes,
+                         init_filters=int(model_cfg.get("init_filters", 16)),
+                         dropout_prob=float(model_cfg.get("dropout", 0.0)) or None)
+    if arch == "swinunetr":
+        import importlib.util
+
+        from monai.networks.nets import SwinUNETR
+
+        if importlib.util.find_spec("einops") is None:
+            raise InputError("segment.model.arch: swinunetr needs the 'einops' package, which is not installed "
+                             "(pip install einops), or choose unet/segresnet")
+
+        return SwinUNETR(in_channels=1, out_channels=n_classes, spatial_dims=3,
+                         feature_size=int(model_cfg.get("feature_size", 24)),
+                         drop_rate=float(model_cfg.get("dropout", 0.0)))
+    raise InputError(f"segment.model.arch: unknown architecture {arch!r}")
+
+
+def drop_biases_before_norm(net: nn.Module) -> nn.Module:
+    """Remove the bias of every convolution followed by a normalisation layer.
+
+    Instance norm subtracts the per-channel mean, so such a bias has no effect on the output and
+    its true gradient is zero; its computed gradient is rounding noise, which Adam rescales into
+    full-size random steps (and which then differs between 1 and N ranks). The output convolution
+    and the residual projections keep their biases.
+    """
+    from monai.networks.blocks import Convolution
+
+    for m in net.modules():
+        if isinstance(m, Convolution) and hasattr(m, "adn") and hasattr(m.adn, "N") and m.conv.bias is not None:
+            m.conv.bias = None
+    return net
+
+
+def size_multiple(model_cfg: dict[str, Any]) -> int:
+    """Patch sizes must be multiples of this (the total down-sampling of the network)."""
+    arch = model_cfg["arch"]
+    if arch == "unet":
+        return int(math.prod(int(s) for s in model_cfg["strides"]))
+    if arch == "segresnet":
+        return 8  # blocks_down (1, 2, 2, 4): three stride-2 stages
+    return 32  # SwinUNETR: patch embedding 2 x four merging stages
+
+
+def check_patch(patch: Sequence[int], model_cfg: dict[str, Any], where: str) -> None:
+    """Raise :class:`InputError` when ``patch`` does not fit the network's down-sampling."""
+    m = size_multiple(model_cfg)
+    if any(int(p) % m for p in patch):
+        raise InputError(f"{where}: patch size {list(patch)} must be a multiple of {m} for "
+                         f"model.arch={model_cfg['arch']} (its total down-sampling)")
+
+
+def count_parameters(net: nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())
+
+
+def to_channels_last(net: nn.Module, x: torch.Tensor) -> tuple[nn.Module, torch.Tensor]:
+    """Channels-last-3d layout (faster convolutions on GPU tensor cores)."""
+    return net.to(memory_format=torch.channels_last_3d), x.contiguous(memory_format=torch.channels_last_3d)

@@ -1,0 +1,91 @@
+# Segmentation (batteryNET): train a residual 3-D U-Net with DDP on the training samples, then
+# segment every sample by distributed sliding-window inference -> results/{sample}/labels.zarr
+# (+ uncertainty.zarr). Input per sample: denoised.zarr (segment.input: denoised) or volume.zarr.
+import json
+
+validate(config, workflow.source_path("../schemas/segment.schema.yaml"))
+
+# the code's defaults fill what the config leaves out (one source of truth for default values)
+from batterytwin.segment.config import merge_config
+
+SEG = merge_config(config.get("segment", {}))
+SEGMENT_UNCERTAINTY = bool(SEG["uncertainty"])
+SEGMENT_INPUT = "denoised.zarr" if SEG["input"] == "denoised" else "volume.zarr"
+
+
+# label store per sample: segment.label_stores, else samples.<name>.labels, else the phantom's truth
+SEGMENT_LABELS = {
+    s: SEG["label_stores"].get(s) or SAMPLE_SPECS[s].get("labels") or f"{sample_dir(s)}/truth.zarr"
+    for s in SAMPLES
+}
+# training samples: segment.train_samples, else those with role train/both that have labels
+SEGMENT_TRAIN = list(SEG["train_samples"]) or [
+    s
+    for s in SAMPLES
+    if SAMPLE_SPECS[s].get("role", "both") in ("train", "both")
+    and (is_synthetic(s) or SAMPLE_SPECS[s].get("labels") or s in SEG["label_stores"])
+]
+# validation: segment.val_samples, else held-out synthetic samples (role analyse: they have truth)
+SEGMENT_VAL = list(SEG["val_samples"]) or [
+    s for s in SYNTHETIC if SAMPLE_SPECS[s].get("role", "both") == "analyse"
+]
+_SEG_STORES = ["labels.zarr"] + (["uncertainty.zarr"] if SEGMENT_UNCERTAINTY else [])
+SEGMENT_TARGETS = expand("results/{sample}/{store}", sample=SAMPLES, store=_SEG_STORES)
+SEGMENT_DATA_ARGS = [
+    arg
+    for flags, samples in ((("--volume", "--labels"), SEGMENT_TRAIN), (("--val-volume", "--val-labels"), SEGMENT_VAL))
+    for s in samples
+    for arg in (flags[0], f"{sample_dir(s)}/{SEGMENT_INPUT}", flags[1], SEGMENT_LABELS[s])
+]
+
+
+rule train_seg:
+    input:
+        volumes=[f"{sample_dir(s)}/{SEGMENT_INPUT}" for s in SEGMENT_TRAIN + SEGMENT_VAL],
+        labels=[SEGMENT_LABELS[s] for s in SEGMENT_TRAIN + SEGMENT_VAL],
+    output:
+        model="results/models/segment/model.pt",
+        metrics="results/models/segment/metrics.json",
+    params:
+        data=SEGMENT_DATA_ARGS,
+        cfg=json.dumps({k: SEG[k] for k in ("model", "train", "infer")}),
+        checkpoint_dir=SEG["train"]["checkpoint_dir"],
+    log:
+        "logs/models/train_seg.log",
+    message:
+        "Train the segmentation network on {SEGMENT_TRAIN} (validation: {SEGMENT_VAL})"
+    conda:
+        "../../envs/gpu.yaml"
+    threads: THREADS("train_seg")
+    resources:
+        **RES("train_seg"),
+    shell:
+        "{resources.mpi} -n {resources.tasks} batterytwin train-seg {params.data:q}"
+        " --config-json {params.cfg:q} --checkpoint-dir {params.checkpoint_dir:q}"
+        " --model-out {output.model:q} --metrics-out {output.metrics:q} > {log:q} 2>&1"
+
+
+rule segment:
+    input:
+        volume=f"results/{{sample}}/{SEGMENT_INPUT}",
+        model=rules.train_seg.output.model,
+    output:
+        labels=directory("results/{sample}/labels.zarr"),
+        **({"uncertainty": directory("results/{sample}/uncertainty.zarr")} if SEGMENT_UNCERTAINTY else {}),
+    params:
+        cfg=json.dumps({"infer": dict(SEG["infer"], chunk=SEG["infer"]["chunk"] or config["store"]["chunk"],
+                                      shard=SEG["infer"]["shard"] or config["store"]["shard"])}),
+        uncertainty=lambda w, output: ["--uncertainty", output.uncertainty] if SEGMENT_UNCERTAINTY else [],
+    log:
+        "logs/{sample}/segment.log",
+    message:
+        "Segment {wildcards.sample} ({input.volume}) with {input.model}"
+    conda:
+        "../../envs/gpu.yaml"
+    threads: THREADS("segment")
+    resources:
+        **RES("segment"),
+    shell:
+        "{resources.mpi} -n {resources.tasks} batterytwin segment --input {input.volume:q}"
+        " --model {input.model:q} --output {output.labels:q} {params.uncertainty:q}"
+        " --config-json {params.cfg:q} > {log:q} 2>&1"
