@@ -1,0 +1,169 @@
+"""PyBaMM sweep figures: discharge voltage curves and capacity fade, coloured by condition.
+
+Input: ``sweep.zarr`` (cellsim; see docs/interfaces.md): arrays ``inputs`` [n, k], ``status`` [n],
+``soh`` [n, cycles], ``qv_capacity_Ah`` [n, n_early, V]; attributes ``input_names``,
+``voltage_grid_V`` (and ``varied_inputs`` when the sweep names them). Reads at most
+``max_conditions`` rows (spread evenly over the sweep), never a whole large sweep.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import matplotlib as mpl
+import numpy as np
+
+from ..errors import InputError
+from . import style
+
+STATUS_OK = 1
+STATUS_NAMES = {1: "ok", 2: "solver failed", 3: "time limit"}
+
+
+@dataclass
+class Sweep:
+    """The bounded part of a sweep a figure needs (``rows``: the condition indices read)."""
+
+    path: str
+    rows: np.ndarray          # int [m]
+    inputs: np.ndarray        # float [m, k]
+    input_names: list[str]
+    varied: list[str]
+    status: np.ndarray        # int [m]
+    attrs: dict
+
+
+def open_sweep(path: os.PathLike | str, max_conditions: int = 64) -> tuple[Sweep, Any]:
+    """Open ``sweep.zarr`` and read the inputs/status of up to ``max_conditions`` conditions."""
+    import zarr
+
+    try:
+        g = zarr.open_group(str(path), mode="r", zarr_format=3)
+    except Exception as exc:
+        raise InputError(f"{path}: not a sweep store ({type(exc).__name__}: {exc})") from None
+    for key in ("inputs", "status", "soh", "qv_capacity_Ah"):
+        if key not in g:
+            raise InputError(f"{path}: sweep store lacks array '{key}'")
+    attrs = dict(g.attrs)
+    names = list(attrs.get("input_names") or [])
+    n = int(g["status"].shape[0])
+    if n == 0:
+        raise InputError(f"{path}: the sweep has no conditions")
+    rows = np.unique(np.linspace(0, n - 1, min(n, max_conditions)).round().astype(int))
+    inputs = np.asarray(g["inputs"].get_orthogonal_selection((rows, slice(None))), dtype=np.float64)
+    if len(names) != inputs.shape[1]:
+        names = [f"input {i}" for i in range(inputs.shape[1])]
+    varied = [v for v in attrs.get("varied_inputs") or [] if v in names]
+    if not varied:  # inputs that take more than one value among the rows read
+        varied = [nm for j, nm in enumerate(names) if np.unique(inputs[:, j]).size > 1]
+    status = np.asarray(g["status"].get_orthogonal_selection(rows)).astype(int)
+    return Sweep(str(path), rows, inputs, names, varied, status, attrs), g
+
+
+def _colouring(sw: Sweep):
+    """Colour per row from the first varied input (continuous map), and its legend label."""
+    if not sw.varied:
+        return [style.AXIS_COLOURS["z"]] * len(sw.rows), None, None
+    j = sw.input_names.index(sw.varied[0])
+    vals = sw.inputs[:, j]
+    norm = mpl.colors.Normalize(vmin=vals.min(), vmax=vals.max() if vals.max() > vals.min() else vals.min() + 1)
+    cmap = mpl.colormaps["viridis"]
+    return [cmap(norm(v)) for v in vals], mpl.cm.ScalarMappable(norm=norm, cmap=cmap), sw.varied[0]
+
+
+_STYLES = ["-", "--", ":", "-."]
+
+
+def _linestyles(sw: Sweep) -> tuple[list[str], dict[str, str]]:
+    """Line style per row from the second varied input (up to 4 values), for legends."""
+    if len(sw.varied) < 2:
+        return ["-"] * len(sw.rows), {}
+    j = sw.input_names.index(sw.varied[1])
+    values = list(np.unique(sw.inputs[:, j]))
+    if len(values) > len(_STYLES):
+        return ["-"] * len(sw.rows), {}
+    ls = {v: _STYLES[i] for i, v in enumerate(values)}
+    return [ls[v] for v in sw.inputs[:, j]], {f"{sw.varied[1]}={v:g}": s for v, s in ls.items()}
+
+
+def _finish(fig, axes, sm, cname, styles_legend):
+    if sm is not None:
+        fig.colorbar(sm, ax=axes, label=cname.replace("_", " "), shrink=0.9)
+    if styles_legend:
+        from matplotlib.lines import Line2D
+
+        axes[-1].legend(handles=[Line2D([], [], color="0.3", ls=s, label=lab) for lab, s in styles_legend.items()],
+                        loc="lower left")
+
+
+def plot_voltage_curves(path: os.PathLike | str, max_conditions: int = 24):
+    """Discharge voltage vs capacity for the first and last early cycles of each condition.
+
+    ``qv_capacity_Ah[i, c, j]`` is the discharge capacity at ``voltage_grid_V[j]``; the curve is
+    drawn as capacity (x) against voltage (y), the way a cycler shows it.
+    """
+    sw, g = open_sweep(path, max_conditions)
+    grid = np.asarray(sw.attrs.get("voltage_grid_V") or [], dtype=np.float64)
+    qv = g["qv_capacity_Ah"]
+    if grid.size != qv.shape[-1]:
+        raise InputError(f"{path}: voltage_grid_V has {grid.size} values, qv_capacity_Ah has {qv.shape[-1]}")
+    colours, sm, cname = _colouring(sw)
+    lss, ls_legend = _linestyles(sw)
+    with style.paper_style():
+        fig = style.new_figure(style.DOUBLE_COLUMN_IN, 2.6)
+        axes = fig.subplots(1, 2, sharey=True)
+        n_early = qv.shape[1]
+        drawn = 0
+        for i, row in enumerate(sw.rows):
+            if sw.status[i] != STATUS_OK:
+                continue
+            q = np.asarray(qv[int(row)], dtype=np.float64)  # [n_early, V]: one condition
+            for ax, c in zip(axes, (0, n_early - 1)):
+                ok = np.isfinite(q[c])
+                ax.plot(q[c][ok], grid[ok], color=colours[i], ls=lss[i], lw=1.0)
+            drawn += 1
+        for ax, c in zip(axes, (0, n_early - 1)):
+            ax.set_xlabel("discharge capacity (Ah)")
+            ax.set_title(f"early cycle {c + 1}")
+        axes[0].set_ylabel("voltage (V)")
+        if drawn == 0:
+            axes[0].text(0.5, 0.5, "no successful condition", transform=axes[0].transAxes, ha="center")
+        _finish(fig, list(axes), sm, cname, ls_legend)
+        fig.suptitle(f"PyBaMM discharge curves ({sw.attrs.get('model', '')}, "
+                     f"{sw.attrs.get('parameter_set', '')}): {drawn} of {len(sw.rows)} conditions shown")
+    return fig
+
+
+def plot_capacity_fade(path: os.PathLike | str, max_conditions: int = 64):
+    """State of health (percent of the first cycle) and discharge capacity per cycle, per condition.
+
+    Failed conditions (status 2/3) are drawn up to their last cycle with a cross at the stop.
+    """
+    sw, g = open_sweep(path, max_conditions)
+    soh = np.asarray(g["soh"].get_orthogonal_selection((sw.rows, slice(None))), dtype=np.float64)
+    cap = np.asarray(g["capacity_Ah"].get_orthogonal_selection((sw.rows, slice(None))), dtype=np.float64) \
+        if "capacity_Ah" in g else None
+    colours, sm, cname = _colouring(sw)
+    lss, ls_legend = _linestyles(sw)
+    cycles = np.arange(1, soh.shape[1] + 1)
+    with style.paper_style():
+        fig = style.new_figure(style.DOUBLE_COLUMN_IN, 2.6)
+        axes = list(fig.subplots(1, 2 if cap is not None else 1, squeeze=False)[0])
+        for ax, data, ylabel in zip(axes, (soh, cap), ("state of health (%)", "discharge capacity (Ah)")):
+            for i in range(len(sw.rows)):
+                y = data[i]
+                ok = np.isfinite(y)
+                ax.plot(cycles[ok], y[ok], color=colours[i], ls=lss[i], lw=1.0, marker="." if ok.sum() < 30 else None)
+                if sw.status[i] != STATUS_OK and ok.any():
+                    last = np.flatnonzero(ok)[-1]
+                    ax.plot(cycles[last], y[last], "x", color="#D55E00", ms=5)
+            ax.set_xlabel("cycle")
+            ax.set_ylabel(ylabel)
+        counts = {STATUS_NAMES.get(k, str(k)): int((sw.status == k).sum()) for k in np.unique(sw.status)}
+        _finish(fig, axes, sm, cname, ls_legend)
+        fig.suptitle("capacity fade across the sweep (" + ", ".join(f"{v} {k}" for k, v in counts.items())
+                     + (")" if all(sw.status == STATUS_OK) else "; x: run stopped)"))
+    fig.soh = soh
+    return fig

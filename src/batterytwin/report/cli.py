@@ -1,0 +1,208 @@
+"""``batterytwin report <figure> ...``: one paper-style PNG per call, and the OME-Zarr export.
+
+Every figure sub-command reads only the parts of the stage outputs it draws and writes one PNG
+atomically (``--out``). The Snakemake rules in ``workflow/rules/report.smk`` call these.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from ..errors import InputError
+from ..store import open_volume, read_json
+
+log = logging.getLogger(__name__)
+
+
+def _figure_parser(sub, name: str, help_: str, description: str) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help_, description=description,
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--out", required=True, metavar="PNG", help="output figure (PNG)")
+    p.add_argument("--dpi", type=int, default=200, help="resolution of the PNG")
+    return p
+
+
+def register(subparsers) -> None:
+    top = subparsers.add_parser(
+        "report", help="paper-ready figures of the stage outputs, and the OME-Zarr export",
+        description="Figures (matplotlib, one paper style) from the stores and JSON files of the "
+        "pipeline stages, one PNG per call, and an OME-Zarr multiscale export of a volume with its "
+        "label images for napari/neuroglancer. Only the slices/rows a figure draws are read.")
+    sub = top.add_subparsers(dest="figure", metavar="<figure>", required=True)
+
+    p = _figure_parser(sub, "slices", "orthogonal mid-plane slices of volume/label stores",
+                       "Rows of z, y, x mid-planes (scale bar in µm from voxel_size_um, class colours "
+                       "and legend for label stores), in the order raw, denoised, labels, truth, uncertainty.")
+    p.add_argument("--raw", metavar="ZARR", help="CT volume store (volume.zarr)")
+    p.add_argument("--denoised", metavar="ZARR", help="denoised store")
+    p.add_argument("--labels", metavar="ZARR", help="segmentation label store")
+    p.add_argument("--truth", metavar="ZARR", help="ground-truth label store (phantom)")
+    p.add_argument("--uncertainty", metavar="ZARR", help="uncertainty store (softmax entropy)")
+    p.add_argument("--title", help="figure title")
+    p.set_defaults(func=run_slices)
+
+    p = _figure_parser(sub, "nlm", "NLM denoising before/after with PSNR/SSIM",
+                       "z mid-plane of the noisy, denoised (and noise-free) images, the removed noise, a "
+                       "through-plane profile; PSNR/SSIM of the plane before/after and of the volume.")
+    p.add_argument("--noisy", required=True, metavar="ZARR", help="input of the denoise stage (volume.zarr)")
+    p.add_argument("--denoised", required=True, metavar="ZARR", help="denoised.zarr")
+    p.add_argument("--clean", metavar="ZARR", help="noise-free reference (clean.zarr, phantom only)")
+    p.add_argument("--metrics", metavar="JSON", help="denoise.json written by the denoise stage")
+    p.set_defaults(func=run_nlm)
+
+    p = _figure_parser(sub, "training", "segmentation training loss and per-class Dice",
+                       "Loss curve, validation Dice per class over training, final Dice per class.")
+    p.add_argument("metrics", metavar="JSON", help="results/models/segment/metrics.json")
+    p.set_defaults(func=run_training)
+
+    p = _figure_parser(sub, "tortuosity", "random-walk MSD curves with linear fit and tortuosity tensor",
+                       "Per transport phase: MSD vs walk time per axis with the linear fit, and a table of "
+                       "eps, D_eff/D_bulk, tau per axis and the D_eff/D_bulk tensor.")
+    p.add_argument("microstructure", metavar="JSON", help="microstructure.json")
+    p.add_argument("--msd", metavar="NPZ", help="msd.npz (MSD curves); without it: tables only")
+    p.add_argument("--phase", action="append", help="phase(s) to draw (default: the electrolyte first)")
+    p.set_defaults(func=run_tortuosity)
+
+    p = _figure_parser(sub, "microstructure", "table of the measured microstructure quantities",
+                       "Volume fractions, the cell parameters handed to PyBaMM, surface areas, thicknesses, "
+                       "lithium statistics: every number of microstructure.json.")
+    p.add_argument("microstructure", metavar="JSON", help="microstructure.json")
+    p.set_defaults(func=run_table)
+
+    p = _figure_parser(sub, "series", "lithium growth over the frames of a time series",
+                       "Volume fractions of the lithium classes and the lithium statistics per frame.")
+    p.add_argument("microstructure", nargs="+", metavar="JSON", help="microstructure.json of each frame, in order")
+    p.add_argument("--names", nargs="+", help="frame names (default: the parent folder of each file)")
+    p.set_defaults(func=run_series)
+
+    p = _figure_parser(sub, "voltage", "PyBaMM discharge voltage curves of the sweep",
+                       "Voltage vs discharge capacity (qv_capacity_Ah on voltage_grid_V) of the first and "
+                       "last early cycle per condition, coloured by the first varied input.")
+    p.add_argument("sweep", metavar="ZARR", help="sweep.zarr")
+    p.add_argument("--max-conditions", type=int, default=24, help="conditions drawn (spread over the sweep)")
+    p.set_defaults(func=run_voltage)
+
+    p = _figure_parser(sub, "fade", "capacity fade across the sweep, coloured by condition",
+                       "SOH and discharge capacity per cycle for each condition; stopped runs marked.")
+    p.add_argument("sweep", metavar="ZARR", help="sweep.zarr")
+    p.add_argument("--max-conditions", type=int, default=64, help="conditions drawn (spread over the sweep)")
+    p.set_defaults(func=run_fade)
+
+    p = _figure_parser(sub, "degradation", "degradation-model SOH predictions with intervals vs truth",
+                       "Sampled SOH curves per cell: mean, central interval (interval_level) and the truth.")
+    p.add_argument("predictions", metavar="ZARR", help="degradation.zarr")
+    p.add_argument("--max-cells", type=int, default=6, help="cells drawn (held-out cells first)")
+    p.set_defaults(func=run_degradation)
+
+    p = _figure_parser(sub, "rul", "predicted vs true cycle life (RUL) with intervals",
+                       "Median predicted cycle life with its interval against the true life, every cell.")
+    p.add_argument("predictions", metavar="ZARR", help="degradation.zarr")
+    p.set_defaults(func=run_rul)
+
+    q = sub.add_parser("ome", help="OME-Zarr multiscale export of a volume and its labels (napari)",
+                       description="Write an OME-NGFF 0.5 (zarr v3) multiscale image of --volume with "
+                       "--levels extra levels (local mean) and each --labels store as an image-label "
+                       "(nearest-neighbour pyramid, class colours and names), physical scale in µm.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    q.add_argument("--volume", required=True, metavar="ZARR", help="volume store")
+    q.add_argument("--labels", action="append", default=[], metavar="NAME=ZARR",
+                   help="label store to add as labels/NAME (repeat)")
+    q.add_argument("--out", required=True, metavar="OME_ZARR", help="output, e.g. results/s1/ome/volume.ome.zarr")
+    q.add_argument("--levels", type=int, default=3, help="extra pyramid levels (factors 2, 4, ...)")
+    q.add_argument("--chunk", type=int, default=64, help="chunk edge of every level")
+    q.set_defaults(func=run_ome)
+
+
+def _save(fig, args) -> None:
+    from .style import save
+
+    save(fig, args.out, dpi=args.dpi)
+    log.info("wrote %s", args.out)
+
+
+def run_slices(args: argparse.Namespace) -> None:
+    from .volumes import Panel, plot_orthoslices
+
+    spec = [("raw CT", args.raw, "image"), ("NLM denoised", args.denoised, "image"),
+            ("segmented", args.labels, "labels"), ("ground truth", args.truth, "labels"),
+            ("uncertainty (nats)", args.uncertainty, "map")]
+    panels = [Panel(t, open_volume(p), k) for t, p, k in spec if p]
+    if not panels:
+        raise InputError("report slices: give at least one of --raw/--denoised/--labels/--truth/--uncertainty")
+    _save(plot_orthoslices(panels, title=args.title), args)
+
+
+def run_nlm(args: argparse.Namespace) -> None:
+    from .volumes import plot_nlm
+
+    metrics = read_json(args.metrics, "denoise metrics") if args.metrics else None
+    clean = open_volume(args.clean) if args.clean else None
+    _save(plot_nlm(open_volume(args.noisy), open_volume(args.denoised), clean, metrics), args)
+
+
+def run_training(args: argparse.Namespace) -> None:
+    from .training import plot_training
+
+    _save(plot_training(read_json(args.metrics, "segmentation metrics"), args.metrics), args)
+
+
+def run_tortuosity(args: argparse.Namespace) -> None:
+    from .microstructure import plot_tortuosity, read_msd
+
+    micro = read_json(args.microstructure, "microstructure.json")
+    _save(plot_tortuosity(micro, read_msd(args.msd) if args.msd else None, args.phase), args)
+
+
+def run_table(args: argparse.Namespace) -> None:
+    from .microstructure import plot_microstructure_table
+
+    _save(plot_microstructure_table(read_json(args.microstructure, "microstructure.json")), args)
+
+
+def run_series(args: argparse.Namespace) -> None:
+    from .microstructure import plot_series
+
+    names = args.names or [Path(p).parent.name for p in args.microstructure]
+    if len(names) != len(args.microstructure):
+        raise InputError(f"report series: {len(names)} --names for {len(args.microstructure)} files")
+    micros = [(n, read_json(p, "microstructure.json")) for n, p in zip(names, args.microstructure)]
+    _save(plot_series(micros), args)
+
+
+def run_voltage(args: argparse.Namespace) -> None:
+    from .cellsim import plot_voltage_curves
+
+    _save(plot_voltage_curves(args.sweep, args.max_conditions), args)
+
+
+def run_fade(args: argparse.Namespace) -> None:
+    from .cellsim import plot_capacity_fade
+
+    _save(plot_capacity_fade(args.sweep, args.max_conditions), args)
+
+
+def run_degradation(args: argparse.Namespace) -> None:
+    from .degradation import plot_predictions
+
+    _save(plot_predictions(args.predictions, args.max_cells), args)
+
+
+def run_rul(args: argparse.Namespace) -> None:
+    from .degradation import plot_rul
+
+    _save(plot_rul(args.predictions), args)
+
+
+def run_ome(args: argparse.Namespace) -> None:
+    from .ome import export_ome
+
+    labels = {}
+    for item in args.labels:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise InputError(f"report ome --labels {item!r}: expected NAME=PATH")
+        labels[name] = path
+    export_ome(args.volume, args.out, labels, levels=args.levels, chunk=args.chunk)
+    log.info("wrote %s", args.out)

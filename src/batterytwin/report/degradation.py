@@ -1,0 +1,156 @@
+"""Degradation-model figures: sampled SOH curves with their interval against the truth, and
+predicted vs true cycle life (RUL).
+
+Input: ``degradation.zarr`` written by ``batterytwin.degradation.predict`` -- arrays
+``soh_samples`` [n, S, L], ``soh_pred``/``soh_true`` [n, L], ``life_pred``/``life_lo``/``life_hi``/
+``life_true`` [n], ``censored``/``evaluated`` int8 [n]; attributes ``cycles_per_point``,
+``interval_level``, ``threshold_percent``, ``cell_names``, ``metrics``. Only the cells drawn are read.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+from . import style
+
+NEEDED = ("soh_samples", "soh_true", "life_pred", "life_lo", "life_hi", "life_true")
+
+
+def open_predictions(path: os.PathLike | str):
+    """The degradation store as a zarr group, checked for the arrays the figures read."""
+    import zarr
+
+    try:
+        g = zarr.open_group(str(path), mode="r", zarr_format=3)
+    except Exception as exc:
+        raise InputError(f"{path}: not a degradation store ({type(exc).__name__}: {exc})") from None
+    missing = [k for k in NEEDED if k not in g]
+    if missing:
+        raise InputError(f"{path}: degradation store lacks array(s) {', '.join(missing)}")
+    return g
+
+
+def _flags(g, name: str, n: int, default: int) -> np.ndarray:
+    return np.asarray(g[name][:], dtype=bool) if name in g else np.full(n, bool(default))
+
+
+def pick_cells(g, max_cells: int) -> np.ndarray:
+    """Up to ``max_cells`` cells, evaluated ones first, spread over the index range."""
+    n = int(g["life_true"].shape[0])
+    ev = np.flatnonzero(_flags(g, "evaluated", n, 1))
+    pool = ev if ev.size else np.arange(n)
+    take = np.unique(np.linspace(0, pool.size - 1, min(pool.size, max_cells)).round().astype(int))
+    return pool[take]
+
+
+def plot_predictions(path: os.PathLike | str, max_cells: int = 6):
+    """One panel per cell: true SOH, mean predicted SOH, and the central ``interval_level`` band
+    of the sampled curves (pointwise quantiles over the samples still running at each point).
+    """
+    g = open_predictions(path)
+    attrs = dict(g.attrs)
+    level = float(attrs.get("interval_level", 0.9))
+    cpp = float(attrs.get("cycles_per_point", 1))
+    thr = attrs.get("threshold_percent")
+    names = list(attrs.get("cell_names") or [])
+    cells = pick_cells(g, max_cells)
+    ncol = 2 if len(cells) == 4 else min(3, len(cells))
+    nrow = math.ceil(len(cells) / ncol)
+    q_lo, q_hi = (1 - level) / 2, 1 - (1 - level) / 2
+    drawn: dict[int, dict[str, np.ndarray]] = {}
+    with style.paper_style():
+        fig = style.new_figure(style.DOUBLE_COLUMN_IN, 1.7 * nrow + 0.5)
+        axes = np.atleast_1d(fig.subplots(nrow, ncol, sharey=True, squeeze=False)).ravel()
+        for ax, i in zip(axes, cells):
+            samples = np.asarray(g["soh_samples"][int(i)], dtype=np.float64)      # [S, L]: one cell
+            true = np.asarray(g["soh_true"][int(i)], dtype=np.float64)
+            cyc = np.arange(samples.shape[-1]) * cpp
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns after every sample ended
+                lo = np.nanquantile(samples, q_lo, axis=0)
+                hi = np.nanquantile(samples, q_hi, axis=0)
+                mean = np.asarray(g["soh_pred"][int(i)], dtype=np.float64) if "soh_pred" in g \
+                    else np.nanmean(samples, axis=0)
+            ax.fill_between(cyc, lo, hi, color="#0072B2", alpha=0.25, lw=0, label=f"{level:.0%} interval")
+            ax.plot(cyc, mean, color="#0072B2", label="predicted (mean)")
+            ax.plot(cyc, true, color="black", lw=1.0, ls="--", label="true")
+            if thr is not None:
+                ax.axhline(float(thr), color="0.6", lw=0.6, ls=":")
+            t, lp, l0, l1 = (float(g[k][int(i)]) for k in ("life_true", "life_pred", "life_lo", "life_hi"))
+            ax.set_title(f"{names[i] if i < len(names) else f'cell {i}'}: life {lp:.0f} "
+                         f"[{l0:.0f}, {l1:.0f}] vs {t:.0f}", fontsize=7)
+            ax.set_xlabel("cycle")
+            drawn[int(i)] = {"lo": lo, "hi": hi, "mean": mean, "true": true}
+        for ax in axes[len(cells):]:
+            ax.set_axis_off()
+        for r in range(nrow):
+            axes[r * ncol].set_ylabel("SOH (%)")
+        axes[0].legend(loc="lower left")
+        m = attrs.get("metrics", {}).get("model", {})
+        extra = (f"; SOH-curve RMSE {m['soh_curve_rmse_percent']:.2f} %"
+                 if isinstance(m.get("soh_curve_rmse_percent"), (int, float)) else "")
+        fig.suptitle(f"degradation model: sampled SOH curves vs truth ({len(cells)} cells){extra}")
+    fig.drawn = drawn
+    return fig
+
+
+def plot_rul(path: os.PathLike | str):
+    """Predicted (median, with the ``interval_level`` interval) vs true cycle life, every cell.
+
+    Censored cells (truth only a lower bound) are drawn hollow; the RMSE and interval coverage in
+    the title are those of the store's ``metrics`` (computed by the degradation stage on the
+    evaluated, uncensored cells), so the figure shows the same numbers as the metrics JSON.
+    """
+    g = open_predictions(path)
+    attrs = dict(g.attrs)
+    level = float(attrs.get("interval_level", 0.9))
+    true = np.asarray(g["life_true"][:], dtype=np.float64)
+    pred = np.asarray(g["life_pred"][:], dtype=np.float64)
+    lo = np.asarray(g["life_lo"][:], dtype=np.float64)
+    hi = np.asarray(g["life_hi"][:], dtype=np.float64)
+    n = true.size
+    censored = _flags(g, "censored", n, 0)
+    evaluated = _flags(g, "evaluated", n, 1)
+    with style.paper_style():
+        fig = style.new_figure(style.SINGLE_COLUMN_IN, 3.2)
+        ax = fig.subplots()
+        groups = [("held out", evaluated & ~censored, "#0072B2", "o", "full"),
+                  ("held out, censored", evaluated & censored, "#0072B2", "o", "none"),
+                  ("training", ~evaluated, "0.55", "s", "full")]
+        for label, sel, colour, marker, fill in groups:
+            if not sel.any():
+                continue
+            yerr = np.vstack([np.clip(pred[sel] - lo[sel], 0, None), np.clip(hi[sel] - pred[sel], 0, None)])
+            ax.errorbar(true[sel], pred[sel], yerr=yerr, fmt=marker, color=colour, ms=3.5, elinewidth=0.6,
+                        capsize=1.5, fillstyle=fill, label=label)
+        finite = np.concatenate([true, lo, hi])
+        finite = finite[np.isfinite(finite)]
+        lo_, hi_ = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        pad = 0.08 * (hi_ - lo_ or 1.0)
+        lims = (max(0.0, lo_ - pad), hi_ + pad)
+        ax.plot(lims, lims, color="0.3", lw=0.7, ls="--", label="ideal")
+        ax.set_xlim(*lims)
+        ax.set_ylim(*lims)
+        ax.set_aspect("equal")
+        ax.set_xlabel("true cycle life (cycles)")
+        ax.set_ylabel(f"predicted cycle life (median, {level:.0%} interval)")
+        ax.legend(loc="upper left")
+        metrics = attrs.get("metrics", {})
+        m: dict[str, Any] = metrics.get("model", {})
+        parts = []
+        if isinstance(m.get("rul_rmse_cycles"), (int, float)):
+            parts.append(f"RUL RMSE {m['rul_rmse_cycles']:.1f} cycles")
+        if isinstance(m.get("interval_coverage"), (int, float)):
+            parts.append(f"coverage {m['interval_coverage']:.0%}")
+        if not parts and metrics.get("n_evaluated") == 0:
+            parts.append(f"no uncensored held-out cell ({metrics.get('n_censored', '?')} censored): no RUL RMSE")
+        ax.set_title("; ".join(parts) if parts else "predicted vs true life", fontsize=7)
+    fig.points = (true, pred)
+    return fig

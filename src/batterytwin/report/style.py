@@ -1,0 +1,163 @@
+"""One paper style for every figure: fonts, sizes, class colours, scale bars, atomic PNG output.
+
+Figures are sized for a journal page (single column 3.5 in, double column 7.2 in) with 8 pt text,
+so they are readable when printed at that size; ``save`` writes a PNG at ``dpi`` (default 200)
+through a temporary name, so an interrupted job never leaves a half-written figure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from pathlib import Path
+from typing import Iterator, Mapping
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: batch jobs on compute nodes have no display
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.colors import BoundaryNorm, ListedColormap  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+
+SINGLE_COLUMN_IN = 3.5
+DOUBLE_COLUMN_IN = 7.2
+DEFAULT_DPI = 200
+
+PAPER_RC = {
+    "font.size": 8,
+    "axes.titlesize": 8,
+    "axes.labelsize": 8,
+    "xtick.labelsize": 7,
+    "ytick.labelsize": 7,
+    "legend.fontsize": 7,
+    "figure.titlesize": 9,
+    "axes.linewidth": 0.6,
+    "lines.linewidth": 1.2,
+    "lines.markersize": 3.5,
+    "xtick.major.width": 0.6,
+    "ytick.major.width": 0.6,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "legend.frameon": False,
+    "savefig.bbox": "tight",
+    "savefig.pad_inches": 0.03,
+    "image.interpolation": "nearest",
+    "figure.constrained_layout.use": True,
+}
+
+# Fixed colours for the default classes (colour-blind-safe Okabe-Ito palette), so a class has
+# the same colour in every figure, in napari (OME-Zarr label colours) and in the legend.
+CLASS_COLOURS = {
+    "pore": "#000000",
+    "solid_electrolyte": "#56B4E9",
+    "lithium_metal": "#E69F00",
+    "cathode_active": "#009E73",
+    "redeposited_lithium": "#D55E00",
+    "current_collector": "#999999",
+}
+_FALLBACK = ["#0072B2", "#CC79A7", "#F0E442", "#882255", "#44AA99", "#117733", "#332288", "#AA4499"]
+AXIS_COLOURS = {"z": "#0072B2", "y": "#D55E00", "x": "#009E73"}
+UNLABELLED_COLOUR = "#FFFFFF"
+
+
+@contextlib.contextmanager
+def paper_style() -> Iterator[None]:
+    """Context in which figures get the paper style (restores the caller's rcParams)."""
+    with matplotlib.rc_context(PAPER_RC):
+        yield
+
+
+def class_colour(class_id: int, name: str) -> str:
+    """Colour of a class: the fixed colour of a default class name, else a palette colour by id."""
+    return CLASS_COLOURS.get(name, _FALLBACK[int(class_id) % len(_FALLBACK)])
+
+
+def class_colourmap(classes: Mapping[int, str], ignore_label: int = 255) -> tuple[ListedColormap, BoundaryNorm]:
+    """Colour map + norm drawing label id ``k`` in its class colour (``ignore_label`` white).
+
+    Ids without a class name (should not occur) are drawn magenta so that they stand out.
+    """
+    top = max(max(classes, default=0), ignore_label)
+    colours = ["#FF00FF"] * (top + 1)
+    for k, name in classes.items():
+        colours[int(k)] = class_colour(int(k), name)
+    colours[ignore_label] = UNLABELLED_COLOUR
+    cmap = ListedColormap(colours)
+    return cmap, BoundaryNorm(np.arange(top + 2) - 0.5, cmap.N)
+
+
+def class_legend(fig: Figure, classes: Mapping[int, str], present: set[int] | None = None,
+                 ncol: int | None = None) -> None:
+    """Legend of class colours and names below the figure (only ``present`` ids when given)."""
+    ids = [k for k in sorted(classes) if present is None or k in present]
+    handles = [Patch(facecolor=class_colour(k, classes[k]), edgecolor="0.3", linewidth=0.4,
+                     label=f"{k} {classes[k].replace('_', ' ')}") for k in ids]
+    if handles:
+        fig.legend(handles=handles, loc="outside lower center", ncol=ncol or min(len(handles), 3),
+                   handlelength=1.0, columnspacing=1.2)
+
+
+def nice_length(span: float, fraction: float = 0.25) -> float:
+    """A round scale-bar length (1, 2 or 5 x 10^k) close to ``fraction`` of ``span``."""
+    target = max(span * fraction, 1e-12)
+    exp = math.floor(math.log10(target))
+    for m in (5, 2, 1):
+        if m * 10**exp <= target:
+            return m * 10**exp
+    return 10**exp
+
+
+def format_um(value: float) -> str:
+    return f"{value:g} µm" if value >= 1 else f"{value * 1000:g} nm"
+
+
+def add_scale_bar(ax, width_um: float, colour: str = "white") -> float:
+    """Draw a scale bar in the lower right of an image axis whose data units are micrometres.
+
+    Returns the bar length in µm (a round number about a quarter of ``width_um``).
+    """
+    from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
+
+    length = nice_length(width_um)
+    bar = AnchoredSizeBar(ax.transData, length, format_um(length), "lower right", pad=0.3, color=colour,
+                          frameon=False, size_vertical=width_um / 80, fontproperties={"size": 6},
+                          label_top=True, borderpad=0.3)
+    ax.add_artist(bar)
+    return length
+
+
+def robust_window(*planes: np.ndarray, low: float = 1.0, high: float = 99.0) -> tuple[float, float]:
+    """Grey-level window from the 1st and 99th percentiles of the finite values of ``planes``."""
+    vals = np.concatenate([np.asarray(p, dtype=np.float64).ravel() for p in planes])
+    vals = vals[np.isfinite(vals)]
+    if vals.size == 0:
+        return 0.0, 1.0
+    lo, hi = np.percentile(vals, [low, high])
+    if hi <= lo:
+        hi = lo + 1.0
+    return float(lo), float(hi)
+
+
+def new_figure(width_in: float = DOUBLE_COLUMN_IN, height_in: float = 3.0) -> Figure:
+    """A figure of paper width (call inside :func:`paper_style`)."""
+    return plt.figure(figsize=(width_in, height_in))
+
+
+def save(fig: Figure, path: os.PathLike | str, dpi: int = DEFAULT_DPI) -> Path:
+    """Write ``fig`` as PNG atomically (temporary name + rename) and close it."""
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}.png")
+    try:
+        with paper_style():  # artists created lazily at draw time (ticks) get the style too
+            fig.savefig(tmp, dpi=dpi, format="png")
+        os.replace(tmp, final)
+    finally:
+        plt.close(fig)
+        if tmp.exists():
+            tmp.unlink()
+    return final

@@ -1,0 +1,62 @@
+"""Helpers of ``workflow/rules/report.smk``: which samples get which figure, and rule inputs.
+
+Plain functions (no snakemake import): the rule file passes its sample table and variables in.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Iterable, Mapping, Sequence
+
+
+def stage_samples(targets: Iterable[str] | None, filename: str, samples: Sequence[str]) -> list[str]:
+    """Samples whose ``results/{sample}/<filename>`` is among a stage's targets, in sample order.
+
+    ``targets`` None (the stage's rule file does not define them) or naming its outputs otherwise:
+    every sample.
+    """
+    if targets is None:
+        return list(samples)
+    pattern = re.compile(rf"results/([^/]+)/{re.escape(filename)}")
+    found = {m.group(1) for t in targets if (m := pattern.fullmatch(str(t)))}
+    return [s for s in samples if s in found] or list(samples)
+
+
+def series_frames(samples: Sequence[str], specs: Mapping[str, Mapping[str, Any]]) -> dict[str, list[str]]:
+    """Time series name -> its frame samples in order (samples whose spec names a ``series``)."""
+    out: dict[str, list[str]] = {}
+    for s in samples:
+        series = specs[s].get("series")
+        if series:
+            out.setdefault(series, []).append(s)
+    return out
+
+
+def flatten(figures: Mapping[str, Sequence[str]], stages: Sequence[str]) -> list[str]:
+    """Targets of the named stages (all stages when none is named)."""
+    unknown = [s for s in stages if s not in figures]
+    if unknown:
+        raise ValueError(f"REPORT_TARGETS: unknown stage(s) {unknown}; known: {list(figures)}")
+    return [t for s in (stages or list(figures)) for t in figures[s]]
+
+
+def sample_inputs(sample_dir: str, files: Mapping[str, str], synthetic: bool, truth: bool = True,
+                  clean: bool = False, optional: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Named inputs ``{key: <sample_dir>/<file>}``, plus truth.zarr/clean.zarr for phantoms and the
+    ``optional`` files (already filtered by the caller)."""
+    out = {k: f"{sample_dir}/{v}" for k, v in {**files, **(optional or {})}.items()}
+    if synthetic and truth:
+        out["truth"] = f"{sample_dir}/truth.zarr"
+    if synthetic and clean:
+        out["clean"] = f"{sample_dir}/clean.zarr"
+    return out
+
+
+def flags(input: Any, keys: Sequence[str], label_prefix: str | None = None) -> list[str]:
+    """``--key path`` for each key present in a rule's ``input`` (``--labels NAME=path`` style when
+    ``label_prefix`` is given)."""
+    out: list[str] = []
+    for k in keys:
+        if k in input.keys():
+            out += [label_prefix, f"{k}={input[k]}"] if label_prefix else [f"--{k}", str(input[k])]
+    return out

@@ -1,0 +1,92 @@
+"""Segmentation training figure: loss curve and per-class validation Dice from ``metrics.json``.
+
+Input: ``results/models/segment/metrics.json`` (schema ``batterytwin.segment.metrics/1``) with
+``loss_curve`` [{step, loss, lr}], ``validation`` [{step, dice: [per class or null], mean_dice}],
+``classes`` {"0": "pore", ...} and ``final_dice`` {name: value}.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+from ..errors import InputError
+from . import style
+
+
+def _smooth(y: np.ndarray, window: int) -> np.ndarray:
+    """Centred running mean (edges use the available points): a readable trend of a noisy loss."""
+    if window <= 1 or y.size < 3:
+        return y
+    kernel = np.ones(window)
+    num = np.convolve(y, kernel, mode="same")
+    den = np.convolve(np.ones_like(y), kernel, mode="same")
+    return num / den
+
+
+def plot_training(metrics: Mapping[str, Any], where: str = "metrics.json"):
+    """Loss per step (raw and smoothed), validation Dice per class over steps, final Dice bars.
+
+    Args:
+        metrics: the parsed ``metrics.json``.
+    Returns:
+        the matplotlib figure.
+    """
+    curve = metrics.get("loss_curve")
+    if not curve:
+        raise InputError(f"{where}: no 'loss_curve' (not a segmentation metrics file?)")
+    try:
+        steps = np.array([float(c["step"]) for c in curve])
+        loss = np.array([float(c["loss"]) for c in curve])
+    except (KeyError, TypeError, ValueError):
+        raise InputError(f"{where}: 'loss_curve' entries need numeric 'step' and 'loss'") from None
+    classes = {int(k): v for k, v in metrics.get("classes", {}).items()}
+    val = metrics.get("validation") or []
+    with style.paper_style():
+        fig = style.new_figure(style.DOUBLE_COLUMN_IN, 2.4)
+        ax_loss, ax_dice, ax_bar = fig.subplots(1, 3, width_ratios=[1.1, 1.1, 1.0])
+        ax_loss.plot(steps, loss, color="0.7", lw=0.8, label="per step")
+        ax_loss.plot(steps, _smooth(loss, max(1, len(loss) // 20)), color="#0072B2", label="running mean")
+        ax_loss.set_xlabel("training step")
+        ax_loss.set_ylabel("loss (Dice + cross-entropy)")
+        if np.all(loss > 0) and loss.max() / max(loss.min(), 1e-12) > 10:
+            ax_loss.set_yscale("log")
+        ax_loss.legend()
+        ax_loss.set_title("training loss")
+        if val:
+            vsteps = np.array([float(v["step"]) for v in val])
+            dice = np.array([[np.nan if d is None else float(d) for d in v["dice"]] for v in val])
+            for k in range(dice.shape[1]):
+                name = classes.get(k, str(k))
+                # class colours as in the bar panel, which doubles as the legend
+                ax_dice.plot(vsteps, dice[:, k], marker="o", color=style.class_colour(k, name),
+                             markeredgecolor="0.2", markeredgewidth=0.3)
+            ax_dice.plot(vsteps, [float(v["mean_dice"]) for v in val], color="0.2", ls="--", label="mean")
+            ax_dice.set_ylim(0, 1.02)
+            ax_dice.legend(loc="lower right")
+        else:
+            ax_dice.text(0.5, 0.5, "no validation record", ha="center", va="center", transform=ax_dice.transAxes)
+        ax_dice.set_xlabel("training step")
+        ax_dice.set_ylabel("validation Dice")
+        ax_dice.set_title("per-class Dice")
+        final = metrics.get("final_dice") or {}
+        names = [classes[k] for k in sorted(classes)] if classes else list(final)
+        vals = [final.get(n) for n in names]
+        ys = np.arange(len(names))
+        bars = ax_bar.barh(ys, [np.nan if v is None else v for v in vals],
+                           color=[style.class_colour(k, n) for k, n in enumerate(names)], edgecolor="0.3", lw=0.4)
+        for y, v in zip(ys, vals):
+            if v is None or v < 0.3:  # short bar: the number goes to its right, in black
+                ax_bar.text((v or 0.0) + 0.02, y, "n/a" if v is None else f"{v:.3f}", va="center", ha="left",
+                            fontsize=6, color="black")
+            else:
+                ax_bar.text(min(v, 1.0) - 0.02, y, f"{v:.3f}", va="center", ha="right", fontsize=6, color="white")
+        ax_bar.set_yticks(ys, [n.replace("_", " ") for n in names])
+        ax_bar.invert_yaxis()
+        ax_bar.set_xlim(0, 1)
+        ax_bar.set_xlabel("final Dice")
+        mean = metrics.get("final_mean_dice")
+        ax_bar.set_title("final" + (f" (mean {mean:.3f})" if isinstance(mean, (int, float)) else ""))
+        fig.bars = bars
+    return fig
