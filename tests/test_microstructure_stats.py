@@ -88,3 +88,12 @@ def test_lithium_dendrites():
     assert np.isclose(max(li["equivalent_diameters_um"]), (6 * v / math.pi) ** (1 / 3))
     empty = stats.lithium_stats(np.ones((5, 5, 5), np.uint8), 4, 2, vs)
     assert empty["count"] == 0 and empty["dendrite_length_um"] == 0.0
+
+
+def test_single_voxel_phase_has_no_resolvable_surface():
+    """A one-voxel speck (as a segmentation can leave) gives area 0, not a marching-cubes error."""
+    from batterytwin.microstructure.stats import surface_area_um2
+
+    mask = np.zeros((12, 12, 12), bool)
+    mask[6, 6, 6] = True
+    assert surface_area_um2(mask, [1.0, 1.0, 1.0]) == 0.0

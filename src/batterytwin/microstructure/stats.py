@@ -45,6 +45,8 @@ def surface_area_um2(mask: np.ndarray, voxel_size_um) -> float:
     if not mask.any() or mask.all():
         return 0.0
     field = ndimage.gaussian_filter(mask.astype(np.float32), SMOOTH_SIGMA, mode="nearest")
+    if field.max() < 0.5 or field.min() > 0.5:
+        return 0.0  # features of about one voxel vanish under the smoothing: below resolution
     verts, faces, _, _ = measure.marching_cubes(field, level=0.5,
                                                 spacing=tuple(float(v) for v in voxel_size_um))
     return float(measure.mesh_surface_area(verts, faces))
