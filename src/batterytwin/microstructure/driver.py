@@ -55,6 +55,10 @@ class MicrostructureParams:
         return cls(walk=WalkParams(**walk), **d)
 
 
+# A Bruggeman exponent less certain than this is reported as null (cellsim then keeps its default).
+BRUGGEMAN_MAX_STD = 0.5
+
+
 def _bruggeman(eps: float | None, tau: float | None) -> float | None:
     """b with D_eff = eps^b D: 1 - ln(tau) / ln(eps); None when undefined (eps = 1 or no tau)."""
     if eps is None or tau is None or not 0 < eps < 1 or tau <= 0:
@@ -112,6 +116,12 @@ def _cell_block(labels, ids, p: MicrostructureParams, vs, world, ck, msd) -> dic
         std = rec["tortuosity_electrolyte_std"]
         rec["bruggeman_std"] = (abs(std / tau / math.log(eps)) if rec["bruggeman"] is not None and std is not None
                                 else None)
+        b, b_std = rec["bruggeman"], rec["bruggeman_std"]
+        if b is not None and (b <= 0 or (b_std is not None and b_std > BRUGGEMAN_MAX_STD)):
+            # eps near 1: ln(eps) ~ 0 turns the walk's statistical error in tau into any b at all
+            rec["bruggeman"] = None
+            rec["bruggeman_flag"] = (f"undetermined: b = {b:.3g} +/- {b_std:.2g} at eps = {eps:.4f} "
+                                     "(eps near 1 fixes no exponent); the parameter set keeps its value")
         if tort is None:
             rec["flag"] = err
         elif tau is None:
