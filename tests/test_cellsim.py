@@ -92,6 +92,12 @@ def test_substitutions_recorded(tmp_path):
     ms["cell"]["positive_electrode"]["particle_radius_um"] = None
     names = {s.name for s in microstructure_substitutions(ms, "m.json")}
     assert "Positive particle radius [m]" not in names
+    # an exponent the microstructure stage flags as undetermined (eps near 1) is not re-derived
+    sep = ms["cell"].setdefault("separator", {})
+    sep.update({"electrolyte_volume_fraction": 0.995, "tortuosity_electrolyte": 0.943, "bruggeman": None,
+                "bruggeman_flag": "undetermined: eps near 1"})
+    names = {s.name for s in microstructure_substitutions(ms, "m.json")}
+    assert "Separator Bruggeman coefficient (electrolyte)" not in names
 
 
 def test_bad_parameter_inputs(tmp_path):

@@ -131,7 +131,10 @@ def microstructure_substitutions(ms: dict[str, Any], path: str = "microstructure
             subs.append(Substitution(name, x / scale, f"{path}: cell.{region}.{key}"))
         b = _number(block.get("bruggeman"), f"{path}: cell.{region}.bruggeman")
         source = f"{path}: cell.{region}.bruggeman"
-        if b is None:  # derive it when eps and tau are there but b is not
+        if b is None and block.get("bruggeman_flag"):
+            # the microstructure stage found b undetermined (eps near 1): keep the set's value
+            log.info("%s: cell.%s.bruggeman %s", path, region, block["bruggeman_flag"])
+        elif b is None:  # derive it when eps and tau are there but b is not
             eps = _number(block.get("electrolyte_volume_fraction"), f"{path}: cell.{region}")
             tau = _number(block.get("tortuosity_electrolyte"), f"{path}: cell.{region}.tortuosity_electrolyte")
             if eps is not None and tau is not None:
