@@ -134,6 +134,13 @@ def test_bad_input(tmp_path, cli):
     empty = _store(tmp_path / "e.zarr", np.ones_like(lab), good)
     code, err = cli("microstructure", "--labels", empty, *args)
     assert code == 2 and "absent" in err
+    # absent_phase: skip records the absent phase as not measured and measures the rest
+    skip_args = ["--output", tmp_path / "skip.json", "--msd", tmp_path / "skip.npz", *args[4:]]
+    code, err = cli("microstructure", "--labels", empty, *skip_args, "--params", '{"absent_phase": "skip"}')
+    assert code == 0, err
+    rec = json.loads((tmp_path / "skip.json").read_text())
+    assert rec["tortuosity"]["pore"]["axes"] is None and "absent" in rec["tortuosity"]["pore"]["flag"]
+    assert rec["tortuosity"]["solid_electrolyte"]["axes"]["z"]["tau"] == pytest.approx(1.0, abs=0.1)
     no_vs = {k: v for k, v in good.items() if k != "voxel_size_um"}
     p2 = _store(tmp_path / "b.zarr", lab, no_vs)
     code, err = cli("microstructure", "--labels", p2, *args)

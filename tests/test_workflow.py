@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -9,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import zarr
+from skimage.metrics import peak_signal_noise_ratio
 
 from batterytwin import store
 from batterytwin.ingest.phantom import make_phantom
@@ -25,8 +28,8 @@ def snakemake(workdir: Path, *args: str, timeout: float = 1800) -> subprocess.Co
 def test_dry_run_plans_every_stage(tmp_path):
     proc = snakemake(tmp_path, "-n", "--configfile", str(REPO / "config.yaml"))
     assert proc.returncode == 0, proc.stderr + proc.stdout
-    for rule in ("phantom",):
-        assert f"{rule} " in proc.stdout
+    for rule in ("phantom", "denoise", "train_seg", "segment", "microstructure", "simulate"):
+        assert f"{rule} " in proc.stdout, rule
 
 
 def test_lint_is_clean(tmp_path):
@@ -48,11 +51,43 @@ def test_whole_chain_on_a_tiny_phantom(tmp_path):
                      str(REPO / "tests" / "config.e2e.yaml"))
     assert proc.returncode == 0, proc.stderr[-6000:]
     results = tmp_path / "results"
+    sample = results / "phantom"
+    assert not list(results.rglob("*.tmp-*"))
+
     # ingest: the stores hold exactly the phantom generated in memory
-    image, labels = make_phantom((32, 40, 40), seed=2)
-    vol = store.open_volume(results / "phantom" / "volume.zarr")
+    image, labels, clean = make_phantom((32, 40, 40), seed=2, with_clean=True)
+    vol = store.open_volume(sample / "volume.zarr")
     np.testing.assert_array_equal(vol.array[:], image)
-    np.testing.assert_array_equal(store.open_volume(results / "phantom" / "truth.zarr").array[:], labels)
+    np.testing.assert_array_equal(store.open_volume(sample / "truth.zarr").array[:], labels)
     assert vol.shards == (32, 32, 32)
     assert (tmp_path / "logs" / "phantom" / "phantom.log").exists()
-    assert not list(results.rglob("*.tmp-*"))
+
+    # denoise: PSNR as scikit-image computes it, and better than the noisy input
+    denoised = store.open_volume(sample / "denoised.zarr").array[:]
+    metrics = json.loads((sample / "denoise.json").read_text())["metrics"]
+    data_range = float(clean.max() - clean.min())
+    psnr = peak_signal_noise_ratio(clean, denoised, data_range=data_range)
+    assert metrics["psnr_db"] == pytest.approx(psnr, abs=1e-3)
+    assert psnr > peak_signal_noise_ratio(clean, image, data_range=data_range) + 3
+
+    # segment: a label store with the classes, agreeing with the ground truth on most voxels
+    seg = store.open_volume(sample / "labels.zarr")
+    assert seg.classes[4] == "redeposited_lithium" and seg.array.dtype == np.uint8
+    assert (seg.array[:] == labels).mean() > 0.8
+
+    # microstructure: volume fractions are those of the label store; the cell block is there
+    micro = json.loads((sample / "microstructure.json").read_text())
+    counts = np.bincount(seg.array[:].ravel(), minlength=6) / seg.array.size
+    for k, name in seg.classes.items():
+        assert micro["volume_fractions"][name] == pytest.approx(counts[k], abs=1e-9)
+    pe = micro["cell"]["positive_electrode"]
+    assert 0 < pe["electrolyte_volume_fraction"] < 1 and pe["thickness_um"] > 0
+
+    # cell simulation: SOH is capacity over the first cycle's, for every completed condition
+    sweep = zarr.open_group(str(sample / "sweep.zarr"), mode="r")
+    ok = np.asarray(sweep["status"][:]) == 1
+    assert ok.sum() >= 3
+    cap, soh = np.asarray(sweep["capacity_Ah"][:]), np.asarray(sweep["soh"][:])
+    np.testing.assert_allclose(soh[ok, :5], 100 * cap[ok, :5] / cap[ok, :1], rtol=1e-9)
+    summary = json.loads((sample / "sweep.json").read_text())
+    assert len(summary["conditions"]) == len(ok)

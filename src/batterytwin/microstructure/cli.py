@@ -94,5 +94,6 @@ def run(args) -> int:
     record = drive(args.labels, args.output, args.msd, params, args.checkpoint_dir, get_world(),
                    previous_json=args.previous or None)
     for name, t in record["tortuosity"].items():
-        log.info("%s: tau z/y/x = %s", name, [t["axes"][a]["tau"] for a in ("z", "y", "x")])
+        log.info("%s: tau z/y/x = %s", name,
+                 [t["axes"][a]["tau"] for a in ("z", "y", "x")] if t["axes"] else t.get("flag"))
     return 0

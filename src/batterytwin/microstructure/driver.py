@@ -41,6 +41,7 @@ class MicrostructureParams:
     redeposited_phase: str = "redeposited_lithium"
     layer_min_fraction: float = 0.01
     surface_area: bool = True
+    absent_phase: str = "error"  # error | skip: a configured phase with no voxel stops the run, or is flagged
     walk: WalkParams = field(default_factory=WalkParams)
 
     @classmethod
@@ -52,6 +53,8 @@ class MicrostructureParams:
         if unknown or bad_walk:
             keys = sorted(unknown | {f"walk.{k}" for k in bad_walk})
             raise InputError(f"microstructure config: unknown key(s) {keys}")
+        if d.get("absent_phase", "error") not in ("error", "skip"):
+            raise InputError(f"microstructure config: absent_phase must be 'error' or 'skip', got {d['absent_phase']!r}")
         return cls(walk=WalkParams(**walk), **d)
 
 
@@ -152,6 +155,12 @@ def measure(labels: np.ndarray, classes: dict[int, str], voxel_size_um, p: Micro
     msd: dict[str, dict] = {}
     tortuosity = {}
     for name in p.phases:
+        if p.absent_phase == "skip" and not (labels == ids[name]).any():
+            # a segmentation may legitimately find none of a phase: a result, not a broken input
+            log.warning("phase %r has no voxel: tortuosity not measured (absent_phase: skip)", name)
+            tortuosity[name] = {"axes": None, "tensor_D_eff_over_D_bulk": None,
+                                "flag": "phase absent (0 voxels): not measured"}
+            continue
         log.info("random walk: %s (whole volume)", name)
         tort = walk_tortuosity(labels == ids[name], p.walk, vs, world,
                                Path(checkpoint_dir) / "walks" if checkpoint_dir else None, where=f"phase {name!r}")
