@@ -181,7 +181,7 @@ def plot_tortuosity(micro: Mapping[str, Any], msd: Mapping[str, Mapping[str, np.
             region, _, phase = key.partition(".")
             where = "whole volume" if region == "volume" else region.replace("_", " ")
             ax.set_title(f"{phase.replace('_', ' ')}, {where}")
-            axes_res = rec.get("axes", {})
+            axes_res = rec.get("axes") or {}
             tensor = rec.get("tensor_D_eff_over_D_bulk")
             rows = []
             for i, a in enumerate(AXES):
