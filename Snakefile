@@ -15,6 +15,8 @@ include: "workflow/rules/denoise.smk"
 include: "workflow/rules/segment.smk"
 include: "workflow/rules/microstructure.smk"
 include: "workflow/rules/cellsim.smk"
+include: "workflow/rules/degradation.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:
@@ -24,4 +26,6 @@ rule all:
         SEGMENT_TARGETS,
         MICROSTRUCTURE_TARGETS,
         CELLSIM_TARGETS,
+        DEGRADATION_TARGETS,
+        REPORT_TARGETS(),
     default_target: True

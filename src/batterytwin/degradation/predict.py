@@ -1,0 +1,260 @@
+"""Inference driver: sampled SOH curves per cell, life intervals, metrics, baselines, the output store.
+
+Output store ``degradation.zarr`` (zarr v3 group; ``n`` cells, ``S`` samples, ``L`` curve points):
+
+- ``soh_samples`` float32 [n, S, L]: sampled curves (percent; NaN after each sample's predicted end).
+- ``soh_pred`` float32 [n, L]: mean sampled curve; ``soh_true`` float32 [n, L] (NaN after the record).
+- ``life_samples`` float32 [n, S]; ``life_pred`` (median), ``life_lo``, ``life_hi`` (central interval),
+  ``life_true``, ``life_variance``, ``life_forest`` (baselines) float32 [n]; ``censored`` int8 [n];
+  ``evaluated`` int8 [n] (1: held-out cell counted in the metrics).
+- ``synthetic_soh`` float32 [m, L]: curves generated without a condition (augmentation), if asked.
+
+Attributes: provenance, ``eol_rule``, ``cycles_per_point``, ``threshold``, ``interval_level``, the
+sampler settings, ``cell_names`` and ``metrics`` (also written as JSON beside the store).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..distributed import World, get_world
+from ..store import atomic_output, provenance, write_json
+from .baselines import ForestModel, VarianceModel
+from .data import CurveSet, decode_curves
+from .diffusion import Diffusion
+from .evaluate import (coverage, curve_rmse, cycle_life, interval_summary, mean_curve_predictor, mean_sample_curve,
+                       rmse)
+from .nets import DegradationNet
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SampleSettings:
+    samples: int = 32          # curves per cell (intervals need many)
+    sampler: str = "ddim"      # "ddim" or "ancestral" (all T steps)
+    steps: int = 50            # DDIM steps
+    guidance: float = 1.0      # classifier-free guidance weight (1: conditional model, 0: unconditional)
+    seed: int = 0
+    batch: int = 512           # curves per network call
+    level: float = 0.9         # central prediction interval
+    threshold: float = 80.0    # SOH percent for the threshold end-of-life rule
+
+
+def sample_curves(net: DegradationNet, payload: dict, qmatrix: np.ndarray, st: SampleSettings,
+                  device: torch.device | None = None, cell_offset: int = 0) -> np.ndarray:
+    """Draw ``st.samples`` curves for each capacity matrix.
+
+    Args:
+        qmatrix: [n, R, V] raw capacity matrices (scaled here by the training ``q_scale``).
+        cell_offset: global index of the first cell (seeds depend on the global cell, not the rank).
+    Returns:
+        x float32 [n, S, 2, L] in model units (decode with :func:`~.data.decode_curves`).
+    """
+    device = device or torch.device("cpu")
+    cfg = payload["config"]
+    diffusion = Diffusion(cfg["timesteps"], cfg["schedule"])
+    L, S = int(payload["curve_length"]), int(st.samples)
+    q = torch.from_numpy(np.asarray(qmatrix, np.float32) / float(payload["q_scale"])).to(device)
+    clip = torch.as_tensor(payload["x0_range"], dtype=torch.float32) if "x0_range" in payload else None
+    out = np.empty((len(q), S, 2, L), np.float32)
+    per_call = max(1, st.batch // S)  # cells per network call
+    for c0 in range(0, len(q), per_call):
+        cells = range(c0, min(c0 + per_call, len(q)))
+        g = torch.Generator(device=device).manual_seed(int(st.seed) * 1_000_003 + cell_offset + c0)
+        qq = q[list(cells)].repeat_interleave(S, dim=0)
+        x = _sample(diffusion, net, qq, (len(qq), 2, L), st, g, clip)
+        out[c0:c0 + len(cells)] = x.reshape(len(cells), S, 2, L).cpu().numpy()
+    return out
+
+
+def _sample(diffusion: Diffusion, net: DegradationNet, q: torch.Tensor, shape, st: SampleSettings, g,
+            clip: torch.Tensor | None) -> torch.Tensor:
+    if st.sampler not in ("ancestral", "ddim"):
+        raise ValueError(f"unknown sampler {st.sampler!r}")
+    return diffusion.sample(net, q, shape, st.sampler, st.steps, st.guidance, g, clip)
+
+
+def generate_unconditional(net: DegradationNet, payload: dict, n: int, st: SampleSettings,
+                           device: torch.device | None = None) -> np.ndarray:
+    """``n`` synthetic SOH curves from the unconditional model (guidance 0): [n, L] percent, NaN after end."""
+    cond_shape = tuple(payload["condition_shape"])
+    st0 = SampleSettings(**{**st.__dict__, "samples": 1, "guidance": 0.0, "seed": st.seed + 7919})
+    x = sample_curves(net, payload, np.zeros((n, *cond_shape), np.float32), st0, device)[:, 0]
+    cfg = payload["config"]
+    return decode_curves(x, cfg["soh_center"], cfg["soh_scale"])[0]
+
+
+def _train_lives(payload: dict, rule: str, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    tr = payload["train"]
+    life, cens = cycle_life(tr["soh"].numpy(), tr["valid_len"].numpy(), rule, payload["cycles_per_point"], threshold)
+    return life, cens
+
+
+def fit_baselines(payload: dict, rule: str, threshold: float, seed: int) -> tuple[VarianceModel, ForestModel, np.ndarray]:
+    """Fit both baselines on the model file's training summaries (uncensored cells only)."""
+    life, cens = _train_lives(payload, rule, threshold)
+    keep = ~cens
+    if keep.sum() < 2:
+        return None, None, life[keep]
+    tr = payload["train"]
+    qv = tr["q_variance_rows"].numpy()
+    var = VarianceModel()
+    var.coef_ = np.polyfit(_var_x(qv[keep]), np.log10(np.maximum(life[keep], 1.0)), 1)
+    forest = ForestModel(seed=seed)
+    from sklearn.ensemble import RandomForestRegressor
+
+    forest.model_ = RandomForestRegressor(n_estimators=forest.n_estimators, random_state=seed, n_jobs=1)
+    forest.model_.fit(tr["forest_x"].numpy()[keep], life[keep])
+    return var, forest, life[keep]
+
+
+def _var_x(q_rows: np.ndarray) -> np.ndarray:
+    """Variance feature from the two stored rows [n, 2, V] (lo, hi)."""
+    return np.log10(np.var(q_rows[:, 1].astype(np.float64) - q_rows[:, 0], axis=1) + 1e-18)
+
+
+def evaluate(net: DegradationNet, payload: dict, cs: CurveSet, st: SampleSettings, evaluated: np.ndarray | None = None,
+             world: World | None = None, device: torch.device | None = None) -> tuple[dict[str, np.ndarray], dict]:
+    """Sample every cell of ``cs``, then score the cells flagged ``evaluated`` (default: all).
+
+    Cells are shared out over the ranks; every rank returns the full result.
+
+    Returns:
+        (arrays for the store, metrics dict).
+    """
+    world = world or get_world()
+    cfg = payload["config"]
+    cs.check_compatible(payload["curve_length"], payload["condition_shape"], payload["cycles_per_point"])
+    n = len(cs)
+    evaluated = np.ones(n, bool) if evaluated is None else np.asarray(evaluated, bool)
+    # Fixed chunks of cells, dealt round robin to ranks: seeds depend on the chunk, not on the rank.
+    per_call = max(1, st.batch // max(1, st.samples))
+    chunks = [(c0, min(c0 + per_call, n)) for c0 in range(0, n, per_call)]
+    t0 = time.perf_counter()
+    parts = {}
+    for k in world.my_items(len(chunks)):
+        a, b = chunks[k]
+        parts[a] = sample_curves(net, payload, cs.qmatrix[a:b], st, device, cell_offset=a)
+    seconds = world.allreduce_sum(time.perf_counter() - t0)
+    gathered = {}
+    for d in world.allgather(parts):
+        gathered.update(d)
+    x = np.concatenate([gathered[a] for a, _ in chunks])              # [n, S, 2, L]
+    soh_s, len_s = decode_curves(x, cfg["soh_center"], cfg["soh_scale"])
+    rule, cpp = cs.eol_rule, cs.cycles_per_point
+    life_s, _ = cycle_life(soh_s, len_s, rule, cpp, st.threshold)
+    summ = interval_summary(life_s, st.level)
+    life_true, censored = cycle_life(cs.soh, cs.valid_len, rule, cpp, st.threshold)
+    soh_pred = mean_sample_curve(soh_s)
+    keep = evaluated & ~censored
+
+    var, forest, train_life = fit_baselines(payload, rule, st.threshold, st.seed)
+    life_var = var.predict(cs.qmatrix) if var is not None else np.full(n, np.nan)
+    life_rf = forest.predict(cs.qmatrix) if forest is not None else np.full(n, np.nan)
+    tr = payload["train"]
+    mean_soh, _ = mean_curve_predictor(tr["soh"].numpy(), tr["valid_len"].numpy(), n)
+    mean_life = np.full(n, float(np.mean(train_life)) if len(train_life) else np.nan)
+    n_curves = n * st.samples
+    metrics = {
+        "eol_rule": rule, "threshold_percent": st.threshold, "cycles_per_point": cpp,
+        "n_cells": int(n), "n_evaluated": int(keep.sum()), "n_censored": int((evaluated & censored).sum()),
+        "interval_level": st.level,
+        "model": {
+            "rul_rmse_cycles": rmse(summ["median"], life_true, keep),
+            "soh_curve_rmse_percent": curve_rmse(soh_pred[evaluated], cs.soh[evaluated], cs.valid_len[evaluated]),
+            "interval_coverage": coverage(summ["lo"], summ["hi"], life_true, keep),
+            "mean_interval_width_cycles": float(np.mean((summ["hi"] - summ["lo"])[keep])) if keep.any() else float("nan"),
+        },
+        "variance_model": {"rul_rmse_cycles": rmse(life_var, life_true, keep)},
+        "random_forest": {"rul_rmse_cycles": rmse(life_rf, life_true, keep)},
+        "mean_curve": {"rul_rmse_cycles": rmse(mean_life, life_true, keep),
+                       "soh_curve_rmse_percent": curve_rmse(mean_soh[evaluated], cs.soh[evaluated],
+                                                            cs.valid_len[evaluated])},
+        "sampling": {"sampler": st.sampler, "steps": st.steps if st.sampler == "ddim" else int(cfg["timesteps"]),
+                     "guidance": st.guidance, "samples_per_cell": st.samples, "curves": n_curves,
+                     "sampling_rank_seconds": seconds, "curves_per_second_per_rank": n_curves / max(seconds, 1e-9)},
+    }
+    arrays = {
+        "soh_samples": soh_s.astype(np.float32), "life_samples": life_s.astype(np.float32),
+        "soh_pred": soh_pred.astype(np.float32), "soh_true": cs.soh.astype(np.float32),
+        "life_pred": summ["median"].astype(np.float32), "life_lo": summ["lo"].astype(np.float32),
+        "life_hi": summ["hi"].astype(np.float32), "life_true": life_true.astype(np.float32),
+        "life_variance": np.asarray(life_var, np.float32), "life_forest": np.asarray(life_rf, np.float32),
+        "censored": censored.astype(np.int8), "evaluated": evaluated.astype(np.int8),
+    }
+    return arrays, metrics
+
+
+def write_store(path: Path, arrays: dict[str, np.ndarray], attrs: dict[str, Any], world: World | None = None) -> None:
+    """Write the prediction store atomically (rank 0 writes; every rank waits for the rename)."""
+    import zarr
+
+    world = world or get_world()
+    with atomic_output(path, world) as tmp:
+        if world.is_root:
+            g = zarr.open_group(str(tmp), mode="w", zarr_format=3, attributes=attrs)
+            for name, a in arrays.items():
+                arr = g.create_array(name, shape=a.shape, dtype=a.dtype, chunks=_chunks(a.shape),
+                                     fill_value=np.nan if a.dtype.kind == "f" else 0)
+                arr[...] = a
+        world.barrier()
+
+
+def _chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
+    # one chunk of up to 64 cells x whole trailing axes: cells are the unit of reading
+    return (max(1, min(shape[0], 64)), *shape[1:]) if shape else ()
+
+
+def run_prediction(model_path: Path, cs: CurveSet, out: Path, metrics_path: Path | None, st: SampleSettings,
+                   evaluated: np.ndarray | None = None, n_synthetic: int = 0, params: dict | None = None,
+                   device: torch.device | None = None, world: World | None = None,
+                   extra_arrays: dict[str, np.ndarray] | None = None) -> dict:
+    """Model file + curve set -> ``degradation.zarr`` (+ metrics JSON). Returns the metrics."""
+    from .train import load_model
+
+    world = world or get_world()
+    net, payload = load_model(model_path, device)
+    arrays, metrics = evaluate(net, payload, cs, st, evaluated, world, device)
+    if n_synthetic > 0:
+        t0 = time.perf_counter()
+        arrays["synthetic_soh"] = generate_unconditional(net, payload, n_synthetic, st, device) if world.is_root \
+            else np.zeros((n_synthetic, payload["curve_length"]), np.float32)
+        metrics["synthetic"] = {"curves": n_synthetic, "seconds": time.perf_counter() - t0}
+    arrays.update(extra_arrays or {})
+    metrics["model_file"] = str(model_path)
+    metrics["data"] = cs.source
+    attrs = {**provenance("degradation", params or {}), "eol_rule": cs.eol_rule,
+             "cycles_per_point": int(cs.cycles_per_point), "threshold_percent": st.threshold,
+             "interval_level": st.level, "sampler": st.__dict__, "cell_names": list(cs.names),
+             "metrics": metrics}
+    write_store(out, arrays, _jsonable(attrs), world)
+    if metrics_path is not None and world.is_root:
+        write_json(metrics_path, _jsonable(metrics))  # NaN (nothing to score) -> null: strict JSON
+    world.barrier()
+    return metrics
+
+
+def _jsonable(obj: Any) -> Any:
+    import json
+    import math
+
+    def fix(o):
+        if isinstance(o, float) and not math.isfinite(o):
+            return None
+        if isinstance(o, dict):
+            return {k: fix(v) for k, v in o.items()}
+        if isinstance(o, (list, tuple)):
+            return [fix(v) for v in o]
+        if isinstance(o, np.generic):
+            return fix(o.item())
+        return o
+
+    return json.loads(json.dumps(fix(obj), default=str))

@@ -1,0 +1,131 @@
+# Degradation (DiffBatt-style diffusion model of capacity fade):
+#  1. degradation_train: train on the cellsim sweeps of all samples (held-out conditions excluded)
+#     -> results/models/degradation/sweep_model.pt, DDP over MPI ranks, checkpoints in work/models/degradation/.
+#  2. degradation_predict: per sample, sample SOH curves and cycle-life intervals for every condition of
+#     results/{sample}/sweep.zarr, score the held-out ones next to the baselines
+#     -> results/{sample}/degradation.zarr + degradation.json.
+#  3. Real cycling data (DiffBatt splits, config degradation.real_data): train per training set, evaluate
+#     per test split -> results/degradation_real/{evaluation}.zarr + .json. Skipped (with a message)
+#     when the data directory is absent.
+import json
+import os
+import sys
+
+validate(config, workflow.source_path("../schemas/degradation.schema.yaml"))
+
+DEG = config.get("degradation", {})
+DEG_TRAIN = DEG.get("train", {})
+DEG_SAMPLE = DEG.get("sample", {})
+DEG_REAL = DEG.get("real_data", {})
+DEG_REAL_DIR = DEG_REAL.get("dir", "../shared/data/diffbatt")
+DEG_REAL_ON = bool(DEG_REAL.get("enabled", True)) and bool(DEG_REAL.get("evaluations"))
+if DEG_REAL_ON and not os.path.isdir(DEG_REAL_DIR):
+    print(f"degradation: real cycling data directory {DEG_REAL_DIR!r} not found: real-data evaluation "
+          "skipped (set degradation.real_data.dir, or enabled: false)", file=sys.stderr)
+    DEG_REAL_ON = False
+DEG_REAL_EVALS = dict(DEG_REAL.get("evaluations", {})) if DEG_REAL_ON else {}
+
+DEGRADATION_TARGETS = expand("results/{sample}/degradation.{ext}", sample=ANALYSE, ext=("zarr", "json")) + expand(
+    "results/degradation_real/{evaluation}.{ext}", evaluation=list(DEG_REAL_EVALS), ext=("zarr", "json")
+)
+
+
+include: "degradation_functions.smk"
+
+
+rule degradation_train:
+    input:
+        sweeps=expand("results/{sample}/sweep.zarr", sample=ANALYSE),
+    output:
+        model="results/models/degradation/sweep_model.pt",
+        metrics="results/models/degradation/sweep_model.json",
+    params:
+        data=_deg_sweep_args(),
+        train=_deg_train_args(DEG_TRAIN),
+        checkpoint="work/models/degradation/sweep_model.ckpt.pt",
+    log:
+        "logs/models/degradation_train.log",
+    message:
+        "Train the degradation diffusion model on the sweeps of {SAMPLES}"
+    conda:
+        "../../envs/gpu.yaml"
+    threads: THREADS("degradation_train")
+    resources:
+        **RES("degradation_train"),
+    shell:
+        "{resources.mpi} -n {resources.tasks} batterytwin train-degradation --sweep {input.sweeps:q}"
+        " {params.data:q} {params.train:q} --checkpoint {params.checkpoint:q}"
+        " --out {output.model:q} --metrics {output.metrics:q} > {log:q} 2>&1"
+
+
+rule degradation_predict:
+    input:
+        model=rules.degradation_train.output.model,
+        sweep="results/{sample}/sweep.zarr",
+    output:
+        store=directory("results/{sample}/degradation.zarr"),
+        metrics="results/{sample}/degradation.json",
+    params:
+        data=_deg_sweep_args(),
+        sample=_deg_sample_args(DEG_SAMPLE),
+    log:
+        "logs/{sample}/degradation_predict.log",
+    message:
+        "Degradation curves, cycle-life intervals and metrics for {wildcards.sample}"
+    conda:
+        "../../envs/gpu.yaml"
+    threads: THREADS("degradation_predict")
+    resources:
+        **RES("degradation_predict"),
+    shell:
+        "{resources.mpi} -n {resources.tasks} batterytwin predict-degradation --model {input.model:q}"
+        " --sweep {input.sweep:q} {params.data:q} {params.sample:q}"
+        " --out {output.store:q} --metrics {output.metrics:q} > {log:q} 2>&1"
+
+
+rule degradation_real_train:
+    input:
+        npz=_real_train_files,
+    output:
+        model="results/models/degradation/real_{trainset}.pt",
+        metrics="results/models/degradation/real_{trainset}.json",
+    params:
+        train=lambda w: _deg_train_args({**DEG_TRAIN, **DEG_REAL.get("train", {})}),
+        checkpoint="work/models/degradation/real_{trainset}.ckpt.pt",
+    log:
+        "logs/models/degradation_real_train_{trainset}.log",
+    message:
+        "Train the degradation diffusion model on real cycling data: {input.npz}"
+    conda:
+        "../../envs/gpu.yaml"
+    threads: THREADS("degradation_train")
+    resources:
+        **RES("degradation_train"),
+    shell:
+        "{resources.mpi} -n {resources.tasks} batterytwin train-degradation --npz {input.npz:q}"
+        " {params.train:q} --checkpoint {params.checkpoint:q}"
+        " --out {output.model:q} --metrics {output.metrics:q} > {log:q} 2>&1"
+
+
+rule degradation_real_predict:
+    input:
+        model=lambda w: f"results/models/degradation/real_{DEG_REAL_EVALS[w.evaluation]['train_set']}.pt",
+        npz=lambda w: os.path.join(DEG_REAL_DIR, DEG_REAL_EVALS[w.evaluation]["test"]),
+    output:
+        store=directory("results/degradation_real/{evaluation}.zarr"),
+        metrics="results/degradation_real/{evaluation}.json",
+    params:
+        sample=_deg_sample_args({**DEG_SAMPLE, **DEG_REAL.get("sample", {})}),
+    log:
+        "logs/degradation_real/{evaluation}.log",
+    message:
+        "Evaluate the real-data degradation model on {input.npz} (RUL, intervals, baselines)"
+    conda:
+        "../../envs/gpu.yaml"
+    threads: THREADS("degradation_predict")
+    resources:
+        **RES("degradation_predict"),
+    shell:
+        "{resources.mpi} -n {resources.tasks} batterytwin predict-degradation --model {input.model:q}"
+        " --npz {input.npz:q} {params.sample:q}"
+        " --out {output.store:q} --metrics {output.metrics:q} > {log:q} 2>&1"
