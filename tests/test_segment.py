@@ -297,7 +297,7 @@ def test_selectable_architectures_map_patches_to_class_logits():
 
     archs = [({"arch": "segresnet", "init_filters": 8}, 16)]
     if importlib.util.find_spec("einops") is not None:
-        archs.append(({"arch": "swinunetr", "feature_size": 12}, 32))
+        archs.append(({"arch": "swinunetr", "feature_size": 12}, 64))
     else:  # SwinUNETR needs einops: without it, a clear error instead of a deep traceback
         with pytest.raises(InputError, match="needs the 'einops' package"):
             build_model(merge_config({"model": {"arch": "swinunetr"}})["model"], 6)
@@ -311,3 +311,5 @@ def test_selectable_architectures_map_patches_to_class_logits():
         from batterytwin.segment.model import check_patch
 
         check_patch([48, 48, 48], merge_config({"model": {"arch": "swinunetr"}})["model"], "patch")
+    with pytest.raises(InputError, match="too small for model.arch=swinunetr"):
+        check_patch([32, 32, 32], merge_config({"model": {"arch": "swinunetr"}})["model"], "patch")

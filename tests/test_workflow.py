@@ -98,7 +98,7 @@ def test_whole_chain_on_a_tiny_phantom(tmp_path):
     # degradation: sampled SOH curves for the sweep's conditions, intervals that contain the median
     deg = zarr.open_group(str(sample / "degradation.zarr"), mode="r")
     samples = np.asarray(deg["soh_samples"][:])
-    assert samples.shape[0] == len(ok) and samples.shape[-1] == 8  # a curve per condition and sample
+    assert samples.shape[0] == len(ok) and samples.shape[-1] == 16  # a curve per condition and sample
     lo, mid, hi = (np.asarray(deg[k][:]) for k in ("life_lo", "life_pred", "life_hi"))
     finite = np.isfinite(lo) & np.isfinite(hi)
     assert finite.any() and (lo[finite] <= mid[finite]).all() and (mid[finite] <= hi[finite]).all()

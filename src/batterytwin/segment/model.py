@@ -89,6 +89,10 @@ def check_patch(patch: Sequence[int], model_cfg: dict[str, Any], where: str) -> 
     if any(int(p) % m for p in patch):
         raise InputError(f"{where}: patch size {list(patch)} must be a multiple of {m} for "
                          f"model.arch={model_cfg['arch']} (its total down-sampling)")
+    if model_cfg["arch"] == "swinunetr" and min(int(p) for p in patch) < 2 * m:
+        # its bottleneck is patch/32 wide and instance norm needs more than one voxel there
+        raise InputError(f"{where}: patch size {list(patch)} is too small for model.arch=swinunetr "
+                         f"(at least {2 * m} per axis)")
 
 
 def count_parameters(net: nn.Module) -> int:
