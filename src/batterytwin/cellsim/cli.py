@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
-from ..errors import InputError
+from ..config_io import section_from_file, section_from_json
 
 EPILOG = """\
 The settings are the `cellsim` section of the pipeline config: give it as a YAML/JSON file
@@ -43,28 +41,9 @@ def register(subparsers) -> None:
 
 def load_section(path: str | None, text: str | None) -> dict:
     """The ``cellsim`` settings from a file and/or a JSON string (string keys win)."""
-    cfg: dict = {}
-    if path:
-        import yaml
-
-        p = Path(path)
-        if not p.exists():
-            raise InputError(f"{p}: no such config file")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise InputError(f"{p}: not valid YAML ({' '.join(str(exc).split())})") from None
-        if not isinstance(data, dict):
-            raise InputError(f"{p}: expected a mapping")
-        cfg = dict(data.get("cellsim", data))
+    cfg = section_from_file(path, "cellsim") if path else {}
     if text:
-        try:
-            extra = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"--config-json: not valid JSON ({exc})") from None
-        if not isinstance(extra, dict):
-            raise InputError("--config-json: expected a JSON object")
-        cfg.update(extra.get("cellsim", extra))
+        cfg.update(section_from_json(text, "cellsim"))
     return cfg
 
 

@@ -14,10 +14,9 @@ Example::
 from __future__ import annotations
 
 import copy
-import json
-from pathlib import Path
 from typing import Any
 
+from ..config_io import section_from_file, section_from_json
 from ..errors import InputError
 
 DEFAULTS: dict[str, Any] = {
@@ -137,22 +136,7 @@ def load_config(path: str | None = None, text: str | None = None) -> dict:
 
     A file may hold the section itself or a whole ``config.yaml`` with a ``segment`` key.
     """
-    import yaml
-
-    user: dict = {}
-    if path:
-        p = Path(path)
-        if not p.exists():
-            raise InputError(f"{p}: no such config file")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise InputError(f"{p}: not valid YAML ({exc})") from None
-        user = data.get("segment", data) if isinstance(data, dict) else {}
+    user = section_from_file(path, "segment") if path else {}
     if text:
-        try:
-            extra = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"--config-json: not valid JSON ({exc})") from None
-        user = _merge(merge_config(user), extra, "segment")
+        user = _merge(merge_config(user), section_from_json(text, "segment"), "segment")
     return merge_config(user)
