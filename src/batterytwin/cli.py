@@ -17,25 +17,15 @@ import sys
 from . import __version__
 from .errors import InputError
 
-# Stage packages, in pipeline order; a package without cli.py (not built yet) is skipped.
-STAGE_PACKAGES = (
-    "ingest",
-    "denoise",
-    "segment",
-    "microstructure",
-    "cellsim",
-    "degradation",
-    "report",
-    "inspect",
-)
 # Sub-command -> package: a run imports only its own stage (torch, pybamm... cost seconds of
-# start-up on every MPI rank); `batterytwin --help` imports them all.
+# start-up on every MPI rank); `batterytwin --help` imports them all, in pipeline order.
 COMMANDS = {
-    "ingest": "ingest", "phantom": "ingest", "inspect": "inspect", "denoise": "denoise",
+    "ingest": "ingest", "phantom": "ingest", "denoise": "denoise",
     "train-seg": "segment", "segment": "segment", "microstructure": "microstructure",
     "simulate": "cellsim", "train-degradation": "degradation", "predict-degradation": "degradation",
-    "report": "report",
+    "report": "report", "inspect": "inspect",
 }
+STAGE_PACKAGES = tuple(dict.fromkeys(COMMANDS.values()))
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -51,13 +41,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="<stage>", required=True)
     packages = (COMMANDS[command],) if command in COMMANDS else STAGE_PACKAGES
     for name in packages:
-        module_name = f"batterytwin.{name}.cli" if name != "inspect" else "batterytwin.inspect"
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name and module_name.startswith(exc.name):
-                continue  # stage not built yet
-            raise
+        module = importlib.import_module(f"batterytwin.{name}.cli" if name != "inspect" else "batterytwin.inspect")
         module.register(subparsers)
     return parser
 

@@ -69,6 +69,17 @@ def _bruggeman(eps: float | None, tau: float | None) -> float | None:
     return 1.0 - math.log(tau) / math.log(eps)
 
 
+def _undetermined_bruggeman(b: float | None, b_std: float | None, eps: float) -> str | None:
+    """Why a measured Bruggeman exponent is not usable, or None when it is.
+
+    Near eps = 1, ln(eps) ~ 0 turns the walk's statistical error in tau into any b at all.
+    """
+    if b is None or (b > 0 and (b_std is None or b_std <= BRUGGEMAN_MAX_STD)):
+        return None
+    return (f"undetermined: b = {b:.3g} +/- {b_std:.2g} at eps = {eps:.4f} "
+            "(eps near 1 fixes no exponent); the parameter set keeps its value")
+
+
 def _public(tort: dict) -> dict:
     return {k: v for k, v in tort.items() if not k.startswith("_")}
 
@@ -119,12 +130,9 @@ def _cell_block(labels, ids, p: MicrostructureParams, vs, world, ck, msd) -> dic
         std = rec["tortuosity_electrolyte_std"]
         rec["bruggeman_std"] = (abs(std / tau / math.log(eps)) if rec["bruggeman"] is not None and std is not None
                                 else None)
-        b, b_std = rec["bruggeman"], rec["bruggeman_std"]
-        if b is not None and (b <= 0 or (b_std is not None and b_std > BRUGGEMAN_MAX_STD)):
-            # eps near 1: ln(eps) ~ 0 turns the walk's statistical error in tau into any b at all
-            rec["bruggeman"] = None
-            rec["bruggeman_flag"] = (f"undetermined: b = {b:.3g} +/- {b_std:.2g} at eps = {eps:.4f} "
-                                     "(eps near 1 fixes no exponent); the parameter set keeps its value")
+        flag = _undetermined_bruggeman(rec["bruggeman"], rec["bruggeman_std"], eps)
+        if flag:
+            rec["bruggeman"], rec["bruggeman_flag"] = None, flag
         if tort is None:
             rec["flag"] = err
         elif tau is None:
