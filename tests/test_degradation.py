@@ -346,9 +346,9 @@ def test_ddp_two_ranks_equal_one(tmp_path):
         cmd = [str(mpiexec), "-n", str(n), sys.executable, "-m", "batterytwin.cli", "-q", "train-degradation",
                "--user-dir", str(tmp_path / "cells"), "--curve-length", str(L_TINY), "--out", str(out),
                "--checkpoint", str(tmp_path / f"ck{n}.pt"), "--threads", "1", "--device", "cpu",
-               "--steps", "4", "--batch-size", "8", "--timesteps", "100", "--widths", "16,16", "--attention", "0,1",
-               "--emb-dim", "32", "--cond-dim", "16", "--cond-layers", "1", "--cond-heads", "2", "--patch", "2",
-               "--rows-per-token", "2", "--p-uncond", "0.3", "--seed", "5"]
+               "--steps", "4", "--batch-size", "8", "--seed", "5", "--config-json", json.dumps({"train": {
+                   "timesteps": 100, "widths": [16, 16], "attention": [False, True], "emb_dim": 32, "cond_dim": 16,
+                   "cond_layers": 1, "cond_heads": 2, "patch": 2, "rows_per_token": 2, "p_uncond": 0.3}})]
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=tmp_path)
         assert r.returncode == 0, r.stderr[-3000:]
         outs[n] = torch.load(tmp_path / f"ck{n}.pt", weights_only=True)

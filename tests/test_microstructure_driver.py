@@ -136,7 +136,7 @@ def test_bad_input(tmp_path, cli):
     assert code == 2 and "absent" in err
     # absent_phase: skip records the absent phase as not measured and measures the rest
     skip_args = ["--output", tmp_path / "skip.json", "--msd", tmp_path / "skip.npz", *args[4:]]
-    code, err = cli("microstructure", "--labels", empty, *skip_args, "--params", '{"absent_phase": "skip"}')
+    code, err = cli("microstructure", "--labels", empty, *skip_args, "--config-json", '{"absent_phase": "skip"}')
     assert code == 0, err
     rec = json.loads((tmp_path / "skip.json").read_text())
     assert rec["tortuosity"]["pore"]["axes"] is None and "absent" in rec["tortuosity"]["pore"]["flag"]
@@ -148,7 +148,7 @@ def test_bad_input(tmp_path, cli):
     no_cls = {k: v for k, v in good.items() if k != "classes"}
     code, err = cli("microstructure", "--labels", _store(tmp_path / "c.zarr", lab, no_cls), *args)
     assert code == 2 and "classes" in err
-    code, err = cli("microstructure", "--labels", p, *args, "--params", '{"walk": {"n_walker": 5}}')
+    code, err = cli("microstructure", "--labels", p, *args, "--config-json", '{"walk": {"n_walker": 5}}')
     assert code == 2 and "walk.n_walker" in err
     assert not (tmp_path / "o.json").exists()
 

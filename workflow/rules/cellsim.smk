@@ -3,7 +3,6 @@
 # work/{sample}/cellsim/ survive a failed job, so a rerun computes only the missing conditions.
 import json
 
-validate(config, workflow.source_path("../schemas/cellsim.schema.yaml"))
 
 CELLSIM_TARGETS = expand("results/{sample}/sweep.zarr", sample=ANALYSE)
 
@@ -15,7 +14,7 @@ rule simulate:
         sweep=directory("results/{sample}/sweep.zarr"),
         summary="results/{sample}/sweep.json",
     params:
-        settings=lambda w: json.dumps(config.get("cellsim", {})),
+        settings=json.dumps(config["cellsim"]),
         work="work/{sample}/cellsim",
     log:
         "logs/{sample}/simulate.log",

@@ -1,18 +1,27 @@
 # Shared helpers: config validation, the sample table, per-rule resources.
 import json
 import re
+import sys
 
 from snakemake.utils import validate
 
+from batterytwin.errors import InputError
+from batterytwin.workflow_config import complete_config
 
-validate(config, workflow.source_path("../schemas/config.schema.yaml"))
+# The typed models (src/batterytwin/<stage>/config.py) fill every default and name a bad key in one
+# line; the schema generated from them (workflow/schemas/config.schema.json) is checked after.
+try:
+    config.update(complete_config(config))
+except InputError as exc:
+    sys.exit(f"batterytwin config: error: {exc}")
+validate(config, workflow.source_path("../schemas/config.schema.json"), set_default=False)
 
 
 def _expand_samples(samples):
     """Sample name -> spec; a synthetic time series becomes one sample per frame (name_t000, ...)."""
     out = {}
     for name, spec in samples.items():
-        frames = int(spec.get("frames", 1)) if spec["source"] == "synthetic" else 1
+        frames = spec["frames"] if spec["source"] == "synthetic" else 1
         if frames == 1:
             out[name] = dict(spec, frame=0, n_frames=1)
         else:
@@ -27,7 +36,7 @@ SYNTHETIC = [s for s, spec in SAMPLE_SPECS.items() if spec["source"] == "synthet
 FROM_FILES = [s for s in SAMPLES if s not in SYNTHETIC]
 # Samples carried through microstructure, cell simulation and degradation (role analyse/both);
 # training-only phantoms stop at segmentation.
-ANALYSE = [s for s, spec in SAMPLE_SPECS.items() if spec.get("role", "both") in ("analyse", "both")]
+ANALYSE = [s for s, spec in SAMPLE_SPECS.items() if spec["role"] in ("analyse", "both")]
 
 
 def _name_regex(names):
@@ -50,7 +59,7 @@ def RES(rule_name, mpi=True):
     """
     res = dict(config["resources"]["default"])
     res.update(config["resources"].get(rule_name, {}))
-    launcher = res.pop("mpi", config.get("mpi", "mpiexec"))
+    launcher = res.pop("mpi", config["mpi"])
     if mpi:
         res["mpi"] = launcher
     return res
@@ -63,7 +72,7 @@ def THREADS(rule_name):
 def _phantom_params(wildcards):
     spec = SAMPLE_SPECS[wildcards.sample]
     args = []
-    for key, value in spec.get("params", {}).items():
+    for key, value in spec["params"].items():
         args.extend(["--param", f"{key}={json.dumps(value)}"])
     return args
 
@@ -71,10 +80,10 @@ def _phantom_params(wildcards):
 def _ingest_options(wildcards):
     spec = SAMPLE_SPECS[wildcards.sample]
     voxel = spec["voxel_size_um"]
-    args = ["--format", spec.get("format", "auto"), "--voxel-size-um", *map(str, voxel if isinstance(voxel, list) else [voxel])]
+    args = ["--format", spec["format"], "--voxel-size-um", *map(str, voxel if isinstance(voxel, list) else [voxel])]
     for key in ("dataset", "dtype", "byte_order", "header_bytes", "crop", "bin", "output_dtype", "nan_fill"):
-        if spec.get(key) is not None:
+        if spec[key] is not None:
             args.extend([f"--{key.replace('_', '-')}", str(spec[key])])
-    if spec.get("shape") is not None:
+    if spec["shape"] is not None:
         args.extend(["--shape", *map(str, spec["shape"])])
     return args

@@ -11,19 +11,15 @@ import json
 import os
 import sys
 
-validate(config, workflow.source_path("../schemas/degradation.schema.yaml"))
-
-DEG = config.get("degradation", {})
-DEG_TRAIN = DEG.get("train", {})
-DEG_SAMPLE = DEG.get("sample", {})
-DEG_REAL = DEG.get("real_data", {})
-DEG_REAL_DIR = DEG_REAL.get("dir", "../shared/data/diffbatt")
-DEG_REAL_ON = bool(DEG_REAL.get("enabled", True)) and bool(DEG_REAL.get("evaluations"))
+DEG = config["degradation"]
+DEG_REAL = DEG["real_data"]
+DEG_REAL_DIR = DEG_REAL["dir"]
+DEG_REAL_ON = DEG_REAL["enabled"] and bool(DEG_REAL["evaluations"])
 if DEG_REAL_ON and not os.path.isdir(DEG_REAL_DIR):
     print(f"degradation: real cycling data directory {DEG_REAL_DIR!r} not found: real-data evaluation "
           "skipped (set degradation.real_data.dir, or enabled: false)", file=sys.stderr)
     DEG_REAL_ON = False
-DEG_REAL_EVALS = dict(DEG_REAL.get("evaluations", {})) if DEG_REAL_ON else {}
+DEG_REAL_EVALS = DEG_REAL["evaluations"] if DEG_REAL_ON else {}
 
 DEGRADATION_TARGETS = expand("results/{sample}/degradation.{ext}", sample=ANALYSE, ext=("zarr", "json")) + expand(
     "results/degradation_real/{evaluation}.{ext}", evaluation=list(DEG_REAL_EVALS), ext=("zarr", "json")
@@ -40,8 +36,7 @@ rule degradation_train:
         model="results/models/degradation/sweep_model.pt",
         metrics="results/models/degradation/sweep_model.json",
     params:
-        data=_deg_sweep_args(),
-        train=_deg_train_args(DEG_TRAIN),
+        settings=json.dumps(DEG),
         checkpoint="work/models/degradation/sweep_model.ckpt.pt",
     log:
         "logs/models/degradation_train.log",
@@ -54,7 +49,7 @@ rule degradation_train:
         **RES("degradation_train"),
     shell:
         "{resources.mpi} -n {resources.tasks} batterytwin train-degradation --sweep {input.sweeps:q}"
-        " {params.data:q} {params.train:q} --checkpoint {params.checkpoint:q}"
+        " --config-json {params.settings:q} --checkpoint {params.checkpoint:q}"
         " --out {output.model:q} --metrics {output.metrics:q} > {log:q} 2>&1"
 
 
@@ -66,8 +61,7 @@ rule degradation_predict:
         store=directory("results/{sample}/degradation.zarr"),
         metrics="results/{sample}/degradation.json",
     params:
-        data=_deg_sweep_args(),
-        sample=_deg_sample_args(DEG_SAMPLE),
+        settings=json.dumps(DEG),
     log:
         "logs/{sample}/degradation_predict.log",
     message:
@@ -79,7 +73,7 @@ rule degradation_predict:
         **RES("degradation_predict"),
     shell:
         "{resources.mpi} -n {resources.tasks} batterytwin predict-degradation --model {input.model:q}"
-        " --sweep {input.sweep:q} {params.data:q} {params.sample:q}"
+        " --sweep {input.sweep:q} --config-json {params.settings:q}"
         " --out {output.store:q} --metrics {output.metrics:q} > {log:q} 2>&1"
 
 
@@ -90,7 +84,7 @@ rule degradation_real_train:
         model="results/models/degradation/real_{trainset}.pt",
         metrics="results/models/degradation/real_{trainset}.json",
     params:
-        train=lambda w: _deg_train_args({**DEG_TRAIN, **DEG_REAL.get("train", {})}),
+        settings=json.dumps(dict(DEG, train={**DEG["train"], **DEG_REAL["train"]})),
         checkpoint="work/models/degradation/real_{trainset}.ckpt.pt",
     log:
         "logs/models/degradation_real_train_{trainset}.log",
@@ -103,7 +97,7 @@ rule degradation_real_train:
         **RES("degradation_train"),
     shell:
         "{resources.mpi} -n {resources.tasks} batterytwin train-degradation --npz {input.npz:q}"
-        " {params.train:q} --checkpoint {params.checkpoint:q}"
+        " --config-json {params.settings:q} --checkpoint {params.checkpoint:q}"
         " --out {output.model:q} --metrics {output.metrics:q} > {log:q} 2>&1"
 
 
@@ -115,7 +109,7 @@ rule degradation_real_predict:
         store=directory("results/degradation_real/{evaluation}.zarr"),
         metrics="results/degradation_real/{evaluation}.json",
     params:
-        sample=_deg_sample_args({**DEG_SAMPLE, **DEG_REAL.get("sample", {})}),
+        settings=json.dumps(dict(DEG, sample={**DEG["sample"], **DEG_REAL["sample"]})),
     log:
         "logs/degradation_real/{evaluation}.log",
     message:
@@ -127,5 +121,5 @@ rule degradation_real_predict:
         **RES("degradation_predict"),
     shell:
         "{resources.mpi} -n {resources.tasks} batterytwin predict-degradation --model {input.model:q}"
-        " --npz {input.npz:q} {params.sample:q}"
+        " --npz {input.npz:q} --config-json {params.settings:q}"
         " --out {output.store:q} --metrics {output.metrics:q} > {log:q} 2>&1"

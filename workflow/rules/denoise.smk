@@ -2,9 +2,8 @@
 # (float32) + denoise.json (noise sigma, h, PSNR/SSIM against clean.zarr for synthetic samples).
 # Shards are split over MPI ranks; finished shards survive a restart in work/{sample}/denoise/.
 
-validate(config, workflow.source_path("../schemas/denoise.schema.yaml"))
+import json
 
-DENOISE = config.get("denoise", {})
 DENOISE_TARGETS = expand("results/{sample}/denoised.zarr", sample=SAMPLES)
 
 
@@ -18,18 +17,19 @@ rule denoise:
         volume=directory("results/{sample}/denoised.zarr"),
         metrics="results/{sample}/denoise.json",
     params:
-        options=_denoise_options,
+        settings=json.dumps(config["denoise"]),
+        reference=lambda w, input: ["--reference", input.reference] if "reference" in input.keys() else [],
         work="work/{sample}/denoise",
     log:
         "logs/{sample}/denoise.log",
     message:
         "NLM denoising of {wildcards.sample}: {input.volume} -> {output.volume}"
     conda:
-        "../../envs/gpu.yaml" if RES("denoise").get("gpu", 0) else "../../envs/cpu.yaml"
+        "../../envs/gpu.yaml" if RES("denoise").get("gpu") else "../../envs/cpu.yaml"
     threads: THREADS("denoise")
     resources:
         **RES("denoise"),
     shell:
         "{resources.mpi} -n {resources.tasks} batterytwin denoise {input.volume:q} {output.volume:q}"
-        " {params.options:q} --threads {threads:q} --metrics {output.metrics:q}"
+        " --config-json {params.settings:q} {params.reference:q} --threads {threads:q} --metrics {output.metrics:q}"
         " --work-dir {params.work:q} > {log:q} 2>&1"

@@ -4,7 +4,6 @@
 # (outside the declared outputs), so a rerun after a time-out only walks the missing batches.
 import json
 
-validate(config, workflow.source_path("../schemas/microstructure.schema.yaml"))
 
 MICROSTRUCTURE_TARGETS = expand("results/{sample}/microstructure.json", sample=ANALYSE)
 
@@ -20,7 +19,7 @@ rule microstructure:
         metrics="results/{sample}/microstructure.json",
         msd="results/{sample}/msd.npz",
     params:
-        settings=lambda w: json.dumps(config.get("microstructure", {})),
+        settings=json.dumps(config["microstructure"]),
         work="work/{sample}/microstructure",
         previous=lambda w, input: input.get("previous", ""),
     log:
@@ -36,4 +35,4 @@ rule microstructure:
         "{resources.mpi} -n {resources.tasks} batterytwin microstructure"
         " --labels {input.labels:q} --output {output.metrics:q} --msd {output.msd:q}"
         " --checkpoint-dir {params.work:q} --previous={params.previous:q}"
-        " --params {params.settings:q} > {log:q} 2>&1"
+        " --config-json {params.settings:q} > {log:q} 2>&1"

@@ -4,6 +4,6 @@
 def _previous_frame(wildcards):
     """Frame t > 0 of a synthetic time series also reads frame t-1's result (lithium growth)."""
     spec = SAMPLE_SPECS[wildcards.sample]
-    if spec.get("series") and int(spec.get("frame", 0)) > 0:
+    if spec.get("series") and spec["frame"] > 0:
         return {"previous": f"results/{spec['series']}_t{int(spec['frame']) - 1:03d}/microstructure.json"}
     return {}

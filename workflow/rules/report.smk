@@ -7,8 +7,6 @@
 # asked for (all stages when none is named), e.g. `REPORT_TARGETS("ingest", "denoise")`.
 from batterytwin.report import targets as report_targets
 
-validate(config, workflow.source_path("../schemas/report.schema.yaml"))
-
 REPORT = config["report"]
 _SEG_INPUT = globals().get("SEGMENT_INPUT", "denoised.zarr")
 _SEG_UNCERTAINTY = bool(globals().get("SEGMENT_UNCERTAINTY", False))

@@ -3,12 +3,7 @@
 # (+ uncertainty.zarr). Input per sample: denoised.zarr (segment.input: denoised) or volume.zarr.
 import json
 
-validate(config, workflow.source_path("../schemas/segment.schema.yaml"))
-
-# the code's defaults fill what the config leaves out (one source of truth for default values)
-from batterytwin.segment.config import merge_config
-
-SEG = merge_config(config.get("segment", {}))
+SEG = config["segment"]
 SEGMENT_UNCERTAINTY = bool(SEG["uncertainty"])
 SEGMENT_INPUT = "denoised.zarr" if SEG["input"] == "denoised" else "volume.zarr"
 
@@ -22,12 +17,12 @@ SEGMENT_LABELS = {
 SEGMENT_TRAIN = list(SEG["train_samples"]) or [
     s
     for s in SAMPLES
-    if SAMPLE_SPECS[s].get("role", "both") in ("train", "both")
+    if SAMPLE_SPECS[s]["role"] in ("train", "both")
     and (is_synthetic(s) or SAMPLE_SPECS[s].get("labels") or s in SEG["label_stores"])
 ]
 # validation: segment.val_samples, else held-out synthetic samples (role analyse: they have truth)
 SEGMENT_VAL = list(SEG["val_samples"]) or [
-    s for s in SYNTHETIC if SAMPLE_SPECS[s].get("role", "both") == "analyse"
+    s for s in SYNTHETIC if SAMPLE_SPECS[s]["role"] == "analyse"
 ]
 _SEG_STORES = ["labels.zarr"] + (["uncertainty.zarr"] if SEGMENT_UNCERTAINTY else [])
 SEGMENT_TARGETS = expand("results/{sample}/{store}", sample=SAMPLES, store=_SEG_STORES)

@@ -8,6 +8,9 @@ import logging
 import time
 from pathlib import Path
 
+from ..config import add_config_arguments, settings_from_args
+from .config import DegradationConfig
+
 log = logging.getLogger(__name__)
 
 EXIT_INTERRUPTED = 3
@@ -22,22 +25,14 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--user-dir", nargs="+", default=[], metavar="DIR",
                    help="directory(ies) in the generic format: <cell>.capacity.csv + <cell>.qv.npz|.qv.csv "
                         "(see docs/degradation.md)")
-    g.add_argument("--curve-length", type=int, default=256, help="points per curve (sweeps, user data) [256]")
-    g.add_argument("--cycles-per-point", type=int, default=10, help="cycles between curve points [10]")
-    g.add_argument("--base-row", type=int, default=0,
-                   help="0-based early cycle subtracted to form the capacity matrix (sweeps, user data) [0]")
-    g.add_argument("--n-early", type=int, default=None,
-                   help="user data: early cycles (rows) of the capacity matrix [all Q(V) cycles in the file]")
-    g.add_argument("--eol-rule", choices=("end_of_record", "threshold"), default=None,
-                   help="end-of-life rule; default: end_of_record for MATR splits, threshold otherwise")
-    g.add_argument("--test-fraction", type=float, default=0.25,
-                   help="sweeps only: fraction of conditions held out of training and scored by predict [0.25]")
-    g.add_argument("--split-seed", type=int, default=0, help="seed of the sweep held-out split [0]")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="torch device [auto]")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads per rank (0: torch default)")
 
 
-def _load(args, for_training: bool):
+DATA_FLAGS = {"--curve-length": "curve_length", "--cycles-per-point": "cycles_per_point", "--base-row": "base_row",
+              "--n-early": "n_early", "--eol-rule": "eol_rule", "--test-fraction": "test_fraction",
+              "--split-seed": "split_seed"}
+
+
+def _load(args, cfg: DegradationConfig, for_training: bool):
     import numpy as np
 
     from ..errors import InputError
@@ -45,18 +40,18 @@ def _load(args, for_training: bool):
 
     sets, flags = [], []
     for path in args.sweep:
-        cs = load_sweep(path, args.curve_length, args.cycles_per_point, args.base_row)
-        if args.eol_rule:
-            cs.eol_rule = args.eol_rule
+        cs = load_sweep(path, cfg.curve_length, cfg.cycles_per_point, cfg.base_row)
+        if cfg.eol_rule:
+            cs.eol_rule = cfg.eol_rule
         sets.append(cs)
-        flags.append(held_out(cs, args.test_fraction, args.split_seed))
+        flags.append(held_out(cs, cfg.test_fraction, cfg.split_seed))
     for path in args.npz:
-        cs = load_npz_split(path, args.eol_rule)
+        cs = load_npz_split(path, cfg.eol_rule)
         sets.append(cs)
         flags.append(np.full(len(cs), not for_training))
     for path in args.user_dir:
-        cs = load_user_dir(path, args.curve_length, args.cycles_per_point, args.n_early, args.base_row,
-                           args.eol_rule or "threshold")
+        cs = load_user_dir(path, cfg.curve_length, cfg.cycles_per_point, cfg.n_early, cfg.base_row,
+                           cfg.eol_rule or "threshold")
         sets.append(cs)
         flags.append(np.full(len(cs), not for_training))
     if not sets:
@@ -66,7 +61,7 @@ def _load(args, for_training: bool):
     if for_training:
         keep = np.flatnonzero(~flags)
         if len(keep) == 0:
-            raise InputError(f"{cs.source}: every cell is held out (test_fraction {args.test_fraction}): empty dataset")
+            raise InputError(f"{cs.source}: every cell is held out (test_fraction {cfg.test_fraction}): empty dataset")
         return cs.subset(keep), flags
     return cs, flags
 
@@ -78,25 +73,18 @@ def run_train(args) -> int:
     from ..store import atomic_output, write_json
     from .train import TrainConfig, train_model
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    settings = settings_from_args(args, DegradationConfig, "degradation")
+    if settings.train.threads:
+        torch.set_num_threads(settings.train.threads)
     world = get_world()
-    cs, _ = _load(args, for_training=True)
-    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
-                      p_uncond=args.p_uncond, ema_decay=args.ema_decay, seed=args.seed,
-                      checkpoint_every=args.checkpoint_every, timesteps=args.timesteps, schedule=args.schedule,
-                      soh_center=args.soh_center, soh_scale=args.soh_scale,
-                      widths=[int(w) for w in args.widths.split(",")],
-                      attention=[w.strip() in ("1", "true", "yes") for w in args.attention.split(",")],
-                      blocks=args.blocks, emb_dim=args.emb_dim, cond_dim=args.cond_dim,
-                      cond_layers=args.cond_layers, cond_heads=args.cond_heads, patch=args.patch,
-                      rows_per_token=args.rows_per_token)
+    cs, _ = _load(args, settings, for_training=True)
+    cfg = TrainConfig.from_dict(settings.train.model_dump(exclude={"threads", "device"}))
     cfg.check(world.size)
     out = Path(args.out)
     ckpt = Path(args.checkpoint) if args.checkpoint else Path("work/models/degradation") / f"{out.stem}.ckpt.pt"
     log.info("training on %d cells (%s), curves %d points, capacity matrix %s, %d rank(s)", len(cs), cs.source,
              cs.curve_length, cs.condition_shape, world.size)
-    device = init_torch_distributed(world, args.device)
+    device = init_torch_distributed(world, settings.train.device)
     t0 = time.perf_counter()
     try:
         res = train_model(cs, cfg, ckpt, world, device)
@@ -129,18 +117,22 @@ def run_predict(args) -> int:
     from ..distributed import get_world, select_device
     from .predict import SampleSettings, run_prediction
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    settings = settings_from_args(args, DegradationConfig, "degradation")
+    sample = settings.sample
+    if sample.threads:
+        torch.set_num_threads(sample.threads)
     world = get_world()
-    cs, flags = _load(args, for_training=False)
+    cs, flags = _load(args, settings, for_training=False)
     if args.sweep and not flags.any():
         flags = np.ones(len(cs), bool)  # nothing held out: score every condition
-    st = SampleSettings(samples=args.samples, sampler=args.sampler, steps=args.ddim_steps, guidance=args.guidance,
-                        seed=args.seed, batch=args.batch, level=args.level, threshold=args.threshold)
-    device = select_device(world, args.device)
-    params = {k: v for k, v in vars(args).items() if k != "func"}
+    st = SampleSettings(samples=sample.samples, sampler=sample.sampler, steps=sample.ddim_steps,
+                        guidance=sample.guidance, seed=sample.seed, batch=sample.batch, level=sample.level,
+                        threshold=sample.threshold)
+    device = select_device(world, sample.device)
+    params = {**{k: v for k, v in vars(args).items() if k in ("sweep", "npz", "user_dir", "model")},
+              **settings.model_dump(exclude={"train", "real_data"})}
     metrics = run_prediction(Path(args.model), cs, Path(args.out), Path(args.metrics) if args.metrics else None, st,
-                             flags, args.synthetic, params, device, world)
+                             flags, sample.synthetic, params, device, world)
     if world.is_root:
         m = metrics
         log.info("RUL RMSE (cycles): model %.1f, variance model %.1f, random forest %.1f, mean curve %.1f; "
@@ -162,34 +154,15 @@ def register(subparsers) -> None:
                     "Runs data-parallel over the MPI ranks (mpiexec/srun; gloo on CPU, NCCL on GPU); "
                     "checkpoints to --checkpoint and resumes from it; SIGTERM/SIGUSR1 checkpoint and exit "
                     f"with status {EXIT_INTERRUPTED} (run again to resume).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+)
     _data_args(p)
     p.add_argument("--out", required=True, help="model file to write (.pt, EMA weights + settings)")
     p.add_argument("--metrics", default=None, help="training summary JSON (loss history, wall time)")
     p.add_argument("--checkpoint", default=None,
                    help="checkpoint file (resumed when present); default work/models/degradation/<out>.ckpt.pt")
-    h = p.add_argument_group("model and training")
-    h.add_argument("--steps", type=int, default=3000, help="optimiser steps")
-    h.add_argument("--batch-size", type=int, default=32, help="global batch (split evenly over ranks)")
-    h.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate")
-    h.add_argument("--warmup", type=int, default=100, help="linear learning-rate warm-up steps")
-    h.add_argument("--p-uncond", type=float, default=0.1, help="condition dropout probability (guidance)")
-    h.add_argument("--ema-decay", type=float, default=0.995, help="EMA decay of the saved weights")
-    h.add_argument("--seed", type=int, default=0, help="seed of weights, batches and noise")
-    h.add_argument("--checkpoint-every", type=int, default=250, help="steps between checkpoints")
-    h.add_argument("--timesteps", type=int, default=1000, help="diffusion steps T")
-    h.add_argument("--schedule", choices=("cosine", "linear"), default="cosine", help="noise schedule")
-    h.add_argument("--soh-center", type=float, default=90.0, help="curve scaling: (SOH - center) / scale")
-    h.add_argument("--soh-scale", type=float, default=10.0, help="curve scaling: (SOH - center) / scale")
-    h.add_argument("--widths", default="32,64,64", help="U-Net channels per level (comma separated)")
-    h.add_argument("--attention", default="0,1,1", help="self-attention per U-Net level (comma separated 0/1)")
-    h.add_argument("--blocks", type=int, default=1, help="residual blocks per U-Net level")
-    h.add_argument("--emb-dim", type=int, default=128, help="time/condition embedding width")
-    h.add_argument("--cond-dim", type=int, default=64, help="transformer width of the condition encoder")
-    h.add_argument("--cond-layers", type=int, default=2, help="transformer layers of the condition encoder")
-    h.add_argument("--cond-heads", type=int, default=4, help="attention heads of the condition encoder")
-    h.add_argument("--patch", type=int, default=4, help="curve points per U-Net input patch")
-    h.add_argument("--rows-per-token", type=int, default=5, help="capacity-matrix rows per transformer token")
+    add_config_arguments(p, DegradationConfig, "degradation", flags={
+        **DATA_FLAGS, "--steps": "train.steps", "--batch-size": "train.batch_size", "--lr": "train.lr",
+        "--seed": "train.seed", "--device": "train.device", "--threads": "train.threads"})
     p.set_defaults(func=run_train)
 
     q = subparsers.add_parser(
@@ -200,19 +173,14 @@ def register(subparsers) -> None:
                     "and score them (RUL RMSE, SOH-curve RMSE, interval coverage) next to the Severson "
                     "variance model, a random forest and the mean-curve predictor fitted in the same run. "
                     "Writes a zarr store and a metrics JSON. Cells are shared out over MPI ranks.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+)
     _data_args(q)
     q.add_argument("--model", required=True, help="model file from train-degradation")
     q.add_argument("--out", required=True, help="output store (degradation.zarr)")
     q.add_argument("--metrics", default=None, help="metrics JSON")
-    s = q.add_argument_group("sampling")
-    s.add_argument("--samples", type=int, default=32, help="sampled curves per cell")
-    s.add_argument("--sampler", choices=("ddim", "ancestral"), default="ddim", help="ddim (few steps) or ancestral (T)")
-    s.add_argument("--ddim-steps", type=int, default=50, help="DDIM steps")
-    s.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance weight (1: conditional)")
-    s.add_argument("--seed", type=int, default=0, help="sampling seed")
-    s.add_argument("--batch", type=int, default=512, help="curves per network call")
-    s.add_argument("--level", type=float, default=0.9, help="central prediction interval")
-    s.add_argument("--threshold", type=float, default=80.0, help="SOH percent of the threshold end-of-life rule")
-    s.add_argument("--synthetic", type=int, default=0, help="also generate this many unconditional curves")
+    add_config_arguments(q, DegradationConfig, "degradation", flags={
+        **DATA_FLAGS, "--samples": "sample.samples", "--sampler": "sample.sampler",
+        "--ddim-steps": "sample.ddim_steps", "--guidance": "sample.guidance", "--seed": "sample.seed",
+        "--batch": "sample.batch", "--level": "sample.level", "--threshold": "sample.threshold",
+        "--synthetic": "sample.synthetic", "--device": "sample.device", "--threads": "sample.threads"})
     q.set_defaults(func=run_predict)

@@ -5,8 +5,3 @@ Pure core (arrays in, arrays out): :func:`~batterytwin.denoise.nlm.nlm`,
 :func:`~batterytwin.denoise.sigma.estimate_sigma`. Driver (stores in, stores out, ranks, resume):
 :func:`~batterytwin.denoise.driver.denoise_store`. CLI: ``batterytwin denoise``.
 """
-
-from .nlm import NLMParams, nlm, nlm_padded
-from .sigma import estimate_sigma
-
-__all__ = ["NLMParams", "nlm", "nlm_padded", "estimate_sigma"]

@@ -26,7 +26,6 @@ import math
 import os
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,58 +36,13 @@ from .. import store
 from ..distributed import World, get_world, select_device
 from ..errors import InputError
 from ..progress import progress
+from .config import DenoiseConfig
 from .metrics import SSIM_HALO, MetricSums, block_sums
-from .nlm import NLMParams, cpu_threads, reflect_index, run_padded, validate_params
+from .nlm import NLMParams, cpu_threads, reflect_index, run_padded
 from .sigma import estimate_sigma
 
 log = logging.getLogger(__name__)
 STAGE = "denoise"
-
-
-@dataclass
-class DenoiseConfig:
-    """What ``batterytwin denoise`` is asked to do (one config section; see docs/denoise.md).
-
-    Attributes:
-        patch_size, search_radius, compat: see :class:`~batterytwin.denoise.nlm.NLMParams`.
-        h: filtering strength in data units; ``None`` -> ``h_factor * sigma``.
-        h_factor: multiple of the estimated noise sigma used when ``h`` is ``None``.
-        subtract_sigma: subtract ``2 sigma^2`` from patch distances (skimage's ``sigma=`` argument).
-        backend: ``"auto"`` (Triton on CUDA, else torch), ``"torch"`` or ``"triton"``.
-        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
-        threads: CPU worker threads per rank (they share out the search offsets; 0: this rank's share of the cores).
-        sigma_max_voxels: the noise estimate reads at most this many voxels.
-        chunk, shard: output chunk/shard edge (0: same as the input store).
-    """
-
-    patch_size: int = 5
-    search_radius: int = 6
-    h: float | None = None
-    h_factor: float = 1.2
-    subtract_sigma: bool = False
-    compat: str | None = None
-    backend: str = "auto"
-    device: str = "auto"
-    threads: int = 0
-    sigma_max_voxels: int = 1 << 24
-    chunk: int = 0
-    shard: int = 0
-
-    def check(self) -> None:
-        if self.h is not None:
-            validate_params(self.patch_size, self.search_radius, self.h, 0.0, self.compat)
-        else:
-            validate_params(self.patch_size, self.search_radius, 1.0, 0.0, self.compat)
-            if not (isinstance(self.h_factor, (int, float)) and math.isfinite(self.h_factor) and self.h_factor > 0):
-                raise InputError(f"denoise.h_factor must be a number > 0, got {self.h_factor!r}")
-        if self.backend not in ("auto", "torch", "triton"):
-            raise InputError(f"denoise.backend must be 'auto', 'torch' or 'triton', got {self.backend!r}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise InputError(f"denoise.device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
-        for key in ("threads", "sigma_max_voxels", "chunk", "shard"):
-            v = getattr(self, key)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise InputError(f"denoise.{key} must be an integer >= 0, got {v!r}")
 
 
 def keep_freed_memory() -> None:
@@ -178,7 +132,6 @@ def denoise_store(input_path: os.PathLike | str, output_path: os.PathLike | str,
         InputError: bad parameters, missing/invalid stores, NaN in the input, shape mismatch.
     """
     world = world or get_world()
-    cfg.check()
     t_start = time.perf_counter()
     src = store.open_volume(input_path)
     _check_input(src)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from ..config import add_config_arguments, settings_from_args
 from ..errors import InputError
+from .config import SegmentConfig
 
-CONFIG_HELP = ("segment config: a YAML/JSON file holding the 'segment' section (or a whole config.yaml); "
-               "keys and defaults in docs/segment.md and workflow/schemas/segment.schema.yaml")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -20,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "srun/mpiexec -n N for data-parallel training (NCCL on GPU, gloo on CPU); the global batch "
             "is split over the ranks. Checkpoints go to train.checkpoint_dir; on SIGUSR1/SIGTERM the "
             "job checkpoints and exits with code 75 ('preempted'); rerunning resumes the same run."),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+)
     p.add_argument("--volume", action="append", required=True, metavar="ZARR",
                    help="training volume store (repeat for several volumes, in the order of --labels)")
     p.add_argument("--labels", action="append", required=True, metavar="ZARR",
@@ -32,11 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="label store matching each --val-volume")
     p.add_argument("--model-out", required=True, metavar="PT", help="output model file (model.pt)")
     p.add_argument("--metrics-out", required=True, metavar="JSON", help="output metrics (loss curve, Dice)")
-    p.add_argument("--config", metavar="YAML", help=CONFIG_HELP)
-    p.add_argument("--config-json", metavar="JSON", help="segment config as a JSON string (applied after --config)")
-    p.add_argument("--checkpoint-dir", metavar="DIR", help="override train.checkpoint_dir")
-    p.add_argument("--steps", type=int, help="override train.steps")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="override train.device")
+    add_config_arguments(p, SegmentConfig, "segment", flags={
+        "--checkpoint-dir": "train.checkpoint_dir", "--steps": "train.steps", "--device": "train.device"})
     p.add_argument("--resume", choices=("auto", "yes", "no"), default="auto",
                    help="auto: resume when a checkpoint of this same run exists; yes: it must exist; no: start afresh")
     p.set_defaults(func=run_train)
@@ -49,28 +46,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "ranks (srun/mpiexec -n N) own disjoint output shards and the result does not depend on their "
             "number. Writes a uint8 label store with 'classes' and 'ignore_label' attributes and, with "
             "--uncertainty, a float16 store of the softmax entropy (nats)."),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+)
     q.add_argument("--input", required=True, metavar="ZARR", help="volume store to segment (denoised.zarr or volume.zarr)")
     q.add_argument("--model", required=True, metavar="PT", help="model.pt written by train-seg")
     q.add_argument("--output", required=True, metavar="ZARR", help="output label store (labels.zarr)")
     q.add_argument("--uncertainty", metavar="ZARR", help="optional output store of the softmax entropy (float16)")
-    q.add_argument("--config", metavar="YAML", help=CONFIG_HELP + " (only segment.infer is used)")
-    q.add_argument("--config-json", metavar="JSON", help="segment config as a JSON string (applied after --config)")
-    q.add_argument("--device", choices=("auto", "cpu", "cuda"), help="override infer.device")
-    q.add_argument("--overlap", type=float, help="override infer.overlap (fraction of the window, 0..1)")
-    q.add_argument("--sw-batch-size", type=int, help="override infer.sw_batch_size (windows per forward pass)")
+    add_config_arguments(q, SegmentConfig, "segment", flags={
+        "--device": "infer.device", "--overlap": "infer.overlap", "--sw-batch-size": "infer.sw_batch_size"})
     q.set_defaults(func=run_segment)
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from .config import load_config, merge_config
     from .train import TrainInput, train
 
-    cfg = load_config(args.config, args.config_json)
-    over = {k: v for k, v in (("checkpoint_dir", args.checkpoint_dir), ("steps", args.steps),
-                              ("device", args.device)) if v is not None}
-    if over:
-        cfg = merge_config({**cfg, "train": {**cfg["train"], **over}})
+    cfg = settings_from_args(args, SegmentConfig, "segment").model_dump()
     if len(args.volume) != len(args.labels):
         raise InputError(f"--volume/--labels: {len(args.volume)} volumes but {len(args.labels)} label stores")
     if len(args.val_volume) != len(args.val_labels):
@@ -82,12 +71,8 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_segment(args: argparse.Namespace) -> int:
-    from .config import load_config
     from .infer import segment_volume
 
-    cfg = load_config(args.config, args.config_json)["infer"]
-    for key, value in (("device", args.device), ("overlap", args.overlap), ("sw_batch_size", args.sw_batch_size)):
-        if value is not None:
-            cfg[key] = value
+    cfg = settings_from_args(args, SegmentConfig, "segment").infer.model_dump()
     segment_volume(args.input, args.model, args.output, args.uncertainty, cfg)
     return 0

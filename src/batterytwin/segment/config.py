@@ -1,9 +1,8 @@
-"""The ``segment`` config section: defaults, merging and validation.
+"""The ``segment`` config section (batteryNET training and inference): the only place its defaults live.
 
-The same keys live in ``config.yaml`` (section ``segment``), in
-``workflow/schemas/segment.schema.yaml`` and in the ``--config``/``--config-json`` options of
-``batterytwin train-seg`` and ``batterytwin segment``. Unknown keys are an error (a typo must not
-silently fall back to a default).
+``batterytwin train-seg``/``segment`` read it with ``--config``/``--config-json``; the workflow
+schema is generated from :class:`SegmentConfig`. The stage code works on the plain mapping
+(:func:`merge_config`).
 
 Example::
 
@@ -13,130 +12,119 @@ Example::
 
 from __future__ import annotations
 
-import copy
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from ..config_io import section_from_file, section_from_json
-from ..errors import InputError
+from pydantic import Field, field_validator, model_validator
 
-DEFAULTS: dict[str, Any] = {
-    # pipeline wiring (read by workflow/rules/segment.smk only)
-    "input": "denoised",          # denoised | volume: which store of each sample is segmented
-    "train_samples": [],          # [] = every synthetic sample of the run
-    "label_stores": {},           # sample -> label store (hand labels; 255 = unlabelled)
-    "val_samples": [],            # held-out samples for validation; [] = split by region
-    "uncertainty": True,          # also write uncertainty.zarr (softmax entropy, float16)
-    # network (batteryNET: MONAI UNet with residual units)
-    "model": {
-        "arch": "unet",           # unet | segresnet | swinunetr
-        "channels": [16, 32, 64, 128],
-        "strides": [2, 2, 2],
-        "num_res_units": 2,
-        "dropout": 0.0,
-        "init_filters": 16,       # segresnet
-        "feature_size": 24,       # swinunetr (multiple of 12)
-    },
-    "train": {
-        "steps": 300,             # optimiser steps (global)
-        "batch_size": 4,          # global batch: split evenly over ranks
-        "patch_size": [32, 32, 32],
-        "lr": 3.0e-3,
-        "weight_decay": 1.0e-5,
-        "warmup_steps": 20,       # linear warm-up, then cosine decay to lr * min_lr_ratio
-        "min_lr_ratio": 0.02,
-        "dice_weight": 1.0,
-        "ce_weight": 1.0,
-        "class_weights": None,    # per-class cross-entropy weights, or null
-        "class_balance": 1.0,     # share of patches centred on a voxel of a uniformly drawn class
-        "augment": {"flip": True, "rot90": True, "intensity_scale": 0.1, "intensity_shift": 0.1,
-                    "noise_std": 0.03},
-        "val_axis": "x",          # region split: labels of a slab along this axis are held out
-        "val_fraction": 0.2,
-        "val_every": 100,
-        "checkpoint_every": 50,
-        "checkpoint_dir": "work/models/segment",
-        "seed": 0,
-        "num_workers": 0,         # DataLoader workers per rank (patch reading)
-        "device": "auto",         # auto | cpu | cuda
-        "amp": True,              # bf16 autocast on GPU (never on CPU)
-        "threads": 0,             # torch CPU threads per rank; 0 = torch default
-    },
-    "infer": {
-        "patch_size": None,       # null = the training patch size
-        "overlap": 0.25,
-        "sw_batch_size": 4,
-        "sigma_scale": 0.125,     # Gaussian blending weight, in units of the window size
-        "device": "auto",
-        "threads": 0,             # torch CPU threads per rank; 0 = OMP_NUM_THREADS or cores / ranks
-        "amp": True,
-        "chunk": None,            # null = store.chunk of the run (or 64)
-        "shard": None,            # null = store.shard of the run (or 256)
-    },
-}
+from ..config import Section, validate_settings
 
-ARCHS = ("unet", "segresnet", "swinunetr")
 AXIS_NAMES = {"z": 0, "y": 1, "x": 2}
+Device = Literal["auto", "cpu", "cuda"]
+Edge = Annotated[int, Field(ge=8)]
 
 
-def _merge(base: dict, new: dict, where: str) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in (new or {}).items():
-        if key not in base:
-            raise InputError(f"{where}: unknown key '{key}'; known: {', '.join(sorted(base))}")
-        if isinstance(base[key], dict) and key not in ("label_stores",):
-            if not isinstance(value, dict):
-                raise InputError(f"{where}.{key}: expected a mapping, got {value!r}")
-            out[key] = _merge(base[key], value, f"{where}.{key}")
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
+def _triple(value: Any) -> Any:
+    """One patch edge or three (z, y, x)."""
+    return [value] * 3 if isinstance(value, int) else value
 
 
-def _triple(value: Any, where: str) -> list[int]:
-    vals = [value] * 3 if isinstance(value, int) else list(value)
-    if len(vals) != 3 or not all(isinstance(v, int) and v >= 8 for v in vals):
-        raise InputError(f"{where}: expected one or three integers >= 8, got {value!r}")
-    return vals
+class ModelSettings(Section):
+    """The network (batteryNET: MONAI UNet with residual units, or SegResNet / SwinUNETR)."""
+
+    arch: Literal["unet", "segresnet", "swinunetr"] = Field("unet", description="network architecture")
+    channels: list[Annotated[int, Field(ge=1)]] = Field([16, 32, 64, 128], description="unet: channels per level")
+    strides: list[Annotated[int, Field(ge=1)]] = Field([2, 2, 2], description="unet: down-sampling per level")
+    num_res_units: int = Field(2, ge=0, description="unet: residual units per block")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout probability")
+    init_filters: int = Field(16, ge=1, description="segresnet: filters of the first level")
+    feature_size: int = Field(24, ge=12, multiple_of=12, description="swinunetr: feature size (multiple of 12)")
+
+    @model_validator(mode="after")
+    def _levels(self) -> "ModelSettings":
+        if self.arch == "unet" and len(self.channels) != len(self.strides) + 1:
+            raise ValueError(f"needs len(channels) == len(strides) + 1, got {len(self.channels)} channels "
+                             f"and {len(self.strides)} strides")
+        return self
+
+
+class AugmentSettings(Section):
+    """Random augmentation of training patches."""
+
+    flip: bool = Field(True, description="random flips along each axis")
+    rot90: bool = Field(True, description="random 90-degree rotations in the y-x plane")
+    intensity_scale: float = Field(0.1, ge=0, description="random intensity scale 1 +- this")
+    intensity_shift: float = Field(0.1, ge=0, description="random intensity shift +- this (normalised units)")
+    noise_std: float = Field(0.03, ge=0, description="Gaussian noise std (normalised units)")
+
+
+class TrainSettings(Section):
+    """Optimisation, sampling, validation and checkpoints of ``train-seg``."""
+
+    steps: int = Field(300, ge=1, description="optimiser steps (global)")
+    batch_size: int = Field(4, ge=1, description="global batch: split evenly over ranks")
+    patch_size: list[Edge] = Field([32, 32, 32], min_length=3, max_length=3,
+                                   description="training patch edge, one value or three (z, y, x)")
+    lr: float = Field(3.0e-3, gt=0, description="AdamW learning rate")
+    weight_decay: float = Field(1.0e-5, ge=0, description="AdamW weight decay")
+    warmup_steps: int = Field(20, ge=0, description="linear warm-up, then cosine decay to lr * min_lr_ratio")
+    min_lr_ratio: float = Field(0.02, ge=0, le=1, description="final learning rate / lr")
+    dice_weight: float = Field(1.0, ge=0, description="weight of the Dice loss")
+    ce_weight: float = Field(1.0, ge=0, description="weight of the cross-entropy loss")
+    class_weights: list[Annotated[float, Field(ge=0)]] | None = Field(
+        None, description="per-class cross-entropy weights, or null")
+    class_balance: float = Field(1.0, ge=0, le=1, description="share of patches centred on a voxel of a "
+                                 "uniformly drawn class")
+    augment: AugmentSettings = Field(default_factory=AugmentSettings, description="patch augmentation")
+    val_axis: Literal["z", "y", "x"] = Field("x", description="region split: a slab along this axis is held out")
+    val_fraction: float = Field(0.2, ge=0, lt=0.9, description="region split: held-out fraction of each volume")
+    val_every: int = Field(100, ge=1, description="steps between validations")
+    checkpoint_every: int = Field(50, ge=1, description="steps between checkpoints")
+    checkpoint_dir: str = Field("work/models/segment", description="checkpoint folder (outside the outputs)")
+    seed: int = Field(0, ge=0, description="seed of weights, patches and augmentation")
+    num_workers: int = Field(0, ge=0, description="DataLoader workers per rank (patch reading)")
+    device: Device = Field("auto", description="auto: one GPU per local rank if CUDA is visible, else CPU")
+    amp: bool = Field(True, description="bf16 autocast on GPU (never on CPU)")
+    threads: int = Field(0, ge=0, description="torch CPU threads per rank; 0 = torch default")
+
+    _patch = field_validator("patch_size", mode="before")(_triple)
+
+
+class InferSettings(Section):
+    """Sliding-window inference of ``segment``."""
+
+    patch_size: list[Edge] | None = Field(None, min_length=3, max_length=3,
+                                          description="window edge, one value or three; null = the training patch")
+    overlap: float = Field(0.25, ge=0, lt=1, description="window overlap (fraction of the window)")
+    sw_batch_size: int = Field(4, ge=1, description="windows per forward pass")
+    sigma_scale: float = Field(0.125, gt=0, description="Gaussian blending weight, in units of the window size")
+    device: Device = Field("auto", description="auto: one GPU per local rank if CUDA is visible, else CPU")
+    threads: int = Field(0, ge=0, description="torch CPU threads per rank; 0 = OMP_NUM_THREADS or cores / ranks")
+    amp: bool = Field(True, description="bf16 autocast on GPU")
+    chunk: int | None = Field(None, ge=8, description="output chunk edge; null = store.chunk of the run (or 64)")
+    shard: int | None = Field(None, ge=8, description="output shard edge; null = store.shard of the run (or 256)")
+
+    _patch = field_validator("patch_size", mode="before")(_triple)
+
+
+class SegmentConfig(Section):
+    """The ``segment`` section: pipeline wiring, network, training and inference."""
+
+    input: Literal["denoised", "volume"] = Field("denoised", description="which store of each sample is segmented")
+    train_samples: list[str] = Field([], description="samples to train on; [] = samples with role train/both "
+                                     "that have labels")
+    label_stores: dict[str, str] = Field({}, description="sample -> label store (hand labels; 255 = unlabelled)")
+    val_samples: list[str] = Field([], description="held-out validation samples; [] = synthetic samples with "
+                                   "role analyse (else a slab of each training volume)")
+    uncertainty: bool = Field(True, description="also write uncertainty.zarr (softmax entropy, float16)")
+    model: ModelSettings = Field(default_factory=ModelSettings, description="network")
+    train: TrainSettings = Field(default_factory=TrainSettings, description="training")
+    infer: InferSettings = Field(default_factory=InferSettings, description="inference")
 
 
 def merge_config(user: dict | None = None, where: str = "segment") -> dict:
-    """Defaults updated by ``user`` (the ``segment`` section), validated.
+    """Defaults updated by ``user`` (the ``segment`` section), validated, as a plain mapping.
 
     Raises:
-        InputError: unknown key, wrong type or value out of range.
+        InputError: unknown key, wrong type or value out of range (one line naming the key).
     """
-    cfg = _merge(DEFAULTS, user or {}, where)
-    m, t, i = cfg["model"], cfg["train"], cfg["infer"]
-    if cfg["input"] not in ("denoised", "volume"):
-        raise InputError(f"{where}.input: must be 'denoised' or 'volume', got {cfg['input']!r}")
-    if m["arch"] not in ARCHS:
-        raise InputError(f"{where}.model.arch: must be one of {', '.join(ARCHS)}, got {m['arch']!r}")
-    if m["arch"] == "unet" and len(m["channels"]) != len(m["strides"]) + 1:
-        raise InputError(f"{where}.model: needs len(channels) == len(strides) + 1, got "
-                         f"{len(m['channels'])} channels and {len(m['strides'])} strides")
-    t["patch_size"] = _triple(t["patch_size"], f"{where}.train.patch_size")
-    if i["patch_size"] is not None:
-        i["patch_size"] = _triple(i["patch_size"], f"{where}.infer.patch_size")
-    for key in ("steps", "batch_size", "val_every", "checkpoint_every"):
-        if not isinstance(t[key], int) or t[key] < 1:
-            raise InputError(f"{where}.train.{key}: must be an integer >= 1, got {t[key]!r}")
-    if t["val_axis"] not in AXIS_NAMES:
-        raise InputError(f"{where}.train.val_axis: must be z, y or x, got {t['val_axis']!r}")
-    if not 0.0 <= float(t["val_fraction"]) < 0.9:
-        raise InputError(f"{where}.train.val_fraction: must be in [0, 0.9), got {t['val_fraction']!r}")
-    if not 0.0 <= float(i["overlap"]) < 1.0:
-        raise InputError(f"{where}.infer.overlap: must be in [0, 1), got {i['overlap']!r}")
-    if not 0.0 <= float(t["class_balance"]) <= 1.0:
-        raise InputError(f"{where}.train.class_balance: must be in [0, 1], got {t['class_balance']!r}")
-    return cfg
-
-
-def load_config(path: str | None = None, text: str | None = None) -> dict:
-    """The ``segment`` section from a YAML/JSON file and/or a JSON string (the string wins).
-
-    A file may hold the section itself or a whole ``config.yaml`` with a ``segment`` key.
-    """
-    user = section_from_file(path, "segment") if path else {}
-    if text:
-        user = _merge(merge_config(user), section_from_json(text, "segment"), "segment")
-    return merge_config(user)
+    return validate_settings(SegmentConfig, user or {}, where).model_dump()

@@ -1,0 +1,81 @@
+"""The ``cellsim`` config section (PyBaMM sweeps): the only place its defaults live (see docs/cellsim.md)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import Field, model_validator
+
+from ..config import Section
+
+MODELS = ("SPM", "SPMe", "DFN")
+
+
+class AxisRange(Section):
+    """A Latin-hypercube range of one swept quantity."""
+
+    low: float = Field(description="lower end")
+    high: float = Field(description="upper end")
+    scale: Literal["linear", "log"] = Field("linear", description="sampling scale")
+
+
+Axis = Union[float, list[float], AxisRange]
+
+
+class VoltageGrid(Section):
+    """Voltage grid of the Q(V) curves stored per early cycle."""
+
+    points: int = Field(64, ge=2, description="points of the voltage grid")
+    low_V: float | None = Field(None, description="lower end (null: the protocol's lower cut-off)")
+    high_V: float | None = Field(None, description="upper end (null: the protocol's upper cut-off)")
+
+
+class Protocol(Section):
+    """One cycle: CC discharge, rest, CC-CV charge, rest."""
+
+    rest_minutes: float = Field(5.0, ge=0, description="rest after charge and discharge")
+    cv_cutoff_c_rate: float | None = Field(0.02, gt=0, description="CV phase ends below this C-rate (null: no CV)")
+    lower_voltage_V: float | None = Field(None, description="discharge cut-off (null: the parameter set's)")
+    upper_voltage_V: float | None = Field(None, description="charge cut-off (null: the parameter set's)")
+
+
+class Sweep(Section):
+    """The swept conditions: a grid or a Latin hypercube over operating conditions and parameters."""
+
+    method: Literal["grid", "lhs"] = Field("lhs", description="grid: every combination; lhs: Latin hypercube")
+    n_samples: int = Field(8, ge=1, description="lhs: number of conditions")
+    seed: int = Field(0, ge=0, description="lhs: seed of the design")
+    axes: dict[str, Axis] = Field(
+        {"discharge_c_rate": [0.5, 2.0], "charge_c_rate": [0.3, 1.0], "ambient_temperature_C": [15.0, 40.0],
+         "SEI kinetic rate constant [m.s-1]": AxisRange(low=1e-15, high=1e-13, scale="log")},
+        description="discharge_c_rate, charge_c_rate, ambient_temperature_C, depth_of_discharge and any PyBaMM "
+        "parameter name: a number (fixed), a list (grid values, or [low, high] for lhs) or {low, high, scale}")
+
+
+class CellsimConfig(Section):
+    """The ``cellsim`` section."""
+
+    parameter_set: str = Field("OKane2022", description="PyBaMM parameter set (OKane2022 carries degradation "
+                               "parameters; Chen2020 also works)")
+    model: Literal[MODELS] = Field("SPMe", description="PyBaMM lithium-ion model")
+    model_options: dict[str, Any] = Field({"SEI": "ec reaction limited"},
+                                          description="PyBaMM model options, e.g. {SEI: ec reaction limited}")
+    parameters: dict[str, float] = Field({}, description="overrides by PyBaMM parameter name (applied after the "
+                                         "microstructure)")
+    rescale_nominal_capacity: bool = Field(True, description="rescale the nominal capacity to the measured geometry")
+    n_cycles: int = Field(10, ge=1, description="cycles per condition")
+    n_early: int = Field(3, ge=0, description="early cycles whose Q(V) curves are stored (capped at n_cycles)")
+    voltage_grid: VoltageGrid = Field(default_factory=VoltageGrid, description="Q(V) grid")
+    protocol: Protocol = Field(default_factory=Protocol, description="cycling protocol")
+    sweep: Sweep = Field(default_factory=Sweep, description="swept conditions")
+    time_limit_s: float | None = Field(1800, gt=0, description="wall-time limit per condition (null: none)")
+    stop_below_soh_percent: float | None = Field(None, gt=0, le=100, description="stop a condition below this SOH")
+    solver: dict[str, Any] = Field({}, description="keyword arguments of pybamm.IDAKLUSolver: rtol, atol, options")
+    var_pts: dict[str, int] | None = Field(None, description="PyBaMM mesh points per spatial variable")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_options(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "model_options" in data and data["model_options"] is None:
+            data = {**data, "model_options": {}}
+        return data

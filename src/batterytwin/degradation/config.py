@@ -1,0 +1,118 @@
+"""The ``degradation`` config section (DiffBatt-style diffusion model): the only place its defaults live.
+
+``train`` holds the model and training hyper-parameters (saved in every checkpoint), ``sample``
+the sampling and scoring settings, ``real_data`` the evaluations on real cycling data.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from ..config import Section
+
+Device = Literal["auto", "cpu", "cuda"]
+NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # names that become paths (results/degradation_real/<name>.zarr)
+
+
+class TrainSettings(Section):
+    """Model and training of ``train-degradation``."""
+
+    steps: int = Field(3000, ge=1, description="optimiser steps")
+    batch_size: int = Field(32, ge=1, description="global batch (divided evenly over the ranks)")
+    lr: float = Field(1e-3, gt=0, description="AdamW learning rate")
+    warmup: int = Field(100, ge=0, description="linear learning-rate warm-up steps")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    grad_clip: float = Field(1.0, gt=0, description="gradient-norm clip")
+    p_uncond: float = Field(0.1, ge=0, lt=1, description="condition dropout for classifier-free guidance")
+    ema_decay: float = Field(0.995, ge=0, le=1, description="EMA decay of the saved weights")
+    seed: int = Field(0, ge=0, description="seed of weights, batches and noise")
+    checkpoint_every: int = Field(250, ge=1, description="steps between checkpoints")
+    timesteps: int = Field(1000, ge=2, description="diffusion steps T")
+    schedule: Literal["cosine", "linear"] = Field("cosine", description="noise schedule")
+    soh_center: float = Field(90.0, description="curve scaling: (SOH - center) / scale")
+    soh_scale: float = Field(10.0, gt=0, description="curve scaling: (SOH - center) / scale")
+    widths: list[Annotated[int, Field(ge=1)]] = Field([32, 64, 64], min_length=1, description="U-Net channels per level")
+    attention: list[bool] = Field([False, True, True], min_length=1, description="self-attention per U-Net level")
+    blocks: int = Field(1, ge=1, description="residual blocks per U-Net level")
+    emb_dim: int = Field(128, ge=2, description="time/condition embedding width")
+    cond_dim: int = Field(64, ge=1, description="transformer width of the condition encoder")
+    cond_layers: int = Field(2, ge=1, description="transformer layers of the condition encoder")
+    cond_heads: int = Field(4, ge=1, description="attention heads of the condition encoder")
+    patch: int = Field(4, ge=1, description="curve points per U-Net input patch")
+    rows_per_token: int = Field(5, ge=1, description="capacity-matrix rows per transformer token")
+    threads: int = Field(0, ge=0, description="torch CPU threads per rank (0: torch default)")
+    device: Device = Field("auto", description="torch device")
+
+    @model_validator(mode="after")
+    def _levels(self) -> "TrainSettings":
+        if len(self.widths) != len(self.attention):
+            raise ValueError("'attention' needs one flag per entry of 'widths'")
+        return self
+
+
+class SampleSettings(Section):
+    """Sampling, intervals and scoring of ``predict-degradation``."""
+
+    samples: int = Field(32, ge=1, description="sampled curves per cell")
+    sampler: Literal["ddim", "ancestral"] = Field("ddim", description="ddim (few steps) or ancestral (T steps)")
+    ddim_steps: int = Field(50, ge=1, description="DDIM steps")
+    guidance: float = Field(1.0, ge=0, description="classifier-free guidance weight (1: conditional model)")
+    seed: int = Field(0, ge=0, description="sampling seed")
+    batch: int = Field(512, ge=1, description="curves per network call")
+    level: float = Field(0.9, gt=0, lt=1, description="central prediction interval")
+    threshold: float = Field(80.0, gt=0, lt=100, description="SOH percent of the threshold end-of-life rule")
+    synthetic: int = Field(0, ge=0, description="also generate this many unconditional curves")
+    threads: int = Field(0, ge=0, description="torch CPU threads per rank (0: torch default)")
+    device: Device = Field("auto", description="torch device")
+
+
+class Evaluation(Section):
+    """One real-data evaluation: a model trained on ``train_set``, scored on the ``test`` split."""
+
+    train_set: str = Field(pattern=NAME, description="name of a degradation.real_data.train_sets entry")
+    test: str = Field(min_length=1, description="test split .npz (relative to real_data.dir)")
+
+
+
+class RealData(Section):
+    """DiffBatt benchmark splits of real cells."""
+
+    enabled: bool = Field(True, description="train and evaluate on real cycling data")
+    dir: str = Field("../shared/data/diffbatt", description="directory of the DiffBatt .npz splits")
+    train_sets: dict[Annotated[str, Field(pattern=NAME)], list[str]] = Field(
+        {}, description="name -> training .npz files (relative to dir)")
+    evaluations: dict[Annotated[str, Field(pattern=NAME)], Evaluation] = Field(
+        {}, description="name -> {train_set, test}; one output store + JSON each")
+    train: dict = Field({}, description="overrides of degradation.train for the real-data models")
+    sample: dict = Field({}, description="overrides of degradation.sample for the real-data evaluations")
+
+    @model_validator(mode="after")
+    def _known(self) -> "RealData":
+        for key, section in (("train", TrainSettings), ("sample", SampleSettings)):
+            unknown = set(getattr(self, key)) - set(section.model_fields)
+            if unknown:
+                raise ValueError(f"{key}: unknown key(s) {sorted(unknown)}")
+        for name, ev in self.evaluations.items():
+            if ev.train_set not in self.train_sets:
+                raise ValueError(f"evaluations.{name}.train_set: {ev.train_set!r} is not in train_sets")
+        return self
+
+
+class DegradationConfig(Section):
+    """The ``degradation`` section."""
+
+    curve_length: int = Field(256, ge=2, description="points per SOH curve built from a sweep or user data "
+                              "(multiple of patch * 2**(levels-1))")
+    cycles_per_point: int = Field(10, ge=1, description="cycles between curve points")
+    base_row: int = Field(0, ge=0, description="0-based early cycle subtracted to form the capacity matrix")
+    n_early: int | None = Field(None, ge=1, description="user data: early cycles (rows) of the capacity matrix "
+                                "(null: every Q(V) cycle in the file)")
+    eol_rule: Literal["end_of_record", "threshold"] | None = Field(
+        None, description="end-of-life rule; null: end_of_record for MATR splits, threshold otherwise")
+    test_fraction: float = Field(0.25, ge=0, lt=1, description="sweeps: conditions held out of training and scored")
+    split_seed: int = Field(0, ge=0, description="seed of the sweep held-out split")
+    train: TrainSettings = Field(default_factory=TrainSettings, description="model and training")
+    sample: SampleSettings = Field(default_factory=SampleSettings, description="sampling and scoring")
+    real_data: RealData = Field(default_factory=RealData, description="real cycling data")

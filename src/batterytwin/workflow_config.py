@@ -1,0 +1,93 @@
+"""The whole run's configuration (``config.yaml``): one typed model composed of the stage models.
+
+``workflow/schemas/config.schema.json`` is generated from :class:`PipelineConfig`; regenerate it
+after changing any settings model with::
+
+    python -m batterytwin.workflow_config workflow/schemas/config.schema.json
+
+``workflow/rules/common.smk`` validates ``config`` with :func:`complete_config` (one line naming
+the key on a problem) and then with the generated schema, so rules read complete sections.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, StringConstraints
+
+from .cellsim.config import CellsimConfig
+from .config import Section, validate_settings
+from .degradation.config import DegradationConfig
+from .denoise.config import DenoiseConfig
+from .ingest.config import SAMPLE_NAME, IngestSettings, Sample, StoreSettings
+from .microstructure.config import MicrostructureConfig
+from .report.config import ReportConfig
+from .segment.config import SegmentConfig
+
+SampleName = Annotated[str, StringConstraints(pattern=SAMPLE_NAME)]
+
+
+class Resources(Section):
+    """Slurm/local resources of a rule (``resources.default`` applies to every rule)."""
+
+    tasks: int | None = Field(None, ge=1, description="MPI ranks")
+    cpus_per_task: int | None = Field(None, ge=1, description="cores per rank (also the rule's threads)")
+    gpu: int | None = Field(None, ge=0, description="GPUs per node")
+    mem_mb: int | None = Field(None, ge=1, description="memory in MB")
+    runtime: int | None = Field(None, ge=1, description="wall-time limit in minutes")
+    constraint: str | None = Field(None, description="Slurm constraint, e.g. gpu")
+    slurm_account: str | None = Field(None, description="Slurm account")
+    slurm_partition: str | None = Field(None, description="Slurm partition")
+    qos: str | None = Field(None, description="Slurm QOS")
+    slurm_extra: str | None = Field(None, description="extra sbatch options")
+    tasks_per_gpu: int | None = Field(None, ge=0, description="ranks per GPU")
+    mpi: str | None = Field(None, description="MPI launcher of this rule (else the top-level mpi)")
+
+
+class PipelineConfig(Section):
+    """``config.yaml``: samples, stores, resources and one section per stage."""
+
+    samples: dict[SampleName, Sample] = Field(min_length=1, description="sample name -> where its volume comes from",
+                                              json_schema_extra={"propertyNames": {"pattern": SAMPLE_NAME}})
+    store: StoreSettings = Field(default_factory=StoreSettings, description="chunk/shard edges of volume stores")
+    ingest: IngestSettings = Field(default_factory=IngestSettings, description="ingest of file samples")
+    mpi: str = Field("mpiexec", description="MPI launcher for MPI rules (mpiexec locally, srun on Slurm); "
+                     "from the trusted config")
+    resources: dict[str, Resources] = Field({"default": Resources()}, description="per-rule resources (Slurm "
+                                            "sizes are config, not code); 'default' applies to every rule")
+    denoise: DenoiseConfig = Field(default_factory=DenoiseConfig, description="NLM denoising")
+    segment: SegmentConfig = Field(default_factory=SegmentConfig, description="segmentation")
+    microstructure: MicrostructureConfig = Field(default_factory=MicrostructureConfig, description="microstructure")
+    cellsim: CellsimConfig = Field(default_factory=CellsimConfig, description="PyBaMM sweeps")
+    degradation: DegradationConfig = Field(default_factory=DegradationConfig, description="degradation model")
+    report: ReportConfig = Field(default_factory=ReportConfig, description="report figures")
+
+
+def complete_config(config: dict[str, Any], where: str = "config") -> dict[str, Any]:
+    """``config`` validated and completed with every default, as plain JSON-like data.
+
+    Raises:
+        InputError: one line naming the key path, e.g. ``config: segment.train.lr: must be > 0, got -1``.
+    """
+    done = validate_settings(PipelineConfig, config, where).model_dump(mode="json")
+    done["resources"] = {rule: {k: v for k, v in res.items() if v is not None}
+                         for rule, res in done["resources"].items()}
+    done["resources"].setdefault("default", {})
+    return done
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON schema of ``config.yaml`` (draft 2020-12), generated from :class:`PipelineConfig`."""
+    schema = PipelineConfig.model_json_schema()
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
+
+
+def schema_text() -> str:
+    return json.dumps(json_schema(), indent=1, sort_keys=True) + "\n"
+
+
+if __name__ == "__main__":
+    Path(sys.argv[1]).write_text(schema_text())
