@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from batterytwin.config_io import section_from_file, section_from_json
+from batterytwin.config import section_from_file, section_from_json
 from batterytwin.errors import InputError
 
 

@@ -14,7 +14,9 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from skimage.restoration import denoise_nl_means
 
 from batterytwin import store
-from batterytwin.denoise.driver import DenoiseConfig, denoise_store, read_with_halo
+from batterytwin.config import validate_settings
+from batterytwin.denoise.config import DenoiseConfig
+from batterytwin.denoise.driver import denoise_store, read_with_halo
 from batterytwin.denoise.nlm import nlm
 from batterytwin.denoise.sigma import estimate_sigma
 from batterytwin.errors import InputError
@@ -129,10 +131,10 @@ def test_resume_skips_finished_shards(sample, tmp_path, monkeypatch):
 def test_bad_inputs(sample, tmp_path):
     with pytest.raises(InputError, match="no such store"):
         denoise_store(tmp_path / "missing.zarr", tmp_path / "o.zarr", DenoiseConfig(h=0.1))
-    for cfg in (DenoiseConfig(patch_size=4, h=0.1), DenoiseConfig(search_radius=-2, h=0.1),
-                DenoiseConfig(h=-1.0), DenoiseConfig(h_factor=0.0), DenoiseConfig(backend="cuda-magic", h=0.1)):
-        with pytest.raises(InputError):
-            denoise_store(sample["volume"], tmp_path / "o.zarr", cfg)
+    for bad in ({"patch_size": 4, "h": 0.1}, {"search_radius": -2, "h": 0.1}, {"h": -1.0}, {"h_factor": 0.0},
+                {"backend": "cuda-magic", "h": 0.1}):  # the typed settings refuse them before any work
+        with pytest.raises(InputError, match=f"denoise.{next(iter(bad))}"):
+            denoise_store(sample["volume"], tmp_path / "o.zarr", validate_settings(DenoiseConfig, bad, "denoise"))
     no_meta = write_store(tmp_path / "nometa.zarr", sample["noisy"], attrs={"producer": {}})
     with pytest.raises(InputError, match="voxel_size_um"):
         denoise_store(no_meta, tmp_path / "o.zarr", DenoiseConfig(h=0.1))

@@ -120,7 +120,7 @@ _MESSAGES = {
     "less_than": "must be < {lt}", "less_than_equal": "must be <= {le}",
     "literal_error": "must be one of {expected}", "extra_forbidden": "unknown key",
     "missing": "required key missing", "finite_number": "must be a finite number", "too_short": "needs at least {min_length} items",
-    "too_long": "takes at most {max_length} items",
+    "too_long": "takes at most {max_length} items", "string_pattern_mismatch": "must match {pattern}",
 }
 
 

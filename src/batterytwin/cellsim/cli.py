@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..config_io import section_from_file, section_from_json
+from ..config import add_config_arguments, settings_from_args
+from .config import CellsimConfig
 
 EPILOG = """\
 The settings are the `cellsim` section of the pipeline config: give it as a YAML/JSON file
@@ -34,23 +35,14 @@ def register(subparsers) -> None:
     p.add_argument("--summary", required=True, help="output sweep.json (per-condition status and messages)")
     p.add_argument("--work-dir", required=True,
                    help="per-condition results for resuming, e.g. work/{sample}/cellsim (kept between runs)")
-    p.add_argument("--config", help="YAML or JSON file with the `cellsim` section")
-    p.add_argument("--config-json", help="JSON object with `cellsim` settings (overrides --config)")
+    add_config_arguments(p, CellsimConfig, "cellsim", flags={"--cycles": "n_cycles", "--model": "model"})
     p.set_defaults(func=run)
-
-
-def load_section(path: str | None, text: str | None) -> dict:
-    """The ``cellsim`` settings from a file and/or a JSON string (string keys win)."""
-    cfg = section_from_file(path, "cellsim") if path else {}
-    if text:
-        cfg.update(section_from_json(text, "cellsim"))
-    return cfg
 
 
 def run(args) -> int:
     from .driver import simulate
 
-    cfg = load_section(args.config, args.config_json)
+    cfg = settings_from_args(args, CellsimConfig, "cellsim").model_dump()
     summary = simulate(args.microstructure, args.output, args.summary, args.work_dir, cfg)
     counts = summary["counts"]
     import logging

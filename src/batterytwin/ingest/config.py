@@ -66,7 +66,7 @@ class FileSample(Section):
     dtype: str | None = Field(None, description="raw input: sample type, e.g. uint16")
     byte_order: Literal["little", "big"] = Field("little", description="raw input: byte order")
     header_bytes: int = Field(0, ge=0, description="raw input: bytes to skip at the start")
-    crop: str | None = Field(None, pattern=r"^[0-9]*:[0-9]*,[0-9]*:[0-9]*,[0-9]*:[0-9]*$",
+    crop: str | None = Field(None, pattern=r"^(?:[0-9]*:[0-9]*)?,(?:[0-9]*:[0-9]*)?,(?:[0-9]*:[0-9]*)?$",
                              description="source-space crop 'z0:z1,y0:y1,x0:x1' (empty range = whole axis)")
     bin: int = Field(1, ge=1, description="bin factor (mean over bin^3 voxels; output float32)")
     output_dtype: str = Field("auto", description="output sample type (auto: the source type)")
