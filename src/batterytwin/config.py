@@ -118,8 +118,8 @@ def load_settings(model: type[M], section: str, path: str | Path | None = None, 
 _MESSAGES = {
     "greater_than": "must be > {gt}", "greater_than_equal": "must be >= {ge}",
     "less_than": "must be < {lt}", "less_than_equal": "must be <= {le}",
-    "literal_error": "must be one of {expected}", "extra_forbidden": "unknown key",
-    "missing": "required key missing", "finite_number": "must be a finite number", "too_short": "needs at least {min_length} items",
+    "literal_error": "must be one of {expected}", "missing": "required key missing",
+    "finite_number": "must be a finite number", "too_short": "needs at least {min_length} items",
     "too_long": "takes at most {max_length} items", "string_pattern_mismatch": "must match {pattern}",
 }
 
@@ -128,10 +128,16 @@ def describe_error(exc: ValidationError, where: str) -> str:
     """One line for the first problem of ``exc``: ``segment.train.lr: must be > 0, got -1``."""
     errors = exc.errors(include_url=False)
     err = errors[0]
-    loc = ".".join(str(p) for p in (where, *err["loc"]) if p != "" and not _is_branch_tag(p))
+    parts = [str(p) for p in (where, *err["loc"]) if p != "" and not _is_branch_tag(p)]
     template = _MESSAGES.get(err["type"])
     msg = template.format(**err.get("ctx", {})) if template else err["msg"].replace("Value error, ", "")
-    got = "" if err["type"] in ("missing", "extra_forbidden") else f", got {err['input']!r}"
+    if parts[-1] == "[key]":  # a mapping key that becomes a name or a path
+        parts, msg = parts[:-1], f"name {msg}"
+    elif err["type"] == "extra_forbidden":
+        msg = f"unknown key '{parts[-1]}'"
+    loc = ".".join(parts)
+    shown = err["type"] not in ("missing", "extra_forbidden") and not isinstance(err["input"], dict)
+    got = f", got {err['input']!r}" if shown else ""
     more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
     return f"{loc}: {msg}{got}{more}"
 

@@ -35,6 +35,7 @@ class Resources(Section):
 
     tasks: int | None = Field(None, ge=1, description="MPI ranks")
     cpus_per_task: int | None = Field(None, ge=1, description="cores per rank (also the rule's threads)")
+    nodes: int | None = Field(None, ge=1, description="nodes of the job")
     gpu: int | None = Field(None, ge=0, description="GPUs per node")
     mem_mb: int | None = Field(None, ge=1, description="memory in MB")
     runtime: int | None = Field(None, ge=1, description="wall-time limit in minutes")
@@ -45,6 +46,9 @@ class Resources(Section):
     slurm_extra: str | None = Field(None, description="extra sbatch options")
     tasks_per_gpu: int | None = Field(None, ge=0, description="ranks per GPU")
     mpi: str | None = Field(None, description="MPI launcher of this rule (else the top-level mpi)")
+
+
+RULE_DEFAULTS = {"tasks": 1, "cpus_per_task": 1}  # what a rule gets when resources.default leaves it out
 
 
 class PipelineConfig(Section):
@@ -75,7 +79,7 @@ def complete_config(config: dict[str, Any], where: str = "config") -> dict[str, 
     done = validate_settings(PipelineConfig, config, where).model_dump(mode="json")
     done["resources"] = {rule: {k: v for k, v in res.items() if v is not None}
                          for rule, res in done["resources"].items()}
-    done["resources"].setdefault("default", {})
+    done["resources"]["default"] = {**RULE_DEFAULTS, **done["resources"].get("default", {})}
     return done
 
 

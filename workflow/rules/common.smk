@@ -66,7 +66,7 @@ def RES(rule_name, mpi=True):
 
 
 def THREADS(rule_name):
-    return int(RES(rule_name).get("cpus_per_task", 1))
+    return int(RES(rule_name)["cpus_per_task"])
 
 
 def _phantom_params(wildcards):
