@@ -54,6 +54,9 @@ def is_synthetic(sample):
 def RES(rule_name, mpi=True):
     """Resources of a rule: config resources.default updated by resources.<rule>.
 
+    Kept rather than the Slurm profile's set-resources: local and head-job runs (no profile) need the
+    same sizes, and the per-rule launcher is part of the command (docs/slurm.md).
+
     mpi=False for rules without a `{resources.mpi}` launcher: the Slurm executor plugin treats any
     job with an `mpi` resource as an MPI job (it refuses tasks == 1 and does not wrap it in srun).
     """

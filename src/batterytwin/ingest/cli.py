@@ -9,6 +9,7 @@ import logging
 from ..distributed import get_world
 from ..errors import InputError
 from . import driver, readers
+from .config import FileSample, IngestSettings, StoreSettings
 from .phantom import PhantomParams
 
 log = logging.getLogger(__name__)
@@ -22,20 +23,21 @@ def register(subparsers) -> None:
         "appears only when complete.")
     p.add_argument("source", help="TIFF folder, multi-page .tif, .h5/.hdf5, .npy or raw file")
     p.add_argument("output", help="output store, e.g. results/s1/volume.zarr")
-    p.add_argument("--format", default="auto", choices=readers.FORMATS, help="input format (default: from the name)")
-    p.add_argument("--dataset", default=readers.DXCHANGE_DATASET, help="HDF5 dataset path (default: DXchange %(default)s)")
+    p.add_argument("--format", default=_file("format"), choices=readers.FORMATS, help="input format (default: from the name)")
+    p.add_argument("--dataset", default=_file("dataset"), help="HDF5 dataset path (default: DXchange %(default)s)")
     p.add_argument("--shape", type=int, nargs=3, metavar=("Z", "Y", "X"), help="raw input: volume shape")
     p.add_argument("--dtype", help="raw input: sample type, e.g. uint16, float32")
-    p.add_argument("--byte-order", default="little", choices=("little", "big"), help="raw input: byte order")
-    p.add_argument("--header-bytes", type=int, default=0, help="raw input: bytes to skip at the start")
+    p.add_argument("--byte-order", default=_file("byte_order"), choices=("little", "big"), help="raw input: byte order")
+    p.add_argument("--header-bytes", type=int, default=_file("header_bytes"), help="raw input: bytes to skip at the start")
     p.add_argument("--voxel-size-um", type=float, nargs="+", required=True,
                    help="voxel size of the source in micrometres: one value or three (z y x)")
     p.add_argument("--crop", help="source-space crop 'z0:z1,y0:y1,x0:x1' (empty range = whole axis)")
-    p.add_argument("--bin", type=int, default=1, help="bin factor (mean over bin^3 voxels; output float32)")
-    p.add_argument("--output-dtype", default="auto", help="output sample type (default: source type)")
+    p.add_argument("--bin", type=int, default=_file("bin"), help="bin factor (mean over bin^3 voxels; output float32)")
+    p.add_argument("--output-dtype", default=_file("output_dtype"), help="output sample type (default: source type)")
     p.add_argument("--nan-fill", type=float, help="replace NaN/Inf with this value (default: reject them)")
     _store_options(p)
-    p.add_argument("--max-memory-mb", type=float, default=2048, help="memory budget for one slab (default %(default)s)")
+    p.add_argument("--max-memory-mb", type=float, default=IngestSettings().max_memory_mb,
+                   help="memory budget for one slab (default %(default)s)")
     p.add_argument("--no-checksum", action="store_true", help="skip the SHA-256 of the source files")
     p.set_defaults(func=run_ingest)
 
@@ -48,20 +50,26 @@ def register(subparsers) -> None:
     q.add_argument("volume", help="output CT image store, e.g. results/phantom/volume.zarr")
     q.add_argument("--clean", help="also write the noise-free image here")
     q.add_argument("--labels", help="also write the ground-truth labels here")
-    q.add_argument("--shape", type=int, nargs=3, metavar=("Z", "Y", "X"), default=[48, 48, 48])
-    q.add_argument("--seed", type=int, default=0, help="geometry and noise seed (default %(default)s)")
-    q.add_argument("--frame", type=int, default=0, help="time-series frame (dendrites grow with it)")
-    q.add_argument("--n-frames", type=int, default=1, help="number of frames in the time series")
-    q.add_argument("--voxel-size-um", type=float, default=0.5)
+    q.add_argument("--shape", type=int, nargs=3, metavar=("Z", "Y", "X"), default=PhantomParams.shape)
+    q.add_argument("--seed", type=int, default=PhantomParams.seed, help="geometry and noise seed (default %(default)s)")
+    q.add_argument("--frame", type=int, default=PhantomParams.frame, help="time-series frame (dendrites grow with it)")
+    q.add_argument("--n-frames", type=int, default=PhantomParams.n_frames, help="number of frames in the time series")
+    q.add_argument("--voxel-size-um", type=float, default=PhantomParams.voxel_size_um)
     q.add_argument("--param", action="append", default=[], metavar="KEY=JSON",
                    help="any other phantom parameter, e.g. --param noise_sigma=0.08 --param ring_amplitude=0.03")
     _store_options(q)
     q.set_defaults(func=run_phantom)
 
 
+def _file(name: str):
+    """The default of a file-sample setting (:class:`~batterytwin.ingest.config.FileSample` holds it)."""
+    return FileSample.model_fields[name].default
+
+
 def _store_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--chunk", type=int, default=64, help="chunk edge (read unit), default %(default)s")
-    p.add_argument("--shard", type=int, default=256, help="shard edge (write unit), default %(default)s")
+    store = StoreSettings()
+    p.add_argument("--chunk", type=int, default=store.chunk, help="chunk edge (read unit), default %(default)s")
+    p.add_argument("--shard", type=int, default=store.shard, help="shard edge (write unit), default %(default)s")
 
 
 def run_ingest(args: argparse.Namespace) -> None:
