@@ -10,8 +10,6 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-EXIT_INTERRUPTED = 3
-
 
 def _data_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data (give at least one source)")
@@ -34,7 +32,9 @@ def _data_args(p: argparse.ArgumentParser) -> None:
                    help="sweeps only: fraction of conditions held out of training and scored by predict [0.25]")
     g.add_argument("--split-seed", type=int, default=0, help="seed of the sweep held-out split [0]")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="torch device [auto]")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads per rank (0: torch default)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads per rank (0: OMP_NUM_THREADS, else SLURM_CPUS_PER_TASK, else the "
+                        "node's cores shared by its ranks)")
 
 
 def _load(args, for_training: bool):
@@ -72,15 +72,13 @@ def _load(args, for_training: bool):
 
 
 def run_train(args) -> int:
-    import torch
-
     from ..distributed import get_world, init_torch_distributed, shutdown_torch_distributed
-    from ..store import atomic_output, write_json
+    from ..store import write_json
+    from ..training import preempted, save_atomic, set_threads
     from .train import TrainConfig, train_model
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     world = get_world()
+    set_threads(world, args.threads)
     cs, _ = _load(args, for_training=True)
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
                       p_uncond=args.p_uncond, ema_decay=args.ema_decay, seed=args.seed,
@@ -103,10 +101,9 @@ def run_train(args) -> int:
     finally:
         shutdown_torch_distributed()
     if res.interrupted:
-        return EXIT_INTERRUPTED
+        return preempted("train-degradation", res.step, cfg.steps, ckpt, world)
     if world.is_root:
-        with atomic_output(out, world=_one()) as tmp:
-            torch.save(res.payload, tmp)
+        save_atomic(res.payload, out)
         if args.metrics:
             write_json(args.metrics, {"steps": res.step, "ranks": world.size, "train_cells": len(cs),
                                       "wall_s": time.perf_counter() - t0, "loss_history": res.history,
@@ -116,22 +113,15 @@ def run_train(args) -> int:
     return 0
 
 
-def _one():
-    from ..distributed import World
-
-    return World()  # rank 0 writes alone: a size-1 world for atomic_output
-
-
 def run_predict(args) -> int:
     import numpy as np
-    import torch
 
     from ..distributed import get_world, select_device
+    from ..training import set_threads
     from .predict import SampleSettings, run_prediction
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     world = get_world()
+    set_threads(world, args.threads)
     cs, flags = _load(args, for_training=False)
     if args.sweep and not flags.any():
         flags = np.ones(len(cs), bool)  # nothing held out: score every condition
@@ -161,7 +151,7 @@ def register(subparsers) -> None:
                     "early-cycle capacity matrix (transformer encoder, classifier-free guidance, EMA). "
                     "Runs data-parallel over the MPI ranks (mpiexec/srun; gloo on CPU, NCCL on GPU); "
                     "checkpoints to --checkpoint and resumes from it; SIGTERM/SIGUSR1 checkpoint and exit "
-                    f"with status {EXIT_INTERRUPTED} (run again to resume).",
+                    "with status 75 (run again to resume).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _data_args(p)
     p.add_argument("--out", required=True, help="model file to write (.pt, EMA weights + settings)")
