@@ -71,15 +71,23 @@ def _load(args, for_training: bool):
     return cs, flags
 
 
-def run_train(args) -> int:
-    from ..distributed import get_world, init_torch_distributed, shutdown_torch_distributed
-    from ..store import write_json
-    from ..training import preempted, save_atomic, set_threads
-    from .train import TrainConfig, train_model
+def _start(args, for_training: bool):
+    """(this rank's world, with its threads set by the shared policy, curves, held-out flags)."""
+    from ..distributed import get_world
+    from ..training import set_threads
 
     world = get_world()
     set_threads(world, args.threads)
-    cs, _ = _load(args, for_training=True)
+    return (world, *_load(args, for_training))
+
+
+def run_train(args) -> int:
+    from ..distributed import init_torch_distributed, shutdown_torch_distributed
+    from ..store import write_json
+    from ..training import preempted, save_atomic
+    from .train import TrainConfig, train_model
+
+    world, cs, _ = _start(args, for_training=True)
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
                       p_uncond=args.p_uncond, ema_decay=args.ema_decay, seed=args.seed,
                       checkpoint_every=args.checkpoint_every, timesteps=args.timesteps, schedule=args.schedule,
@@ -116,13 +124,10 @@ def run_train(args) -> int:
 def run_predict(args) -> int:
     import numpy as np
 
-    from ..distributed import get_world, select_device
-    from ..training import set_threads
+    from ..distributed import select_device
     from .predict import SampleSettings, run_prediction
 
-    world = get_world()
-    set_threads(world, args.threads)
-    cs, flags = _load(args, for_training=False)
+    world, cs, flags = _start(args, for_training=False)
     if args.sweep and not flags.any():
         flags = np.ones(len(cs), bool)  # nothing held out: score every condition
     st = SampleSettings(samples=args.samples, sampler=args.sampler, steps=args.ddim_steps, guidance=args.guidance,

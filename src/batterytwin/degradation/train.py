@@ -35,7 +35,8 @@ from torch import nn
 
 from ..distributed import World, get_world
 from ..errors import InputError
-from ..training import Checkpoint, StopFlag, ema_decay, ema_model, update_ema, warmup_cosine, wrap_ddp
+from ..training import (Checkpoint, StopFlag, ema_decay, ema_model, load_model_file, update_ema, warmup_cosine,
+                        wrap_ddp)
 from .baselines import forest_features, variance_rows
 from .data import CurveSet, encode_curves
 from .diffusion import Diffusion
@@ -261,15 +262,7 @@ def model_payload(cs: CurveSet, cfg: TrainConfig, ema: nn.Module, q_scale: float
 
 def load_model(path: os.PathLike | str, device: torch.device | None = None) -> tuple[DegradationNet, dict]:
     """Read a model file written by ``train-degradation`` (``weights_only=True``): (EMA net in eval mode, payload)."""
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"{p}: no such model file (run train-degradation first)")
-    try:
-        payload = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for a corrupt or foreign file
-        raise InputError(f"{p}: not a readable batterytwin degradation model ({type(exc).__name__}: {exc})") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise InputError(f"{p}: not a batterytwin degradation model (format {FORMAT} expected)")
+    payload = load_model_file(path, FORMAT, "degradation model")
     cfg = TrainConfig.from_dict(payload["config"])
     net = build_net(cfg, tuple(payload["condition_shape"]))
     net.load_state_dict(payload["state_dict"])

@@ -37,7 +37,8 @@ import torch
 from .. import store
 from ..distributed import World, get_world, init_torch_distributed
 from ..errors import InputError
-from ..training import EXIT_PREEMPTED, Checkpoint, StopFlag, preempted, save_atomic, warmup_cosine, wrap_ddp
+from ..training import (EXIT_PREEMPTED, Checkpoint, StopFlag, load_model_file, preempted, save_atomic, warmup_cosine,
+                        wrap_ddp)
 from ..training import set_threads as _set_threads  # segment/infer.py imports it from here
 from . import data as D
 from .config import AXIS_NAMES
@@ -296,18 +297,10 @@ def load_model(path: str, device: torch.device | str = "cpu") -> tuple[torch.nn.
         InputError: the file is missing, is not a batterytwin segmentation model, or does not
             match its own architecture description.
     """
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"{p}: no such model file")
-    try:
-        meta = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise InputError(f"{p}: cannot load as a weights-only torch file ({type(exc).__name__}: {exc})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise InputError(f"{p}: not a batterytwin segmentation model (format {FORMAT!r} expected)")
+    meta = load_model_file(path, FORMAT, "segmentation model")
     net = build_model(meta["model"], int(meta["n_classes"]))
     try:
         net.load_state_dict(meta["state_dict"])
     except RuntimeError as exc:
-        raise InputError(f"{p}: weights do not match the model description ({exc})") from None
+        raise InputError(f"{path}: weights do not match the model description ({exc})") from None
     return net.to(device).eval(), meta
