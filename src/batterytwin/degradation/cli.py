@@ -13,8 +13,6 @@ from .config import DegradationConfig
 
 log = logging.getLogger(__name__)
 
-EXIT_INTERRUPTED = 3
-
 
 def _data_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data (give at least one source)")
@@ -66,19 +64,26 @@ def _load(args, cfg: DegradationConfig, for_training: bool):
     return cs, flags
 
 
-def run_train(args) -> int:
-    import torch
+def _start(args, cfg: DegradationConfig, threads: int, for_training: bool):
+    """(this rank's world, with its threads set by the shared policy, curves, held-out flags)."""
+    from ..distributed import get_world
+    from ..training import set_threads
 
-    from ..distributed import get_world, init_torch_distributed, shutdown_torch_distributed
-    from ..store import atomic_output, write_json
-    from .train import TrainConfig, train_model
+    world = get_world()
+    set_threads(world, threads)
+    return (world, *_load(args, cfg, for_training))
+
+
+def run_train(args) -> int:
+    from ..distributed import init_torch_distributed, shutdown_torch_distributed
+    from ..store import write_json
+    from ..training import preempted, save_atomic
+    from .config import TrainConfig
+    from .train import train_model
 
     settings = settings_from_args(args, DegradationConfig, "degradation")
-    if settings.train.threads:
-        torch.set_num_threads(settings.train.threads)
-    world = get_world()
-    cs, _ = _load(args, settings, for_training=True)
-    cfg = TrainConfig.from_dict(settings.train.model_dump(exclude={"threads", "device"}))
+    world, cs, _ = _start(args, settings, settings.train.threads, for_training=True)
+    cfg = TrainConfig.from_dict(settings.train.model_dump(exclude={"threads", "device"}))  # saved with the model
     cfg.check(world.size)
     out = Path(args.out)
     ckpt = Path(args.checkpoint) if args.checkpoint else Path("work/models/degradation") / f"{out.stem}.ckpt.pt"
@@ -91,10 +96,9 @@ def run_train(args) -> int:
     finally:
         shutdown_torch_distributed()
     if res.interrupted:
-        return EXIT_INTERRUPTED
+        return preempted("train-degradation", res.step, cfg.steps, ckpt, world)
     if world.is_root:
-        with atomic_output(out, world=_one()) as tmp:
-            torch.save(res.payload, tmp)
+        save_atomic(res.payload, out)
         if args.metrics:
             write_json(args.metrics, {"steps": res.step, "ranks": world.size, "train_cells": len(cs),
                                       "wall_s": time.perf_counter() - t0, "loss_history": res.history,
@@ -104,25 +108,15 @@ def run_train(args) -> int:
     return 0
 
 
-def _one():
-    from ..distributed import World
-
-    return World()  # rank 0 writes alone: a size-1 world for atomic_output
-
-
 def run_predict(args) -> int:
     import numpy as np
-    import torch
 
-    from ..distributed import get_world, select_device
+    from ..distributed import select_device
     from .predict import SampleSettings, run_prediction
 
     settings = settings_from_args(args, DegradationConfig, "degradation")
     sample = settings.sample
-    if sample.threads:
-        torch.set_num_threads(sample.threads)
-    world = get_world()
-    cs, flags = _load(args, settings, for_training=False)
+    world, cs, flags = _start(args, settings, sample.threads, for_training=False)
     if args.sweep and not flags.any():
         flags = np.ones(len(cs), bool)  # nothing held out: score every condition
     st = SampleSettings(samples=sample.samples, sampler=sample.sampler, steps=sample.ddim_steps,
@@ -153,8 +147,7 @@ def register(subparsers) -> None:
                     "early-cycle capacity matrix (transformer encoder, classifier-free guidance, EMA). "
                     "Runs data-parallel over the MPI ranks (mpiexec/srun; gloo on CPU, NCCL on GPU); "
                     "checkpoints to --checkpoint and resumes from it; SIGTERM/SIGUSR1 checkpoint and exit "
-                    f"with status {EXIT_INTERRUPTED} (run again to resume).",
-)
+                    "with status 75 (run again to resume).")
     _data_args(p)
     p.add_argument("--out", required=True, help="model file to write (.pt, EMA weights + settings)")
     p.add_argument("--metrics", default=None, help="training summary JSON (loss history, wall time)")

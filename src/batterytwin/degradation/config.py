@@ -10,14 +10,15 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from ..config import Section
+from ..config import Section, validate_settings
+from ..errors import InputError
 
 Device = Literal["auto", "cpu", "cuda"]
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # names that become paths (results/degradation_real/<name>.zarr)
 
 
-class TrainSettings(Section):
-    """Model and training of ``train-degradation``."""
+class TrainConfig(Section):
+    """Hyper-parameters of the model and of its training (plain values: saved in checkpoints and models)."""
 
     steps: int = Field(3000, ge=1, description="optimiser steps")
     batch_size: int = Field(32, ge=1, description="global batch (divided evenly over the ranks)")
@@ -42,14 +43,31 @@ class TrainSettings(Section):
     cond_heads: int = Field(4, ge=1, description="attention heads of the condition encoder")
     patch: int = Field(4, ge=1, description="curve points per U-Net input patch")
     rows_per_token: int = Field(5, ge=1, description="capacity-matrix rows per transformer token")
-    threads: int = Field(0, ge=0, description="torch CPU threads per rank (0: torch default)")
-    device: Device = Field("auto", description="torch device")
 
     @model_validator(mode="after")
-    def _levels(self) -> "TrainSettings":
+    def _levels(self) -> "TrainConfig":
         if len(self.widths) != len(self.attention):
             raise ValueError("'attention' needs one flag per entry of 'widths'")
         return self
+
+    @classmethod
+    def from_dict(cls, values: dict, where: str = "degradation.train") -> "TrainConfig":
+        """Validated settings (one-line InputError naming the key); keys of other runs are errors."""
+        return validate_settings(cls, values, where)
+
+    def check(self, world_size: int) -> None:
+        """What depends on the run: the global batch is split evenly over the ranks."""
+        if self.batch_size % world_size:
+            raise InputError(f"degradation.train.batch_size: {self.batch_size} must be divisible by the number "
+                             f"of ranks {world_size}")
+
+
+class TrainSettings(TrainConfig):
+    """``degradation.train``: the model's hyper-parameters plus where this run trains."""
+
+    threads: int = Field(0, ge=0, description="torch CPU threads per rank (0: OMP_NUM_THREADS, else "
+                         "SLURM_CPUS_PER_TASK, else the node's cores shared by its ranks)")
+    device: Device = Field("auto", description="torch device")
 
 
 class SampleSettings(Section):

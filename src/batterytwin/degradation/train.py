@@ -1,4 +1,9 @@
-"""Training driver: DDP over the MPI world, seeded batches, EMA, checkpoint/resume, Slurm signals.
+"""Training driver of the diffusion model: seeded global batches over DDP ranks.
+
+The plumbing (DDP, LR warm-up, EMA, checkpoint/resume, Slurm signals) is the shared harness
+:mod:`batterytwin.training`; the learning rate warms up linearly over ``warmup`` steps and then
+stays at ``lr`` (it does not depend on ``steps``); the EMA decay at step ``s`` is
+``min(ema_decay, (1 + s) / (10 + s))``, averaged from the initial weights.
 
 Determinism across rank counts: the *global* batch of step ``s`` (cell indices, diffusion steps,
 noise, condition dropout) is drawn from a generator seeded with ``(seed, s)``, identical on every
@@ -9,18 +14,17 @@ seeding makes a resumed run equal to an uninterrupted one (the checkpoint holds 
 optimiser state and step; no RNG state is needed).
 
 SIGTERM / SIGUSR1 (Slurm's warning before the time limit): every rank finishes its current step,
-rank 0 writes the checkpoint, and :func:`train_model` returns ``interrupted=True``.
+rank 0 writes the checkpoint, and :func:`train_model` returns ``interrupted=True`` (the CLI then
+exits with :data:`~batterytwin.training.EXIT_PREEMPTED`, 75).
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import logging
 import os
-import signal
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,61 +35,16 @@ from torch import nn
 
 from ..distributed import World, get_world
 from ..errors import InputError
+from ..training import (Checkpoint, StopFlag, ema_decay, ema_model, load_model_file, update_ema, warmup_cosine,
+                        wrap_ddp)
 from .baselines import forest_features, variance_rows
+from .config import TrainConfig
 from .data import CurveSet, encode_curves
 from .diffusion import Diffusion
 from .nets import DegradationNet
 
 log = logging.getLogger(__name__)
 FORMAT = "batterytwin.degradation/1"
-
-
-@dataclass
-class TrainConfig:
-    """Hyper-parameters of the model and of its training (all plain values: saved in checkpoints)."""
-
-    steps: int = 3000
-    batch_size: int = 32            # global batch (divided evenly over ranks)
-    lr: float = 1e-3
-    warmup: int = 100
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    p_uncond: float = 0.1           # condition dropout for classifier-free guidance
-    ema_decay: float = 0.995
-    seed: int = 0
-    checkpoint_every: int = 250
-    timesteps: int = 1000
-    schedule: str = "cosine"
-    soh_center: float = 90.0        # curve channel 0 = (SOH - center) / scale
-    soh_scale: float = 10.0
-    widths: list = field(default_factory=lambda: [32, 64, 64])
-    attention: list = field(default_factory=lambda: [False, True, True])
-    blocks: int = 1
-    emb_dim: int = 128
-    cond_dim: int = 64
-    cond_layers: int = 2
-    cond_heads: int = 4
-    patch: int = 4                  # curve points per U-Net input patch
-    rows_per_token: int = 5         # capacity-matrix rows per transformer token
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise InputError(f"degradation config: unknown key(s) {', '.join(sorted(unknown))}")
-        return cls(**d)
-
-    def check(self, world_size: int) -> None:
-        if self.batch_size % world_size:
-            raise InputError(f"batch_size {self.batch_size} must be divisible by the number of ranks {world_size}")
-        if len(self.widths) != len(self.attention):
-            raise InputError("degradation config: 'attention' needs one flag per entry of 'widths'")
-        for k in ("steps", "batch_size", "timesteps", "checkpoint_every"):
-            if getattr(self, k) < 1:
-                raise InputError(f"degradation config: {k} must be >= 1")
-        if not 0.0 <= self.p_uncond < 1.0:
-            raise InputError("degradation config: p_uncond must be in [0, 1)")
 
 
 def build_net(cfg: TrainConfig, condition_shape: tuple[int, int]) -> DegradationNet:
@@ -104,32 +63,6 @@ class _LossModule(nn.Module):
         return self.diffusion.loss_sum(self.net, x0, weight, q, t, noise, drop)
 
 
-class _StopFlag:
-    """SIGTERM/SIGUSR1 -> a flag checked between steps (handlers installed in the main thread only)."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-
-    def __init__(self) -> None:
-        self.set = False
-        self._old: dict = {}
-
-    def __enter__(self) -> "_StopFlag":
-        import threading
-
-        if threading.current_thread() is threading.main_thread():
-            for s in self.SIGNALS:
-                self._old[s] = signal.signal(s, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        log.warning("received signal %d: checkpointing after this step", signum)
-        self.set = True
-
-    def __exit__(self, *exc) -> None:
-        for s, h in self._old.items():
-            signal.signal(s, h)
-
-
 @dataclass
 class TrainResult:
     payload: dict | None   # the model file content (None when interrupted)
@@ -142,7 +75,7 @@ def data_fingerprint(cs: CurveSet, cfg: TrainConfig) -> str:
     h = hashlib.sha256()
     for a in (cs.soh, cs.valid_len, cs.qmatrix):
         h.update(np.ascontiguousarray(a).tobytes())
-    cfg_d = asdict(cfg)
+    cfg_d = cfg.model_dump()
     # neither changes the trajectory (the learning rate does not depend on the total): a run can be
     # extended by rerunning with more --steps, and resumes from its checkpoint
     cfg_d.pop("checkpoint_every")
@@ -159,17 +92,6 @@ def _batch(step: int, cfg: TrainConfig, n: int, shape: tuple[int, int]) -> tuple
     noise = torch.randn((cfg.batch_size, *shape), generator=g)
     drop = torch.rand(cfg.batch_size, generator=g) < cfg.p_uncond
     return idx, t, noise, drop
-
-
-def _lr(step: int, cfg: TrainConfig) -> float:
-    return cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
-
-
-def _save_atomic(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def train_model(cs: CurveSet, cfg: TrainConfig, checkpoint: Path | None = None, world: World | None = None,
@@ -203,39 +125,22 @@ def train_model(cs: CurveSet, cfg: TrainConfig, checkpoint: Path | None = None, 
 
     torch.manual_seed(cfg.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
     net = build_net(cfg, cs.condition_shape).to(device)
-    ema = copy.deepcopy(net).requires_grad_(False)
-    diffusion = Diffusion(cfg.timesteps, cfg.schedule)
-    model = nn.parallel.DistributedDataParallel(_LossModule(net, diffusion),
-                                                device_ids=[device.index] if device.type == "cuda" else None)
+    ema = ema_model(net)
+    model = wrap_ddp(_LossModule(net, Diffusion(cfg.timesteps, cfg.schedule)), device)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    fingerprint = data_fingerprint(cs, cfg)
-    start, history = 0, []
-    if checkpoint is not None and Path(checkpoint).is_file():
-        state = torch.load(checkpoint, map_location=device, weights_only=True)
-        if state.get("fingerprint") == fingerprint:
-            net.load_state_dict(state["net"])
-            ema.load_state_dict(state["ema"])
-            opt.load_state_dict(state["opt"])
-            start, history = int(state["step"]), list(state["history"])
-            log.info("resumed from %s at step %d", checkpoint, start)
-        else:
-            log.warning("%s was written for other data or settings: starting afresh", checkpoint)
-
-    def save(step: int) -> None:
-        if checkpoint is not None and world.is_root:
-            _save_atomic({"fingerprint": fingerprint, "step": step, "net": net.state_dict(), "ema": ema.state_dict(),
-                          "opt": opt.state_dict(), "history": history}, Path(checkpoint))
-        world.barrier()
+    sched = warmup_cosine(opt, cfg.steps, cfg.warmup, 1.0)  # min_ratio 1: warm-up, then constant
+    ckpt = Checkpoint(checkpoint, data_fingerprint(cs, cfg),
+                      {"net": net, "ema": ema.module, "opt": opt, "sched": sched}, world)
+    state = ckpt.load(device) or {"step": 0, "history": []}
+    start, history = int(state["step"]), list(state["history"])
 
     lo, hi = world.rank * cfg.batch_size // world.size, (world.rank + 1) * cfg.batch_size // world.size
     interrupted, step, t0, running, counted = False, start, time.perf_counter(), 0.0, 0
-    with _StopFlag() as stop:
+    with StopFlag() as stop:
         for step in range(start, cfg.steps):
             idx, t, noise, drop = _batch(step, cfg, n, shape)
             norm = w[idx].sum()
             sl = slice(lo, hi)
-            for group in opt.param_groups:
-                group["lr"] = _lr(step, cfg)
             loss = model(x0[idx[sl]], w[idx[sl]], q[idx[sl]], t[sl].to(device), noise[sl].to(device),
                          drop[sl].to(device)) / norm * world.size
             opt.zero_grad(set_to_none=True)
@@ -243,10 +148,8 @@ def train_model(cs: CurveSet, cfg: TrainConfig, checkpoint: Path | None = None, 
             if cfg.grad_clip > 0:
                 nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
             opt.step()
-            decay = min(cfg.ema_decay, (1 + step) / (10 + step))
-            with torch.no_grad():
-                for pe, p in zip(ema.parameters(), net.parameters()):
-                    pe.lerp_(p, 1 - decay)
+            sched.step()
+            update_ema(ema, net, ema_decay(step, cfg.ema_decay))
             running, counted = running + float(loss.detach()) / world.size, counted + 1
             done = step + 1
             if done % log_every == 0 or done == cfg.steps:
@@ -257,21 +160,18 @@ def train_model(cs: CurveSet, cfg: TrainConfig, checkpoint: Path | None = None, 
                 running, counted = 0.0, 0
             if on_step is not None:
                 on_step(done)
-            flag = torch.tensor([1.0 if stop.set else 0.0])
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # every rank stops at the same step
-            if flag.item() > 0:
-                save(done)
+            if stop.agreed(device)[0]:  # every rank stops at the same step
+                ckpt.save(done, history=history)
                 interrupted, step = True, done
                 break
             if done % cfg.checkpoint_every == 0 and done < cfg.steps:
-                save(done)
+                ckpt.save(done, history=history)
         else:
             step = cfg.steps
     if interrupted:
-        log.warning("interrupted at step %d; checkpoint %s written: run again to resume", step, checkpoint)
         return TrainResult(None, True, step, history)
-    save(step)
-    payload = model_payload(cs, cfg, ema, q_scale, history, x0_np, w_np)
+    ckpt.save(step, history=history)
+    payload = model_payload(cs, cfg, ema.module, q_scale, history, x0_np, w_np)
     return TrainResult(payload, False, step, history)
 
 
@@ -292,7 +192,7 @@ def model_payload(cs: CurveSet, cfg: TrainConfig, ema: nn.Module, q_scale: float
     lo, hi = variance_rows(cs.qmatrix.shape[1])
     return {
         "format": FORMAT,
-        "config": asdict(cfg),
+        "config": cfg.model_dump(),
         "state_dict": {k: v.detach().cpu() for k, v in ema.state_dict().items()},
         "curve_length": cs.curve_length,
         "condition_shape": list(cs.condition_shape),
@@ -315,15 +215,7 @@ def model_payload(cs: CurveSet, cfg: TrainConfig, ema: nn.Module, q_scale: float
 
 def load_model(path: os.PathLike | str, device: torch.device | None = None) -> tuple[DegradationNet, dict]:
     """Read a model file written by ``train-degradation`` (``weights_only=True``): (EMA net in eval mode, payload)."""
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"{p}: no such model file (run train-degradation first)")
-    try:
-        payload = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for a corrupt or foreign file
-        raise InputError(f"{p}: not a readable batterytwin degradation model ({type(exc).__name__}: {exc})") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise InputError(f"{p}: not a batterytwin degradation model (format {FORMAT} expected)")
+    payload = load_model_file(path, FORMAT, "degradation model")
     cfg = TrainConfig.from_dict(payload["config"])
     net = build_net(cfg, tuple(payload["condition_shape"]))
     net.load_state_dict(payload["state_dict"])

@@ -8,9 +8,10 @@ reads its share of each global batch (:class:`~batterytwin.segment.data.StepSamp
 Checkpoints go to ``train.checkpoint_dir`` (default ``work/models/segment``, outside the rule's
 outputs) every ``checkpoint_every`` steps. SIGUSR1 or SIGTERM (Slurm before the time limit or
 on preemption) makes every rank stop at the next step boundary, after rank 0 wrote a checkpoint;
-the process then exits with :data:`EXIT_PREEMPTED` (75, ``EX_TEMPFAIL``) and a ``preempted``
-message. Rerunning the same command resumes from the checkpoint and ends with the weights an
-uninterrupted run would have (patches, augmentation and LR depend on the step only).
+the process then exits with :data:`~batterytwin.training.EXIT_PREEMPTED` (75, ``EX_TEMPFAIL``) and
+a ``preempted`` message. Rerunning the same command resumes from the checkpoint and ends with the
+weights an uninterrupted run would have (patches, augmentation and LR depend on the step only).
+Signals, checkpoints, LR schedule, threads and DDP come from :mod:`batterytwin.training`.
 
 Outputs (rank 0, atomic): ``model.pt`` -- ``{"format", "state_dict", "model", "classes",
 "n_classes", "patch_size", "normalisation", "train", "step"}``, loadable with
@@ -24,9 +25,7 @@ import contextlib
 import itertools
 import json
 import logging
-import math
 import os
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,9 @@ import torch
 from .. import store
 from ..distributed import World, get_world, init_torch_distributed
 from ..errors import InputError
+from ..training import (EXIT_PREEMPTED, Checkpoint, StopFlag, load_model_file, preempted, save_atomic, warmup_cosine,
+                        wrap_ddp)
+from ..training import set_threads as _set_threads  # segment/infer.py imports it from here
 from . import data as D
 from .config import AXIS_NAMES
 from .loss import IGNORE_LABEL, dice_ce_loss, hard_dice_counts, labelled_weight
@@ -47,7 +49,7 @@ from .window import gaussian_weight, predict_region
 log = logging.getLogger(__name__)
 
 FORMAT = "batterytwin.segment/1"
-EXIT_PREEMPTED = 75  # sysexits EX_TEMPFAIL: not finished, checkpoint saved, rerun to resume
+__all__ = ["EXIT_PREEMPTED", "FORMAT", "TrainInput", "load_model", "train", "validate"]
 CHECKPOINT_NAME = "checkpoint.pt"
 # keys that do not change the trained weights: a run may resume with different values
 _RUNTIME_KEYS = ("num_workers", "device", "threads", "checkpoint_every", "checkpoint_dir", "val_every")
@@ -59,34 +61,6 @@ class TrainInput:
 
     volume: str
     labels: str
-
-
-def lr_factor(step: int, steps: int, warmup: int, min_ratio: float) -> float:
-    """Linear warm-up over ``warmup`` steps, then cosine decay to ``min_ratio`` at ``steps``."""
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    t = (step - warmup) / max(1, steps - warmup)
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
-
-
-class _StopFlag:
-    """Set by SIGUSR1/SIGTERM; checked (and agreed over ranks) at each step boundary."""
-
-    def __init__(self) -> None:
-        self.signum = 0
-        self._old: dict = {}
-
-    def __enter__(self) -> "_StopFlag":
-        for sig in (signal.SIGUSR1, signal.SIGTERM):
-            self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        self.signum = signum
-
-    def __exit__(self, *exc) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
 
 
 def _classes_of(label_paths: Sequence[str]) -> dict[int, str]:
@@ -122,35 +96,6 @@ def _run_key(cfg: dict, inputs: Sequence[TrainInput], val: Sequence[TrainInput],
              "inputs": [[os.path.abspath(i.volume), os.path.abspath(i.labels)] for i in inputs],
              "val": [[os.path.abspath(i.volume), os.path.abspath(i.labels)] for i in val]}
     return store.params_sha256(ident)
-
-
-def _save_checkpoint(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f"{store.TMP_MARKER}{os.getpid()}")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-
-
-def _set_threads(world: World, threads: int) -> None:
-    """Torch CPU threads of this rank: ``threads``, else what the launcher granted.
-
-    ``OMP_NUM_THREADS`` (Snakemake sets it to the job's threads) is honoured by torch itself;
-    otherwise ``SLURM_CPUS_PER_TASK``, otherwise the cores of this node shared by its ranks.
-    Oversubscribing matters: OpenMP threads spin-wait, so two threads on a busy core can be several
-    times slower than one.
-    """
-    if threads <= 0:
-        if os.environ.get("OMP_NUM_THREADS"):
-            return
-        if os.environ.get("SLURM_CPUS_PER_TASK", "").isdigit():
-            threads = int(os.environ["SLURM_CPUS_PER_TASK"])
-        else:
-            try:
-                cores = len(os.sched_getaffinity(0))
-            except AttributeError:
-                cores = os.cpu_count() or 1
-            threads = max(1, cores // max(1, world.local_size))  # ranks on a node share its cores
-    torch.set_num_threads(threads)
 
 
 def validate(net: torch.nn.Module, sources: Sequence[tuple[Any, Any, tuple[slice, ...], D.PatchSource]],
@@ -235,28 +180,15 @@ def train(cfg: dict, inputs: Sequence[TrainInput], model_out: str, metrics_out: 
     net = build_model(m_cfg, n_classes).to(device)
     if device.type == "cuda":
         net = net.to(memory_format=torch.channels_last_3d)
-    ddp = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    ddp = wrap_ddp(net, device)
     opt = torch.optim.AdamW(net.parameters(), lr=float(t_cfg["lr"]), weight_decay=float(t_cfg["weight_decay"]))
-    steps, warmup = int(t_cfg["steps"]), int(t_cfg["warmup_steps"])
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_factor(s, steps, warmup, float(t_cfg["min_lr_ratio"])))
-    run_key = _run_key(cfg, inputs, val_inputs, world.size)
-
-    start, curve, val_hist, elapsed = 0, [], [], 0.0
-    if resume != "no" and ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location=device, weights_only=True)
-        if ck.get("run_key") != run_key:
-            if resume == "yes":
-                raise InputError(f"{ckpt_path}: checkpoint belongs to another run (config or inputs differ); "
-                                 "use --resume no or another train.checkpoint_dir")
-            log.warning("%s: checkpoint of another run (config or inputs differ): starting afresh", ckpt_path)
-        else:
-            net.load_state_dict(ck["model"])
-            opt.load_state_dict(ck["optimizer"])
-            sched.load_state_dict(ck["scheduler"])
-            start, curve, val_hist = int(ck["step"]), list(ck["loss_curve"]), list(ck["validation"])
-            elapsed = float(ck.get("elapsed_s", 0.0))
-            log.info("resuming from %s at step %d of %d", ckpt_path, start, steps)
+    steps = int(t_cfg["steps"])
+    sched = warmup_cosine(opt, steps, int(t_cfg["warmup_steps"]), float(t_cfg["min_lr_ratio"]))
+    ckpt = Checkpoint(ckpt_path, _run_key(cfg, inputs, val_inputs, world.size),
+                      {"model": net, "optimizer": opt, "scheduler": sched}, world)
+    ck = ckpt.load(device, resume) or {"step": 0, "loss_curve": [], "validation": []}
+    start, curve, val_hist = int(ck["step"]), list(ck["loss_curve"]), list(ck["validation"])
+    elapsed = float(ck.get("elapsed_s", 0.0))
     world.barrier()
 
     B = int(t_cfg["batch_size"])
@@ -272,12 +204,7 @@ def train(cfg: dict, inputs: Sequence[TrainInput], model_out: str, metrics_out: 
              start, steps, device)
 
     def checkpoint(step: int) -> None:
-        if world.is_root:
-            _save_checkpoint(ckpt_path, {"format": FORMAT, "run_key": run_key, "step": step,
-                                         "model": net.state_dict(), "optimizer": opt.state_dict(),
-                                         "scheduler": sched.state_dict(), "loss_curve": curve,
-                                         "validation": val_hist, "elapsed_s": elapsed + time.time() - t0})
-        world.barrier()
+        ckpt.save(step, format=FORMAT, loss_curve=curve, validation=val_hist, elapsed_s=elapsed + time.time() - t0)
 
     def run_validation(step: int) -> None:
         if val_sources and world.is_root:
@@ -290,26 +217,23 @@ def train(cfg: dict, inputs: Sequence[TrainInput], model_out: str, metrics_out: 
 
     t0 = time.time()
     step = start
-    preempted = 0
+    stopped = False
     voxels = 0
     t_loop = time.time()
-    with _StopFlag() as stop:
+    with StopFlag() as stop:
         it = iter(loader)
         while step < steps:
             image, target = next(it)
             image, target = image.to(device, non_blocking=True), target.to(device, non_blocking=True)
             if device.type == "cuda":
                 image = image.contiguous(memory_format=torch.channels_last_3d)
-            # one all-reduce: the global loss normaliser and "has any rank been signalled?"
-            shared = torch.tensor([float(labelled_weight(target, n_classes, cw)), float(stop.signum != 0)],
-                                  dtype=torch.float64, device=device)
-            torch.distributed.all_reduce(shared)
-            if shared[1] > 0:
-                preempted = 1
+            # one all-reduce: "has any rank been signalled?" and the global loss normaliser
+            stopped, (weight_total,) = stop.agreed(device, labelled_weight(target, n_classes, cw))
+            if stopped:
                 break
             with torch.autocast("cuda", dtype=torch.bfloat16) if amp else contextlib.nullcontext():
                 logits = ddp(image)
-            loss = dice_ce_loss(logits, target, n_classes, weight_total=shared[0], global_batch=B,
+            loss = dice_ce_loss(logits, target, n_classes, weight_total=weight_total, global_batch=B,
                                 world_size=world.size, dice_weight=float(t_cfg["dice_weight"]),
                                 ce_weight=float(t_cfg["ce_weight"]), class_weights=cw)
             opt.zero_grad(set_to_none=True)
@@ -329,14 +253,9 @@ def train(cfg: dict, inputs: Sequence[TrainInput], model_out: str, metrics_out: 
             if step % int(t_cfg["checkpoint_every"]) == 0 or step == steps:
                 checkpoint(step)
     loop_s = time.time() - t_loop
-    if preempted:
+    if stopped:
         checkpoint(step)
-        msg = (f"batterytwin train-seg: preempted at step {step}/{steps}: checkpoint saved to {ckpt_path}; "
-               f"rerun the same command to resume (exit code {EXIT_PREEMPTED})")
-        if world.is_root:
-            print(msg, flush=True)
-            log.warning(msg)
-        return EXIT_PREEMPTED
+        return preempted("train-seg", step, steps, ckpt_path, world)
 
     if not val_hist or val_hist[-1]["step"] != steps:
         run_validation(steps)
@@ -347,8 +266,7 @@ def train(cfg: dict, inputs: Sequence[TrainInput], model_out: str, metrics_out: 
                    "patch_size": list(patch), "normalisation": "percentile_1_99", "train": json.loads(
                        json.dumps({k: v for k, v in t_cfg.items()})), "step": steps,
                    "ignore_label": IGNORE_LABEL}
-        with store.atomic_output(model_out, World()) as tmp:
-            torch.save(payload, tmp)
+        save_atomic(payload, model_out)
         final = val_hist[-1] if val_hist else None
         metrics = {
             "schema": "batterytwin.segment.metrics/1",
@@ -379,18 +297,10 @@ def load_model(path: str, device: torch.device | str = "cpu") -> tuple[torch.nn.
         InputError: the file is missing, is not a batterytwin segmentation model, or does not
             match its own architecture description.
     """
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"{p}: no such model file")
-    try:
-        meta = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise InputError(f"{p}: cannot load as a weights-only torch file ({type(exc).__name__}: {exc})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise InputError(f"{p}: not a batterytwin segmentation model (format {FORMAT!r} expected)")
+    meta = load_model_file(path, FORMAT, "segmentation model")
     net = build_model(meta["model"], int(meta["n_classes"]))
     try:
         net.load_state_dict(meta["state_dict"])
     except RuntimeError as exc:
-        raise InputError(f"{p}: weights do not match the model description ({exc})") from None
+        raise InputError(f"{path}: weights do not match the model description ({exc})") from None
     return net.to(device).eval(), meta
