@@ -29,6 +29,7 @@ from .design import OPERATING, Design, make_design
 from .dispatch import dynamic_items, quiet_barrier
 from .balance import NEG_THICKNESS, balance_negative
 from .params import (TRANSPORTS, Substitution, add_lithium_metal_counter_electrode, build_parameter_values,
+                     charge_half_cell,
                      check_parameter_name, microstructure_substitutions, read_microstructure)
 from .runner import (MODELS, STATUS_FAILED, STATUS_OK, STATUS_TIME_LIMIT, CellRunConfig, CellRunner,
                      soh_percent)
@@ -204,6 +205,7 @@ def prepare(microstructure: str, cfg: dict[str, Any]):
                                          transport=cfg["transport"])
     if form == "lithium_metal":
         applied.extend(add_lithium_metal_counter_electrode(pv))
+        applied.append(charge_half_cell(pv, cfg["protocol"]["upper_voltage_V"]))
     cell = {"cell_form": form, "cell_form_reason": reason, "transport": cfg["transport"],
             "balance": _cell_balance(cfg, form, pv, ms, applied)}
     grid = _voltage_grid(cfg, pv)

@@ -332,7 +332,30 @@ def add_lithium_metal_counter_electrode(pv) -> list[Substitution]:
     ref = pybamm.ParameterValues(LITHIUM_METAL_SET)
     added = []
     for name in ref.keys():
-        if name not in pv.keys():
+        if name not in pv.keys() and "lithium metal" in name:
             pv.update({name: ref[name]}, check_already_exists=False)
             added.append(Substitution(name, _plain(ref[name]), f"{LITHIUM_METAL_SET} (lithium-metal counter electrode)"))
     return added
+
+
+def charge_half_cell(pv, upper_voltage_V: float | None = None) -> Substitution:
+    """Start a lithium-metal half cell charged: positive stoichiometry at the upper cut-off vs Li.
+
+    A full-cell set's initial positive concentration is its charged state *against graphite*;
+    against lithium metal that is above the upper cut-off, and the first discharge would deliver
+    lithium the later charges (to the cut-off) never put back, a cycle-1 "fade" artefact. Uses
+    PyBaMM's ``get_initial_stoichiometry_half_cell(1, pv)`` (SOC 1 = the upper cut-off).
+    """
+    import pybamm
+
+    name = "Initial concentration in positive electrode [mol.m-3]"
+    ref = pv.copy()
+    if upper_voltage_V is not None:
+        ref["Upper voltage cut-off [V]"] = float(upper_voltage_V)
+    y = pybamm.lithium_ion.get_initial_stoichiometry_half_cell(1.0, ref, options={"working electrode": "positive"})
+    y = float(y["x"] if isinstance(y, dict) else y)  # 26.10 returns {"x": stoichiometry}
+    c_max = float(pv["Maximum concentration in positive electrode [mol.m-3]"])
+    sub = Substitution(name, y * c_max, "derived: charged to the upper cut-off vs Li "
+                       "(pybamm get_initial_stoichiometry_half_cell(1))", _plain(pv[name]))
+    pv[name] = sub.new
+    return sub
