@@ -458,6 +458,13 @@ def test_balanced_cell_equals_plain_pybamm(tmp_path):
     assert bal["n_to_p_after"] == pytest.approx(bal["n_to_p_parameter_set"], rel=1e-6)
     direct = _plain_capacities(pybamm.lithium_ion.SPM({"SEI": "ec reaction limited"}), pv, 2)
     np.testing.assert_allclose(arrays["capacity_Ah"][0], direct, rtol=1e-3)
+    # the report's cell-parameter table shows the balance
+    from batterytwin.report.cellsim import plot_capacity_fade
+
+    rows = {r[0]: r for r in plot_capacity_fade(tmp_path / "s.zarr").cell_rows}
+    assert rows["N/P before / after balance"][1] == f"{bal['n_to_p_before']:.4g} / {bal['n_to_p_after']:.4g}"
+    assert "Negative electrode thickness [m]" in rows["N/P before / after balance"][2]
+    assert "WARNING" not in rows
 
 
 def test_tortuosity_factor_route_equals_plain_pybamm(tmp_path):
@@ -515,6 +522,19 @@ def test_cli_refuses_n_to_p_below_one(cli, tmp_path):
     assert code == 2 and err.count("\n") == 1
     assert "120 um" in err and f"N/P = {ratio:.3f}" in err and "cellsim.balance" in err
     assert not (tmp_path / "s.zarr").exists()
+
+
+def test_n_to_p_outside_range_allowed_warns(tmp_path, caplog):
+    from batterytwin.cellsim.driver import prepare, resolve_config
+
+    ms = write_microstructure(tmp_path / "m.json", thickness_um=120.0)
+    cfg = resolve_config({"balance": {"enabled": False, "allow_outside_range": True}})
+    with caplog.at_level(logging.WARNING, logger="batterytwin.cellsim"):
+        pv, _, _, _, cell = prepare(str(ms), cfg)
+    bal = cell["balance"]
+    assert bal["rescaled"] == {} and bal["n_to_p_after"] == bal["n_to_p_before"] < 1.0
+    assert pv["Negative electrode thickness [m]"] == pybamm.ParameterValues("OKane2022")["Negative electrode thickness [m]"]
+    assert "120 um" in bal["warning"] and "WARNING" in caplog.text
 
 
 @pytest.mark.parametrize("override, message", [
