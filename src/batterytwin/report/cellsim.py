@@ -173,7 +173,7 @@ def cell_parameter_rows(attrs: dict) -> list[list[str]]:
 def _cell_table(ax, rows: list[list[str]]) -> None:
     ax.set_axis_off()
     tab = ax.table(cellText=rows, colLabels=["cell parameter", "value", "from"], loc="upper center",
-                   cellLoc="left", colWidths=[0.36, 0.22, 0.42])
+                   cellLoc="left", colWidths=[0.40, 0.16, 0.44])
     tab.auto_set_font_size(False)
     tab.set_fontsize(6)
     for (r, _), cell in tab.get_celld().items():
