@@ -101,9 +101,16 @@ def balance_negative(pv, set_name: str, target: float | None, enabled: bool,
     """
     from .params import load_parameter_set
 
-    window = positive_window(set_name)
-    np_set = n_to_p(load_parameter_set(set_name), window)
-    np_before = n_to_p(pv, window)
+    try:
+        window = positive_window(set_name)
+        np_set = n_to_p(load_parameter_set(set_name), window)
+        np_before = n_to_p(pv, window)
+    except (KeyError, ValueError, ArithmeticError, RuntimeError) as exc:  # e.g. a set without OCPs
+        if enabled and not locked:
+            raise InputError(f"cellsim.balance: PyBaMM cannot compute the N/P ratio of {set_name!r} "
+                             f"({type(exc).__name__}); set cellsim.balance.enabled: false") from None
+        log.warning("balance: N/P of %r not computable (%s): not recorded", set_name, type(exc).__name__)
+        return {"n_to_p_after": None, "note": f"not computable: {type(exc).__name__}"}
     goal = np_set if target is None else float(target)
     old_l = float(pv[NEG_THICKNESS])
     rec: dict[str, Any] = {
