@@ -437,8 +437,8 @@ ONE_CONDITION = {"n_cycles": 2, "n_early": 0, "model_options": {},
 def _plain_capacities(model, pv, n_cycles: int) -> np.ndarray:
     sim = pybamm.Simulation(model, experiment=pybamm.Experiment([_CYCLE] * n_cycles), parameter_values=pv)
     sol = sim.solve()
-    return np.array([c.steps[0]["Discharge capacity [A.h]"].entries[-1] - c.steps[0]["Discharge capacity [A.h]"].entries[0]
-                     for c in sol.cycles])
+    q = [c.steps[0]["Discharge capacity [A.h]"].entries for c in sol.cycles]
+    return np.array([x[-1] - x[0] for x in q])
 
 
 def test_balanced_cell_equals_plain_pybamm(tmp_path):
@@ -503,7 +503,8 @@ def test_lithium_metal_form_equals_plain_half_cell(tmp_path):
     pv.update({name: pybamm.ParameterValues("Xu2019")[name]}, check_already_exists=False)
     y = pybamm.lithium_ion.get_initial_stoichiometry_half_cell(1.0, pv)
     y = y["x"] if isinstance(y, dict) else y
-    pv["Initial concentration in positive electrode [mol.m-3]"] = y * pv["Maximum concentration in positive electrode [mol.m-3]"]
+    c_max = pv["Maximum concentration in positive electrode [mol.m-3]"]
+    pv["Initial concentration in positive electrode [mol.m-3]"] = y * c_max
     model = pybamm.lithium_ion.SPM({"working electrode": "positive", "SEI": "ec reaction limited"})
     direct = _plain_capacities(model, pv, 2)
     assert arrays["status"][0] == 1
@@ -533,7 +534,8 @@ def test_n_to_p_outside_range_allowed_warns(tmp_path, caplog):
         pv, _, _, _, cell = prepare(str(ms), cfg)
     bal = cell["balance"]
     assert bal["rescaled"] == {} and bal["n_to_p_after"] == bal["n_to_p_before"] < 1.0
-    assert pv["Negative electrode thickness [m]"] == pybamm.ParameterValues("OKane2022")["Negative electrode thickness [m]"]
+    name = "Negative electrode thickness [m]"
+    assert pv[name] == pybamm.ParameterValues("OKane2022")[name]
     assert "120 um" in bal["warning"] and "WARNING" in caplog.text
 
 

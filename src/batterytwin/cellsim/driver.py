@@ -29,8 +29,8 @@ from .design import OPERATING, Design, make_design
 from .dispatch import dynamic_items, quiet_barrier
 from .balance import NEG_THICKNESS, balance_negative
 from .params import (TRANSPORTS, Substitution, add_lithium_metal_counter_electrode, build_parameter_values,
-                     charge_half_cell,
-                     check_parameter_name, microstructure_substitutions, read_microstructure)
+                     charge_half_cell, check_parameter_name, microstructure_substitutions,
+                     read_microstructure)
 from .runner import (MODELS, STATUS_FAILED, STATUS_OK, STATUS_TIME_LIMIT, CellRunConfig, CellRunner,
                      soh_percent)
 

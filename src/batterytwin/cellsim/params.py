@@ -334,7 +334,8 @@ def add_lithium_metal_counter_electrode(pv) -> list[Substitution]:
     for name in ref.keys():
         if name not in pv.keys() and "lithium metal" in name:
             pv.update({name: ref[name]}, check_already_exists=False)
-            added.append(Substitution(name, _plain(ref[name]), f"{LITHIUM_METAL_SET} (lithium-metal counter electrode)"))
+            added.append(Substitution(name, _plain(ref[name]),
+                                      f"{LITHIUM_METAL_SET} (lithium-metal counter electrode)"))
     return added
 
 
