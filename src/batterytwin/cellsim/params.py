@@ -2,7 +2,8 @@
 
 The PyBaMM lithium-ion models are liquid-electrolyte models. For the imaged solid-state cathode
 we map the *ion-conducting* phase (the solid electrolyte) onto the PyBaMM "porosity" and its
-measured through-plane tortuosity onto the Bruggeman exponent,
+measured through-plane tortuosity onto PyBaMM's tortuosity factor (``transport:
+tortuosity_factor``, ``B = eps / tau``, the same tau) or onto the Bruggeman exponent,
 ``D_eff = eps^b D  =>  b = 1 - ln(tau) / ln(eps)`` (tau in the TauFactor convention,
 tau = eps D / D_eff). This is an approximation: the electrolyte transport properties remain
 those of the liquid electrolyte of the chosen parameter set (see ``docs/cellsim.md``).
