@@ -47,7 +47,12 @@ def write_microstructure(path: Path, eps=0.30, tau=2.0, thickness_um=70.0, am=0.
 
 
 # Small sweep shared by several tests: SPM + SEI, 3 cycles, 2 C-rates + one absurd C-rate.
+# Pinned to the unbalanced Bruggeman route these tests were written for (defaults since issue 20:
+# balanced N/P, tortuosity-factor transport; tested below).
 SWEEP_CFG = {
+    "transport": "bruggeman",
+    "balance": {"enabled": False},
+    "cell_form": "full_cell",
     "model": "SPM",
     "model_options": {"SEI": "ec reaction limited"},
     "n_cycles": 3,
@@ -346,3 +351,203 @@ def test_cli_missing_microstructure(cli, tmp_path):
     code, err = cli("simulate", "-i", tmp_path / "nope.json", "-o", tmp_path / "s.zarr", "--summary",
                     tmp_path / "s.json", "--work-dir", tmp_path / "w")
     assert code == 2 and "no such microstructure file" in err
+
+
+# -- electrode balance, tortuosity factor, lithium-metal form (issue 20, issue 15) ----------------
+
+F = 96485.33212
+
+
+def _np_by_hand(pv, window) -> float:
+    """N/P = Q_n / (Q_p (y_0 - y_100)) with Q = F c_max eps_active L A / 3600, written out."""
+    area = pv["Electrode width [m]"] * pv["Electrode height [m]"]
+
+    def q(d):
+        return (F * pv[f"Maximum concentration in {d} electrode [mol.m-3]"]
+                * pv[f"{d.capitalize()} electrode active material volume fraction"]
+                * pv[f"{d.capitalize()} electrode thickness [m]"] * area / 3600)
+    return q("negative") / (q("positive") * (window[1] - window[0]))
+
+
+@pytest.mark.parametrize("thickness_um", [5.0, 10.0, 40.0, 120.0])
+def test_balance_keeps_the_sets_n_to_p(tmp_path, thickness_um):
+    from batterytwin.cellsim.balance import balance_negative, positive_window
+
+    ms = json.loads(write_microstructure(tmp_path / "m.json", thickness_um=thickness_um, am=0.48).read_text())
+    pv, _ = build_parameter_values("OKane2022", microstructure_substitutions(ms, "m.json"))
+    _, _, y_100, y_0 = pybamm.lithium_ion.get_min_max_stoichiometries(pybamm.ParameterValues("OKane2022"))
+    assert positive_window("OKane2022") == pytest.approx((y_100, y_0), rel=1e-12)
+    np_set = _np_by_hand(pybamm.ParameterValues("OKane2022"), (y_100, y_0))
+    rec = balance_negative(pv, "OKane2022", None, True, (1.0, 2.0), False, thickness_um)
+    assert rec["n_to_p_parameter_set"] == pytest.approx(np_set, rel=1e-9)
+    assert rec["n_to_p_before"] == pytest.approx(np_set * (OKANE_L * OKANE_AM) / (thickness_um * 1e-6 * 0.48), rel=1e-9)
+    assert _np_by_hand(pv, (y_100, y_0)) == pytest.approx(np_set, rel=1e-6)
+    assert rec["n_to_p_after"] == pytest.approx(np_set, rel=1e-6)
+    if thickness_um == 10.0:  # the rescaled cell has the set's stoichiometry windows (PyBaMM eSOH)
+        mine = pybamm.lithium_ion.get_min_max_stoichiometries(pv)
+        np.testing.assert_allclose(mine, pybamm.lithium_ion.get_min_max_stoichiometries(
+            pybamm.ParameterValues("OKane2022")), rtol=1e-5)
+    # a configured target is met as well
+    rec = balance_negative(pv, "OKane2022", 1.3, True, (1.0, 2.0), False, thickness_um)
+    assert _np_by_hand(pv, (y_100, y_0)) == pytest.approx(1.3, rel=1e-6)
+
+
+def _plain_pv(ms_path: Path, transport: str = "bruggeman"):
+    """OKane2022 with the fixture's measured values written out by hand (no batterytwin code)."""
+    ms = json.loads(ms_path.read_text())["cell"]
+    pe, sep = ms["positive_electrode"], ms["separator"]
+    pv = pybamm.ParameterValues("OKane2022")
+    pv.update({
+        "Positive electrode porosity": pe["electrolyte_volume_fraction"],
+        "Positive electrode active material volume fraction": pe["active_material_volume_fraction"],
+        "Positive electrode thickness [m]": pe["thickness_um"] * 1e-6,
+        "Positive particle radius [m]": pe["particle_radius_um"] * 1e-6,
+        "Separator porosity": sep["electrolyte_volume_fraction"],
+        "Separator thickness [m]": sep["thickness_um"] * 1e-6,
+        "Nominal cell capacity [A.h]": 5.0 * (pe["thickness_um"] * 1e-6 / OKANE_L)
+        * (pe["active_material_volume_fraction"] / OKANE_AM),
+        "Ambient temperature [K]": 298.15,
+    })
+    if transport == "bruggeman":
+        pv.update({
+            "Positive electrode Bruggeman coefficient (electrolyte)":
+                1 - math.log(pe["tortuosity_electrolyte"]) / math.log(pe["electrolyte_volume_fraction"]),
+            "Separator Bruggeman coefficient (electrolyte)": sep["bruggeman"]})
+    else:  # PyBaMM's B = phase fraction / tau; unmeasured tau = phi^(1-b) of the set's exponents
+        eps_n = pv["Negative electrode porosity"]
+        pv.update({
+            "Positive electrode tortuosity factor (electrolyte)": pe["tortuosity_electrolyte"],
+            "Separator tortuosity factor (electrolyte)": sep["electrolyte_volume_fraction"] ** (1 - sep["bruggeman"]),
+            "Negative electrode tortuosity factor (electrolyte)":
+                eps_n ** (1 - pv["Negative electrode Bruggeman coefficient (electrolyte)"]),
+            "Negative electrode tortuosity factor (electrode)":
+                (1 - eps_n) ** (1 - pv["Negative electrode Bruggeman coefficient (electrode)"]),
+            "Positive electrode tortuosity factor (electrode)": (1 - pe["electrolyte_volume_fraction"])
+                ** (1 - pv["Positive electrode Bruggeman coefficient (electrode)"]),
+        }, check_already_exists=False)
+    return pv
+
+
+_CYCLE = ("Discharge at 1.0C until 2.5 V", "Rest for 5 minutes", "Charge at 0.5C until 4.2 V",
+          "Hold at 4.2 V until C/50", "Rest for 5 minutes")
+ONE_CONDITION = {"n_cycles": 2, "n_early": 0, "model_options": {},
+                 "sweep": {"method": "grid", "axes": {"discharge_c_rate": [1.0]}}}
+
+
+def _plain_capacities(model, pv, n_cycles: int) -> np.ndarray:
+    sim = pybamm.Simulation(model, experiment=pybamm.Experiment([_CYCLE] * n_cycles), parameter_values=pv)
+    sol = sim.solve()
+    q = [c.steps[0]["Discharge capacity [A.h]"].entries for c in sol.cycles]
+    return np.array([x[-1] - x[0] for x in q])
+
+
+def test_balanced_cell_equals_plain_pybamm(tmp_path):
+    ms = write_microstructure(tmp_path / "m.json", thickness_um=10.0, am=0.48)
+    cfg = dict(ONE_CONDITION, model="SPM", model_options={"SEI": "ec reaction limited"}, transport="bruggeman")
+    summary = simulate(str(ms), str(tmp_path / "s.zarr"), str(tmp_path / "s.json"), str(tmp_path / "w"), cfg)
+    arrays, attrs = _read(tmp_path / "s.zarr")
+    bal = attrs["balance"]
+    assert summary["balance"] == bal and summary["cell_form"] == "full_cell"
+    pv = _plain_pv(ms)
+    _, _, y_100, y_0 = pybamm.lithium_ion.get_min_max_stoichiometries(pybamm.ParameterValues("OKane2022"))
+    l_n = bal["rescaled"]["Negative electrode thickness [m]"]["value"]
+    assert attrs["substitutions"]["Negative electrode thickness [m]"]["value"] == l_n
+    assert bal["n_to_p_before"] == pytest.approx(_np_by_hand(pv, (y_100, y_0)), rel=1e-9)  # 12.1
+    pv["Negative electrode thickness [m]"] = l_n
+    assert _np_by_hand(pv, (y_100, y_0)) == pytest.approx(bal["n_to_p_parameter_set"], rel=1e-6)
+    assert bal["n_to_p_after"] == pytest.approx(bal["n_to_p_parameter_set"], rel=1e-6)
+    direct = _plain_capacities(pybamm.lithium_ion.SPM({"SEI": "ec reaction limited"}), pv, 2)
+    np.testing.assert_allclose(arrays["capacity_Ah"][0], direct, rtol=1e-3)
+    # the report's cell-parameter table shows the balance
+    from batterytwin.report.cellsim import plot_capacity_fade
+
+    rows = {r[0]: r for r in plot_capacity_fade(tmp_path / "s.zarr").cell_rows}
+    assert rows["N/P before / after balance"][1] == f"{bal['n_to_p_before']:.4g} / {bal['n_to_p_after']:.4g}"
+    assert "Negative electrode thickness [m]" in rows["N/P before / after balance"][2]
+    assert "WARNING" not in rows
+
+
+def test_tortuosity_factor_route_equals_plain_pybamm(tmp_path):
+    ms = write_microstructure(tmp_path / "m.json", eps=0.25, tau=3.0)
+    cfg = dict(ONE_CONDITION, model="SPMe", balance={"enabled": False})
+    simulate(str(ms), str(tmp_path / "s.zarr"), str(tmp_path / "s.json"), str(tmp_path / "w"), cfg)
+    arrays, attrs = _read(tmp_path / "s.zarr")
+    assert attrs["transport"] == "tortuosity_factor"
+    assert attrs["model_options"]["transport efficiency"] == "tortuosity factor"
+    subs = attrs["substitutions"]
+    assert subs["Positive electrode tortuosity factor (electrolyte)"]["value"] == 3.0
+    assert "Positive electrode Bruggeman coefficient (electrolyte)" not in subs
+    pv = _plain_pv(ms, "tortuosity_factor")
+    direct = _plain_capacities(pybamm.lithium_ion.SPMe({"transport efficiency": "tortuosity factor"}), pv, 2)
+    np.testing.assert_allclose(arrays["capacity_Ah"][0], direct, rtol=1e-3)
+    # at the measured porosity the two routes are the same transport: same capacities
+    brug = dict(cfg, transport="bruggeman")
+    simulate(str(ms), str(tmp_path / "b.zarr"), str(tmp_path / "b.json"), str(tmp_path / "w"), brug)
+    np.testing.assert_allclose(_read(tmp_path / "b.zarr")[0]["capacity_Ah"][0], direct, rtol=1e-3)
+
+
+def test_lithium_metal_form_equals_plain_half_cell(tmp_path):
+    ms_path = write_microstructure(tmp_path / "m.json", thickness_um=10.0, am=0.48)
+    ms = json.loads(ms_path.read_text())
+    ms["classes"]["2"] = "lithium_metal"
+    ms_path.write_text(json.dumps(ms))
+    cfg = dict(ONE_CONDITION, model="SPM", cell_form="auto", transport="bruggeman",
+               model_options={"SEI": "ec reaction limited"})
+    summary = simulate(str(ms_path), str(tmp_path / "s.zarr"), str(tmp_path / "s.json"), str(tmp_path / "w"), cfg)
+    assert summary["cell_form"] == "lithium_metal" and "lithium_metal" in summary["cell_form_reason"]
+    assert summary["balance"]["n_to_p_after"] is None
+    arrays, attrs = _read(tmp_path / "s.zarr")
+    assert attrs["model_options"]["working electrode"] == "positive"
+    pv = _plain_pv(ms_path)
+    name = "Exchange-current density for lithium metal electrode [A.m-2]"
+    pv.update({name: pybamm.ParameterValues("Xu2019")[name]}, check_already_exists=False)
+    y = pybamm.lithium_ion.get_initial_stoichiometry_half_cell(1.0, pv)
+    y = y["x"] if isinstance(y, dict) else y
+    c_max = pv["Maximum concentration in positive electrode [mol.m-3]"]
+    pv["Initial concentration in positive electrode [mol.m-3]"] = y * c_max
+    model = pybamm.lithium_ion.SPM({"working electrode": "positive", "SEI": "ec reaction limited"})
+    direct = _plain_capacities(model, pv, 2)
+    assert arrays["status"][0] == 1
+    np.testing.assert_allclose(arrays["capacity_Ah"][0, 0], direct[0], rtol=1e-3)
+    np.testing.assert_allclose(arrays["capacity_Ah"][0], direct, rtol=1e-3)
+
+
+def test_cli_refuses_n_to_p_below_one(cli, tmp_path):
+    ms = write_microstructure(tmp_path / "m.json", thickness_um=120.0)
+    code, err = cli("simulate", "-i", ms, "-o", tmp_path / "s.zarr", "--summary", tmp_path / "s.json",
+                    "--work-dir", tmp_path / "w", "--config-json", json.dumps({"balance": {"enabled": False}}))
+    pv = _plain_pv(ms)
+    _, _, y_100, y_0 = pybamm.lithium_ion.get_min_max_stoichiometries(pybamm.ParameterValues("OKane2022"))
+    ratio = _np_by_hand(pv, (y_100, y_0))
+    assert ratio < 1.0
+    assert code == 2 and err.count("\n") == 1
+    assert "120 um" in err and f"N/P = {ratio:.3f}" in err and "cellsim.balance" in err
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_n_to_p_outside_range_allowed_warns(tmp_path, caplog):
+    from batterytwin.cellsim.driver import prepare, resolve_config
+
+    ms = write_microstructure(tmp_path / "m.json", thickness_um=120.0)
+    cfg = resolve_config({"balance": {"enabled": False, "allow_outside_range": True}})
+    with caplog.at_level(logging.WARNING, logger="batterytwin.cellsim"):
+        pv, _, _, _, cell = prepare(str(ms), cfg)
+    bal = cell["balance"]
+    assert bal["rescaled"] == {} and bal["n_to_p_after"] == bal["n_to_p_before"] < 1.0
+    name = "Negative electrode thickness [m]"
+    assert pv[name] == pybamm.ParameterValues("OKane2022")[name]
+    assert "120 um" in bal["warning"] and "WARNING" in caplog.text
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"cell_form": "sodium"}, "cellsim.cell_form"),
+    ({"transport": "percolation"}, "cellsim.transport"),
+    ({"balance": {"range": [2.0, 1.0]}}, "cellsim.balance.range"),
+    ({"balance": {"n_to_p": -1}}, "cellsim.balance.n_to_p"),
+    ({"model_options": {"transport efficiency": "Bruggeman"}}, "contradicts"),
+])
+def test_cli_bad_cell_settings(cli, tmp_path, override, message):
+    ms = write_microstructure(tmp_path / "m.json")
+    code, err = cli("simulate", "-i", ms, "-o", tmp_path / "s.zarr", "--summary", tmp_path / "s.json",
+                    "--work-dir", tmp_path / "w", "--config-json", json.dumps(override))
+    assert code == 2 and message in err and err.count("\n") == 1

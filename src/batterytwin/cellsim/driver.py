@@ -27,7 +27,9 @@ from ..store import atomic_output, params_sha256, provenance, write_json
 from . import checkpoint
 from .design import OPERATING, Design, make_design
 from .dispatch import dynamic_items, quiet_barrier
-from .params import (build_parameter_values, check_parameter_name, microstructure_substitutions,
+from .balance import NEG_THICKNESS, balance_negative
+from .params import (TRANSPORTS, Substitution, add_lithium_metal_counter_electrode, build_parameter_values,
+                     charge_half_cell, check_parameter_name, microstructure_substitutions,
                      read_microstructure)
 from .runner import (MODELS, STATUS_FAILED, STATUS_OK, STATUS_TIME_LIMIT, CellRunConfig, CellRunner,
                      soh_percent)
@@ -35,6 +37,8 @@ from .runner import (MODELS, STATUS_FAILED, STATUS_OK, STATUS_TIME_LIMIT, CellRu
 log = logging.getLogger(__name__)
 
 SCHEMA = "batterytwin.sweep/1"
+CELL_FORMS = ("full_cell", "lithium_metal", "auto")
+LITHIUM_METAL_CLASSES = ("lithium_metal", "lithium", "li_metal")
 STATUS_NAMES = {STATUS_OK: "ok", STATUS_FAILED: "failed", STATUS_TIME_LIMIT: "time_limit"}
 
 DEFAULTS: dict[str, Any] = {
@@ -43,6 +47,9 @@ DEFAULTS: dict[str, Any] = {
     "model_options": {"SEI": "ec reaction limited"},
     "parameters": {},
     "rescale_nominal_capacity": True,
+    "cell_form": "full_cell",
+    "transport": "tortuosity_factor",
+    "balance": {"enabled": True, "n_to_p": None, "range": [1.0, 2.0], "allow_outside_range": False},
     "n_cycles": 10,
     "n_early": 3,
     "voltage_grid": {"points": 64, "low_V": None, "high_V": None},
@@ -65,7 +72,7 @@ def resolve_config(config: dict[str, Any] | None) -> dict[str, Any]:
     for key, value in config.items():
         if key not in DEFAULTS:
             raise InputError(f"cellsim.{key}: unknown key (known: {', '.join(DEFAULTS)})")
-        if key in ("voltage_grid", "protocol", "sweep") and value is not None:
+        if key in ("voltage_grid", "protocol", "sweep", "balance") and value is not None:
             if not isinstance(value, dict):
                 raise InputError(f"cellsim.{key}: expected a mapping, got {value!r}")
             unknown = set(value) - set(DEFAULTS[key])
@@ -86,9 +93,43 @@ def resolve_config(config: dict[str, Any] | None) -> dict[str, Any]:
     for key in ("model_options", "parameters", "solver"):
         if not isinstance(out[key], dict):
             raise InputError(f"cellsim.{key}: expected a mapping, got {out[key]!r}")
+    _check_cell_settings(out)
     if out["time_limit_s"] is not None and not float(out["time_limit_s"]) > 0:
         raise InputError(f"cellsim.time_limit_s: must be > 0 or null, got {out['time_limit_s']!r}")
     return out
+
+
+def _check_cell_settings(cfg: dict[str, Any]) -> None:
+    """``cell_form``, ``transport`` and ``balance`` values (InputError naming key and range)."""
+    if cfg["cell_form"] not in CELL_FORMS:
+        raise InputError(f"cellsim.cell_form: one of {', '.join(CELL_FORMS)}, got {cfg['cell_form']!r}")
+    if cfg["transport"] not in TRANSPORTS:
+        raise InputError(f"cellsim.transport: one of {', '.join(TRANSPORTS)}, got {cfg['transport']!r}")
+    b = cfg["balance"]
+    if not isinstance(b["enabled"], bool) or not isinstance(b["allow_outside_range"], bool):
+        raise InputError(f"cellsim.balance.enabled / allow_outside_range: true or false, got {b}")
+    r = b["range"]
+    if (not isinstance(r, (list, tuple)) or len(r) != 2 or not all(isinstance(x, (int, float)) for x in r)
+            or not 0 < r[0] < r[1]):
+        raise InputError(f"cellsim.balance.range: [low, high] with 0 < low < high, got {r!r}")
+    t = b["n_to_p"]
+    if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0):
+        raise InputError(f"cellsim.balance.n_to_p: a number > 0 or null (keep the set's), got {t!r}")
+
+
+def resolve_cell_form(setting: str, ms: dict[str, Any]) -> tuple[str, str]:
+    """``(form, reason)``: ``full_cell`` or ``lithium_metal`` from ``cellsim.cell_form``.
+
+    ``auto`` picks ``lithium_metal`` when a class of the sample (``microstructure.json``
+    ``classes``) is a lithium-metal phase (``lithium_metal``), else ``full_cell``.
+    """
+    if setting != "auto":
+        return setting, f"cellsim.cell_form: {setting}"
+    classes = [str(c) for c in (ms.get("classes") or {}).values()]
+    found = [c for c in classes if c in LITHIUM_METAL_CLASSES]
+    if found:
+        return "lithium_metal", f"auto: class {found[0]!r} in microstructure.json classes"
+    return "full_cell", f"auto: no lithium-metal class among {classes}"
 
 
 def _voltage_grid(cfg: dict[str, Any], pv) -> np.ndarray:
@@ -103,11 +144,53 @@ def _voltage_grid(cfg: dict[str, Any], pv) -> np.ndarray:
     return np.linspace(high, low, n)  # descending: the order a discharge passes them
 
 
+def _model_options(cfg: dict[str, Any], form: str) -> dict[str, Any]:
+    """``model_options`` plus what ``cell_form`` and ``transport`` imply (conflicts rejected)."""
+    options = dict(cfg["model_options"])
+    implied = {}
+    if form == "lithium_metal":
+        implied["working electrode"] = "positive"
+    if cfg["transport"] == "tortuosity_factor":
+        implied["transport efficiency"] = "tortuosity factor"
+    for key, value in implied.items():
+        if key in options and options[key] != value:
+            raise InputError(f"cellsim.model_options[{key!r}] = {options[key]!r} contradicts "
+                             f"cell_form/transport (which need {value!r})")
+        options[key] = value
+    return options
+
+
+def _cell_balance(cfg: dict[str, Any], form: str, pv, ms: dict[str, Any], applied) -> dict[str, Any]:
+    """Balance the negative electrode of a full cell (:mod:`.balance`); record it in ``applied``."""
+    if form == "lithium_metal":
+        return {"n_to_p_after": None, "note": "lithium-metal counter electrode: an unlimited lithium "
+                "reservoir, the measured cathode limits capacity (no N/P balance)"}
+    b = cfg["balance"]
+    thickness = (ms["cell"].get("positive_electrode") or {}).get("thickness_um")
+    old = float(pv[NEG_THICKNESS])
+    rec = balance_negative(pv, cfg["parameter_set"], b["n_to_p"], b["enabled"], tuple(b["range"]),
+                           b["allow_outside_range"], thickness_um=thickness,
+                           locked=NEG_THICKNESS in cfg["parameters"])
+    if rec["rescaled"]:
+        applied.append(Substitution(NEG_THICKNESS, float(pv[NEG_THICKNESS]),
+                                    f"derived: balance to N/P {rec['target']:.4f} (was {rec['n_to_p_before']:.4f})",
+                                    old))
+    return rec
+
+
 def prepare(microstructure: str, cfg: dict[str, Any]):
-    """Parameter values (with substitutions), the design and the run settings (all ranks)."""
+    """Parameter values (with substitutions), the design and the run settings (all ranks).
+
+    Returns:
+        ``(pv, applied, design, run_cfg, cell)``; ``cell``: ``cell_form``, ``cell_form_reason``,
+        ``transport`` and the ``balance`` record (stored in ``sweep.zarr`` and ``sweep.json``).
+    """
     design = make_design(cfg["sweep"])
     ms = read_microstructure(microstructure)
-    subs = microstructure_substitutions(ms, str(microstructure))
+    form, reason = resolve_cell_form(cfg["cell_form"], ms)
+    log.info("cellsim: cell form %s (%s), transport %s", form, reason, cfg["transport"])
+    options = _model_options(cfg, form)
+    subs = microstructure_substitutions(ms, str(microstructure), cfg["transport"])
     overrides = dict(cfg["parameters"])
     from .params import load_parameter_set
 
@@ -118,29 +201,42 @@ def prepare(microstructure: str, cfg: dict[str, Any]):
             if name not in design.varied:  # fixed axis: a plain override
                 overrides[name] = float(design.values[0, design.names.index(name)])
     pv, applied = build_parameter_values(cfg["parameter_set"], subs, overrides,
-                                         rescale_capacity=bool(cfg["rescale_nominal_capacity"]))
+                                         rescale_capacity=bool(cfg["rescale_nominal_capacity"]),
+                                         transport=cfg["transport"])
+    if form == "lithium_metal":
+        applied.extend(add_lithium_metal_counter_electrode(pv))
+        applied.append(charge_half_cell(pv, cfg["protocol"]["upper_voltage_V"]))
+    cell = {"cell_form": form, "cell_form_reason": reason, "transport": cfg["transport"],
+            "balance": _cell_balance(cfg, form, pv, ms, applied)}
     grid = _voltage_grid(cfg, pv)
     p = cfg["protocol"]
     run_cfg = CellRunConfig(
-        model=cfg["model"], options=dict(cfg["model_options"]), n_cycles=cfg["n_cycles"],
+        model=cfg["model"], options=options, n_cycles=cfg["n_cycles"],
         n_early=cfg["n_early"], voltage_grid=grid, lower_voltage_V=p["lower_voltage_V"],
         upper_voltage_V=p["upper_voltage_V"], rest_minutes=float(p["rest_minutes"] or 0),
         cv_cutoff_c_rate=p["cv_cutoff_c_rate"], stop_below_soh_percent=cfg["stop_below_soh_percent"],
         solver=dict(cfg["solver"]), var_pts=cfg["var_pts"])
-    return pv, applied, design, run_cfg
+    return pv, applied, design, run_cfg, cell
 
 
-def _run_hash(cfg: dict[str, Any], applied, design: Design, grid: np.ndarray) -> str:
+def _run_hash(cfg: dict[str, Any], applied, design: Design, grid: np.ndarray, options=None) -> str:
     import pybamm
 
     key = {k: cfg[k] for k in ("parameter_set", "model", "model_options", "n_cycles", "n_early",
                                "protocol", "stop_below_soh_percent", "solver", "var_pts")}
-    key["substitutions"] = [(s.name, float(s.new)) for s in applied]
+    if options is not None and options != cfg["model_options"]:  # old runs keep their hash
+        key["model_options"] = options
+    key["substitutions"] = [(s.name, _value(s.new)) for s in applied]
     key["input_names"] = design.names
     key["varied"] = design.varied
     key["voltage_grid"] = [float(v).hex() for v in grid]
     key["pybamm"] = pybamm.__version__
     return params_sha256(key)[:16]
+
+
+def _value(x: Any) -> Any:
+    """A substitution's value for hashes and attributes (numbers as float, functions by name)."""
+    return float(x) if isinstance(x, (int, float, np.floating)) else str(x)
 
 
 def _cost(design: Design, i: int) -> float:
@@ -158,8 +254,8 @@ def simulate(microstructure: str, out_zarr: str, out_json: str, work_dir: str,
     """
     world = world or get_world()
     cfg = resolve_config(config)
-    pv, applied, design, run_cfg = prepare(microstructure, cfg)
-    run_dir = Path(work_dir) / f"run-{_run_hash(cfg, applied, design, run_cfg.voltage_grid)}"
+    pv, applied, design, run_cfg, cell = prepare(microstructure, cfg)
+    run_dir = Path(work_dir) / f"run-{_run_hash(cfg, applied, design, run_cfg.voltage_grid, run_cfg.options)}"
     time_limit = cfg["time_limit_s"]
     paths = [checkpoint.condition_path(run_dir, design.names, design.values[i]) for i in range(len(design))]
     if world.is_root:
@@ -191,13 +287,14 @@ def simulate(microstructure: str, out_zarr: str, out_json: str, work_dir: str,
     summary = None
     with atomic_output(out_zarr, world) as tmp:
         if world.is_root:
-            summary = _assemble(tmp, paths, design, applied, cfg, run_cfg)
+            summary = _assemble(tmp, paths, design, applied, cfg, run_cfg, cell)
     if world.is_root:
         write_json(out_json, summary)
     return world.bcast(summary)
 
 
-def _assemble(tmp: Path, paths, design: Design, applied, cfg, run_cfg: CellRunConfig) -> dict[str, Any]:
+def _assemble(tmp: Path, paths, design: Design, applied, cfg, run_cfg: CellRunConfig,
+              cell: dict[str, Any]) -> dict[str, Any]:
     import zarr
 
     n, n_cyc, n_early, n_v = len(design), run_cfg.n_cycles, run_cfg.n_early, len(run_cfg.voltage_grid)
@@ -216,11 +313,11 @@ def _assemble(tmp: Path, paths, design: Design, applied, cfg, run_cfg: CellRunCo
                            "status_name": STATUS_NAMES[res.status], "message": res.message,
                            "cycles_completed": int(res.cycles_completed),
                            "wall_time_s": float(res.wall_time_s)})
-    substitutions = {s.name: {"value": float(s.new), "from": s.source, "old": s.old} for s in applied}
+    substitutions = {s.name: {"value": _value(s.new), "from": s.source, "old": s.old} for s in applied}
     prov = provenance("cellsim", cfg)
     attrs = {
         **prov, "schema": SCHEMA, "parameter_set": cfg["parameter_set"], "model": cfg["model"],
-        "model_options": cfg["model_options"], "input_names": design.names,
+        "model_options": run_cfg.options, **cell, "input_names": design.names,
         "varied_inputs": design.varied, "substitutions": substitutions, "n_cycles": n_cyc,
         "n_early": n_early, "voltage_grid_V": [float(v) for v in run_cfg.voltage_grid],
         "protocol": cfg["protocol"], "status_codes": {str(k): v for k, v in STATUS_NAMES.items()},
@@ -245,5 +342,5 @@ def _assemble(tmp: Path, paths, design: Design, applied, cfg, run_cfg: CellRunCo
     counts = {v: int(np.sum(status == k)) for k, v in STATUS_NAMES.items()}
     return {"schema": SCHEMA, "producer": prov["producer"], "created": prov["created"],
             "parameter_set": cfg["parameter_set"], "model": cfg["model"],
-            "input_names": design.names, "n_conditions": n, "counts": counts,
+            "model_options": run_cfg.options, **cell, "input_names": design.names, "n_conditions": n, "counts": counts,
             "substitutions": substitutions, "conditions": conditions}

@@ -2,7 +2,8 @@
 
 The PyBaMM lithium-ion models are liquid-electrolyte models. For the imaged solid-state cathode
 we map the *ion-conducting* phase (the solid electrolyte) onto the PyBaMM "porosity" and its
-measured through-plane tortuosity onto the Bruggeman exponent,
+measured through-plane tortuosity onto PyBaMM's tortuosity factor (``transport:
+tortuosity_factor``, ``B = eps / tau``, the same tau) or onto the Bruggeman exponent,
 ``D_eff = eps^b D  =>  b = 1 - ln(tau) / ln(eps)`` (tau in the TauFactor convention,
 tau = eps D / D_eff). This is an approximation: the electrolyte transport properties remain
 those of the liquid electrolyte of the chosen parameter set (see ``docs/cellsim.md``).
@@ -45,6 +46,25 @@ _BRUGGEMAN = {
     "separator": "Separator Bruggeman coefficient (electrolyte)",
 }
 NOMINAL_CAPACITY = "Nominal cell capacity [A.h]"
+TRANSPORTS = ("tortuosity_factor", "bruggeman")
+# PyBaMM 26.10 parameters of "transport efficiency": "tortuosity factor" (B = phase fraction / tau)
+_TORTUOSITY = {
+    "positive_electrode": "Positive electrode tortuosity factor (electrolyte)",
+    "separator": "Separator tortuosity factor (electrolyte)",
+}
+# every tortuosity factor the option needs -> (volume-fraction parameter, Bruggeman parameter, solid?)
+TORTUOSITY_EQUIVALENTS = {
+    "Negative electrode tortuosity factor (electrolyte)":
+        ("Negative electrode porosity", "Negative electrode Bruggeman coefficient (electrolyte)", False),
+    "Separator tortuosity factor (electrolyte)":
+        ("Separator porosity", "Separator Bruggeman coefficient (electrolyte)", False),
+    "Positive electrode tortuosity factor (electrolyte)":
+        ("Positive electrode porosity", "Positive electrode Bruggeman coefficient (electrolyte)", False),
+    "Negative electrode tortuosity factor (electrode)":
+        ("Negative electrode porosity", "Negative electrode Bruggeman coefficient (electrode)", True),
+    "Positive electrode tortuosity factor (electrode)":
+        ("Positive electrode porosity", "Positive electrode Bruggeman coefficient (electrode)", True),
+}
 
 
 @dataclass
@@ -76,6 +96,63 @@ def bruggeman_from_tortuosity(eps: float, tau: float) -> float:
     return 1.0 - math.log(tau) / math.log(eps)
 
 
+def tortuosity_from_bruggeman(phi: float, b: float) -> float:
+    """The tortuosity factor equivalent to a Bruggeman exponent: ``phi / tau = phi^b``.
+
+    PyBaMM's ``"tortuosity factor"`` transport efficiency is ``B = phi / tau`` (``phi``: porosity
+    for the electrolyte, ``1 - porosity`` for the electrode phase), its Bruggeman one
+    ``B = phi^b``; equal when ``tau = phi^(1 - b)``. TauFactor's ``tau = eps D / D_eff`` is the
+    same tau (``D_eff / D = eps / tau = B``).
+    """
+    if not 0.0 < phi <= 1.0:
+        raise InputError(f"tortuosity: need 0 < volume fraction <= 1, got {phi}")
+    return phi ** (1.0 - b)
+
+
+def _tortuosity_substitution(block: dict[str, Any], region: str, path: str) -> Substitution | None:
+    """The measured through-plane tau of a region as PyBaMM's tortuosity factor (electrolyte).
+
+    A measured ``tau < 1`` (random-walk noise in an almost open separator, D_eff > eps D is not
+    possible) is raised to 1 with a warning; without a measured tau, a measured Bruggeman exponent
+    gives ``tau = eps^(1 - b)``; with neither, the set's value is kept (None).
+    """
+    where = f"{path}: cell.{region}.tortuosity_electrolyte"
+    tau = _number(block.get("tortuosity_electrolyte"), where)
+    source = where
+    if tau is None:
+        b = _number(block.get("bruggeman"), f"{path}: cell.{region}.bruggeman")
+        eps = _number(block.get("electrolyte_volume_fraction"), f"{path}: cell.{region}")
+        if b is None or eps is None:
+            return None
+        tau, source = tortuosity_from_bruggeman(eps, b), f"{path}: eps^(1-b) from cell.{region}.bruggeman"
+    if not tau > 0.0:
+        raise InputError(f"{where}: tortuosity must be > 0, got {tau}")
+    if tau < 1.0:
+        log.warning("%s = %.4g < 1 (not physical; walk noise): using 1", where, tau)
+        tau, source = 1.0, f"{where} (measured {tau:.4g} < 1, raised to 1)"
+    return Substitution(_TORTUOSITY[region], tau, source)
+
+
+def add_tortuosity_equivalents(pv, names=None) -> list[Substitution]:
+    """Add (in place) the tortuosity factors equivalent to ``pv``'s Bruggeman exponents.
+
+    Args:
+        pv: ``pybamm.ParameterValues`` (porosities as they are now).
+        names: which of :data:`TORTUOSITY_EQUIVALENTS` (default all).
+
+    Returns:
+        one derived :class:`Substitution` per parameter set.
+    """
+    out = []
+    for name in names if names is not None else TORTUOSITY_EQUIVALENTS:
+        eps_name, b_name, solid = TORTUOSITY_EQUIVALENTS[name]
+        eps = float(pv[eps_name])
+        tau = tortuosity_from_bruggeman(1.0 - eps if solid else eps, float(pv[b_name]))
+        pv.update({name: tau}, check_already_exists=False)
+        out.append(Substitution(name, tau, f"derived: (phase fraction)^(1-b) from {b_name!r} and {eps_name!r}"))
+    return out
+
+
 def read_microstructure(path: str) -> dict[str, Any]:
     """Read ``microstructure.json`` and check its schema and ``cell`` block."""
     ms = read_json(path, "microstructure file")
@@ -99,12 +176,16 @@ def _number(value: Any, where: str) -> float | None:
     return x
 
 
-def microstructure_substitutions(ms: dict[str, Any], path: str = "microstructure.json") -> list[Substitution]:
+def microstructure_substitutions(ms: dict[str, Any], path: str = "microstructure.json",
+                                 transport: str = "bruggeman") -> list[Substitution]:
     """The PyBaMM parameters the measured cell geometry replaces (unmeasured values are skipped).
 
     Args:
         ms: the parsed ``microstructure.json`` (schema ``batterytwin.microstructure/1``).
         path: shown in messages and recorded as the source of each substitution.
+        transport: ``"bruggeman"`` (measured tau -> Bruggeman exponent) or
+            ``"tortuosity_factor"`` (measured tau itself, PyBaMM's ``"transport efficiency":
+            "tortuosity factor"``; see :func:`_tortuosity_substitution`).
 
     Returns:
         substitutions in a fixed order (positive electrode, then separator).
@@ -129,6 +210,11 @@ def microstructure_substitutions(ms: dict[str, Any], path: str = "microstructure
             if key.endswith("_um") and x <= 0:
                 raise InputError(f"{where}: must be > 0 micrometres, got {x}")
             subs.append(Substitution(name, x / scale, f"{path}: cell.{region}.{key}"))
+        if transport == "tortuosity_factor":
+            sub = _tortuosity_substitution(block, region, path)
+            if sub is not None:
+                subs.append(sub)
+            continue
         b = _number(block.get("bruggeman"), f"{path}: cell.{region}.bruggeman")
         source = f"{path}: cell.{region}.bruggeman"
         if b is None and block.get("bruggeman_flag"):
@@ -178,7 +264,8 @@ def _plain(value: Any) -> Any:
 
 
 def build_parameter_values(set_name: str, substitutions: list[Substitution],
-                           overrides: dict[str, Any] | None = None, rescale_capacity: bool = True):
+                           overrides: dict[str, Any] | None = None, rescale_capacity: bool = True,
+                           transport: str = "bruggeman"):
     """Parameter set + microstructure substitutions + config overrides (config wins).
 
     Args:
@@ -187,11 +274,19 @@ def build_parameter_values(set_name: str, substitutions: list[Substitution],
         overrides: ``{PyBaMM name: number}`` from ``cellsim.parameters``.
         rescale_capacity: scale "Nominal cell capacity [A.h]" by the change in positive
             thickness x active fraction, so that C-rates stay relative to this cell.
+        transport: ``"tortuosity_factor"`` adds the five tortuosity factors PyBaMM's
+            ``"transport efficiency": "tortuosity factor"`` needs: measured ones from
+            ``substitutions``, the others equivalent to the set's Bruggeman exponents at the
+            final porosities (:func:`add_tortuosity_equivalents`), all recorded.
 
     Returns:
         ``(pybamm.ParameterValues, [Substitution, ...])`` with ``old`` filled in.
     """
     pv = load_parameter_set(set_name)
+    if transport not in TRANSPORTS:
+        raise InputError(f"cellsim.transport: one of {', '.join(TRANSPORTS)}, got {transport!r}")
+    if transport == "tortuosity_factor":
+        add_tortuosity_equivalents(pv)  # so that names check and "old" values exist
     applied: list[Substitution] = []
     for s in substitutions:
         check_parameter_name(pv, s.name, s.source)
@@ -214,4 +309,55 @@ def build_parameter_values(set_name: str, substitutions: list[Substitution],
     for s in applied:
         log.info("parameter %r: %s -> %s (%s)", s.name, s.old, s.new, s.source)
         pv[s.name] = s.new
+    if transport == "tortuosity_factor":  # the unmeasured ones follow the final porosities
+        given = {s.name for s in applied}
+        derived = add_tortuosity_equivalents(pv, [n for n in TORTUOSITY_EQUIVALENTS if n not in given])
+        applied.extend(derived)
     return pv, applied
+
+
+LITHIUM_METAL_SET = "Xu2019"  # PyBaMM's lithium-metal half-cell set (Xu et al., 2019)
+
+
+def add_lithium_metal_counter_electrode(pv) -> list[Substitution]:
+    """Add (in place) the lithium-metal counter-electrode parameters ``pv`` lacks, from Xu2019.
+
+    PyBaMM's ``"working electrode": "positive"`` models need e.g. "Exchange-current density for
+    lithium metal electrode [A.m-2]", which full-cell sets such as OKane2022 do not carry.
+
+    Returns:
+        one :class:`Substitution` per added parameter (``old`` None).
+    """
+    import pybamm
+
+    ref = pybamm.ParameterValues(LITHIUM_METAL_SET)
+    added = []
+    for name in ref.keys():
+        if name not in pv.keys() and "lithium metal" in name:
+            pv.update({name: ref[name]}, check_already_exists=False)
+            added.append(Substitution(name, _plain(ref[name]),
+                                      f"{LITHIUM_METAL_SET} (lithium-metal counter electrode)"))
+    return added
+
+
+def charge_half_cell(pv, upper_voltage_V: float | None = None) -> Substitution:
+    """Start a lithium-metal half cell charged: positive stoichiometry at the upper cut-off vs Li.
+
+    A full-cell set's initial positive concentration is its charged state *against graphite*;
+    against lithium metal that is above the upper cut-off, and the first discharge would deliver
+    lithium the later charges (to the cut-off) never put back, a cycle-1 "fade" artefact. Uses
+    PyBaMM's ``get_initial_stoichiometry_half_cell(1, pv)`` (SOC 1 = the upper cut-off).
+    """
+    import pybamm
+
+    name = "Initial concentration in positive electrode [mol.m-3]"
+    ref = pv.copy()
+    if upper_voltage_V is not None:
+        ref["Upper voltage cut-off [V]"] = float(upper_voltage_V)
+    y = pybamm.lithium_ion.get_initial_stoichiometry_half_cell(1.0, ref, options={"working electrode": "positive"})
+    y = float(y["x"] if isinstance(y, dict) else y)  # 26.10 returns {"x": stoichiometry}
+    c_max = float(pv["Maximum concentration in positive electrode [mol.m-3]"])
+    sub = Substitution(name, y * c_max, "derived: charged to the upper cut-off vs Li "
+                       "(pybamm get_initial_stoichiometry_half_cell(1))", _plain(pv[name]))
+    pv[name] = sub.new
+    return sub

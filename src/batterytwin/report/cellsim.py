@@ -136,8 +136,58 @@ def plot_voltage_curves(path: os.PathLike | str, max_conditions: int = 24):
     return fig
 
 
+def _num(x: Any) -> str:
+    if isinstance(x, (int, float)) and not isinstance(x, bool):
+        return f"{x:.4g}"
+    return "-" if x is None else str(x)
+
+
+def cell_parameter_rows(attrs: dict) -> list[list[str]]:
+    """The cell-parameter table of a sweep: cell form, transport, N/P balance, substitutions.
+
+    Rows ``[quantity, value, source]`` from the ``sweep.zarr`` attributes ``cell_form``,
+    ``transport``, ``balance`` and ``substitutions`` (cellsim; docs/cellsim.md). Empty for
+    sweeps written before these attributes existed.
+    """
+    rows: list[list[str]] = []
+    if attrs.get("cell_form"):
+        rows.append(["cell form", str(attrs["cell_form"]), str(attrs.get("cell_form_reason", ""))[:60]])
+    if attrs.get("transport"):
+        rows.append(["electrolyte transport", str(attrs["transport"]), "cellsim.transport"])
+    bal = attrs.get("balance") or {}
+    if bal.get("n_to_p_after") is not None:
+        rows.append(["N/P parameter set", _num(bal.get("n_to_p_parameter_set")), "Q_n / (Q_p dy_p)"])
+        rows.append(["N/P before / after balance",
+                     f"{_num(bal.get('n_to_p_before'))} / {_num(bal.get('n_to_p_after'))}",
+                     "rescaled: " + (", ".join(bal.get("rescaled") or {}) or "nothing")])
+    if bal.get("warning"):
+        rows.append(["WARNING", str(bal["warning"])[:70], ""])
+    for name, sub in (attrs.get("substitutions") or {}).items():
+        if str(sub.get("from", "")).startswith(("derived: (phase", "Xu2019")):
+            continue  # equivalents and added half-cell constants: in sweep.json, not the table
+        rows.append([name[:52], f"{_num(sub.get('old'))} -> {_num(sub.get('value'))}",
+                     str(sub.get("from", "")).split(": ")[-1][:60]])
+    return rows
+
+
+def _cell_table(ax, rows: list[list[str]]) -> None:
+    ax.set_axis_off()
+    tab = ax.table(cellText=rows, colLabels=["cell parameter", "value", "from"], loc="upper center",
+                   cellLoc="left", colWidths=[0.40, 0.16, 0.44])
+    tab.auto_set_font_size(False)
+    tab.set_fontsize(6)
+    for (r, _), cell in tab.get_celld().items():
+        cell.set_linewidth(0.3)
+        cell.set_height(1.0 / (len(rows) + 1.5))
+        if r == 0:
+            cell.set_facecolor("#E8E8E8")
+        elif rows[r - 1][0] == "WARNING":
+            cell.set_text_props(color="#D55E00", weight="bold")
+
+
 def plot_capacity_fade(path: os.PathLike | str, max_conditions: int = 64):
-    """State of health (percent of the first cycle) and discharge capacity per cycle, per condition.
+    """State of health (percent of the first cycle) and discharge capacity per cycle, per condition,
+    and below them the cell-parameter table (:func:`cell_parameter_rows`; N/P balance, warnings).
 
     Failed conditions (status 2/3) are drawn up to their last cycle with a cross at the stop.
     """
@@ -148,9 +198,13 @@ def plot_capacity_fade(path: os.PathLike | str, max_conditions: int = 64):
     colours, sm, cname = _colouring(sw)
     lss, ls_legend = _linestyles(sw)
     cycles = np.arange(1, soh.shape[1] + 1)
+    rows = cell_parameter_rows(sw.attrs)
+    table_h = 0.15 * (len(rows) + 2) if rows else 0.0
     with style.paper_style():
-        fig = style.new_figure(style.DOUBLE_COLUMN_IN, 2.6)
-        axes = list(fig.subplots(1, 2 if cap is not None else 1, squeeze=False)[0])
+        fig = style.new_figure(style.DOUBLE_COLUMN_IN, 2.6 + table_h)
+        ncol = 2 if cap is not None else 1
+        grid = fig.add_gridspec(2 if rows else 1, ncol, height_ratios=[2.6, table_h] if rows else None)
+        axes = [fig.add_subplot(grid[0, j]) for j in range(ncol)]
         for ax, data, ylabel in zip(axes, (soh, cap), ("state of health (%)", "discharge capacity (Ah)")):
             for i in range(len(sw.rows)):
                 y = data[i]
@@ -163,7 +217,10 @@ def plot_capacity_fade(path: os.PathLike | str, max_conditions: int = 64):
             ax.set_ylabel(ylabel)
         counts = {STATUS_NAMES.get(k, str(k)): int((sw.status == k).sum()) for k in np.unique(sw.status)}
         _finish(fig, axes, sm, cname, ls_legend)
+        if rows:
+            _cell_table(fig.add_subplot(grid[1, :]), rows)
         fig.suptitle("capacity fade across the sweep (" + ", ".join(f"{v} {k}" for k, v in counts.items())
                      + (")" if all(sw.status == STATUS_OK) else "; x: run stopped)"))
     fig.soh = soh
+    fig.cell_rows = rows
     return fig
