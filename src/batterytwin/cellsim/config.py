@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import Any, Literal, Union
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from ..config import Section
 
 MODELS = ("SPM", "SPMe", "DFN")
+CELL_FORMS = ("full_cell", "lithium_metal", "auto")
+TRANSPORTS = ("tortuosity_factor", "bruggeman")
 
 
 class AxisRange(Section):
@@ -52,6 +54,23 @@ class Sweep(Section):
         "parameter name: a number (fixed), a list (grid values, or [low, high] for lhs) or {low, high, scale}")
 
 
+class Balance(Section):
+    """Electrode balance when the measured positive electrode replaces the parameter set's."""
+
+    enabled: bool = Field(True, description="rescale the negative electrode thickness to the N/P target")
+    n_to_p: float | None = Field(None, gt=0, description="N/P capacity ratio to meet; null: the parameter set's")
+    range: list[float] = Field([1.0, 2.0], min_length=2, max_length=2,
+                               description="sane N/P range [low, high], checked on the final cell")
+    allow_outside_range: bool = Field(False, description="an N/P outside range is a warning instead of an error")
+
+    @field_validator("range")
+    @classmethod
+    def _ordered(cls, value: list[float]) -> list[float]:
+        if not 0 < value[0] < value[1]:
+            raise ValueError("must be [low, high] with 0 < low < high")
+        return value
+
+
 class CellsimConfig(Section):
     """The ``cellsim`` section."""
 
@@ -63,6 +82,12 @@ class CellsimConfig(Section):
     parameters: dict[str, float] = Field({}, description="overrides by PyBaMM parameter name (applied after the "
                                          "microstructure)")
     rescale_nominal_capacity: bool = Field(True, description="rescale the nominal capacity to the measured geometry")
+    cell_form: Literal[CELL_FORMS] = Field("full_cell", description="full_cell: graphite full cell with the measured "
+                                           "cathode; lithium_metal: the measured cathode against lithium metal "
+                                           "(PyBaMM working electrode: positive); auto: from the sample's classes")
+    transport: Literal[TRANSPORTS] = Field("tortuosity_factor", description="tortuosity_factor: the measured tau "
+                                           "goes to PyBaMM directly; bruggeman: as a Bruggeman exponent")
+    balance: Balance = Field(default_factory=Balance, description="electrode balance (N/P)")
     n_cycles: int = Field(10, ge=1, description="cycles per condition")
     n_early: int = Field(3, ge=0, description="early cycles whose Q(V) curves are stored (capped at n_cycles)")
     voltage_grid: VoltageGrid = Field(default_factory=VoltageGrid, description="Q(V) grid")
@@ -79,3 +104,9 @@ class CellsimConfig(Section):
         if isinstance(data, dict) and "model_options" in data and data["model_options"] is None:
             data = {**data, "model_options": {}}
         return data
+
+    @model_validator(mode="after")
+    def _early_within_run(self) -> "CellsimConfig":
+        if self.n_early > self.n_cycles:
+            self.__dict__["n_early"] = self.n_cycles  # capped (no re-validation loop)
+        return self

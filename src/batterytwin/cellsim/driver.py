@@ -13,7 +13,6 @@ Example::
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ..config import validate_settings
 from ..distributed import World, get_world
 from ..errors import InputError
 from ..store import atomic_output, params_sha256, provenance, write_json
@@ -28,93 +28,22 @@ from . import checkpoint
 from .design import OPERATING, Design, make_design
 from .dispatch import dynamic_items, quiet_barrier
 from .balance import NEG_THICKNESS, balance_negative
-from .params import (TRANSPORTS, Substitution, add_lithium_metal_counter_electrode, build_parameter_values,
+from .config import CellsimConfig
+from .params import (Substitution, add_lithium_metal_counter_electrode, build_parameter_values,
                      charge_half_cell, check_parameter_name, microstructure_substitutions,
                      read_microstructure)
-from .runner import (MODELS, STATUS_FAILED, STATUS_OK, STATUS_TIME_LIMIT, CellRunConfig, CellRunner,
+from .runner import (STATUS_FAILED, STATUS_OK, STATUS_TIME_LIMIT, CellRunConfig, CellRunner,
                      soh_percent)
 
 log = logging.getLogger(__name__)
 
 SCHEMA = "batterytwin.sweep/1"
-CELL_FORMS = ("full_cell", "lithium_metal", "auto")
 LITHIUM_METAL_CLASSES = ("lithium_metal", "lithium", "li_metal")
 STATUS_NAMES = {STATUS_OK: "ok", STATUS_FAILED: "failed", STATUS_TIME_LIMIT: "time_limit"}
 
-DEFAULTS: dict[str, Any] = {
-    "parameter_set": "OKane2022",
-    "model": "SPMe",
-    "model_options": {"SEI": "ec reaction limited"},
-    "parameters": {},
-    "rescale_nominal_capacity": True,
-    "cell_form": "full_cell",
-    "transport": "tortuosity_factor",
-    "balance": {"enabled": True, "n_to_p": None, "range": [1.0, 2.0], "allow_outside_range": False},
-    "n_cycles": 10,
-    "n_early": 3,
-    "voltage_grid": {"points": 64, "low_V": None, "high_V": None},
-    "protocol": {"rest_minutes": 5.0, "cv_cutoff_c_rate": 0.02, "lower_voltage_V": None,
-                 "upper_voltage_V": None},
-    "sweep": {"method": "lhs", "n_samples": 8, "seed": 0, "axes": {
-        "discharge_c_rate": [0.5, 2.0], "charge_c_rate": [0.3, 1.0], "ambient_temperature_C": [15.0, 40.0],
-        "SEI kinetic rate constant [m.s-1]": {"low": 1e-15, "high": 1e-13, "scale": "log"}}},
-    "time_limit_s": 1800,
-    "stop_below_soh_percent": None,
-    "solver": {},
-    "var_pts": None,
-}
-
-
 def resolve_config(config: dict[str, Any] | None) -> dict[str, Any]:
-    """Defaults + the user's ``cellsim`` section (nested dicts merged; unknown keys rejected)."""
-    config = dict(config or {})
-    out = copy.deepcopy(DEFAULTS)
-    for key, value in config.items():
-        if key not in DEFAULTS:
-            raise InputError(f"cellsim.{key}: unknown key (known: {', '.join(DEFAULTS)})")
-        if key in ("voltage_grid", "protocol", "sweep", "balance") and value is not None:
-            if not isinstance(value, dict):
-                raise InputError(f"cellsim.{key}: expected a mapping, got {value!r}")
-            unknown = set(value) - set(DEFAULTS[key])
-            if unknown:
-                raise InputError(f"cellsim.{key}: unknown key(s) {sorted(unknown)}")
-            out[key].update(value)
-        elif key == "model_options" and value is None:
-            out[key] = {}
-        else:
-            out[key] = value
-    for key in ("n_cycles", "n_early"):
-        v = out[key]
-        if isinstance(v, bool) or not isinstance(v, int) or v < (1 if key == "n_cycles" else 0):
-            raise InputError(f"cellsim.{key}: expected an integer >= {1 if key == 'n_cycles' else 0}, got {v!r}")
-    out["n_early"] = min(out["n_early"], out["n_cycles"])
-    if out["model"] not in MODELS:
-        raise InputError(f"cellsim.model: one of {', '.join(MODELS)}, got {out['model']!r}")
-    for key in ("model_options", "parameters", "solver"):
-        if not isinstance(out[key], dict):
-            raise InputError(f"cellsim.{key}: expected a mapping, got {out[key]!r}")
-    _check_cell_settings(out)
-    if out["time_limit_s"] is not None and not float(out["time_limit_s"]) > 0:
-        raise InputError(f"cellsim.time_limit_s: must be > 0 or null, got {out['time_limit_s']!r}")
-    return out
-
-
-def _check_cell_settings(cfg: dict[str, Any]) -> None:
-    """``cell_form``, ``transport`` and ``balance`` values (InputError naming key and range)."""
-    if cfg["cell_form"] not in CELL_FORMS:
-        raise InputError(f"cellsim.cell_form: one of {', '.join(CELL_FORMS)}, got {cfg['cell_form']!r}")
-    if cfg["transport"] not in TRANSPORTS:
-        raise InputError(f"cellsim.transport: one of {', '.join(TRANSPORTS)}, got {cfg['transport']!r}")
-    b = cfg["balance"]
-    if not isinstance(b["enabled"], bool) or not isinstance(b["allow_outside_range"], bool):
-        raise InputError(f"cellsim.balance.enabled / allow_outside_range: true or false, got {b}")
-    r = b["range"]
-    if (not isinstance(r, (list, tuple)) or len(r) != 2 or not all(isinstance(x, (int, float)) for x in r)
-            or not 0 < r[0] < r[1]):
-        raise InputError(f"cellsim.balance.range: [low, high] with 0 < low < high, got {r!r}")
-    t = b["n_to_p"]
-    if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0):
-        raise InputError(f"cellsim.balance.n_to_p: a number > 0 or null (keep the set's), got {t!r}")
+    """The user's ``cellsim`` section validated and completed (:class:`~.config.CellsimConfig`)."""
+    return validate_settings(CellsimConfig, config or {}, "cellsim").model_dump()
 
 
 def resolve_cell_form(setting: str, ms: dict[str, Any]) -> tuple[str, str]:

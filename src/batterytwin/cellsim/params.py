@@ -25,6 +25,7 @@ from typing import Any
 
 from ..errors import InputError
 from ..store import read_json
+from .config import TRANSPORTS
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,6 @@ _BRUGGEMAN = {
     "separator": "Separator Bruggeman coefficient (electrolyte)",
 }
 NOMINAL_CAPACITY = "Nominal cell capacity [A.h]"
-TRANSPORTS = ("tortuosity_factor", "bruggeman")
 # PyBaMM 26.10 parameters of "transport efficiency": "tortuosity factor" (B = phase fraction / tau)
 _TORTUOSITY = {
     "positive_electrode": "Positive electrode tortuosity factor (electrolyte)",
