@@ -41,7 +41,6 @@ _N_CELLS = {"n": REPORT["max_cells"]}
 _CATEGORY = {"ingest": "1 Ingest", "denoise": "2 Denoise", "segment": "3 Segmentation",
              "microstructure": "4 Microstructure", "cellsim": "5 Cell simulation", "degradation": "6 Degradation"}
 _REAL = dict(subcategory="{evaluation} (real cycling data)", input=_real)
-# fmt: off
 REPORT_RULES = {
     "report_slices_ingest": dict(stage="ingest", fig="ingest_slices", label="orthogonal slices: raw CT",
         input=_sample({"raw": "volume.zarr"}), params={"truth": _flags(["truth"])},
@@ -108,7 +107,6 @@ REPORT_RULES = {
         message="Figure: predicted vs true cycle life on real cycling data ({wildcards.evaluation})",
         cli="rul {input.predictions:q}"),
 }
-# fmt: on
 for _row in REPORT_RULES.values():
     _row.setdefault("output", f"results/{{sample}}/figures/{_row.get('fig')}.png")
 
