@@ -31,81 +31,83 @@ include: "report_functions.smk"
 
 _SEG_OPTIONAL = {"denoised": "denoised.zarr"} if _SEG_INPUT == "denoised.zarr" else {}
 _SEG_OPTIONAL.update({"uncertainty": "uncertainty.zarr"} if _SEG_UNCERTAINTY else {})
-_N_CONDITIONS = {"n": REPORT["max_conditions"]}
-_N_CELLS = {"n": REPORT["max_cells"]}
-
-# The figures: one row, one rule `name` running `batterytwin report <cli> [--dpi] --out {output} > {log}`.
-# Defaults: output results/{sample}/figures/<fig>.png, caption workflow/report/<fig>.rst, category the
-# stage's (_CATEGORY), subcategory {sample}, log logs/{sample}/<name>.log, params dpi, resources "report".
-# A row without `fig` (the OME-Zarr export) is a directory output that is not in the HTML report.
 _CATEGORY = {"ingest": "1 Ingest", "denoise": "2 Denoise", "segment": "3 Segmentation",
              "microstructure": "4 Microstructure", "cellsim": "5 Cell simulation", "degradation": "6 Degradation"}
+_flags = report_targets.flags  # `--key path` for the optional inputs present
 _REAL = dict(subcategory="{evaluation} (real cycling data)", input=_real)
+
+# The figures: one row, one rule (the key) running `batterytwin report <args> [--dpi] --out {output}`.
+# `args(wildcards, input)` gives the CLI arguments (a params function: the loop's variables are gone
+# when a job runs). Defaults: output results/{sample}/figures/<fig>.png, caption workflow/report/<fig>.rst,
+# category the stage's (_CATEGORY), subcategory {sample}, log logs/{sample}/<rule>.log, resources "report".
+# A row without `fig` (the OME-Zarr export) is a directory output, not part of the HTML report.
 REPORT_RULES = {
     "report_slices_ingest": dict(stage="ingest", fig="ingest_slices", label="orthogonal slices: raw CT",
-        input=_sample({"raw": "volume.zarr"}), params={"truth": _flags(["truth"])},
-        message="Figure: orthogonal slices of {wildcards.sample} (raw CT)",
-        cli="slices --raw {input.raw:q} {params.truth:q} --title {wildcards.sample:q}"),
+        input=_sample({"raw": "volume.zarr"}), message="Figure: orthogonal slices of {wildcards.sample} (raw CT)",
+        args=lambda w, input: ["slices", "--raw", input.raw, *_flags(input, ["truth"]), "--title", w.sample]),
     "report_nlm": dict(stage="denoise", fig="denoise_nlm", label="NLM before/after",
         input=_sample({"noisy": "volume.zarr", "denoised": "denoised.zarr", "metrics": "denoise.json"},
-                      truth=False, clean=True), params={"clean": _flags(["clean"])},
+                      truth=False, clean=True),
         message="Figure: NLM denoising of {wildcards.sample}",
-        cli="nlm --noisy {input.noisy:q} --denoised {input.denoised:q} {params.clean:q} --metrics {input.metrics:q}"),
+        args=lambda w, input: ["nlm", "--noisy", input.noisy, "--denoised", input.denoised, *_flags(input, ["clean"]),
+                               "--metrics", input.metrics]),
     "report_training": dict(stage="segment", fig="segment_training", label="training loss and Dice",
         output="results/figures/segment_training.png", subcategory="model", log="logs/report/segment_training.log",
         input=lambda w: {"metrics": "results/models/segment/metrics.json"},
-        message="Figure: segmentation training loss and per-class Dice", cli="training {input.metrics:q}"),
+        message="Figure: segmentation training loss and per-class Dice",
+        args=lambda w, input: ["training", input.metrics]),
     "report_slices_segment": dict(stage="segment", fig="segment_slices",
         label="orthogonal slices: raw, denoised, segmented",
         input=_sample({"raw": "volume.zarr", "labels": "labels.zarr"}, optional=_SEG_OPTIONAL),
-        params={"extra": _flags(["denoised", "truth", "uncertainty"])},
         message="Figure: orthogonal slices of {wildcards.sample} (raw, denoised, segmented)",
-        cli="slices --raw {input.raw:q} --labels {input.labels:q} {params.extra:q} --title {wildcards.sample:q}"),
+        args=lambda w, input: ["slices", "--raw", input.raw, "--labels", input.labels,
+                               *_flags(input, ["denoised", "truth", "uncertainty"]), "--title", w.sample]),
     "report_ome": dict(stage="segment", output="results/{sample}/ome/volume.ome.zarr", resources="report_ome",
-        input=_sample({"volume": "volume.zarr", "labels": "labels.zarr"}),
-        params={"truth": _flags(["truth"], "--labels"), "levels": REPORT["ome_levels"], "chunk": REPORT["ome_chunk"]},
+        input=_sample({"volume": "volume.zarr", "labels": "labels.zarr"}), params={"levels": REPORT["ome_levels"]},
         message="OME-Zarr export of {wildcards.sample} (volume + labels, {params.levels} extra levels)",
-        cli="ome --volume {input.volume:q} --labels segmentation={input.labels:q} {params.truth:q}"
-            " --levels {params.levels:q} --chunk {params.chunk:q}"),
+        args=lambda w, input: ["ome", "--volume", input.volume, "--labels", f"segmentation={input.labels}",
+                               *_flags(input, ["truth"], "--labels"), "--levels", REPORT["ome_levels"],
+                               "--chunk", REPORT["ome_chunk"]]),
     "report_tortuosity": dict(stage="microstructure", fig="microstructure_tortuosity",
         label="MSD curves and tortuosity",
         input=_sample({"microstructure": "microstructure.json", "msd": "msd.npz"}, truth=False),
-        message="Figure: tortuosity of {wildcards.sample}", cli="tortuosity {input.microstructure:q} --msd {input.msd:q}"),
+        message="Figure: tortuosity of {wildcards.sample}",
+        args=lambda w, input: ["tortuosity", input.microstructure, "--msd", input.msd]),
     "report_microstructure_table": dict(stage="microstructure", fig="microstructure_table",
         label="microstructure table", input=_sample({"microstructure": "microstructure.json"}, truth=False),
-        message="Figure: microstructure table of {wildcards.sample}", cli="microstructure {input.microstructure:q}"),
+        message="Figure: microstructure table of {wildcards.sample}",
+        args=lambda w, input: ["microstructure", input.microstructure]),
     "report_series": dict(stage="microstructure", fig="series_lithium", label="lithium growth over frames",
         output="results/figures/series_{series}_lithium.png", subcategory="{series} (time series)",
         log="logs/report/series_{series}.log",
         input=lambda w: [f"{sample_dir(s)}/microstructure.json" for s in _SERIES[w.series]],
-        params={"names": lambda w: _SERIES[w.series]},
-        message="Figure: lithium growth over the frames of {wildcards.series}", cli="series {input:q} --names {params.names:q}"),
+        message="Figure: lithium growth over the frames of {wildcards.series}",
+        args=lambda w, input: ["series", *input, "--names", *_SERIES[w.series]]),
     "report_voltage": dict(stage="cellsim", fig="cellsim_voltage", label="discharge voltage curves",
-        input=_sample({"sweep": "sweep.zarr"}, truth=False), params=_N_CONDITIONS,
-        message="Figure: PyBaMM voltage curves of {wildcards.sample}",
-        cli="voltage {input.sweep:q} --max-conditions {params.n:q}"),
+        input=_sample({"sweep": "sweep.zarr"}, truth=False), message="Figure: PyBaMM voltage curves of {wildcards.sample}",
+        args=lambda w, input: ["voltage", input.sweep, "--max-conditions", REPORT["max_conditions"]]),
     "report_fade": dict(stage="cellsim", fig="cellsim_fade", label="capacity fade",
-        input=_sample({"sweep": "sweep.zarr"}, truth=False), params=_N_CONDITIONS,
+        input=_sample({"sweep": "sweep.zarr"}, truth=False),
         message="Figure: capacity fade across the sweep of {wildcards.sample}",
-        cli="fade {input.sweep:q} --max-conditions {params.n:q}"),
-    "report_degradation": dict(stage="degradation", fig="degradation_predictions", label="SOH predictions with intervals",
-        input=_sample({"predictions": "degradation.zarr"}, truth=False), params=_N_CELLS,
+        args=lambda w, input: ["fade", input.sweep, "--max-conditions", REPORT["max_conditions"]]),
+    "report_degradation": dict(stage="degradation", fig="degradation_predictions",
+        label="SOH predictions with intervals", input=_sample({"predictions": "degradation.zarr"}, truth=False),
         message="Figure: degradation-model predictions for the sweep of {wildcards.sample}",
-        cli="degradation {input.predictions:q} --max-cells {params.n:q}"),
+        args=lambda w, input: ["degradation", input.predictions, "--max-cells", REPORT["max_cells"]]),
     "report_rul": dict(stage="degradation", fig="degradation_rul", label="predicted vs true life",
         input=_sample({"predictions": "degradation.zarr"}, truth=False),
         message="Figure: predicted vs true cycle life for the sweep of {wildcards.sample}",
-        cli="rul {input.predictions:q}"),
+        args=lambda w, input: ["rul", input.predictions]),
     "report_degradation_real": dict(stage="degradation", fig="degradation_predictions",
         label="SOH predictions with intervals", output="results/figures/degradation_real_{evaluation}_predictions.png",
-        log="logs/report/degradation_real_{evaluation}_predictions.log", params=_N_CELLS, **_REAL,
+        log="logs/report/degradation_real_{evaluation}_predictions.log", **_REAL,
         message="Figure: degradation-model predictions on real cycling data ({wildcards.evaluation})",
-        cli="degradation {input.predictions:q} --max-cells {params.n:q}"),
+        args=lambda w, input: ["degradation", input.predictions, "--max-cells", REPORT["max_cells"]]),
     "report_rul_real": dict(stage="degradation", fig="degradation_rul", label="predicted vs true life",
         output="results/figures/degradation_real_{evaluation}_rul.png",
         log="logs/report/degradation_real_{evaluation}_rul.log", **_REAL,
         message="Figure: predicted vs true cycle life on real cycling data ({wildcards.evaluation})",
-        cli="rul {input.predictions:q}"),
+        args=lambda w, input: ["rul", input.predictions]),
 }
 for _row in REPORT_RULES.values():
     _row.setdefault("output", f"results/{{sample}}/figures/{_row.get('fig')}.png")
@@ -128,8 +130,8 @@ for _name, _row in REPORT_RULES.items():
         output:
             _report_output(_row),
         params:
+            args=_report_args(_row),
             **_row.get("params", {}),
-            **({"dpi": REPORT["dpi"]} if "fig" in _row else {}),
         log:
             _row.get("log", f"logs/{{sample}}/{_name}.log"),
         message:
@@ -140,4 +142,4 @@ for _name, _row in REPORT_RULES.items():
         resources:
             **RES(_row.get("resources", "report")),
         shell:
-            _report_shell(_row)
+            "batterytwin report {params.args:q} --out {output:q} > {log:q} 2>&1"

@@ -7,11 +7,6 @@ def _sample(files, **kw):
     return lambda w: report_targets.sample_inputs(sample_dir(w.sample), files, is_synthetic(w.sample), **kw)
 
 
-def _flags(keys, label_prefix=None):
-    """A params function: `--key path` for each of ``keys`` among the job's inputs (optional inputs)."""
-    return lambda w, input: report_targets.flags(input, keys, label_prefix)
-
-
 def _real(w):
     return {"predictions": f"results/degradation_real/{w.evaluation}.zarr"}
 
@@ -28,7 +23,7 @@ def _report_output(row):
     )
 
 
-def _report_shell(row):
-    """`batterytwin report <cli> [--dpi] --out {output} > {log} 2>&1`: one CLI call a rule."""
-    dpi = " --dpi {params.dpi:q}" if "fig" in row else ""
-    return f"batterytwin report {row['cli']}{dpi} --out {{output:q}} > {{log:q}} 2>&1"
+def _report_args(row):
+    """The params function of a row: its CLI arguments, then `--dpi` for a figure."""
+    dpi = ["--dpi", REPORT["dpi"]] if "fig" in row else []
+    return lambda w, input: [*row["args"](w, input), *dpi]
