@@ -13,8 +13,7 @@ import pytest
 from batterytwin.cellsim import checkpoint
 from batterytwin.cellsim.design import make_design
 from batterytwin.cellsim.driver import simulate
-from batterytwin.cellsim.params import (bruggeman_from_tortuosity, build_parameter_values,
-                                        microstructure_substitutions)
+from batterytwin.cellsim.params import build_parameter_values, microstructure_substitutions
 from batterytwin.cellsim.runner import capacity_at_voltages, soh_percent
 from batterytwin.errors import InputError
 
@@ -66,15 +65,6 @@ SWEEP_CFG = {
 
 
 # -- pure parts ----------------------------------------------------------------------------------
-
-def test_bruggeman_definition():
-    eps, tau = 0.3, 2.5
-    b = bruggeman_from_tortuosity(eps, tau)
-    # D_eff / D = eps^b must equal eps / tau (TauFactor convention tau = eps D / D_eff)
-    assert math.isclose(eps ** b, eps / tau, rel_tol=1e-12)
-    with pytest.raises(InputError):
-        bruggeman_from_tortuosity(1.2, 2.0)
-
 
 def test_substitutions_recorded(tmp_path):
     ms = json.loads(write_microstructure(tmp_path / "m.json", eps=0.3, tau=2.0).read_text())

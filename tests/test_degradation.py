@@ -19,6 +19,7 @@ import pytest
 
 torch = pytest.importorskip("torch") if __name__ != "__main__" else __import__("torch")
 
+from batterytwin.contracts import SWEEP_SCHEMA  # noqa: E402
 from batterytwin.degradation import baselines, data, evaluate  # noqa: E402
 from batterytwin.degradation.data import CurveSet  # noqa: E402
 from batterytwin.errors import InputError  # noqa: E402
@@ -70,7 +71,7 @@ def write_sweep(path: Path, soh: np.ndarray, qv: np.ndarray, status: np.ndarray)
     import zarr
 
     g = zarr.open_group(str(path), mode="w", zarr_format=3,
-                        attributes={"producer": {"stage": "cellsim"}, "n_cycles": soh.shape[1],
+                        attributes={"schema": SWEEP_SCHEMA, "producer": {"stage": "cellsim"}, "n_cycles": soh.shape[1],
                                     "voltage_grid_V": list(np.linspace(4.2, 3.0, qv.shape[2])),
                                     "input_names": ["c_rate"]})
     for name, a in {"soh": soh, "qv_capacity_Ah": qv, "status": status.astype(np.int8),

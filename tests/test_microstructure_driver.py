@@ -176,13 +176,14 @@ def test_time_series_lithium_growth(tmp_path, cli):
 
 def test_bruggeman_is_null_when_eps_near_one():
     """b = 1 - ln(tau)/ln(eps) is ill-conditioned at eps -> 1: noise in tau must not become a b."""
+    from batterytwin.contracts import bruggeman
     from batterytwin.microstructure import driver
 
     eps, tau, tau_std = 0.995, 0.943, 0.017  # measured on the demo separator
-    b = driver._bruggeman(eps, tau)
+    b = bruggeman(eps, tau)
     b_std = tau_std / tau / -np.log(eps)
     assert "undetermined" in driver._undetermined_bruggeman(b, b_std, eps)
     # a cathode-like electrolyte fixes b well: kept
     eps, tau = 0.48, 1.37
-    assert driver._undetermined_bruggeman(driver._bruggeman(eps, tau), 0.03, eps) is None
+    assert driver._undetermined_bruggeman(bruggeman(eps, tau), 0.03, eps) is None
     assert "undetermined" in driver._undetermined_bruggeman(-0.2, 0.1, eps)  # b <= 0 is unphysical

@@ -340,3 +340,11 @@ def test_report_targets_follow_each_stage_samples():
     assert targets.sample_inputs("results/a", {"raw": "volume.zarr"}, synthetic=True, clean=True) == {
         "raw": "results/a/volume.zarr", "truth": "results/a/truth.zarr", "clean": "results/a/clean.zarr"}
     assert targets.sample_inputs("results/a", {"raw": "volume.zarr"}, synthetic=False) == {"raw": "results/a/volume.zarr"}
+    rules = {"r1": {"stage": "ingest", "output": "results/{sample}/f.png"},
+             "r2": {"stage": "degradation", "output": "results/{sample}/g.png"},
+             "r3": {"stage": "degradation", "output": "results/figures/real_{evaluation}.png"},
+             "r4": {"stage": "ingest", "output": "results/figures/model.png"}}
+    values = {"sample": {"ingest": ["a", "b"], "degradation": ["b"]}, "evaluation": ["m1", "m2"]}
+    assert targets.figure_targets(rules, values) == {
+        "ingest": ["results/a/f.png", "results/b/f.png", "results/figures/model.png"],
+        "degradation": ["results/b/g.png", "results/figures/real_m1.png", "results/figures/real_m2.png"]}

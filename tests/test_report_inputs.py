@@ -16,6 +16,7 @@ import zarr
 from scipy import ndimage
 
 from batterytwin import store
+from batterytwin.contracts import SWEEP_SCHEMA
 from batterytwin.ingest.phantom import CLASSES, make_phantom
 
 CLASS_ATTRS = {str(k): v for k, v in CLASSES.items()}
@@ -158,7 +159,7 @@ def write_sweep(path: Path, seed: int = 0, n_cycles: int = 12) -> dict[str, np.n
     frac = ((4.2 - grid) / 1.2) ** 0.8
     qv = capacity[:, :3, None] * frac[None, None, :]
     g = zarr.open_group(str(path), mode="w", zarr_format=3, attributes={
-        "producer": {"stage": "cellsim"}, "parameter_set": "Chen2020", "model": "SPMe",
+        "schema": SWEEP_SCHEMA, "producer": {"stage": "cellsim"}, "parameter_set": "Chen2020", "model": "SPMe",
         "input_names": ["C_rate", "temperature_K"], "varied_inputs": ["C_rate", "temperature_K"],
         "n_cycles": n_cycles, "n_early": 3, "voltage_grid_V": grid.tolist()})
     arrays = {"inputs": inputs, "status": status, "capacity_Ah": capacity, "soh": soh, "qv_capacity_Ah": qv,

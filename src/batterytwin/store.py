@@ -171,6 +171,36 @@ class Volume:
         return {int(k): v for k, v in self.attrs.get("classes", {}).items()}
 
 
+def open_group(path: os.PathLike | str, what: str = "store", *, mode: str = "r", validate: bool = True,
+               arrays: Sequence[str] = (), schema: str | None = None) -> zarr.Group:
+    """Open an earlier stage's zarr v3 store, or raise :class:`InputError` naming the problem.
+
+    Args:
+        what: the kind of store, in messages (``"sweep store"``).
+        arrays: arrays the reader needs. schema: the ``schema`` attribute required
+            (a ``batterytwin.contracts`` id); None: not checked.
+
+    Raises:
+        InputError: the path is missing, is an unfinished temporary store (when ``validate``), is not
+            a zarr v3 group, lacks one of ``arrays`` or carries another ``schema``.
+    """
+    p = Path(path)
+    if TMP_MARKER in p.name and validate:
+        raise InputError(f"{p}: this is an unfinished temporary store (its job did not complete)")
+    if not p.exists():
+        raise InputError(f"{p}: no such {what}")
+    try:
+        group = zarr.open_group(str(p), mode=mode, zarr_format=3)
+    except Exception as exc:  # zarr raises several types for a non-store directory
+        raise InputError(f"{p}: not a zarr v3 {what} ({type(exc).__name__}: {exc})") from None
+    missing = [a for a in arrays if a not in group]
+    if missing:
+        raise InputError(f"{p}: {what} lacks array(s) {', '.join(repr(a) for a in missing)}")
+    if schema is not None and group.attrs.get("schema") != schema:
+        raise InputError(f"{p}: schema is {group.attrs.get('schema')!r}, expected {schema!r}")
+    return group
+
+
 def open_volume(path: os.PathLike | str, *, mode: str = "r", validate: bool = True,
                 require: Sequence[str] = ("voxel_size_um", "producer")) -> Volume:
     """Open a volume store and check that it is complete, with clear errors when it is not.
@@ -180,14 +210,7 @@ def open_volume(path: os.PathLike | str, *, mode: str = "r", validate: bool = Tr
             group with array ``"0"``, or lacks a required attribute.
     """
     p = Path(path)
-    if TMP_MARKER in p.name and validate:
-        raise InputError(f"{p}: this is an unfinished temporary store (its job did not complete)")
-    if not p.exists():
-        raise InputError(f"{p}: no such store")
-    try:
-        group = zarr.open_group(str(p), mode=mode, zarr_format=3)
-    except Exception as exc:  # zarr raises several types for a non-store directory
-        raise InputError(f"{p}: not a zarr v3 store ({type(exc).__name__}: {exc})") from None
+    group = open_group(p, mode=mode, validate=validate)
     if ARRAY_NAME not in group:
         raise InputError(f"{p}: store has no array '{ARRAY_NAME}' (not a batterytwin volume)")
     attrs = dict(group.attrs)
@@ -243,33 +266,51 @@ def atomic_output(path: os.PathLike | str, world: World | None = None) -> Iterat
     world.barrier()
 
 
+def json_safe(obj: Any) -> Any:
+    """``obj`` as strict JSON values: non-finite floats -> None (JSON has no NaN/inf; a value that
+    cannot be measured is null), numpy scalars/arrays -> Python numbers/lists, tuples -> lists,
+    paths -> str. Use it for zarr attributes too; :func:`write_json` applies it.
+
+    Example: ``json_safe({"tau": np.float32("nan"), "axes": (1, np.int64(2))})`` -> ``{"tau": None, "axes": [1, 2]}``
+    """
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return json_safe(obj.tolist())
+    if isinstance(obj, np.generic):
+        return json_safe(obj.item())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
 def write_json(path: os.PathLike | str, obj: Any) -> None:
-    """Write JSON atomically (temporary file + rename). Call on one rank."""
+    """Write strict JSON (:func:`json_safe`: NaN/inf -> null) atomically (temporary file + rename).
+    Call on one rank."""
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temporary_name(final)
     with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=False, default=_json_default)
+        json.dump(json_safe(obj), f, indent=2, sort_keys=False, allow_nan=False)
         f.write("\n")
     os.replace(tmp, final)
 
 
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
-def read_json(path: os.PathLike | str, what: str = "JSON file") -> Any:
-    """Read a JSON output of an earlier stage, with a clear error when missing or corrupt."""
+def read_json(path: os.PathLike | str, what: str = "JSON file", schema: str | None = None) -> Any:
+    """Read a JSON output of an earlier stage, with a clear error when missing, corrupt or (with
+    ``schema``, a ``batterytwin.contracts`` id) not an object of that schema."""
     p = Path(path)
     if not p.exists():
         raise InputError(f"{p}: no such {what}")
     try:
-        return json.loads(p.read_text())
+        obj = json.loads(p.read_text())
     except json.JSONDecodeError as exc:
         raise InputError(f"{p}: not valid JSON ({exc})") from None
+    if schema is not None and (not isinstance(obj, dict) or obj.get("schema") != schema):
+        raise InputError(f"{p}: schema is {obj.get('schema') if isinstance(obj, dict) else None!r}, "
+                         f"expected {schema!r}")
+    return obj

@@ -23,425 +23,121 @@ _REPORT_SAMPLES = {
 }
 _SERIES = report_targets.series_frames(_REPORT_SAMPLES["microstructure"], SAMPLE_SPECS)
 
-REPORT_FIGURES = {
-    "ingest": expand("results/{sample}/figures/ingest_slices.png", sample=SAMPLES),
-    "denoise": expand("results/{sample}/figures/denoise_nlm.png", sample=_REPORT_SAMPLES["denoise"]),
-    "segment": ["results/figures/segment_training.png"]
-    + expand("results/{sample}/figures/segment_slices.png", sample=_REPORT_SAMPLES["segment"])
-    + expand("results/{sample}/ome/volume.ome.zarr", sample=_REPORT_SAMPLES["segment"]),
-    "microstructure": expand(
-        "results/{sample}/figures/{fig}.png",
-        sample=_REPORT_SAMPLES["microstructure"],
-        fig=["microstructure_tortuosity", "microstructure_table"],
-    )
-    + expand("results/figures/series_{series}_lithium.png", series=list(_SERIES)),
-    "cellsim": expand(
-        "results/{sample}/figures/{fig}.png",
-        sample=_REPORT_SAMPLES["cellsim"],
-        fig=["cellsim_voltage", "cellsim_fade"],
-    ),
-    "degradation": expand(
-        "results/{sample}/figures/{fig}.png",
-        sample=_REPORT_SAMPLES["degradation"],
-        fig=["degradation_predictions", "degradation_rul"],
-    )
-    + expand(
-        "results/figures/degradation_real_{evaluation}_{fig}.png",
-        evaluation=_DEG_REAL_EVALS,
-        fig=["predictions", "rul"],
-    ),
+
+include: "report_functions.smk"
+
+
+_SEG_OPTIONAL = {"denoised": "denoised.zarr"} if _SEG_INPUT == "denoised.zarr" else {}
+_SEG_OPTIONAL.update({"uncertainty": "uncertainty.zarr"} if _SEG_UNCERTAINTY else {})
+_CATEGORY = {"ingest": "1 Ingest", "denoise": "2 Denoise", "segment": "3 Segmentation",
+             "microstructure": "4 Microstructure", "cellsim": "5 Cell simulation", "degradation": "6 Degradation"}
+_flags = report_targets.flags  # `--key path` for the optional inputs present
+_REAL = dict(subcategory="{evaluation} (real cycling data)", input=_real)
+
+# The figures: one row, one rule (the key) running `batterytwin report <args> [--dpi] --out {output}`.
+# `args(wildcards, input)` gives the CLI arguments (a params function: the loop's variables are gone
+# when a job runs). Defaults: output results/{sample}/figures/<fig>.png, caption workflow/report/<fig>.rst,
+# category the stage's (_CATEGORY), subcategory {sample}, log logs/{sample}/<rule>.log, resources "report".
+# A row without `fig` (the OME-Zarr export) is a directory output, not part of the HTML report.
+REPORT_RULES = {
+    "report_slices_ingest": dict(stage="ingest", fig="ingest_slices", label="orthogonal slices: raw CT",
+        input=_sample({"raw": "volume.zarr"}), message="Figure: orthogonal slices of {wildcards.sample} (raw CT)",
+        args=lambda w, input: ["slices", "--raw", input.raw, *_flags(input, ["truth"]), "--title", w.sample]),
+    "report_nlm": dict(stage="denoise", fig="denoise_nlm", label="NLM before/after",
+        input=_sample({"noisy": "volume.zarr", "denoised": "denoised.zarr", "metrics": "denoise.json"},
+                      truth=False, clean=True),
+        message="Figure: NLM denoising of {wildcards.sample}",
+        args=lambda w, input: ["nlm", "--noisy", input.noisy, "--denoised", input.denoised, *_flags(input, ["clean"]),
+                               "--metrics", input.metrics]),
+    "report_training": dict(stage="segment", fig="segment_training", label="training loss and Dice",
+        output="results/figures/segment_training.png", subcategory="model", log="logs/report/segment_training.log",
+        input=lambda w: {"metrics": "results/models/segment/metrics.json"},
+        message="Figure: segmentation training loss and per-class Dice",
+        args=lambda w, input: ["training", input.metrics]),
+    "report_slices_segment": dict(stage="segment", fig="segment_slices",
+        label="orthogonal slices: raw, denoised, segmented",
+        input=_sample({"raw": "volume.zarr", "labels": "labels.zarr"}, optional=_SEG_OPTIONAL),
+        message="Figure: orthogonal slices of {wildcards.sample} (raw, denoised, segmented)",
+        args=lambda w, input: ["slices", "--raw", input.raw, "--labels", input.labels,
+                               *_flags(input, ["denoised", "truth", "uncertainty"]), "--title", w.sample]),
+    "report_ome": dict(stage="segment", output="results/{sample}/ome/volume.ome.zarr", resources="report_ome",
+        input=_sample({"volume": "volume.zarr", "labels": "labels.zarr"}), params={"levels": REPORT["ome_levels"]},
+        message="OME-Zarr export of {wildcards.sample} (volume + labels, {params.levels} extra levels)",
+        args=lambda w, input: ["ome", "--volume", input.volume, "--labels", f"segmentation={input.labels}",
+                               *_flags(input, ["truth"], "--labels"), "--levels", REPORT["ome_levels"],
+                               "--chunk", REPORT["ome_chunk"]]),
+    "report_tortuosity": dict(stage="microstructure", fig="microstructure_tortuosity",
+        label="MSD curves and tortuosity",
+        input=_sample({"microstructure": "microstructure.json", "msd": "msd.npz"}, truth=False),
+        message="Figure: tortuosity of {wildcards.sample}",
+        args=lambda w, input: ["tortuosity", input.microstructure, "--msd", input.msd]),
+    "report_microstructure_table": dict(stage="microstructure", fig="microstructure_table",
+        label="microstructure table", input=_sample({"microstructure": "microstructure.json"}, truth=False),
+        message="Figure: microstructure table of {wildcards.sample}",
+        args=lambda w, input: ["microstructure", input.microstructure]),
+    "report_series": dict(stage="microstructure", fig="series_lithium", label="lithium growth over frames",
+        output="results/figures/series_{series}_lithium.png", subcategory="{series} (time series)",
+        log="logs/report/series_{series}.log",
+        input=lambda w: [f"{sample_dir(s)}/microstructure.json" for s in _SERIES[w.series]],
+        message="Figure: lithium growth over the frames of {wildcards.series}",
+        args=lambda w, input: ["series", *input, "--names", *_SERIES[w.series]]),
+    "report_voltage": dict(stage="cellsim", fig="cellsim_voltage", label="discharge voltage curves",
+        input=_sample({"sweep": "sweep.zarr"}, truth=False), message="Figure: PyBaMM voltage curves of {wildcards.sample}",
+        args=lambda w, input: ["voltage", input.sweep, "--max-conditions", REPORT["max_conditions"]]),
+    "report_fade": dict(stage="cellsim", fig="cellsim_fade", label="capacity fade",
+        input=_sample({"sweep": "sweep.zarr"}, truth=False),
+        message="Figure: capacity fade across the sweep of {wildcards.sample}",
+        args=lambda w, input: ["fade", input.sweep, "--max-conditions", REPORT["max_conditions"]]),
+    "report_degradation": dict(stage="degradation", fig="degradation_predictions",
+        label="SOH predictions with intervals", input=_sample({"predictions": "degradation.zarr"}, truth=False),
+        message="Figure: degradation-model predictions for the sweep of {wildcards.sample}",
+        args=lambda w, input: ["degradation", input.predictions, "--max-cells", REPORT["max_cells"]]),
+    "report_rul": dict(stage="degradation", fig="degradation_rul", label="predicted vs true life",
+        input=_sample({"predictions": "degradation.zarr"}, truth=False),
+        message="Figure: predicted vs true cycle life for the sweep of {wildcards.sample}",
+        args=lambda w, input: ["rul", input.predictions]),
+    "report_degradation_real": dict(stage="degradation", fig="degradation_predictions",
+        label="SOH predictions with intervals", output="results/figures/degradation_real_{evaluation}_predictions.png",
+        log="logs/report/degradation_real_{evaluation}_predictions.log", **_REAL,
+        message="Figure: degradation-model predictions on real cycling data ({wildcards.evaluation})",
+        args=lambda w, input: ["degradation", input.predictions, "--max-cells", REPORT["max_cells"]]),
+    "report_rul_real": dict(stage="degradation", fig="degradation_rul", label="predicted vs true life",
+        output="results/figures/degradation_real_{evaluation}_rul.png",
+        log="logs/report/degradation_real_{evaluation}_rul.log", **_REAL,
+        message="Figure: predicted vs true cycle life on real cycling data ({wildcards.evaluation})",
+        args=lambda w, input: ["rul", input.predictions]),
 }
+for _row in REPORT_RULES.values():
+    _row.setdefault("output", f"results/{{sample}}/figures/{_row.get('fig')}.png")
+
+# For `rule all`: every row's output over the samples its stage processes (the series, the evaluations)
+REPORT_FIGURES = report_targets.figure_targets(
+    REPORT_RULES,
+    {"sample": dict(_REPORT_SAMPLES, ingest=SAMPLES), "series": list(_SERIES), "evaluation": _DEG_REAL_EVALS},
+)
 REPORT_TARGETS = lambda *stages: report_targets.flatten(REPORT_FIGURES, stages)
 
 
-rule report_slices_ingest:
-    input:
-        unpack(
-            lambda w: report_targets.sample_inputs(
-                sample_dir(w.sample), {"raw": "volume.zarr"}, is_synthetic(w.sample)
-            )
-        ),
-    output:
-        report(
-            "results/{sample}/figures/ingest_slices.png",
-            caption="../report/ingest_slices.rst",
-            category="1 Ingest",
-            subcategory="{sample}",
-            labels={"figure": "orthogonal slices: raw CT"},
-        ),
-    params:
-        truth=lambda w, input: report_targets.flags(input, ["truth"]),
-        dpi=REPORT["dpi"],
-    log:
-        "logs/{sample}/report_slices_ingest.log",
-    message:
-        "Figure: orthogonal slices of {wildcards.sample} (raw CT)"
-    conda:
-        "../../envs/cpu.yaml"
-    threads: THREADS("report")
-    resources:
-        **RES("report"),
-    shell:
-        "batterytwin report slices --raw {input.raw:q} {params.truth:q} --title {wildcards.sample:q}"
-        " --dpi {params.dpi:q} --out {output:q} > {log:q} 2>&1"
+for _name, _row in REPORT_RULES.items():
 
-
-rule report_nlm:
-    input:
-        unpack(
-            lambda w: report_targets.sample_inputs(
-                sample_dir(w.sample),
-                {"noisy": "volume.zarr", "denoised": "denoised.zarr", "metrics": "denoise.json"},
-                is_synthetic(w.sample),
-                truth=False,
-                clean=True,
-            )
-        ),
-    output:
-        report(
-            "results/{sample}/figures/denoise_nlm.png",
-            caption="../report/denoise_nlm.rst",
-            category="2 Denoise",
-            subcategory="{sample}",
-            labels={"figure": "NLM before/after"},
-        ),
-    params:
-        clean=lambda w, input: report_targets.flags(input, ["clean"]),
-        dpi=REPORT["dpi"],
-    log:
-        "logs/{sample}/report_nlm.log",
-    message:
-        "Figure: NLM denoising of {wildcards.sample}"
-    conda:
-        "../../envs/cpu.yaml"
-    threads: THREADS("report")
-    resources:
-        **RES("report"),
-    shell:
-        "batterytwin report nlm --noisy {input.noisy:q} --denoised {input.denoised:q} {params.clean:q}"
-        " --metrics {input.metrics:q} --dpi {params.dpi:q} --out {output:q} > {log:q} 2>&1"
-
-
-rule report_slices_segment:
-    input:
-        unpack(
-            lambda w: report_targets.sample_inputs(
-                sample_dir(w.sample),
-                {"raw": "volume.zarr", "labels": "labels.zarr"},
-                is_synthetic(w.sample),
-                optional={
-                    k: v
-                    for k, v, use in (
-                        ("denoised", "denoised.zarr", _SEG_INPUT == "denoised.zarr"),
-                        ("uncertainty", "uncertainty.zarr", _SEG_UNCERTAINTY),
-                    )
-                    if use
-                },
-            )
-        ),
-    output:
-        report(
-            "results/{sample}/figures/segment_slices.png",
-            caption="../report/segment_slices.rst",
-            category="3 Segmentation",
-            subcategory="{sample}",
-            labels={"figure": "orthogonal slices: raw, denoised, segmented"},
-        ),
-    params:
-        extra=lambda w, input: report_targets.flags(input, ["denoised", "truth", "uncertainty"]),
-        dpi=REPORT["dpi"],
-    log:
-        "logs/{sample}/report_slices_segment.log",
-    message:
-        "Figure: orthogonal slices of {wildcards.sample} (raw, denoised, segmented)"
-    conda:
-        "../../envs/cpu.yaml"
-    threads: THREADS("report")
-    resources:
-        **RES("report"),
-    shell:
-        "batterytwin report slices --raw {input.raw:q} --labels {input.labels:q} {params.extra:q}"
-        " --title {wildcards.sample:q} --dpi {params.dpi:q} --out {output:q} > {log:q} 2>&1"
-
-
-rule report_training:
-    input:
-        metrics="results/models/segment/metrics.json",
-    output:
-        report(
-            "results/figures/segment_training.png",
-            caption="../report/segment_training.rst",
-            category="3 Segmentation",
-            subcategory="model",
-            labels={"figure": "training loss and Dice"},
-        ),
-    params:
-        dpi=REPORT["dpi"],
-    log:
-        "logs/report/segment_training.log",
-    message:
-        "Figure: segmentation training loss and per-class Dice"
-    conda:
-        "../../envs/cpu.yaml"
-    threads: THREADS("report")
-    resources:
-        **RES("report"),
-    shell:
-        "batterytwin report training {input.metrics:q} --dpi {params.dpi:q} --out {output:q} > {log:q} 2>&1"
-
-
-rule report_ome:
-    input:
-        unpack(
-            lambda w: report_targets.sample_inputs(
-                sample_dir(w.sample), {"volume": "volume.zarr", "labels": "labels.zarr"}, is_synthetic(w.sample)
-            )
-        ),
-    output:
-        directory("results/{sample}/ome/volume.ome.zarr"),
-    params:
-        truth=lambda w, input: report_targets.flags(input, ["truth"], label_prefix="--labels"),
-        levels=REPORT["ome_levels"],
-        chunk=REPORT["ome_chunk"],
-    log:
-        "logs/{sample}/report_ome.log",
-    message:
-        "OME-Zarr export of {wildcards.sample} (volume + labels, {params.levels} extra levels)"
-    conda:
-        "../../envs/cpu.yaml"
-    threads: THREADS("report_ome")
-    resources:
-        **RES("report_ome"),
-    shell:
-        "batterytwin report ome --volume {input.volume:q} --labels segmentation={input.labels:q} {params.truth:q}"
-        " --levels {params.levels:q} --chunk {params.chunk:q} --out {output:q} > {log:q} 2>&1"
-
-
-rule report_tortuosity:
-    input:
-        microstructure="results/{sample}/microstructure.json",
-        msd="results/{sample}/msd.npz",
-    output:
-        report(
-            "results/{sample}/figures/microstructure_tortuosity.png",
-            caption="../report/microstructure_tortuosity.rst",
-            category="4 Microstructure",
-            subcategory="{sample}",
-            labels={"figure": "MSD curves and tortuosity"},
-        ),
-    params:
-        dpi=REPORT["dpi"],
-    log:
-        "logs/{sample}/report_tortuosity.log",
-    message:
-        "Figure: tortuosity of {wildcards.sample}"
-    conda:
-        "../../envs/cpu.yaml"
-    threads: THREADS("report")
-    resources:
-        **RES("report"),
-    shell:
-        "batterytwin report tortuosity {input.microstructure:q} --msd {input.msd:q}"
-        " --dpi {params.dpi:q} --out {output:q} > {log:q} 2>&1"
-
-
-rule report_microstructure_table:
-    input:
-        microstructure="results/{sample}/microstructure.json",
-    output:
-        report(
-            "results/{sample}/figures/microstructure_table.png",
-            caption="../report/microstructure_table.rst",
-            category="4 Microstructure",
-            subcategory="{sample}",
-            labels={"figure": "microstructure table"},
-        ),
-    params:
-        dpi=REPORT["dpi"],
-    log:
-        "logs/{sample}/report_microstructure_table.log",
-    message:
-        "Figure: microstructure table of {wildcards.sample}"
-    conda:
-        "../../envs/cpu.yaml"
-    threads: THREADS("report")
-    resources:
-        **RES("report"),
-    shell:
-        "batterytwin report microstructure {input.microstructure:q}"
-        " --dpi {params.dpi:q} --out {output:q} > {log:q} 2>&1"
-
-
-rule report_series:
-    input:
-        lambda wildcards: [f"{sample_dir(s)}/microstructure.json" for s in _SERIES[wildcards.series]],
-    output:
-        report(
-            "results/figures/series_{series}_lithium.png",
-            caption="../report/series_lithium.rst",
-            category="4 Microstructure",
-            subcategory="{series} (time series)",
-            labels={"figure": "lithium growth over frames"},
-        ),
-    params:
-        names=lambda wildcards: _SERIES[wildcards.series],
-        dpi=REPORT["dpi"],
-    log:
-        "logs/report/series_{series}.log",
-    message:
-        "Figure: lithium growth over the frames of {wildcards.series}"
-    conda:
-        "../../envs/cpu.yaml"
-    threads: THREADS("report")
-    resources:
-        **RES("report"),
-    shell:
-        "batterytwin report series {input:q} --names {params.names:q}"
-        " --dpi {params.dpi:q} --out {output:q} > {log:q} 2>&1"
-
-
-rule report_voltage:
-    input:
-        sweep="results/{sample}/sweep.zarr",
-    output:
-        report(
-            "results/{sample}/figures/cellsim_voltage.png",
-            caption="../report/cellsim_voltage.rst",
-            category="5 Cell simulation",
-            subcategory="{sample}",
-            labels={"figure": "discharge voltage curves"},
-        ),
-    params:
-        n=REPORT["max_conditions"],
-        dpi=REPORT["dpi"],
-    log:
-        "logs/{sample}/report_voltage.log",
-    message:
-        "Figure: PyBaMM voltage curves of {wildcards.sample}"
-    conda:
-        "../../envs/cpu.yaml"
-    threads: THREADS("report")
-    resources:
-        **RES("report"),
-    shell:
-        "batterytwin report voltage {input.sweep:q} --max-conditions {params.n:q}"
-        " --dpi {params.dpi:q} --out {output:q} > {log:q} 2>&1"
-
-
-rule report_fade:
-    input:
-        sweep="results/{sample}/sweep.zarr",
-    output:
-        report(
-            "results/{sample}/figures/cellsim_fade.png",
-            caption="../report/cellsim_fade.rst",
-            category="5 Cell simulation",
-            subcategory="{sample}",
-            labels={"figure": "capacity fade"},
-        ),
-    params:
-        n=REPORT["max_conditions"],
-        dpi=REPORT["dpi"],
-    log:
-        "logs/{sample}/report_fade.log",
-    message:
-        "Figure: capacity fade across the sweep of {wildcards.sample}"
-    conda:
-        "../../envs/cpu.yaml"
-    threads: THREADS("report")
-    resources:
-        **RES("report"),
-    shell:
-        "batterytwin report fade {input.sweep:q} --max-conditions {params.n:q}"
-        " --dpi {params.dpi:q} --out {output:q} > {log:q} 2>&1"
-
-
-rule report_degradation:
-    input:
-        predictions="results/{sample}/degradation.zarr",
-    output:
-        report(
-            "results/{sample}/figures/degradation_predictions.png",
-            caption="../report/degradation_predictions.rst",
-            category="6 Degradation",
-            subcategory="{sample}",
-            labels={"figure": "SOH predictions with intervals"},
-        ),
-    params:
-        n=REPORT["max_cells"],
-        dpi=REPORT["dpi"],
-    log:
-        "logs/{sample}/report_degradation.log",
-    message:
-        "Figure: degradation-model predictions for the sweep of {wildcards.sample}"
-    conda:
-        "../../envs/cpu.yaml"
-    threads: THREADS("report")
-    resources:
-        **RES("report"),
-    shell:
-        "batterytwin report degradation {input.predictions:q} --max-cells {params.n:q}"
-        " --dpi {params.dpi:q} --out {output:q} > {log:q} 2>&1"
-
-
-rule report_rul:
-    input:
-        predictions="results/{sample}/degradation.zarr",
-    output:
-        report(
-            "results/{sample}/figures/degradation_rul.png",
-            caption="../report/degradation_rul.rst",
-            category="6 Degradation",
-            subcategory="{sample}",
-            labels={"figure": "predicted vs true life"},
-        ),
-    params:
-        dpi=REPORT["dpi"],
-    log:
-        "logs/{sample}/report_rul.log",
-    message:
-        "Figure: predicted vs true cycle life for the sweep of {wildcards.sample}"
-    conda:
-        "../../envs/cpu.yaml"
-    threads: THREADS("report")
-    resources:
-        **RES("report"),
-    shell:
-        "batterytwin report rul {input.predictions:q} --dpi {params.dpi:q} --out {output:q} > {log:q} 2>&1"
-
-
-rule report_degradation_real:
-    input:
-        predictions="results/degradation_real/{evaluation}.zarr",
-    output:
-        predictions=report(
-            "results/figures/degradation_real_{evaluation}_predictions.png",
-            caption="../report/degradation_predictions.rst",
-            category="6 Degradation",
-            subcategory="{evaluation} (real cycling data)",
-            labels={"figure": "SOH predictions with intervals"},
-        ),
-        rul=report(
-            "results/figures/degradation_real_{evaluation}_rul.png",
-            caption="../report/degradation_rul.rst",
-            category="6 Degradation",
-            subcategory="{evaluation} (real cycling data)",
-            labels={"figure": "predicted vs true life"},
-        ),
-    params:
-        n=REPORT["max_cells"],
-        dpi=REPORT["dpi"],
-    log:
-        "logs/report/degradation_real_{evaluation}.log",
-    message:
-        "Figures: degradation-model predictions on real cycling data ({wildcards.evaluation})"
-    conda:
-        "../../envs/cpu.yaml"
-    threads: THREADS("report")
-    resources:
-        **RES("report"),
-    shell:
-        "(batterytwin report degradation {input.predictions:q} --max-cells {params.n:q}"
-        " --dpi {params.dpi:q} --out {output.predictions:q}"
-        " && batterytwin report rul {input.predictions:q} --dpi {params.dpi:q} --out {output.rul:q})"
-        " > {log:q} 2>&1"
+    rule:
+        name:
+            _name
+        input:
+            unpack(_row["input"]),
+        output:
+            _report_output(_row),
+        params:
+            args=_report_args(_row),
+            **_row.get("params", {}),
+        log:
+            _row.get("log", f"logs/{{sample}}/{_name}.log"),
+        message:
+            _row["message"]
+        conda:
+            "../../envs/cpu.yaml"
+        threads: THREADS(_row.get("resources", "report"))
+        resources:
+            **RES(_row.get("resources", "report")),
+        shell:
+            "batterytwin report {params.args:q} --out {output:q} > {log:q} 2>&1"

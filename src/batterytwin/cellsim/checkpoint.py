@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from .runner import STATUS_TIME_LIMIT, ConditionResult
+from ..contracts import STATUS_TIME_LIMIT
+from .runner import ConditionResult
 
 
 def condition_key(names: list[str], values: np.ndarray) -> str:

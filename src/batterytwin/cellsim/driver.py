@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..config import validate_settings
+from ..contracts import STATUS_NAMES, STATUS_OK, SWEEP_SCHEMA
 from ..distributed import World, get_world
 from ..errors import InputError
 from ..store import atomic_output, params_sha256, provenance, write_json
@@ -32,14 +33,12 @@ from .config import CellsimConfig
 from .params import (Substitution, add_lithium_metal_counter_electrode, build_parameter_values,
                      charge_half_cell, check_parameter_name, microstructure_substitutions,
                      read_microstructure)
-from .runner import (STATUS_FAILED, STATUS_OK, STATUS_TIME_LIMIT, CellRunConfig, CellRunner,
-                     soh_percent)
+from .runner import CellRunConfig, CellRunner, soh_percent
 
 log = logging.getLogger(__name__)
 
-SCHEMA = "batterytwin.sweep/1"
 LITHIUM_METAL_CLASSES = ("lithium_metal", "lithium", "li_metal")
-STATUS_NAMES = {STATUS_OK: "ok", STATUS_FAILED: "failed", STATUS_TIME_LIMIT: "time_limit"}
+
 
 def resolve_config(config: dict[str, Any] | None) -> dict[str, Any]:
     """The user's ``cellsim`` section validated and completed (:class:`~.config.CellsimConfig`)."""
@@ -245,7 +244,7 @@ def _assemble(tmp: Path, paths, design: Design, applied, cfg, run_cfg: CellRunCo
     substitutions = {s.name: {"value": _value(s.new), "from": s.source, "old": s.old} for s in applied}
     prov = provenance("cellsim", cfg)
     attrs = {
-        **prov, "schema": SCHEMA, "parameter_set": cfg["parameter_set"], "model": cfg["model"],
+        **prov, "schema": SWEEP_SCHEMA, "parameter_set": cfg["parameter_set"], "model": cfg["model"],
         "model_options": run_cfg.options, **cell, "input_names": design.names,
         "varied_inputs": design.varied, "substitutions": substitutions, "n_cycles": n_cyc,
         "n_early": n_early, "voltage_grid_V": [float(v) for v in run_cfg.voltage_grid],
@@ -269,7 +268,7 @@ def _assemble(tmp: Path, paths, design: Design, applied, cfg, run_cfg: CellRunCo
                                  dimension_names=dims)
         arr[...] = data
     counts = {v: int(np.sum(status == k)) for k, v in STATUS_NAMES.items()}
-    return {"schema": SCHEMA, "producer": prov["producer"], "created": prov["created"],
+    return {"schema": SWEEP_SCHEMA, "producer": prov["producer"], "created": prov["created"],
             "parameter_set": cfg["parameter_set"], "model": cfg["model"],
             "model_options": run_cfg.options, **cell, "input_names": design.names, "n_conditions": n, "counts": counts,
             "substitutions": substitutions, "conditions": conditions}

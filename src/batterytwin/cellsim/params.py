@@ -23,13 +23,11 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from ..contracts import MICROSTRUCTURE_SCHEMA, bruggeman, read_json
 from ..errors import InputError
-from ..store import read_json
 from .config import TRANSPORTS
 
 log = logging.getLogger(__name__)
-
-MICROSTRUCTURE_SCHEMA = "batterytwin.microstructure/1"
 
 # (json key in cell.<region>, PyBaMM name, divisor to SI); bruggeman is handled separately.
 _POSITIVE = (
@@ -82,18 +80,6 @@ class Substitution:
         d["from"] = d.pop("source")
         d["value"] = d.pop("new")
         return d
-
-
-def bruggeman_from_tortuosity(eps: float, tau: float) -> float:
-    """Bruggeman exponent b with ``eps^(b-1) = 1/tau``: ``b = 1 - ln(tau)/ln(eps)``.
-
-    Args:
-        eps: volume fraction of the conducting phase, in (0, 1).
-        tau: tortuosity factor (TauFactor convention, tau = eps D / D_eff), >= 1 in practice.
-    """
-    if not (0.0 < eps < 1.0) or not (tau > 0.0):
-        raise InputError(f"bruggeman: need 0 < eps < 1 and tau > 0, got eps={eps}, tau={tau}")
-    return 1.0 - math.log(tau) / math.log(eps)
 
 
 def tortuosity_from_bruggeman(phi: float, b: float) -> float:
@@ -155,10 +141,7 @@ def add_tortuosity_equivalents(pv, names=None) -> list[Substitution]:
 
 def read_microstructure(path: str) -> dict[str, Any]:
     """Read ``microstructure.json`` and check its schema and ``cell`` block."""
-    ms = read_json(path, "microstructure file")
-    if not isinstance(ms, dict) or ms.get("schema") != MICROSTRUCTURE_SCHEMA:
-        raise InputError(f"{path}: schema is {ms.get('schema') if isinstance(ms, dict) else None!r}, "
-                         f"expected {MICROSTRUCTURE_SCHEMA!r}")
+    ms = read_json(path, "microstructure file", schema=MICROSTRUCTURE_SCHEMA)
     if not isinstance(ms.get("cell"), dict):
         raise InputError(f"{path}: no 'cell' block (the microstructure stage writes it)")
     return ms
@@ -224,8 +207,10 @@ def microstructure_substitutions(ms: dict[str, Any], path: str = "microstructure
             eps = _number(block.get("electrolyte_volume_fraction"), f"{path}: cell.{region}")
             tau = _number(block.get("tortuosity_electrolyte"), f"{path}: cell.{region}.tortuosity_electrolyte")
             if eps is not None and tau is not None:
-                b = bruggeman_from_tortuosity(eps, tau)
+                b = bruggeman(eps, tau)
                 source = f"{path}: 1 - ln(tau)/ln(eps) from cell.{region}.tortuosity_electrolyte and electrolyte_volume_fraction"
+                if b is None:
+                    raise InputError(f"{source}: need 0 < eps < 1 and tau > 0, got eps={eps}, tau={tau}")
         if b is not None:
             if not 0.0 < b < 50.0:
                 raise InputError(f"{source}: Bruggeman exponent {b} is outside (0, 50)")

@@ -34,12 +34,12 @@ from typing import Any
 
 import numpy as np
 
+from ..contracts import STATUS_FAILED, STATUS_OK, STATUS_TIME_LIMIT
 from ..errors import InputError
 from .config import MODELS
 
 log = logging.getLogger(__name__)
 
-STATUS_OK, STATUS_FAILED, STATUS_TIME_LIMIT = 1, 2, 3
 T_INPUT = "Ambient temperature input [K]"
 OUTPUT_VARIABLES = ["Battery voltage [V]", "Discharge capacity [A.h]", "Throughput capacity [A.h]"]
 

@@ -27,6 +27,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..contracts import STATUS_OK, SWEEP_SCHEMA, open_group
 from ..errors import InputError
 
 EOL_RULES = ("end_of_record", "threshold")
@@ -172,7 +173,7 @@ def resample_curve(cycles: np.ndarray, soh: np.ndarray, curve_length: int,
 
 
 def load_sweep(path: os.PathLike | str, curve_length: int = 256, cycles_per_point: int = 10,
-               base_row: int = 0, statuses: Sequence[int] = (1,)) -> CurveSet:
+               base_row: int = 0, statuses: Sequence[int] = (STATUS_OK,)) -> CurveSet:
     """Curves and capacity matrices of the conditions of a cellsim ``sweep.zarr``.
 
     Uses ``soh`` [n, n_cycles] and ``qv_capacity_Ah`` [n, n_early, n_v]; the capacity matrix is
@@ -182,18 +183,8 @@ def load_sweep(path: os.PathLike | str, curve_length: int = 256, cycles_per_poin
     Returns:
         CurveSet (``eol_rule="threshold"``; names ``"cond<i>"``).
     """
-    import zarr
-
     p = Path(path)
-    if not p.exists():
-        raise InputError(f"{p}: no such sweep store")
-    try:
-        g = zarr.open_group(str(p), mode="r", zarr_format=3)
-    except Exception as exc:  # zarr raises several types for a non-store directory
-        raise InputError(f"{p}: not a zarr v3 store ({type(exc).__name__}: {exc})") from None
-    for key in ("soh", "qv_capacity_Ah", "status"):
-        if key not in g:
-            raise InputError(f"{p}: sweep store has no array '{key}' (written by cellsim?)")
+    g = open_group(p, "sweep store", arrays=("soh", "qv_capacity_Ah", "status"), schema=SWEEP_SCHEMA)
     soh_all = np.asarray(g["soh"][...], dtype=np.float64)
     qv = np.asarray(g["qv_capacity_Ah"][...], dtype=np.float64)
     status = np.asarray(g["status"][...])

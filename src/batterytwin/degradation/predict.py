@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..contracts import json_safe
 from ..distributed import World, get_world
 from ..store import atomic_output, provenance, write_json
 from .baselines import ForestModel, VarianceModel
@@ -235,26 +236,8 @@ def run_prediction(model_path: Path, cs: CurveSet, out: Path, metrics_path: Path
              "cycles_per_point": int(cs.cycles_per_point), "threshold_percent": st.threshold,
              "interval_level": st.level, "sampler": st.__dict__, "cell_names": list(cs.names),
              "metrics": metrics}
-    write_store(out, arrays, _jsonable(attrs), world)
+    write_store(out, arrays, json_safe(attrs), world)
     if metrics_path is not None and world.is_root:
-        write_json(metrics_path, _jsonable(metrics))  # NaN (nothing to score) -> null: strict JSON
+        write_json(metrics_path, metrics)  # NaN (nothing to score) -> null: strict JSON
     world.barrier()
     return metrics
-
-
-def _jsonable(obj: Any) -> Any:
-    import json
-    import math
-
-    def fix(o):
-        if isinstance(o, float) and not math.isfinite(o):
-            return None
-        if isinstance(o, dict):
-            return {k: fix(v) for k, v in o.items()}
-        if isinstance(o, (list, tuple)):
-            return [fix(v) for v in o]
-        if isinstance(o, np.generic):
-            return fix(o.item())
-        return o
-
-    return json.loads(json.dumps(fix(obj), default=str))

@@ -17,10 +17,11 @@ import numpy as np
 import zarr
 
 from .. import store
+from ..contracts import CLASSES, IGNORE_LABEL
 from ..distributed import World, get_world
 from ..errors import InputError
 from ..progress import progress
-from .phantom import CLASSES, IGNORE_LABEL, CellGeometry, PhantomParams, render_region
+from .phantom import CellGeometry, PhantomParams, render_region
 
 log = logging.getLogger(__name__)
 

@@ -28,17 +28,9 @@ from typing import Any, Sequence
 import numpy as np
 from scipy import ndimage, stats
 
+from ..contracts import CLASSES
 from ..errors import InputError
 
-CLASSES = {
-    0: "pore",
-    1: "solid_electrolyte",
-    2: "lithium_metal",
-    3: "cathode_active",
-    4: "redeposited_lithium",
-    5: "current_collector",
-}
-IGNORE_LABEL = 255
 PORE, ELECTROLYTE, LITHIUM, CATHODE, REDEPOSITED, COLLECTOR = range(6)
 # Relative linear attenuation: lithium is nearly as transparent as void in X-ray CT, which is what
 # makes it hard to segment; redeposited (mossy) lithium carries electrolyte debris, a little denser.

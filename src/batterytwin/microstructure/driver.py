@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ..contracts import MICROSTRUCTURE_SCHEMA, bruggeman, json_safe
 from ..distributed import World, get_world
 from ..errors import InputError
 from ..store import atomic_output, open_volume, provenance, read_json, write_json
@@ -27,7 +28,6 @@ from .clusters import AXES, phase_clusters
 from .tortuosity import WalkParams, walk_tortuosity
 
 log = logging.getLogger(__name__)
-SCHEMA = "batterytwin.microstructure/1"
 
 
 @dataclass
@@ -60,13 +60,6 @@ class MicrostructureParams:
 
 # A Bruggeman exponent less certain than this is reported as null (cellsim then keeps its default).
 BRUGGEMAN_MAX_STD = 0.5
-
-
-def _bruggeman(eps: float | None, tau: float | None) -> float | None:
-    """b with D_eff = eps^b D: 1 - ln(tau) / ln(eps); None when undefined (eps = 1 or no tau)."""
-    if eps is None or tau is None or not 0 < eps < 1 or tau <= 0:
-        return None
-    return 1.0 - math.log(tau) / math.log(eps)
 
 
 def _undetermined_bruggeman(b: float | None, b_std: float | None, eps: float) -> str | None:
@@ -125,7 +118,7 @@ def _cell_block(labels, ids, p: MicrostructureParams, vs, world, ck, msd) -> dic
         tau = tort["axes"]["z"]["tau"] if tort else None
         rec["tortuosity_electrolyte"] = tau
         rec["tortuosity_electrolyte_std"] = tort["axes"]["z"]["tau_std"] if tort else None
-        rec["bruggeman"] = _bruggeman(eps, tau)
+        rec["bruggeman"] = bruggeman(eps, tau)
         # d b = -(d tau / tau) / ln(eps): large when eps is near 1 (a dense separator)
         std = rec["tortuosity_electrolyte_std"]
         rec["bruggeman_std"] = (abs(std / tau / math.log(eps)) if rec["bruggeman"] is not None and std is not None
@@ -176,7 +169,7 @@ def measure(labels: np.ndarray, classes: dict[int, str], voxel_size_um, p: Micro
         msd[f"volume.{name}"] = tort
     ck = Path(checkpoint_dir) / "walks" if checkpoint_dir else None
     cell = _cell_block(labels, ids, p, vs, world, ck, msd)
-    record: dict[str, Any] = {"schema": SCHEMA, "voxel_size_um": vs, "shape": list(labels.shape),
+    record: dict[str, Any] = {"schema": MICROSTRUCTURE_SCHEMA, "voxel_size_um": vs, "shape": list(labels.shape),
                               "classes": {str(c): n for c, n in sorted(classes.items())},
                               "volume_fractions": stats.volume_fractions(labels, classes),
                               "tortuosity": tortuosity, "cell": cell}
@@ -243,9 +236,9 @@ def run(labels_path: str | Path, out_json: str | Path, out_msd: str | Path, para
     world = world or get_world()
     prev = None
     if previous_json:
-        prev = read_json(previous_json, "previous frame's microstructure.json")
-        if prev.get("schema") != SCHEMA or "lithium" not in prev:
-            raise InputError(f"{previous_json}: not a {SCHEMA} file with a 'lithium' block")
+        prev = read_json(previous_json, "previous frame's microstructure.json", schema=MICROSTRUCTURE_SCHEMA)
+        if "lithium" not in prev:
+            raise InputError(f"{previous_json}: not a {MICROSTRUCTURE_SCHEMA} file with a 'lithium' block")
     vol = open_volume(labels_path, require=("voxel_size_um",))
     if not vol.classes:
         raise InputError(f"{labels_path}: label store has no 'classes' attribute")
@@ -260,7 +253,7 @@ def run(labels_path: str | Path, out_json: str | Path, out_msd: str | Path, para
     if prev is not None and "lithium" in record:
         record["lithium"]["growth_from_previous"] = lithium_growth(prev["lithium"], record["lithium"],
                                                                    str(previous_json))
-    record = _finite(record)
+    record = json_safe(record)
     if world.is_root:
         write_json(out_json, record)
         with atomic_output(out_msd, world=_single()) as tmp:
@@ -268,17 +261,6 @@ def run(labels_path: str | Path, out_json: str | Path, out_msd: str | Path, para
                 np.savez(f, **msd_arrays(msd, vol.voxel_size_um))
     world.barrier()
     return record
-
-
-def _finite(obj: Any) -> Any:
-    """Non-finite floats -> None (JSON has no inf/NaN; a value that cannot be measured is null)."""
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    if isinstance(obj, (float, np.floating)) and not math.isfinite(float(obj)):
-        return None
-    return obj
 
 
 def _single() -> World:

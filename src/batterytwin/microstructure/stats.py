@@ -19,10 +19,11 @@ import numpy as np
 from scipy import ndimage
 from skimage import measure
 
+from ..contracts import IGNORE_LABEL
 from .clusters import SIX
 
 
-def volume_fractions(labels: np.ndarray, classes: dict[int, str], ignore_label: int = 255) -> dict[str, float]:
+def volume_fractions(labels: np.ndarray, classes: dict[int, str], ignore_label: int = IGNORE_LABEL) -> dict[str, float]:
     """Fraction of the whole volume per class (and ``"unlabelled"`` for ``ignore_label`` voxels)."""
     counts = np.bincount(labels.ravel(), minlength=256).astype(np.float64) / labels.size
     out = {name: float(counts[c]) for c, name in sorted(classes.items())}

@@ -15,11 +15,9 @@ from typing import Any
 import matplotlib as mpl
 import numpy as np
 
+from ..contracts import STATUS_NAMES, STATUS_OK, SWEEP_SCHEMA, open_group
 from ..errors import InputError
 from . import style
-
-STATUS_OK = 1
-STATUS_NAMES = {1: "ok", 2: "solver failed", 3: "time limit"}
 
 
 @dataclass
@@ -37,15 +35,7 @@ class Sweep:
 
 def open_sweep(path: os.PathLike | str, max_conditions: int = 64) -> tuple[Sweep, Any]:
     """Open ``sweep.zarr`` and read the inputs/status of up to ``max_conditions`` conditions."""
-    import zarr
-
-    try:
-        g = zarr.open_group(str(path), mode="r", zarr_format=3)
-    except Exception as exc:
-        raise InputError(f"{path}: not a sweep store ({type(exc).__name__}: {exc})") from None
-    for key in ("inputs", "status", "soh", "qv_capacity_Ah"):
-        if key not in g:
-            raise InputError(f"{path}: sweep store lacks array '{key}'")
+    g = open_group(path, "sweep store", arrays=("inputs", "status", "soh", "qv_capacity_Ah"), schema=SWEEP_SCHEMA)
     attrs = dict(g.attrs)
     names = list(attrs.get("input_names") or [])
     n = int(g["status"].shape[0])
@@ -215,7 +205,7 @@ def plot_capacity_fade(path: os.PathLike | str, max_conditions: int = 64):
                     ax.plot(cycles[last], y[last], "x", color="#D55E00", ms=5)
             ax.set_xlabel("cycle")
             ax.set_ylabel(ylabel)
-        counts = {STATUS_NAMES.get(k, str(k)): int((sw.status == k).sum()) for k in np.unique(sw.status)}
+        counts = {STATUS_NAMES.get(k, str(k)).replace("_", " "): int((sw.status == k).sum()) for k in np.unique(sw.status)}
         _finish(fig, axes, sm, cname, ls_legend)
         if rows:
             _cell_table(fig.add_subplot(grid[1, :]), rows)

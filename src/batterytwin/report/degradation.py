@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError
+from ..contracts import open_group
 from . import style
 
 NEEDED = ("soh_samples", "soh_true", "life_pred", "life_lo", "life_hi", "life_true")
@@ -23,16 +23,7 @@ NEEDED = ("soh_samples", "soh_true", "life_pred", "life_lo", "life_hi", "life_tr
 
 def open_predictions(path: os.PathLike | str):
     """The degradation store as a zarr group, checked for the arrays the figures read."""
-    import zarr
-
-    try:
-        g = zarr.open_group(str(path), mode="r", zarr_format=3)
-    except Exception as exc:
-        raise InputError(f"{path}: not a degradation store ({type(exc).__name__}: {exc})") from None
-    missing = [k for k in NEEDED if k not in g]
-    if missing:
-        raise InputError(f"{path}: degradation store lacks array(s) {', '.join(missing)}")
-    return g
+    return open_group(path, "degradation store", arrays=NEEDED)
 
 
 def _flags(g, name: str, n: int, default: int) -> np.ndarray:

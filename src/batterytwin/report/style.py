@@ -23,6 +23,8 @@ from matplotlib.colors import BoundaryNorm, ListedColormap  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
+from ..contracts import IGNORE_LABEL  # noqa: E402
+
 SINGLE_COLUMN_IN = 3.5
 DOUBLE_COLUMN_IN = 7.2
 DEFAULT_DPI = 200
@@ -76,7 +78,7 @@ def class_colour(class_id: int, name: str) -> str:
     return CLASS_COLOURS.get(name, _FALLBACK[int(class_id) % len(_FALLBACK)])
 
 
-def class_colourmap(classes: Mapping[int, str], ignore_label: int = 255) -> tuple[ListedColormap, BoundaryNorm]:
+def class_colourmap(classes: Mapping[int, str], ignore_label: int = IGNORE_LABEL) -> tuple[ListedColormap, BoundaryNorm]:
     """Colour map + norm drawing label id ``k`` in its class colour (``ignore_label`` white).
 
     Ids without a class name (should not occur) are drawn magenta so that they stand out.

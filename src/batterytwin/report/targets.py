@@ -5,6 +5,7 @@ Plain functions (no snakemake import): the rule file passes its sample table and
 
 from __future__ import annotations
 
+import itertools
 import re
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -59,4 +60,33 @@ def flags(input: Any, keys: Sequence[str], label_prefix: str | None = None) -> l
     for k in keys:
         if k in input.keys():
             out += [label_prefix, f"{k}={input[k]}"] if label_prefix else [f"--{k}", str(input[k])]
+    return out
+
+
+def figure_targets(rules: Mapping[str, Mapping[str, Any]],
+                   values: Mapping[str, Mapping[str, Sequence[str]] | Sequence[str]]) -> dict[str, list[str]]:
+    """``{stage: [targets]}`` of a figure table: each rule's ``output`` pattern expanded over the values
+    of its wildcards, in table order.
+
+    Args:
+        rules: ``{rule name: {"stage": ..., "output": pattern with {sample}/{series}/...}}``.
+        values: wildcard -> its values, or -> ``{stage: values}`` where they depend on the stage
+            (e.g. the samples each stage processes).
+
+    Example: ``figure_targets({"r": {"stage": "ingest", "output": "results/{sample}/a.png"}},
+    {"sample": {"ingest": ["s1", "s2"]}})`` -> ``{"ingest": ["results/s1/a.png", "results/s2/a.png"]}``
+    """
+    out: dict[str, list[str]] = {}
+    for row in rules.values():
+        stage, pattern = row["stage"], row["output"]
+        names = list(dict.fromkeys(re.findall(r"{(\w+)}", pattern)))
+        choices = []
+        for name in names:
+            v = values[name]
+            choices.append(list(v[stage] if isinstance(v, Mapping) else v))
+        targets = out.setdefault(stage, [])
+        for combo in itertools.product(*choices):
+            target = pattern.format(**dict(zip(names, combo)))
+            if target not in targets:
+                targets.append(target)
     return out

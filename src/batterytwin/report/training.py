@@ -11,6 +11,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from ..contracts import SEGMENT_METRICS_SCHEMA
 from ..errors import InputError
 from . import style
 
@@ -33,6 +34,8 @@ def plot_training(metrics: Mapping[str, Any], where: str = "metrics.json"):
     Returns:
         the matplotlib figure.
     """
+    if metrics.get("schema") != SEGMENT_METRICS_SCHEMA:
+        raise InputError(f"{where}: schema is {metrics.get('schema')!r}, expected {SEGMENT_METRICS_SCHEMA!r}")
     curve = metrics.get("loss_curve")
     if not curve:
         raise InputError(f"{where}: no 'loss_curve' (not a segmentation metrics file?)")

@@ -14,6 +14,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ..contracts import IGNORE_LABEL
 from ..errors import InputError
 from ..store import Volume, open_volume
 from . import style
@@ -95,7 +96,7 @@ def plot_orthoslices(panels: Sequence[Panel], title: str | None = None, index: S
                 planes = {k: v.astype(np.float32) for k, v in planes.items()}
             if panel.kind == "labels":
                 classes = panel.volume.classes or {}
-                ignore = int(panel.volume.attrs.get("ignore_label", 255))
+                ignore = int(panel.volume.attrs.get("ignore_label", IGNORE_LABEL))
                 cmap, norm = style.class_colourmap(classes, ignore)
                 labels_seen.update(classes)
                 for pl in planes.values():

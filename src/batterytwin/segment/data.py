@@ -34,8 +34,8 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
+from ..contracts import IGNORE_LABEL
 from ..errors import InputError
-from .loss import IGNORE_LABEL
 
 INDEX_BLOCK = 16  # voxels per side of a class-index block: small, so a drawn block holds its class densely
 STATS_BLOCK = 32

@@ -27,11 +27,11 @@ import numpy as np
 import torch
 
 from .. import store
+from ..contracts import IGNORE_LABEL
 from ..distributed import World, get_world, select_device, split_evenly
 from ..errors import InputError
 from ..progress import progress
 from .data import intensity_range
-from .loss import IGNORE_LABEL
 from .model import check_patch
 from .train import _set_threads, load_model
 from .window import entropy, gaussian_weight, meets, predict_region, window_extent

@@ -28,7 +28,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-IGNORE_LABEL = 255
+from ..contracts import IGNORE_LABEL
+
 SMOOTH = 1e-5
 
 

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from .. import store
+from ..contracts import IGNORE_LABEL, SEGMENT_METRICS_SCHEMA
 from ..distributed import World, get_world, init_torch_distributed
 from ..errors import InputError
 from ..training import (EXIT_PREEMPTED, Checkpoint, StopFlag, load_model_file, preempted, save_atomic, warmup_cosine,
@@ -42,7 +43,7 @@ from ..training import (EXIT_PREEMPTED, Checkpoint, StopFlag, load_model_file, p
 from ..training import set_threads as _set_threads  # segment/infer.py imports it from here
 from . import data as D
 from .config import AXIS_NAMES
-from .loss import IGNORE_LABEL, dice_ce_loss, hard_dice_counts, labelled_weight
+from .loss import dice_ce_loss, hard_dice_counts, labelled_weight
 from .model import build_model, check_patch, count_parameters
 from .window import gaussian_weight, predict_region
 
@@ -269,7 +270,7 @@ def train(cfg: dict, inputs: Sequence[TrainInput], model_out: str, metrics_out: 
         save_atomic(payload, model_out)
         final = val_hist[-1] if val_hist else None
         metrics = {
-            "schema": "batterytwin.segment.metrics/1",
+            "schema": SEGMENT_METRICS_SCHEMA,
             "classes": {str(k): v for k, v in classes.items()},
             "arch": m_cfg["arch"], "parameters": count_parameters(net),
             "world_size": world.size, "device": str(device), "global_batch": B, "steps": steps,
