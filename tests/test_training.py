@@ -3,6 +3,8 @@ exit 75 -> resume through ``batterytwin train-degradation``."""
 
 from __future__ import annotations
 
+import json
+
 import math
 import os
 import signal
@@ -108,9 +110,9 @@ STEPS = 24
 def _train_args(cells: Path, out: Path, ckpt: Path) -> list[str]:
     return ["train-degradation", "--user-dir", str(cells), "--curve-length", str(L_TINY), "--out", str(out),
             "--checkpoint", str(ckpt), "--threads", "1", "--device", "cpu", "--steps", str(STEPS),
-            "--checkpoint-every", "1", "--batch-size", "8", "--timesteps", "100", "--widths", "16,16",
-            "--attention", "0,1", "--emb-dim", "32", "--cond-dim", "16", "--cond-layers", "1", "--cond-heads", "2",
-            "--patch", "2", "--rows-per-token", "2", "--seed", "5"]
+            "--batch-size", "8", "--seed", "5", "--config-json", json.dumps({"train": {
+                "checkpoint_every": 1, "timesteps": 100, "widths": [16, 16], "attention": [False, True], "emb_dim": 32,
+                "cond_dim": 16, "cond_layers": 1, "cond_heads": 2, "patch": 2, "rows_per_token": 2}})]
 
 
 def test_sigusr1_exits_75_and_the_rerun_ends_with_the_uninterrupted_weights(tmp_path, cli):
