@@ -12,15 +12,17 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..store import open_volume, read_json
+from .config import ReportConfig
 
 log = logging.getLogger(__name__)
+DEFAULTS = ReportConfig()  # the report section's defaults (one source: report/config.py)
 
 
 def _figure_parser(sub, name: str, help_: str, description: str) -> argparse.ArgumentParser:
     p = sub.add_parser(name, help=help_, description=description,
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", required=True, metavar="PNG", help="output figure (PNG)")
-    p.add_argument("--dpi", type=int, default=200, help="resolution of the PNG")
+    p.add_argument("--dpi", type=int, default=DEFAULTS.dpi, help="resolution of the PNG")
     return p
 
 
@@ -81,19 +83,21 @@ def register(subparsers) -> None:
                        "Voltage vs discharge capacity (qv_capacity_Ah on voltage_grid_V) of the first and "
                        "last early cycle per condition, coloured by the first varied input.")
     p.add_argument("sweep", metavar="ZARR", help="sweep.zarr")
-    p.add_argument("--max-conditions", type=int, default=24, help="conditions drawn (spread over the sweep)")
+    p.add_argument("--max-conditions", type=int, default=DEFAULTS.max_conditions,
+                   help="conditions drawn (spread over the sweep)")
     p.set_defaults(func=run_voltage)
 
     p = _figure_parser(sub, "fade", "capacity fade across the sweep, coloured by condition",
                        "SOH and discharge capacity per cycle for each condition; stopped runs marked.")
     p.add_argument("sweep", metavar="ZARR", help="sweep.zarr")
-    p.add_argument("--max-conditions", type=int, default=64, help="conditions drawn (spread over the sweep)")
+    p.add_argument("--max-conditions", type=int, default=DEFAULTS.max_conditions,
+                   help="conditions drawn (spread over the sweep)")
     p.set_defaults(func=run_fade)
 
     p = _figure_parser(sub, "degradation", "degradation-model SOH predictions with intervals vs truth",
                        "Sampled SOH curves per cell: mean, central interval (interval_level) and the truth.")
     p.add_argument("predictions", metavar="ZARR", help="degradation.zarr")
-    p.add_argument("--max-cells", type=int, default=6, help="cells drawn (held-out cells first)")
+    p.add_argument("--max-cells", type=int, default=DEFAULTS.max_cells, help="cells drawn (held-out cells first)")
     p.set_defaults(func=run_degradation)
 
     p = _figure_parser(sub, "rul", "predicted vs true cycle life (RUL) with intervals",
@@ -110,8 +114,8 @@ def register(subparsers) -> None:
     q.add_argument("--labels", action="append", default=[], metavar="NAME=ZARR",
                    help="label store to add as labels/NAME (repeat)")
     q.add_argument("--out", required=True, metavar="OME_ZARR", help="output, e.g. results/s1/ome/volume.ome.zarr")
-    q.add_argument("--levels", type=int, default=3, help="extra pyramid levels (factors 2, 4, ...)")
-    q.add_argument("--chunk", type=int, default=64, help="chunk edge of every level")
+    q.add_argument("--levels", type=int, default=DEFAULTS.ome_levels, help="extra pyramid levels (factors 2, 4, ...)")
+    q.add_argument("--chunk", type=int, default=DEFAULTS.ome_chunk, help="chunk edge of every level")
     q.set_defaults(func=run_ome)
 
 

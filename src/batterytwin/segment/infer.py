@@ -33,7 +33,8 @@ from ..errors import InputError
 from ..progress import progress
 from .data import intensity_range
 from .model import check_patch
-from .train import _set_threads, load_model
+from ..training import set_threads
+from .train import load_model
 from .window import entropy, gaussian_weight, meets, predict_region, window_extent
 
 log = logging.getLogger(__name__)
@@ -49,8 +50,8 @@ def segment_volume(input_path: str, model_path: str, labels_out: str, uncertaint
     """
     world = world or get_world()
     t0 = time.time()
-    _set_threads(world, int(infer_cfg.get("threads") or 0))
-    device = select_device(world, infer_cfg.get("device", "auto"))
+    set_threads(world, int(infer_cfg["threads"]))
+    device = select_device(world, infer_cfg["device"])
     net, meta = load_model(model_path, device)
     n_classes = int(meta["n_classes"])
     roi = list(infer_cfg.get("patch_size") or meta["patch_size"])

@@ -22,11 +22,15 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from ..config import validate_settings
 from ..errors import InputError
+from .config import ModelSettings
 
 
 def build_model(model_cfg: dict[str, Any], n_classes: int) -> nn.Module:
-    """The network described by ``model_cfg`` (the ``segment.model`` section) with ``n_classes`` outputs."""
+    """The network described by ``model_cfg`` (the ``segment.model`` section; missing keys take their
+    defaults from :class:`~batterytwin.segment.config.ModelSettings`) with ``n_classes`` outputs."""
+    model_cfg = validate_settings(ModelSettings, dict(model_cfg), "segment.model").model_dump()
     arch = model_cfg["arch"]
     if arch == "unet":
         from monai.networks.nets import UNet
@@ -34,14 +38,14 @@ def build_model(model_cfg: dict[str, Any], n_classes: int) -> nn.Module:
         net = UNet(spatial_dims=3, in_channels=1, out_channels=n_classes,
                    channels=tuple(model_cfg["channels"]), strides=tuple(model_cfg["strides"]),
                    num_res_units=int(model_cfg["num_res_units"]), norm="INSTANCE",
-                   dropout=float(model_cfg.get("dropout", 0.0)))
+                   dropout=float(model_cfg["dropout"]))
         return drop_biases_before_norm(net)
     if arch == "segresnet":
         from monai.networks.nets import SegResNet
 
         return SegResNet(spatial_dims=3, in_channels=1, out_channels=n_classes,
-                         init_filters=int(model_cfg.get("init_filters", 16)),
-                         dropout_prob=float(model_cfg.get("dropout", 0.0)) or None)
+                         init_filters=int(model_cfg["init_filters"]),
+                         dropout_prob=float(model_cfg["dropout"]) or None)
     if arch == "swinunetr":
         import importlib.util
 
@@ -52,8 +56,8 @@ def build_model(model_cfg: dict[str, Any], n_classes: int) -> nn.Module:
                              "(pip install einops), or choose unet/segresnet")
 
         return SwinUNETR(in_channels=1, out_channels=n_classes, spatial_dims=3,
-                         feature_size=int(model_cfg.get("feature_size", 24)),
-                         drop_rate=float(model_cfg.get("dropout", 0.0)))
+                         feature_size=int(model_cfg["feature_size"]),
+                         drop_rate=float(model_cfg["dropout"]))
     raise InputError(f"segment.model.arch: unknown architecture {arch!r}")
 
 

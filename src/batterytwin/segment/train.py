@@ -40,7 +40,7 @@ from ..distributed import World, get_world, init_torch_distributed
 from ..errors import InputError
 from ..training import (EXIT_PREEMPTED, Checkpoint, StopFlag, load_model_file, preempted, save_atomic, warmup_cosine,
                         wrap_ddp)
-from ..training import set_threads as _set_threads  # segment/infer.py imports it from here
+from ..training import set_threads
 from . import data as D
 from .config import AXIS_NAMES
 from .loss import dice_ce_loss, hard_dice_counts, labelled_weight
@@ -150,7 +150,7 @@ def train(cfg: dict, inputs: Sequence[TrainInput], model_out: str, metrics_out: 
         raise InputError(f"{ckpt_path}: no checkpoint to resume from (--resume yes)")
     patch = t_cfg["patch_size"]
     check_patch(patch, m_cfg, "segment.train.patch_size")
-    _set_threads(world, int(t_cfg["threads"]))
+    set_threads(world, int(t_cfg["threads"]))
     torch.manual_seed(int(t_cfg["seed"]))
 
     classes = _classes_of([i.labels for i in inputs] + [i.labels for i in val_inputs])
