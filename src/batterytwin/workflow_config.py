@@ -90,7 +90,18 @@ def json_schema() -> dict[str, Any]:
 
 
 def schema_text() -> str:
-    return json.dumps(json_schema(), indent=1, sort_keys=True) + "\n"
+    """The schema as checked in: one line per definition (compact, and diffs still show what changed)."""
+    schema = json_schema()
+    defs = schema.pop("$defs")
+
+    def line(obj: Any) -> str:
+        return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+    body = [f'"$defs":{{\n' + ",\n".join(f"{json.dumps(k)}:{line(v)}" for k, v in sorted(defs.items())) + "}"]
+    body += [f"{json.dumps(k)}:{line(v)}" for k, v in sorted(schema.items())]
+    text = "{" + ",\n".join(body) + "}\n"
+    assert json.loads(text) == {**schema, "$defs": defs}
+    return text
 
 
 if __name__ == "__main__":
