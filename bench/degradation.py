@@ -60,7 +60,8 @@ def main() -> int:
     import torch
 
     from batterytwin.degradation.data import load_npz_split
-    from batterytwin.degradation.predict import SampleSettings, evaluate
+    from batterytwin.degradation.config import SampleSettings
+    from batterytwin.degradation.predict import evaluate
     from batterytwin.degradation.train import TrainConfig, load_model, train_model
     from batterytwin.distributed import get_world, init_torch_distributed
 
@@ -92,7 +93,7 @@ def main() -> int:
               f"{report['train_cpu_s']:.0f} s CPU")
 
     rows = []
-    st = SampleSettings(samples=args.samples, sampler="ddim", steps=args.ddim_steps, guidance=args.guidance,
+    st = SampleSettings(samples=args.samples, sampler="ddim", ddim_steps=args.ddim_steps, guidance=args.guidance,
                         seed=args.seed)
     for name, fname in SPLITS.items():
         test = load_npz_split(data_dir / fname)
@@ -119,7 +120,7 @@ def main() -> int:
     test = load_npz_split(data_dir / SPLITS["MATR1"]).subset(np.arange(min(args.ancestral_cells, 42)))
     timing = {}
     for sampler in ("ancestral", "ddim"):
-        s = SampleSettings(samples=args.ancestral_samples, sampler=sampler, steps=args.ddim_steps,
+        s = SampleSettings(samples=args.ancestral_samples, sampler=sampler, ddim_steps=args.ddim_steps,
                            guidance=args.guidance, seed=args.seed)
         _, m = evaluate(net, payload, test, s, world=world)
         wall = m["sampling"]["sampling_rank_seconds"]  # the sampling loop only (not the baselines' fit)

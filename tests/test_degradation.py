@@ -317,7 +317,8 @@ def test_resume_equals_uninterrupted(process_group, tmp_path):
 
 def test_tiny_model_beats_mean_curve(process_group):
     """A tiny model trained for CPU-seconds predicts held-out curves and lives better than the mean curve."""
-    from batterytwin.degradation.predict import SampleSettings, evaluate as evaluate_set
+    from batterytwin.degradation.config import SampleSettings
+    from batterytwin.degradation.predict import evaluate as evaluate_set
     from batterytwin.degradation.train import TrainConfig, build_net, train_model
 
     world, dev = process_group
@@ -327,7 +328,7 @@ def test_tiny_model_beats_mean_curve(process_group):
     res = train_model(train_cs, cfg, None, world, dev)
     net = build_net(cfg, train_cs.condition_shape)
     net.load_state_dict(res.payload["state_dict"])
-    _, m = evaluate_set(net.eval(), res.payload, test_cs, SampleSettings(samples=8, steps=20, batch=256), world=world)
+    _, m = evaluate_set(net.eval(), res.payload, test_cs, SampleSettings(samples=8, ddim_steps=20, batch=256), world=world)
     print(json.dumps(m, indent=1))
     assert m["n_evaluated"] == 16
     # measured when written: curve 2.3 vs 4.3 %, RUL 13 vs 35 cycles

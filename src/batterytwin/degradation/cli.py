@@ -112,27 +112,24 @@ def run_predict(args) -> int:
     import numpy as np
 
     from ..distributed import select_device
-    from .predict import SampleSettings, run_prediction
+    from .predict import run_prediction
 
     settings = settings_from_args(args, DegradationConfig, "degradation")
     sample = settings.sample
     world, cs, flags = _start(args, settings, sample.threads, for_training=False)
     if args.sweep and not flags.any():
         flags = np.ones(len(cs), bool)  # nothing held out: score every condition
-    st = SampleSettings(samples=sample.samples, sampler=sample.sampler, steps=sample.ddim_steps,
-                        guidance=sample.guidance, seed=sample.seed, batch=sample.batch, level=sample.level,
-                        threshold=sample.threshold)
     device = select_device(world, sample.device)
     params = {**{k: v for k, v in vars(args).items() if k in ("sweep", "npz", "user_dir", "model")},
               **settings.model_dump(exclude={"train", "real_data"})}
-    metrics = run_prediction(Path(args.model), cs, Path(args.out), Path(args.metrics) if args.metrics else None, st,
+    metrics = run_prediction(Path(args.model), cs, Path(args.out), Path(args.metrics) if args.metrics else None, sample,
                              flags, sample.synthetic, params, device, world)
     if world.is_root:
         m = metrics
         log.info("RUL RMSE (cycles): model %.1f, variance model %.1f, random forest %.1f, mean curve %.1f; "
                  "%d%% interval coverage %.2f (%d cells, %d censored)", m["model"]["rul_rmse_cycles"],
                  m["variance_model"]["rul_rmse_cycles"], m["random_forest"]["rul_rmse_cycles"],
-                 m["mean_curve"]["rul_rmse_cycles"], round(100 * st.level), m["model"]["interval_coverage"],
+                 m["mean_curve"]["rul_rmse_cycles"], round(100 * sample.level), m["model"]["interval_coverage"],
                  m["n_evaluated"], m["n_censored"])
         brief = {"rul_rmse_cycles": m["model"]["rul_rmse_cycles"], "interval_coverage": m["model"]["interval_coverage"]}
         print(json.dumps({k: (v if v == v else None) for k, v in brief.items()}))  # NaN -> null

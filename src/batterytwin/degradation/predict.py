@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from ..contracts import json_safe
 from ..distributed import World, get_world
 from ..store import atomic_output, provenance, write_json
 from .baselines import ForestModel, VarianceModel
+from .config import SampleSettings
 from .data import CurveSet, decode_curves
 from .diffusion import Diffusion
 from .evaluate import (coverage, curve_rmse, cycle_life, interval_summary, mean_curve_predictor, mean_sample_curve,
@@ -35,18 +35,6 @@ from .evaluate import (coverage, curve_rmse, cycle_life, interval_summary, mean_
 from .nets import DegradationNet
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class SampleSettings:
-    samples: int = 32          # curves per cell (intervals need many)
-    sampler: str = "ddim"      # "ddim" or "ancestral" (all T steps)
-    steps: int = 50            # DDIM steps
-    guidance: float = 1.0      # classifier-free guidance weight (1: conditional model, 0: unconditional)
-    seed: int = 0
-    batch: int = 512           # curves per network call
-    level: float = 0.9         # central prediction interval
-    threshold: float = 80.0    # SOH percent for the threshold end-of-life rule
 
 
 def sample_curves(net: DegradationNet, payload: dict, qmatrix: np.ndarray, st: SampleSettings,
@@ -80,14 +68,14 @@ def _sample(diffusion: Diffusion, net: DegradationNet, q: torch.Tensor, shape, s
             clip: torch.Tensor | None) -> torch.Tensor:
     if st.sampler not in ("ancestral", "ddim"):
         raise ValueError(f"unknown sampler {st.sampler!r}")
-    return diffusion.sample(net, q, shape, st.sampler, st.steps, st.guidance, g, clip)
+    return diffusion.sample(net, q, shape, st.sampler, st.ddim_steps, st.guidance, g, clip)
 
 
 def generate_unconditional(net: DegradationNet, payload: dict, n: int, st: SampleSettings,
                            device: torch.device | None = None) -> np.ndarray:
     """``n`` synthetic SOH curves from the unconditional model (guidance 0): [n, L] percent, NaN after end."""
     cond_shape = tuple(payload["condition_shape"])
-    st0 = SampleSettings(**{**st.__dict__, "samples": 1, "guidance": 0.0, "seed": st.seed + 7919})
+    st0 = st.model_copy(update={"samples": 1, "guidance": 0.0, "seed": st.seed + 7919})
     x = sample_curves(net, payload, np.zeros((n, *cond_shape), np.float32), st0, device)[:, 0]
     cfg = payload["config"]
     return decode_curves(x, cfg["soh_center"], cfg["soh_scale"])[0]
@@ -179,7 +167,7 @@ def evaluate(net: DegradationNet, payload: dict, cs: CurveSet, st: SampleSetting
         "mean_curve": {"rul_rmse_cycles": rmse(mean_life, life_true, keep),
                        "soh_curve_rmse_percent": curve_rmse(mean_soh[evaluated], cs.soh[evaluated],
                                                             cs.valid_len[evaluated])},
-        "sampling": {"sampler": st.sampler, "steps": st.steps if st.sampler == "ddim" else int(cfg["timesteps"]),
+        "sampling": {"sampler": st.sampler, "steps": st.ddim_steps if st.sampler == "ddim" else int(cfg["timesteps"]),
                      "guidance": st.guidance, "samples_per_cell": st.samples, "curves": n_curves,
                      "sampling_rank_seconds": seconds, "curves_per_second_per_rank": n_curves / max(seconds, 1e-9)},
     }
