@@ -79,20 +79,17 @@ def register(subparsers) -> None:
     p.add_argument("--names", nargs="+", help="frame names (default: the parent folder of each file)")
     p.set_defaults(func=run_series)
 
-    p = _figure_parser(sub, "voltage", "PyBaMM discharge voltage curves of the sweep",
-                       "Voltage vs discharge capacity (qv_capacity_Ah on voltage_grid_V) of the first and "
-                       "last early cycle per condition, coloured by the first varied input.")
-    p.add_argument("sweep", metavar="ZARR", help="sweep.zarr")
-    p.add_argument("--max-conditions", type=int, default=DEFAULTS.max_conditions,
-                   help="conditions drawn (spread over the sweep)")
-    p.set_defaults(func=run_voltage)
-
-    p = _figure_parser(sub, "fade", "capacity fade across the sweep, coloured by condition",
-                       "SOH and discharge capacity per cycle for each condition; stopped runs marked.")
-    p.add_argument("sweep", metavar="ZARR", help="sweep.zarr")
-    p.add_argument("--max-conditions", type=int, default=DEFAULTS.max_conditions,
-                   help="conditions drawn (spread over the sweep)")
-    p.set_defaults(func=run_fade)
+    for name, help_, description, func in (
+            ("voltage", "PyBaMM discharge voltage curves of the sweep",
+             "Voltage vs discharge capacity (qv_capacity_Ah on voltage_grid_V) of the first and last early "
+             "cycle per condition, coloured by the first varied input.", run_voltage),
+            ("fade", "capacity fade across the sweep, coloured by condition",
+             "SOH and discharge capacity per cycle for each condition; stopped runs marked.", run_fade)):
+        p = _figure_parser(sub, name, help_, description)
+        p.add_argument("sweep", metavar="ZARR", help="sweep.zarr")
+        p.add_argument("--max-conditions", type=int, default=DEFAULTS.max_conditions,
+                       help="conditions drawn (spread over the sweep)")
+        p.set_defaults(func=func)
 
     p = _figure_parser(sub, "degradation", "degradation-model SOH predictions with intervals vs truth",
                        "Sampled SOH curves per cell: mean, central interval (interval_level) and the truth.")

@@ -24,10 +24,11 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 from ..contracts import IGNORE_LABEL  # noqa: E402
+from .config import ReportConfig  # noqa: E402
 
 SINGLE_COLUMN_IN = 3.5
 DOUBLE_COLUMN_IN = 7.2
-DEFAULT_DPI = 200
+DEFAULT_DPI = ReportConfig().dpi  # the report section's default (report/config.py)
 
 PAPER_RC = {
     "font.size": 8,
