@@ -69,9 +69,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging(args.verbose, args.quiet)
     try:
-        code = args.func(args)
+        try:
+            code = args.func(args)
+        except (InputError, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            stored = sys.modules.get("batterytwin.store")
+            if stored is None or not stored.is_store_read_error(exc):
+                raise
+            raise stored.corrupt_read_error(exc) from None  # a corrupt shard: one line naming it
     except InputError as exc:
-        print(f"batterytwin {args.command}: error: {exc}", file=sys.stderr)
+        print(f"batterytwin {args.command}: error: {' '.join(str(exc).split())}", file=sys.stderr)
         _abort_other_ranks(2)
         return 2
     except KeyboardInterrupt:

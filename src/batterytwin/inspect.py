@@ -7,19 +7,25 @@ import json
 
 import numpy as np
 
-from .store import open_volume
+from .errors import InputError
+from .store import open_volume, read_region, verify_store
 
 
-def describe(path: str, sample_voxels: int = 2_000_000) -> dict:
+def describe(path: str, sample_voxels: int = 2_000_000, verify: bool = False) -> dict:
     """Shape, dtype, chunks/shards, voxel size, provenance and value statistics of a volume store.
 
     Statistics come from a strided subsample of at most ``sample_voxels`` voxels (bounded cost on
-    huge stores); label stores also get per-class voxel fractions.
+    huge stores); label stores also get per-class voxel fractions. With ``verify``, every file of
+    the store is checked against its manifest (sizes and CRC-32s: reads the whole store).
     """
     vol = open_volume(path, validate=False)
     arr = vol.array
+    if arr.ndim == 0 or arr.size == 0:
+        raise InputError(f"{vol.path}: the array is empty (shape {tuple(arr.shape)})")
+    verified = verify_store(vol.path, checksums=True) if verify else None
     step = max(1, int(round((arr.size / sample_voxels) ** (1 / 3))))
-    sample = np.asarray(arr[::step, ::step, ::step])
+    sample = read_region(vol, (slice(None, None, step),) * arr.ndim)
+    finite = sample[np.isfinite(sample)] if sample.dtype.kind in "fc" else sample
     info = {
         "path": str(vol.path),
         "shape": list(arr.shape),
@@ -31,12 +37,19 @@ def describe(path: str, sample_voxels: int = 2_000_000) -> dict:
         "created": vol.attrs.get("created"),
         "source": {k: v for k, v in vol.attrs.get("source", {}).items() if k != "phantom"},
         "sample_stride": step,
-        "statistics": {"min": float(sample.min()), "max": float(sample.max()),
-                       "mean": float(sample.mean()), "std": float(sample.std())},
+        "statistics": {"min": float(finite.min()) if finite.size else None,
+                       "max": float(finite.max()) if finite.size else None,
+                       "mean": float(finite.mean()) if finite.size else None,
+                       "std": float(finite.std()) if finite.size else None,
+                       "nonfinite_in_sample": int(sample.size - finite.size)},
     }
-    if "classes" in vol.attrs:
-        counts = np.bincount(sample.ravel().astype(np.int64), minlength=256)
-        info["class_fractions"] = {name: float(counts[int(k)] / sample.size) for k, name in vol.attrs["classes"].items()}
+    if verify:
+        info["verified_files"] = verified
+    if isinstance(vol.attrs.get("classes"), dict) and sample.dtype.kind in "iub":
+        vals, cnt = np.unique(sample, return_counts=True)
+        counts = dict(zip(vals.tolist(), cnt.tolist()))
+        info["class_fractions"] = {name: counts.get(int(k) if str(k).lstrip("-").isdigit() else k, 0) / sample.size
+                                   for k, name in vol.attrs["classes"].items()}
     return info
 
 
@@ -44,11 +57,13 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("inspect", help="print a store's shape, dtype, chunks/shards, voxel size, provenance, statistics")
     p.add_argument("path", help="a batterytwin volume or label store (.zarr)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("--verify", action="store_true",
+                   help="check every file of the store against its manifest (sizes and CRC-32 checksums)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> None:
-    info = describe(args.path)
+    info = describe(args.path, verify=args.verify)
     if args.json:
         print(json.dumps(info, indent=2))
         return

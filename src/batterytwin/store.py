@@ -32,10 +32,13 @@ import datetime
 import hashlib
 import itertools
 import json
+import logging
 import math
 import os
 import shutil
 import uuid
+import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -52,6 +55,11 @@ AXES = ("z", "y", "x")
 DEFAULT_CHUNK = 64
 DEFAULT_SHARD = 256
 TMP_MARKER = ".tmp-"
+MANIFEST = "batterytwin.manifest.json"  # in every committed store: its files, sizes and CRC-32s
+MANIFEST_SCHEMA = "batterytwin.manifest/1"
+log = logging.getLogger(__name__)
+_warned: set[str] = set()
+_opened: dict[str, None] = {}  # stores opened for reading by this process (to name a corrupt one)
 
 
 def block_shapes(shape: Sequence[int], chunk: int | Sequence[int] = DEFAULT_CHUNK,
@@ -60,12 +68,30 @@ def block_shapes(shape: Sequence[int], chunk: int | Sequence[int] = DEFAULT_CHUN
     nd = len(shape)
     chunk = (chunk,) * nd if np.isscalar(chunk) else tuple(chunk)
     shard = (shard,) * nd if np.isscalar(shard) else tuple(shard)
+    check_blocks(chunk, shard)
     chunks = tuple(max(1, min(int(c), int(s))) for c, s in zip(chunk, shape))
     shards = tuple(
         c * max(1, min(math.ceil(int(h) / c), math.ceil(int(s) / c)))
         for c, h, s in zip(chunks, shard, shape)
     )
     return chunks, shards
+
+
+def check_blocks(chunk: int | Sequence[int], shard: int | Sequence[int], where: str = "store") -> None:
+    """Refuse chunk/shard edges below 1 and a shard smaller than its chunk (one line naming the option).
+
+    Example: ``check_blocks(64, 16)`` -> InputError ``store: --shard 16 is smaller than --chunk 64 ...``
+    """
+    chunk = list(chunk) if isinstance(chunk, (list, tuple)) else [chunk]
+    shard = list(shard) if isinstance(shard, (list, tuple)) else [shard]
+    for name, values in (("chunk", chunk), ("shard", shard)):
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise InputError(f"{where}: --{name} must be an integer >= 1 (voxels), got {v!r}")
+    for c, h in zip(chunk, shard):
+        if h < c:
+            raise InputError(f"{where}: --shard {h} is smaller than --chunk {c}; a shard holds whole chunks "
+                             "(give shard >= chunk)")
 
 
 def shard_regions(shape: Sequence[int], shards: Sequence[int]) -> list[tuple[slice, ...]]:
@@ -189,16 +215,27 @@ def open_group(path: os.PathLike | str, what: str = "store", *, mode: str = "r",
         raise InputError(f"{p}: this is an unfinished temporary store (its job did not complete)")
     if not p.exists():
         raise InputError(f"{p}: no such {what}")
+    if not p.is_dir():
+        raise InputError(f"{p}: not a zarr v3 {what} (a file, not a store directory)")
+    if mode == "r":
+        verify_store(p, checksums=False, what=what)
     try:
         group = zarr.open_group(str(p), mode=mode, zarr_format=3)
+        missing = [a for a in arrays if a not in group]
     except Exception as exc:  # zarr raises several types for a non-store directory
-        raise InputError(f"{p}: not a zarr v3 {what} ({type(exc).__name__}: {exc})") from None
-    missing = [a for a in arrays if a not in group]
+        raise InputError(f"{p}: not a zarr v3 {what} ({_one_line(exc)})") from None
     if missing:
         raise InputError(f"{p}: {what} lacks array(s) {', '.join(repr(a) for a in missing)}")
     if schema is not None and group.attrs.get("schema") != schema:
         raise InputError(f"{p}: schema is {group.attrs.get('schema')!r}, expected {schema!r}")
+    if mode == "r":
+        _opened[str(p)] = None
     return group
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:300]}"
 
 
 def open_volume(path: os.PathLike | str, *, mode: str = "r", validate: bool = True,
@@ -211,8 +248,16 @@ def open_volume(path: os.PathLike | str, *, mode: str = "r", validate: bool = Tr
     """
     p = Path(path)
     group = open_group(p, mode=mode, validate=validate)
-    if ARRAY_NAME not in group:
-        raise InputError(f"{p}: store has no array '{ARRAY_NAME}' (not a batterytwin volume)")
+    try:
+        if ARRAY_NAME not in group:
+            raise InputError(f"{p}: store has no array '{ARRAY_NAME}' (not a batterytwin volume)")
+        array = group[ARRAY_NAME]
+    except InputError:
+        raise
+    except Exception as exc:  # a corrupt or hand-edited array zarr.json
+        raise InputError(f"{p / ARRAY_NAME / 'zarr.json'}: unreadable array metadata ({_one_line(exc)})") from None
+    if not isinstance(array, zarr.Array):
+        raise InputError(f"{p}: '{ARRAY_NAME}' is a group, not an array (not a batterytwin volume)")
     attrs = dict(group.attrs)
     if validate:
         missing = [k for k in require if k not in attrs]
@@ -220,7 +265,169 @@ def open_volume(path: os.PathLike | str, *, mode: str = "r", validate: bool = Tr
             raise InputError(f"{p}: store lacks attribute(s) {', '.join(missing)} (written by another tool?)")
         if "voxel_size_um" in require:
             check_voxel_size(attrs["voxel_size_um"], str(p))
-    return Volume(p, group[ARRAY_NAME], attrs)
+    return Volume(p, array, attrs)
+
+
+# ------------------------------------------------------------------------------ manifest, checks
+
+def _crc32(path: Path, block: int = 1 << 22) -> int:
+    crc = 0
+    with open(path, "rb") as f:
+        while buf := f.read(block):
+            crc = zlib.crc32(buf, crc)
+    return crc
+
+
+def _store_files(root: Path) -> list[Path]:
+    return sorted(q for q in root.rglob("*") if q.is_file() and q.name != MANIFEST)
+
+
+def write_manifest(root: os.PathLike | str) -> dict[str, Any]:
+    """Write ``MANIFEST`` into store ``root``: every file with its size and CRC-32 (streamed).
+
+    :func:`atomic_output` calls it when a store is committed, so every stage's store carries it.
+    """
+    root = Path(root)
+    files = {q.relative_to(root).as_posix(): {"size": q.stat().st_size, "crc32": _crc32(q)}
+             for q in _store_files(root)}
+    manifest = {"schema": MANIFEST_SCHEMA, "files": files}
+    with open(root / MANIFEST, "w") as f:
+        json.dump(manifest, f, separators=(",", ":"))
+    return manifest
+
+
+def verify_store(root: os.PathLike | str, checksums: bool = False, what: str = "store") -> int:
+    """Check store ``root`` against its manifest; return the number of files checked.
+
+    Every listed file must exist with its size (cheap: one ``stat`` each); with ``checksums`` its
+    CRC-32 must match too (reads every byte). A store without a manifest (written before manifests
+    existed) is accepted with a warning.
+
+    Raises:
+        InputError: one line naming the first missing, resized or changed file (and how many more).
+    """
+    root = Path(root)
+    mpath = root / MANIFEST
+    if not mpath.is_file():
+        if (root / "zarr.json").is_file() and str(root) not in _warned:
+            _warned.add(str(root))
+            log.warning("%s: no %s (written before manifests, or by another tool): completeness not checked",
+                        root, MANIFEST)
+        return 0
+    try:
+        manifest = json.loads(mpath.read_text())
+        files = manifest["files"]
+        entries = [(name, int(e["size"]), int(e["crc32"])) for name, e in files.items()]
+    except Exception as exc:
+        raise InputError(f"{mpath}: corrupt manifest ({_one_line(exc)})") from None
+    problems = []
+    for name, size, crc in entries:
+        q = root / name
+        try:
+            actual = q.stat().st_size
+        except OSError:
+            problems.append(f"{q}: missing (the {what} is incomplete: a file listed in its manifest is gone)")
+            continue
+        if actual != size:
+            problems.append(f"{q}: size {actual} bytes, manifest says {size} (truncated or replaced file)")
+        elif checksums and _crc32(q) != crc:
+            problems.append(f"{q}: CRC-32 differs from the manifest (corrupt file)")
+    if problems:
+        more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+        raise InputError(problems[0] + more)
+    return len(entries)
+
+
+def check_finite(vol: "Volume", world: World | None = None) -> None:
+    """Refuse non-finite voxels in a float volume: count and first position, one line.
+
+    Streams shard by shard (memory: one shard); with ``world`` (collective), ranks split the shards.
+    Integer volumes pass without reading.
+    """
+    arr = vol.array
+    if np.dtype(arr.dtype).kind not in "fc":
+        return
+    regions = shard_regions(arr.shape, vol.shards)
+    items = world.my_items(len(regions)) if world is not None else range(len(regions))
+    count, first = 0, None
+    for i in items:
+        block = read_region(vol, regions[i])
+        bad = ~np.isfinite(block)
+        n = int(bad.sum())
+        if n:
+            count += n
+            if first is None:
+                first = tuple(int(a) + s.start for a, s in zip(np.argwhere(bad)[0], regions[i]))
+    if world is not None and world.size > 1:
+        parts = world.allgather((count, first))
+        count = sum(c for c, _ in parts)
+        first = min((f for _, f in parts if f is not None), default=None)
+    if count:
+        raise InputError(f"{vol.path}: {count} NaN/infinite voxel(s), first at (z, y, x) = {first}; "
+                         "fix or mask them (ingest --nan-fill) before this stage")
+
+
+def check_labels(vol: "Volume", allowed: Iterable[int] | None = None, ignore: int | None = None) -> None:
+    """Refuse label ids outside ``allowed`` (default: the store's ``classes``) and ``ignore``.
+
+    Streams shard by shard; one line with the unknown ids, their voxel count and the first position.
+    """
+    from .contracts import CLASSES, IGNORE_LABEL
+
+    arr = vol.array
+    if np.dtype(arr.dtype).kind not in "iub":
+        raise InputError(f"{vol.path}: labels must be an integer type, got {arr.dtype}")
+    ok = set(int(k) for k in (allowed if allowed is not None else (vol.classes or CLASSES)))
+    ok.add(IGNORE_LABEL if ignore is None else int(ignore))
+    lut_ok = np.array(sorted(ok))
+    unknown: set[int] = set()
+    count, first = 0, None
+    for region in shard_regions(arr.shape, vol.shards):
+        block = read_region(vol, region)
+        bad = ~np.isin(block, lut_ok)
+        n = int(bad.sum())
+        if n:
+            count += n
+            unknown.update(int(v) for v in np.unique(block[bad])[:20])
+            if first is None:
+                first = tuple(int(a) + s.start for a, s in zip(np.argwhere(bad)[0], region))
+    if count:
+        raise InputError(f"{vol.path}: unknown label id(s) {sorted(unknown)[:10]} in {count} voxel(s), first at "
+                         f"(z, y, x) = {first}; allowed: {sorted(ok)}")
+
+
+def read_region(vol: "Volume", region: tuple[slice, ...]) -> np.ndarray:
+    """``vol.array[region]`` as numpy; a corrupt shard is one :class:`InputError` naming the store."""
+    try:
+        return np.asarray(vol.array[region])
+    except Exception as exc:
+        raise corrupt_read_error(exc, vol.path) from None
+
+
+def corrupt_read_error(exc: BaseException, path: os.PathLike | str | None = None) -> InputError:
+    """The one-line error for a failed read of stored data: the corrupt file if a manifest names it."""
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # zarr's cancelled reads: no noise
+    warnings.filterwarnings("ignore", message="coroutine .* was never awaited")
+    stores = [Path(path)] if path is not None else [Path(p) for p in _opened]
+    for root in stores:
+        try:
+            verify_store(root, checksums=True)
+        except InputError as found:
+            return InputError(f"{found} ({_one_line(exc)})")
+    where = ", ".join(str(s) for s in stores) or "a store"
+    return InputError(f"{where}: corrupt or unreadable data ({_one_line(exc)}); "
+                      "check it with 'batterytwin inspect --verify'")
+
+
+def is_store_read_error(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised while decoding stored zarr data (a corrupt shard or chunk)."""
+    tb = exc.__traceback__
+    while tb is not None:
+        mod = tb.tb_frame.f_globals.get("__name__", "")
+        if mod.startswith(("zarr.codecs", "numcodecs", "zarr.core.codec_pipeline")):
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def _temporary_name(final: Path) -> Path:
@@ -256,6 +463,8 @@ def atomic_output(path: os.PathLike | str, world: World | None = None) -> Iterat
             _remove(tmp)
         raise
     if world.is_root:
+        if tmp.is_dir() and (tmp / "zarr.json").is_file():
+            write_manifest(tmp)
         if final.exists() or final.is_symlink():
             old = _temporary_name(final)
             os.rename(final, old)  # replace in two renames, never a half-deleted final
