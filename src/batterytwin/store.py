@@ -63,12 +63,12 @@ _opened: dict[str, None] = {}  # stores opened for reading by this process (to n
 
 
 def block_shapes(shape: Sequence[int], chunk: int | Sequence[int] = DEFAULT_CHUNK,
-                 shard: int | Sequence[int] = DEFAULT_SHARD) -> tuple[tuple[int, ...], tuple[int, ...]]:
+                 shard: int | Sequence[int] = DEFAULT_SHARD, where: str = "store") -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Chunk and shard shapes for ``shape``: no larger than needed, shards a multiple of chunks."""
     nd = len(shape)
     chunk = (chunk,) * nd if np.isscalar(chunk) else tuple(chunk)
     shard = (shard,) * nd if np.isscalar(shard) else tuple(shard)
-    check_blocks(chunk, shard)
+    check_blocks(chunk, shard, where)
     chunks = tuple(max(1, min(int(c), int(s))) for c, s in zip(chunk, shape))
     shards = tuple(
         c * max(1, min(math.ceil(int(h) / c), math.ceil(int(s) / c)))
@@ -428,6 +428,80 @@ def is_store_read_error(exc: BaseException) -> bool:
             return True
         tb = tb.tb_next
     return False
+
+
+@contextlib.contextmanager
+def exclusive_lock(folder: os.PathLike | str, world: World | None = None, what: str = "work folder") -> Iterator[Path]:
+    """Hold ``folder/.lock`` (owner host + pid) for the block: a second run sharing the folder fails.
+
+    A lock whose owner is on this host and no longer alive is stale (a killed job) and is taken over;
+    a live owner, or one on another host, is one :class:`InputError` naming it. Collective.
+    """
+    world = world or get_world()
+    lock = Path(folder) / ".lock"
+    error = None
+    if world.is_root:
+        error = _take_lock(lock, what)
+    error = world.bcast(error)
+    if error:
+        raise InputError(error)
+    try:
+        yield lock
+        world.barrier()
+    finally:
+        if world.is_root:
+            with contextlib.suppress(OSError, ValueError):
+                if json.loads(lock.read_text()).get("pid") == os.getpid():
+                    lock.unlink()
+
+
+def _take_lock(lock: Path, what: str) -> str | None:
+    import socket
+
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    me = {"host": socket.gethostname(), "pid": os.getpid(),
+          "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                owner = json.loads(lock.read_text())
+                host, pid = owner["host"], int(owner["pid"])
+            except (OSError, ValueError, KeyError, TypeError):
+                owner, host, pid = {}, None, None
+            if host == me["host"] and pid is not None and not _alive(pid) or (host is None and _old(lock)):
+                log.warning("%s: removing stale lock of %s (no longer running)", lock, owner or "an unknown owner")
+                with contextlib.suppress(FileNotFoundError):
+                    lock.unlink()
+                continue
+            if host is None:
+                continue  # being written by its owner right now: look again
+            return (f"{lock}: {what} is in use by another run (host {host}, pid {pid}, since "
+                    f"{owner.get('started')}); give each run its own --work-dir, or delete the lock if that run is gone")
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        return None
+    return f"{lock}: could not take the lock of the {what}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _old(path: Path, seconds: float = 60.0) -> bool:
+    import time
+
+    try:
+        return time.time() - path.stat().st_mtime > seconds
+    except OSError:
+        return True
 
 
 def _temporary_name(final: Path) -> Path:

@@ -135,6 +135,7 @@ def denoise_store(input_path: os.PathLike | str, output_path: os.PathLike | str,
     t_start = time.perf_counter()
     src = store.open_volume(input_path)
     _check_input(src)
+    store.check_finite(src, world)
     shape = src.shape
     if min(shape) < max(cfg.patch_size, 2):
         raise InputError(f"{src.path}: volume {shape} is smaller than the patch ({cfg.patch_size})")
@@ -143,6 +144,7 @@ def denoise_store(input_path: os.PathLike | str, output_path: os.PathLike | str,
         ref = store.open_volume(reference, require=())
         if ref.shape != shape:
             raise InputError(f"{ref.path}: reference shape {ref.shape} differs from the input's {shape}")
+        store.check_finite(ref, world)
 
     # one noise estimate for the whole volume, on rank 0, shared
     sigma = world.bcast(estimate_sigma(src.array, cfg.sigma_max_voxels) if world.is_root else None)
@@ -165,7 +167,7 @@ def denoise_store(input_path: os.PathLike | str, output_path: os.PathLike | str,
     in_chunks = tuple(src.array.chunks)
     chunk = cfg.chunk or in_chunks
     shard = cfg.shard or src.shards
-    chunks, shards = store.block_shapes(shape, chunk, shard)
+    chunks, shards = store.block_shapes(shape, chunk, shard, where="denoise")
     regions = store.shard_regions(shape, shards)
     record = {**{k: v for k, v in vars(cfg).items()}, "h": params.h, "noise_sigma": sigma}
     nlm_attrs = {"algorithm": "blockwise fast non-local means (Darbon et al. 2008)", **params.as_dict(),
@@ -190,20 +192,21 @@ def denoise_store(input_path: os.PathLike | str, output_path: os.PathLike | str,
     else:
         work = Path(work_dir)
         partial, markers = work / "denoised.partial.zarr", work / "shards"
-        if world.is_root:
-            if partial.exists() and not _partial_matches(partial, fingerprint):
-                log.info("discarding %s: written from other inputs or with other parameters", partial)
-                shutil.rmtree(partial)
-            if not partial.exists():
-                shutil.rmtree(markers, ignore_errors=True)
-                store.create_volume(partial, shape, "float32", attrs, chunk=chunks, shard=shards)
-            markers.mkdir(parents=True, exist_ok=True)
-        world.barrier()
-        summary.update(_fill(src, ref, partial, markers, regions, params, backend, device, workers, world, t_start))
-        with store.atomic_output(final, world) as tmp:
+        with store.exclusive_lock(work, world, "denoise --work-dir"):  # one run per work folder
             if world.is_root:
-                os.rename(partial, tmp)
-                shutil.rmtree(markers, ignore_errors=True)
+                if partial.exists() and not _partial_matches(partial, fingerprint):
+                    log.info("discarding %s: written from other inputs or with other parameters", partial)
+                    shutil.rmtree(partial)
+                if not partial.exists():
+                    shutil.rmtree(markers, ignore_errors=True)
+                    store.create_volume(partial, shape, "float32", attrs, chunk=chunks, shard=shards)
+                markers.mkdir(parents=True, exist_ok=True)
+            world.barrier()
+            summary.update(_fill(src, ref, partial, markers, regions, params, backend, device, workers, world, t_start))
+            with store.atomic_output(final, world) as tmp:
+                if world.is_root:
+                    os.rename(partial, tmp)
+                    shutil.rmtree(markers, ignore_errors=True)
     if world.is_root:
         store.write_json(Path(metrics_path) if metrics_path else final.parent / "denoise.json",
                          {"store": str(final), **summary})
