@@ -38,6 +38,29 @@ DEFAULT_ATTENUATION = (0.05, 0.45, 0.20, 0.95, 0.30, 1.0)
 NOISE_BLOCK = 64
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def _is_real(v: Any) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# allowed ranges of the scalar parameters: name -> (type, low, high) (inclusive; POSITIVE: low excluded)
+RANGES: dict[str, tuple[type, float, float]] = {
+    "seed": (int, 0, 2**63 - 1), "frame": (int, 0, math.inf), "n_frames": (int, 1, math.inf),
+    "voxel_size_um": (float, 0, math.inf),
+    "collector_fraction": (float, 0, 1), "cathode_fraction": (float, 0, 1), "separator_fraction": (float, 0, 1),
+    "particle_radius": (float, 0, 1000), "particle_radius_sigma": (float, 0, 10), "active_fraction": (float, 0, 1),
+    "cathode_pore_fraction": (float, 0, 1), "separator_pore_fraction": (float, 0, 1),
+    "pits_per_10k_vox2": (float, 0, 10_000), "dendrites_per_10k_vox2": (float, 0, 10_000),
+    "agglomerates_per_10k_vox2": (float, 0, 10_000), "dendrite_radius": (float, 0, 1000),
+    "dendrite_max_length_fraction": (float, 0, 1), "blur_sigma": (float, 0, 100), "noise_sigma": (float, 0, 1e6),
+    "photons": (float, 0, 1e12), "ring_amplitude": (float, 0, 1e6), "n_rings": (int, 0, 10_000),
+}
+POSITIVE = {"voxel_size_um", "particle_radius", "dendrite_radius"}
+
+
 @dataclass
 class PhantomParams:
     """Parameters of the synthetic cell; lengths in voxels unless named otherwise."""
@@ -72,6 +95,22 @@ class PhantomParams:
     n_rings: int = 6
 
     def __post_init__(self) -> None:
+        if not isinstance(self.shape, (list, tuple)) or not all(_is_int(s) for s in self.shape):
+            raise InputError(f"phantom: shape must be three integers >= 16, got {self.shape!r}")
+        if not isinstance(self.attenuation, (list, tuple)) or not all(_is_real(a) for a in self.attenuation):
+            raise InputError(f"phantom: attenuation must be finite numbers, got {self.attenuation!r}")
+        for name, (kind, lo, hi) in RANGES.items():
+            value = getattr(self, name)
+            if value is None and name == "particle_radius":
+                continue
+            if not (_is_int(value) if kind is int else _is_real(value)) or not lo <= value <= hi or (
+                    name in POSITIVE and value == 0):
+                low = f"> {lo}" if name in POSITIVE else f">= {lo}"
+                rng = f"{low}" + (f" and <= {hi}" if hi != math.inf else "")
+                raise InputError(f"phantom: {name} must be {'an integer' if kind is int else 'a finite number'} "
+                                 f"{rng}, got {value!r}")
+        if self.collector_fraction + self.cathode_fraction + self.separator_fraction > 1:
+            raise InputError("phantom: collector_fraction + cathode_fraction + separator_fraction must be <= 1")
         self.shape = tuple(int(s) for s in self.shape)
         self.attenuation = tuple(float(a) for a in self.attenuation)
         if len(self.shape) != 3 or min(self.shape) < 16:
