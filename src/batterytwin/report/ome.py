@@ -25,10 +25,11 @@ from typing import Mapping
 
 from ..distributed import World
 from ..errors import InputError
-from ..store import Volume, atomic_output, open_volume
+from ..store import Volume, atomic_output, check_finite, check_labels, open_volume
 from . import style
 
 AXES = "zyx"
+MAX_LEVELS = 16  # 2**16 downsampling: beyond any volume
 
 
 def level_factors(shape, levels: int, min_size: int = 8) -> list[dict[str, int]]:
@@ -74,13 +75,19 @@ def export_ome(volume: os.PathLike | str, out: os.PathLike | str, labels: Mappin
     from ome_zarr.writer import write_image, write_labels
     import zarr
 
+    if not isinstance(levels, int) or not 0 <= levels <= MAX_LEVELS:
+        raise InputError(f"report ome: --levels must be an integer in 0..{MAX_LEVELS}, got {levels!r}")
+    if not isinstance(chunk, int) or chunk < 1:
+        raise InputError(f"report ome: --chunk must be an integer >= 1, got {chunk!r}")
     vol = open_volume(volume)
+    check_finite(vol)
     lab = {name: open_volume(p) for name, p in (labels or {}).items()}
     for name, lv in lab.items():
         if lv.shape != vol.shape:
             raise InputError(f"{lv.path}: label shape {lv.shape} differs from the volume {vol.path} {vol.shape}")
         if lv.array.dtype.kind not in "ui":
             raise InputError(f"{lv.path}: labels must be integers, got {lv.array.dtype}")
+        check_labels(lv)
     factors = level_factors(vol.shape, levels)
     scale = dict(zip(AXES, (float(v) for v in vol.voxel_size_um)))
     units = {a: "micrometer" for a in AXES}
