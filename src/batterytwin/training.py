@@ -166,6 +166,16 @@ def preempted(command: str, step: int, steps: int, checkpoint: Path | str | None
     return EXIT_PREEMPTED
 
 
+def check_loss(value: float, step: int, command: str) -> None:
+    """Stop training on a non-finite loss: one :class:`InputError` line, no model written.
+
+    Pass a value every rank agrees on (an all-reduced loss), so that all ranks stop together.
+    """
+    if not math.isfinite(float(value)):
+        raise InputError(f"{command}: training loss is {float(value)} at step {step}: non-finite input values "
+                         "or a learning rate too high; no model written (check the inputs, lower the learning rate)")
+
+
 def save_atomic(obj: Any, path: Path | str) -> None:
     """``torch.save(obj)`` to ``path`` through :func:`batterytwin.store.atomic_output`; call on one rank."""
     with store.atomic_output(path, World()) as tmp:  # one writer: a size-1 world
@@ -187,7 +197,11 @@ def load_model_file(path: Path | str, fmt: str, what: str) -> dict:
     try:
         payload = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for a corrupt or foreign file
-        raise InputError(f"{p}: cannot load as a weights-only torch file ({type(exc).__name__}: {exc})") from None
+        text = " ".join(str(exc).split())[:300]
+        raise InputError(f"{p}: cannot load as a weights-only torch file ({type(exc).__name__}: {text})") from None
+    if isinstance(payload, dict) and "run_key" in payload and "step" in payload:
+        raise InputError(f"{p}: this is a training checkpoint, not a model; pass the {what} file that training "
+                         "writes at the end")
     if not isinstance(payload, dict) or payload.get("format") != fmt:
         raise InputError(f"{p}: not a batterytwin {what} (format {fmt!r} expected)")
     return payload

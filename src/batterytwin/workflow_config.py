@@ -28,6 +28,12 @@ from .report.config import ReportConfig
 from .segment.config import SegmentConfig
 
 SampleName = Annotated[str, StringConstraints(pattern=SAMPLE_NAME)]
+# An MPI launcher is pasted unquoted into rule shell commands (``{resources.mpi} -n N batterytwin ...``),
+# so it comes only from the trusted config and must be a program name followed by options/values:
+# letters, digits and ``_ . / + - , : @ % =``, words separated by spaces; no quotes, ``;``, ``|``,
+# ``&``, ``$``, backticks, redirections or globbing. Examples: ``mpiexec``, ``srun --cpus-per-task=8``.
+MPI_LAUNCHER = r"^[A-Za-z0-9_./+][A-Za-z0-9_./+-]*(?: +[A-Za-z0-9_.,:/@%+=-]+)*$"
+Launcher = Annotated[str, StringConstraints(pattern=MPI_LAUNCHER)]
 
 
 class Resources(Section):
@@ -45,7 +51,8 @@ class Resources(Section):
     qos: str | None = Field(None, description="Slurm QOS")
     slurm_extra: str | None = Field(None, description="extra sbatch options")
     tasks_per_gpu: int | None = Field(None, ge=0, description="ranks per GPU")
-    mpi: str | None = Field(None, description="MPI launcher of this rule (else the top-level mpi)")
+    mpi: Launcher | None = Field(None, description="MPI launcher of this rule (else the top-level mpi): a program "
+                                 "and its options, no shell syntax (pasted into the rule's command)")
 
 
 RULE_DEFAULTS = {"tasks": 1, "cpus_per_task": 1}  # what a rule gets when resources.default leaves it out
@@ -58,8 +65,8 @@ class PipelineConfig(Section):
                                               json_schema_extra={"propertyNames": {"pattern": SAMPLE_NAME}})
     store: StoreSettings = Field(default_factory=StoreSettings, description="chunk/shard edges of volume stores")
     ingest: IngestSettings = Field(default_factory=IngestSettings, description="ingest of file samples")
-    mpi: str = Field("mpiexec", description="MPI launcher for MPI rules (mpiexec locally, srun on Slurm); "
-                     "from the trusted config")
+    mpi: Launcher = Field("mpiexec", description="MPI launcher for MPI rules (mpiexec locally, srun on Slurm), "
+                          "from the trusted config: a program and its options, no shell syntax")
     resources: dict[str, Resources] = Field({"default": Resources()}, description="per-rule resources (Slurm "
                                             "sizes are config, not code); 'default' applies to every rule")
     denoise: DenoiseConfig = Field(default_factory=DenoiseConfig, description="NLM denoising")

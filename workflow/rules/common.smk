@@ -59,6 +59,10 @@ def RES(rule_name, mpi=True):
 
     mpi=False for rules without a `{resources.mpi}` launcher: the Slurm executor plugin treats any
     job with an `mpi` resource as an MPI job (it refuses tasks == 1 and does not wrap it in srun).
+
+    The launcher is pasted unquoted into shell commands: it comes from the trusted config only and
+    complete_config() has checked it against workflow_config.MPI_LAUNCHER (a program and options,
+    no shell syntax).
     """
     res = dict(config["resources"]["default"])
     res.update(config["resources"].get(rule_name, {}))

@@ -35,7 +35,7 @@ from torch import nn
 
 from ..distributed import World, get_world
 from ..errors import InputError
-from ..training import (Checkpoint, StopFlag, ema_decay, ema_model, load_model_file, update_ema, warmup_cosine,
+from ..training import (Checkpoint, StopFlag, check_loss, ema_decay, ema_model, load_model_file, update_ema, warmup_cosine,
                         wrap_ddp)
 from .baselines import forest_features, variance_rows
 from .config import TrainConfig
@@ -160,7 +160,9 @@ def train_model(cs: CurveSet, cfg: TrainConfig, checkpoint: Path | None = None, 
                 running, counted = 0.0, 0
             if on_step is not None:
                 on_step(done)
-            if stop.agreed(device)[0]:  # every rank stops at the same step
+            stopped, (loss_sum,) = stop.agreed(device, float(loss.detach()))  # one all-reduce: flag + loss
+            check_loss(float(loss_sum), done, "train-degradation")  # NaN/inf: every rank stops, no model
+            if stopped:  # every rank stops at the same step
                 ckpt.save(done, history=history)
                 interrupted, step = True, done
                 break
