@@ -504,6 +504,21 @@ def _old(path: Path, seconds: float = 60.0) -> bool:
         return True
 
 
+def check_output(path: os.PathLike | str, overwrite: bool = False, what: str = "volume store") -> None:
+    """Refuse to replace ``path`` unless it is absent or already a store (a rerun), or ``overwrite``.
+
+    A regular file, or a folder that is not a zarr store, at an output path is most likely a typo
+    (``ingest scan.tif scan.tif``): one :class:`InputError` line naming it and ``--overwrite``.
+    """
+    p = Path(path)
+    if overwrite or not (p.exists() or p.is_symlink()):
+        return
+    if p.is_dir() and (p / "zarr.json").is_file():
+        return
+    kind = "a file" if p.is_file() else ("a folder that is not a zarr store" if p.is_dir() else "not a store")
+    raise InputError(f"{p}: output exists and is {kind}, not a {what}; remove it or pass --overwrite")
+
+
 def _temporary_name(final: Path) -> Path:
     return final.with_name(f"{final.name}{TMP_MARKER}{uuid.uuid4().hex[:12]}")
 

@@ -32,8 +32,14 @@ def parse_crop(crop: Any, shape: Sequence[int], where: str = "crop") -> tuple[sl
         return tuple(slice(0, n) for n in shape)
     if isinstance(crop, str):
         parts = crop.split(",")
-        crop = [[None if v == "" else int(v) for v in part.split(":")] if part.strip() else None for part in parts]
-    if len(crop) != 3:
+        try:
+            crop = [[None if v.strip() == "" else int(v) for v in part.split(":")] if part.strip() else None
+                    for part in parts]
+        except ValueError:
+            raise InputError(f"{where}: {crop!r} is not 'z0:z1,y0:y1,x0:x1' (integers; empty = whole axis)") from None
+        if any(r is not None and len(r) != 2 for r in crop):
+            raise InputError(f"{where}: {','.join(parts)!r}: each range is 'start:stop'")
+    if not isinstance(crop, (list, tuple)) or len(crop) != 3:
         raise InputError(f"{where}: need three ranges (z, y, x), got {crop!r}")
     out = []
     for axis, (rng, n) in enumerate(zip(crop, shape)):
@@ -56,7 +62,7 @@ def bin_volume(block: np.ndarray, factor: int) -> np.ndarray:
 def ingest_volume(reader, out_path: Path | str, *, voxel_size_um: Any, crop: Any = None, bin_factor: int = 1,
                   output_dtype: str = "auto", nan_fill: float | None = None, chunk: int = store.DEFAULT_CHUNK,
                   shard: int = store.DEFAULT_SHARD, max_memory_mb: float = 2048, checksum: bool = True,
-                  params: dict | None = None) -> Path:
+                  params: dict | None = None, overwrite: bool = False) -> Path:
     """Stream ``reader`` into a sharded volume store at ``out_path`` (atomically).
 
     Args:
@@ -66,9 +72,13 @@ def ingest_volume(reader, out_path: Path | str, *, voxel_size_um: Any, crop: Any
         output_dtype: ``auto`` keeps the source dtype (float32 when binning).
         nan_fill: value for NaN/Inf in float input; ``None`` rejects such input.
         max_memory_mb: budget for one slab (source + binned + output copies).
+        overwrite: replace ``out_path`` even when it is not a volume store (a file, another folder).
     """
     where = str(reader.path)
+    store.check_output(out_path, overwrite)
     voxel = store.check_voxel_size(voxel_size_um, where)
+    if not (isinstance(max_memory_mb, (int, float)) and math.isfinite(max_memory_mb) and max_memory_mb > 0):
+        raise InputError(f"--max-memory-mb must be a finite number > 0 (megabytes), got {max_memory_mb!r}")
     if int(bin_factor) < 1:
         raise InputError(f"{where}: bin must be a positive integer, got {bin_factor}")
     bin_factor = int(bin_factor)
@@ -80,8 +90,14 @@ def ingest_volume(reader, out_path: Path | str, *, voxel_size_um: Any, crop: Any
     if output_dtype == "auto":
         dtype = np.dtype(np.float32) if bin_factor > 1 else np.dtype(reader.dtype).newbyteorder("=")
     else:
-        dtype = np.dtype(output_dtype)
-    chunks, shards = store.block_shapes(out_shape, chunk, shard)
+        try:
+            dtype = np.dtype(output_dtype)
+        except TypeError:
+            dtype = None
+        if dtype is None or dtype.kind not in "iuf" or dtype.itemsize > 8:
+            raise InputError(f"--output-dtype: {output_dtype!r} is not a real number type "
+                             "(auto, uint8, uint16, int16, float32, ...)")
+    chunks, shards = store.block_shapes(out_shape, chunk, shard, where="ingest")
 
     # Slab depth (output z): a whole shard row when it fits the budget, else whole chunk rows.
     plane_bytes = cropped[1] * cropped[2] * (np.dtype(reader.dtype).itemsize + 8) * bin_factor
@@ -164,6 +180,7 @@ def write_phantom(params: PhantomParams, volume: Path | str, clean: Path | str |
     Every rank renders and writes its own whole shards; memory is a few shards per rank.
     """
     world = world or get_world()
+    store.check_blocks(chunk, shard, "phantom")
     geometry = CellGeometry.build(params)
     p = params.to_dict()
     source = {"path": "synthetic", "phantom": p, "sha256": store.params_sha256(p)}
