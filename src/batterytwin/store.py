@@ -193,8 +193,19 @@ class Volume:
 
     @property
     def classes(self) -> dict[int, str]:
-        """Class id -> name, for label stores."""
-        return {int(k): v for k, v in self.attrs.get("classes", {}).items()}
+        """Class id -> name, for label stores.
+
+        Raises:
+            InputError: ``classes`` is not a mapping of ids 0..254 to names.
+        """
+        classes = self.attrs.get("classes", {})
+        try:
+            out = {int(k): str(v) for k, v in classes.items()}
+        except (AttributeError, TypeError, ValueError):
+            out = None
+        if out is None or not all(0 <= k < 255 for k in out):
+            raise InputError(f"{self.path}: attribute 'classes' must map label ids 0..254 to names, got {classes!r}")
+        return out
 
 
 def open_group(path: os.PathLike | str, what: str = "store", *, mode: str = "r", validate: bool = True,

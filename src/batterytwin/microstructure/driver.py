@@ -22,7 +22,7 @@ import numpy as np
 from ..contracts import MICROSTRUCTURE_SCHEMA, bruggeman, json_safe
 from ..distributed import World, get_world
 from ..errors import InputError
-from ..store import atomic_output, open_volume, provenance, read_json, write_json
+from ..store import atomic_output, check_labels, open_volume, provenance, read_json, write_json
 from . import stats
 from .clusters import AXES, phase_clusters
 from .tortuosity import WalkParams, walk_tortuosity
@@ -246,6 +246,7 @@ def run(labels_path: str | Path, out_json: str | Path, out_msd: str | Path, para
         raise InputError(f"{labels_path}: expected a 3-D label volume (z, y, x), got shape {vol.shape}")
     if vol.array.dtype != np.uint8:
         raise InputError(f"{labels_path}: labels must be uint8, got {vol.array.dtype}")
+    check_labels(vol)  # the shared check: ids outside 'classes' (and the ignore label) are refused
     labels = np.asarray(vol.array[...])
     record, msd = measure(labels, vol.classes, vol.voxel_size_um, params, world, checkpoint_dir)
     record["source"] = {"labels": str(labels_path), "producer": vol.attrs.get("producer", {})}

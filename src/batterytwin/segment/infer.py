@@ -38,6 +38,7 @@ from .train import load_model
 from .window import entropy, gaussian_weight, meets, predict_region, window_extent
 
 log = logging.getLogger(__name__)
+MIN_EDGE = 2  # voxels per axis: below that there is no image to segment
 
 
 def segment_volume(input_path: str, model_path: str, labels_out: str, uncertainty_out: str | None,
@@ -60,7 +61,11 @@ def segment_volume(input_path: str, model_path: str, labels_out: str, uncertaint
     vol = store.open_volume(input_path)
     if len(vol.shape) != 3:
         raise InputError(f"{input_path}: expected a 3-D volume (z, y, x), got shape {vol.shape}")
+    if min(vol.shape) < MIN_EDGE:
+        raise InputError(f"{input_path}: volume {vol.shape} is too small to segment (each edge >= {MIN_EDGE} voxels)")
+    store.check_finite(vol, world)
     lo, hi = world.bcast(intensity_range(vol.array) if world.is_root else None)
+
 
     def normalise(x: np.ndarray) -> np.ndarray:
         return ((np.asarray(x, np.float32) - lo) / (hi - lo)).astype(np.float32)
