@@ -1,0 +1,219 @@
+"""Property-based bad input: random shapes, dtypes, NaN patterns and parameter values.
+
+Every property is "a clear error (InputError / exit 2 with one line) or a correct result, never a
+traceback". Bounded: a few dozen examples each, no deadline, well under a minute in all.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import string
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from batterytwin import store
+from batterytwin.distributed import World
+from batterytwin.errors import InputError
+
+FEW = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                     HealthCheck.too_slow])
+ANY_NUMBER = st.one_of(st.integers(-10**6, 10**6), st.floats(allow_nan=True, allow_infinity=True),
+                       st.booleans(), st.text(max_size=4), st.none(), st.lists(st.integers(0, 3), max_size=3))
+
+
+SHAPES = hnp.array_shapes(min_dims=3, max_dims=3, min_side=1, max_side=12)
+
+
+def _volume(tmp, data: np.ndarray, name: str = "v.zarr", **extra) -> store.Volume:
+    path = tmp / name
+    if path.exists():
+        import shutil
+
+        shutil.rmtree(path)
+    with store.atomic_output(path, World()) as t:
+        store.create_volume(t, data.shape, data.dtype, store.volume_attrs("test", 1.0, **extra),
+                            chunk=4, shard=8)[...] = data
+    return store.open_volume(path)
+
+
+# ------------------------------------------------------------------------------ store cores
+@FEW
+@given(shape=st.lists(st.integers(1, 40), min_size=3, max_size=3),
+       chunk=st.integers(-3, 20), shard=st.integers(-3, 40))
+def test_block_shapes_clear_error_or_consistent_blocks(shape, chunk, shard):
+    try:
+        chunks, shards = store.block_shapes(shape, chunk, shard)
+    except InputError as exc:
+        assert chunk < 1 or shard < 1 or shard < chunk, exc
+        assert "\n" not in str(exc)
+        return
+    assert chunk >= 1 and shard >= chunk
+    for c, h, n in zip(chunks, shards, shape):
+        assert 1 <= c <= n and h % c == 0
+    covered = sum(math.prod(s.stop - s.start for s in r) for r in store.shard_regions(shape, shards))
+    assert covered == math.prod(shape)
+
+
+@FEW
+@given(data=st.one_of(
+    hnp.arrays(st.sampled_from([np.float16, np.float32, np.float64]), SHAPES,
+               elements=st.sampled_from([0.0, 1.5, -2.0, np.nan, np.inf, -np.inf])),
+    hnp.arrays(st.sampled_from([np.float32]), SHAPES, elements=st.floats(-1e6, 1e6, width=32)),
+    hnp.arrays(st.sampled_from([np.int16, np.uint8]), SHAPES)))
+def test_check_finite_counts_and_locates_non_finite_voxels(tmp_path_factory, data):
+    tmp = tmp_path_factory.mktemp("finite")
+    vol = _volume(tmp, data)
+    bad = ~np.isfinite(data) if data.dtype.kind == "f" else np.zeros(data.shape, bool)
+    if not bad.any():
+        store.check_finite(vol)
+        return
+    with pytest.raises(InputError) as err:
+        store.check_finite(vol)
+    msg = str(err.value)
+    assert f"{int(bad.sum())} NaN/infinite voxel(s)" in msg and "\n" not in msg
+    first = tuple(int(i) for i in np.argwhere(bad)[0])
+    # the first position is the first one in shard order: check it is a non-finite voxel
+    pos = tuple(int(v) for v in msg.split("= (")[1].split(")")[0].split(", "))
+    assert bad[pos] and (len(store.shard_regions(data.shape, vol.shards)) > 1 or pos == first)
+
+
+@FEW
+@given(data=hnp.arrays(np.uint8, hnp.array_shapes(min_dims=3, max_dims=3, min_side=1, max_side=10),
+                       elements=st.sampled_from([0, 1, 2, 3, 4, 5, 6, 9, 200, 254, 255])),
+       n_classes=st.integers(1, 8))
+def test_check_labels_refuses_exactly_the_unknown_ids(tmp_path_factory, data, n_classes):
+    tmp = tmp_path_factory.mktemp("labels")
+    classes = {str(k): f"c{k}" for k in range(n_classes)}
+    vol = _volume(tmp, data, classes=classes)
+    unknown = sorted(set(np.unique(data).tolist()) - set(range(n_classes)) - {255})
+    if not unknown:
+        store.check_labels(vol)
+        return
+    with pytest.raises(InputError, match="unknown label id") as err:
+        store.check_labels(vol)
+    assert str(sorted(unknown)[:10]) in str(err.value)
+
+
+@FEW
+@given(shape=st.lists(st.integers(1, 9), min_size=3, max_size=3), halo=st.integers(0, 4), data=st.data())
+def test_read_with_halo_equals_padding_the_whole_volume(shape, halo, data):
+    from batterytwin.denoise.driver import read_with_halo
+
+    if halo >= min(shape):
+        halo = min(shape) - 1  # reflection needs halo < size (as the driver ensures)
+    vol = np.arange(math.prod(shape), dtype=np.float32).reshape(shape)
+    lo = [data.draw(st.integers(0, n - 1)) for n in shape]
+    hi = [data.draw(st.integers(a + 1, n)) for a, n in zip(lo, shape)]
+    region = tuple(slice(a, b) for a, b in zip(lo, hi))
+    padded = np.pad(vol, halo, mode="reflect")
+    want = padded[tuple(slice(a, b + 2 * halo) for a, b in zip(lo, hi))]
+    np.testing.assert_array_equal(read_with_halo(vol, region, halo), want)
+
+
+# ---------------------------------------------------------------------------- parameter cores
+PHANTOM_FIELDS = ["noise_sigma", "blur_sigma", "photons", "seed", "n_rings", "active_fraction",
+                  "particle_radius", "dendrite_radius", "cathode_fraction", "ring_amplitude", "frame"]
+
+
+@FEW
+@given(name=st.sampled_from(PHANTOM_FIELDS), value=ANY_NUMBER)
+def test_phantom_params_clear_error_or_valid(name, value):
+    from batterytwin.ingest.phantom import PhantomParams
+
+    try:
+        p = PhantomParams.from_dict({"shape": (16, 16, 16), name: value})
+    except InputError as exc:
+        assert "\n" not in str(exc) and name in str(exc)
+        return
+    got = getattr(p, name)
+    assert not isinstance(got, (bool, str)) and got is not None or name == "particle_radius"
+    assert got is None or math.isfinite(float(got))
+
+
+@FEW
+@given(crop=st.one_of(st.text(alphabet=string.digits + ":,;ab -", max_size=14),
+                      st.lists(st.one_of(st.none(), st.lists(st.integers(-5, 40), min_size=2, max_size=2)),
+                               max_size=4)))
+def test_parse_crop_clear_error_or_slices_inside(crop):
+    from batterytwin.ingest.driver import parse_crop
+
+    shape = (20, 30, 40)
+    try:
+        region = parse_crop(crop, shape)
+    except InputError as exc:
+        assert "\n" not in str(exc)
+        return
+    assert len(region) == 3
+    for s, n in zip(region, shape):
+        assert 0 <= s.start < s.stop <= n
+
+
+@FEW
+@given(launcher=st.text(alphabet=string.ascii_letters + string.digits + " -=_./;|&$`'\"()<>*?\n\\", max_size=30))
+def test_mpi_launcher_accepted_only_without_shell_syntax(launcher):
+    from batterytwin.workflow_config import complete_config
+
+    try:
+        complete_config({"samples": {"s": {"source": "synthetic"}}, "mpi": launcher})
+    except InputError as exc:
+        assert "\n" not in str(exc)
+        return
+    assert launcher and not set(launcher) & set(";|&$`'\"()<>*?\n\\")
+
+
+# ------------------------------------------------------------------------------------ the CLIs
+def _cli(capsys, *argv) -> tuple[int, str]:
+    from batterytwin.cli import main
+
+    capsys.readouterr()
+    try:
+        code = main(["-q", *map(str, argv)])
+    except SystemExit as exc:  # argparse: usage + one error line
+        code = exc.code
+    err = capsys.readouterr().err
+    return code, err
+
+
+def _one_clear_line(code, err) -> None:
+    lines = [ln for ln in err.strip().splitlines() if ln.strip() and not ln.startswith(("usage:", " "))
+             and " WARNING " not in ln]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, (code, err)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=st.sampled_from(PHANTOM_FIELDS[:6]), value=ANY_NUMBER)
+def test_phantom_cli_clear_error_or_a_finite_image(tmp_path_factory, capsys, name, value):
+    tmp = tmp_path_factory.mktemp("ph")
+    out = tmp / "v.zarr"
+    code, err = _cli(capsys, "phantom", out, "--shape", "16", "16", "16", "--param", f"{name}={json.dumps(value)}")
+    if code == 0:
+        vol = store.open_volume(out)
+        store.check_finite(vol)
+    else:
+        _one_clear_line(code, err)
+        assert not out.exists()
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(chunk=st.integers(-2, 20), shard=st.integers(-2, 24), mem=st.sampled_from(["0", "-1", "nan", "0.01", "64"]),
+       dtype=st.sampled_from(["auto", "uint8", "float32", "banana", "complex64", "int16", "bool"]),
+       data=hnp.arrays(np.float32, (6, 7, 8), elements=st.sampled_from([0.0, 0.5, 1.0, 300.0, np.nan])))
+def test_ingest_cli_clear_error_or_the_same_voxels(tmp_path_factory, capsys, chunk, shard, mem, dtype, data):
+    tmp = tmp_path_factory.mktemp("in")
+    src, out = tmp / "a.npy", tmp / "v.zarr"
+    np.save(src, data)
+    code, err = _cli(capsys, "ingest", src, out, "--voxel-size-um", "1", "--chunk", chunk, "--shard", shard,
+                     "--max-memory-mb", mem, "--output-dtype", dtype)
+    if code != 0:
+        _one_clear_line(code, err)
+        assert not out.exists()
+        return
+    got = np.asarray(store.open_volume(out).array[...])
+    assert np.isfinite(data).all()
+    want = data if dtype in ("auto", "float32") else np.rint(data).astype(dtype)
+    np.testing.assert_array_equal(got, want)
