@@ -25,7 +25,6 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from typing import Any
@@ -39,6 +38,7 @@ from ..errors import InputError
 from ..progress import progress
 from .config import GmmSettings
 from .gmm import classify, clean_labels, fit_mixture, halo, pad_tile, sample_blocks, sample_intensities
+from .infer import label_outputs
 
 log = logging.getLogger(__name__)
 
@@ -107,19 +107,11 @@ def segment_gmm(input_path: str, labels_out: str, uncertainty_out: str | None, c
     shard = int(infer.get("shard") or store.DEFAULT_SHARD)
     margin = halo(gmm.clean_radius)
     changed = 0
-    with contextlib.ExitStack() as stack:
-        tmp_labels = stack.enter_context(store.atomic_output(labels_out, world))
-        tmp_unc = stack.enter_context(store.atomic_output(uncertainty_out, world)) if uncertainty_out else None
-        if world.is_root:
-            store.create_volume(tmp_labels, vol.shape, "uint8", label_attrs, chunk=chunk, shard=shard)
-            if tmp_unc is not None:
-                unc_attrs = store.volume_attrs("segment", vol.voxel_size_um, params, source, method="gmm",
-                                               quantity="GMM class posterior entropy", units="nats",
-                                               max_value=float(np.log(len(produced))))
-                store.create_volume(tmp_unc, vol.shape, "float16", unc_attrs, chunk=chunk, shard=shard)
-        world.barrier()
-        out = store.open_volume(tmp_labels, mode="r+", validate=False)
-        unc = store.open_volume(tmp_unc, mode="r+", validate=False) if tmp_unc is not None else None
+    unc_attrs = store.volume_attrs("segment", vol.voxel_size_um, params, source, method="gmm",
+                                   quantity="GMM class posterior entropy", units="nats",
+                                   max_value=float(np.log(len(produced))))
+    with label_outputs(labels_out, uncertainty_out, vol.shape, label_attrs, unc_attrs, chunk, shard,
+                       world) as (out, unc):
         regions = store.shard_regions(vol.shape, out.shards)
         for i in progress(list(split_evenly(range(len(regions)), world)), desc="segment (gmm)"):
             tile, inner = padded_read(vol.array, regions[i], margin)
