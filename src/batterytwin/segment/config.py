@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from ..config import Section, validate_settings
+from ..contracts import CLASSES
 
 AXIS_NAMES = {"z": 0, "y": 1, "x": 2}
 Device = Literal["auto", "cpu", "cuda"]
@@ -119,6 +120,22 @@ class SegmentConfig(Section):
     model: ModelSettings = Field(default_factory=ModelSettings, description="network")
     train: TrainSettings = Field(default_factory=TrainSettings, description="training")
     infer: InferSettings = Field(default_factory=InferSettings, description="inference")
+    classes: dict[str, Annotated[int, Field(ge=0, le=254)]] = Field(
+        {name: cid for cid, name in CLASSES.items()},
+        description="class name -> label id of the run: the class map of imported hand labels "
+        "(samples.<name>.labels); default the phantom's classes")
+
+    @field_validator("classes")
+    @classmethod
+    def _unique_ids(cls, value: dict[str, int]) -> dict[str, int]:
+        ids: dict[int, str] = {}
+        for name, cid in value.items():
+            if cid in ids:
+                raise ValueError(f"id {cid} is given to '{ids[cid]}' and '{name}'")
+            ids[cid] = name
+        if not value:
+            raise ValueError("needs at least one class")
+        return value
 
 
 def merge_config(user: dict | None = None, where: str = "segment") -> dict:
