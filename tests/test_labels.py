@@ -246,3 +246,15 @@ def test_workflow_finds_the_shipped_data_and_refuses_missing_data(tmp_path):
     cfg.write_text("degradation:\n  real_data:\n    dir: nowhere/cycling\n    enabled: false\n")
     off = snakemake(tmp_path, "-n", "--configfile", str(REPO / "config.yaml"), str(cfg))
     assert off.returncode == 0, off.stderr
+
+
+@pytest.mark.parametrize("classes, message", [
+    ({"pore": 0, "solid": 0}, "segment.classes: id 0 is given to 'pore' and 'solid'"),
+    ({"pore": 1, "solid": 2}, "segment.classes: ids must be 0..1 (one per class), got [1, 2]"),
+])
+def test_segment_class_map_errors(classes, message):
+    from batterytwin.segment.config import merge_config
+
+    with pytest.raises(InputError) as exc:
+        merge_config({"classes": classes})
+    assert str(exc.value) == message

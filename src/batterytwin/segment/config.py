@@ -122,7 +122,7 @@ class SegmentConfig(Section):
     infer: InferSettings = Field(default_factory=InferSettings, description="inference")
     classes: dict[str, Annotated[int, Field(ge=0, le=254)]] = Field(
         {name: cid for cid, name in CLASSES.items()},
-        description="class name -> label id of the run: the class map of imported hand labels "
+        description="class name -> label id (ids 0..n-1) of the run: the class map of imported hand labels "
         "(samples.<name>.labels); default the phantom's classes")
 
     @field_validator("classes")
@@ -135,6 +135,8 @@ class SegmentConfig(Section):
             ids[cid] = name
         if not value:
             raise ValueError("needs at least one class")
+        if sorted(ids) != list(range(len(ids))):  # the network's outputs are the ids 0..n-1
+            raise ValueError(f"ids must be 0..{len(ids) - 1} (one per class), got {sorted(ids)}")
         return value
 
 
