@@ -165,6 +165,24 @@ class SegmentConfig(Section):
     train: TrainSettings = Field(default_factory=TrainSettings, description="training")
     infer: InferSettings = Field(default_factory=InferSettings, description="inference")
     gmm: GmmSettings = Field(default_factory=GmmSettings, description="label-free Gaussian-mixture segmentation")
+    classes: dict[str, Annotated[int, Field(ge=0, le=254)]] = Field(
+        {name: cid for cid, name in CLASSES.items()},
+        description="class name -> label id (ids 0..n-1) of the run: the class map of imported hand labels "
+        "(samples.<name>.labels); default the phantom's classes")
+
+    @field_validator("classes")
+    @classmethod
+    def _unique_ids(cls, value: dict[str, int]) -> dict[str, int]:
+        ids: dict[int, str] = {}
+        for name, cid in value.items():
+            if cid in ids:
+                raise ValueError(f"id {cid} is given to '{ids[cid]}' and '{name}'")
+            ids[cid] = name
+        if not value:
+            raise ValueError("needs at least one class")
+        if sorted(ids) != list(range(len(ids))):  # the network's outputs are the ids 0..n-1
+            raise ValueError(f"ids must be 0..{len(ids) - 1} (one per class), got {sorted(ids)}")
+        return value
 
 
 def merge_config(user: dict | None = None, where: str = "segment") -> dict:
