@@ -104,7 +104,7 @@ def schema_text() -> str:
     def line(obj: Any) -> str:
         return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
-    body = [f'"$defs":{{\n' + ",\n".join(f"{json.dumps(k)}:{line(v)}" for k, v in sorted(defs.items())) + "}"]
+    body = ['"$defs":{\n' + ",\n".join(f"{json.dumps(k)}:{line(v)}" for k, v in sorted(defs.items())) + "}"]
     body += [f"{json.dumps(k)}:{line(v)}" for k, v in sorted(schema.items())]
     text = "{" + ",\n".join(body) + "}\n"
     assert json.loads(text) == {**schema, "$defs": defs}

@@ -31,14 +31,33 @@ from ..contracts import IGNORE_LABEL
 from ..distributed import World, get_world, select_device, split_evenly
 from ..errors import InputError
 from ..progress import progress
+from ..training import set_threads
 from .data import intensity_range
 from .model import check_patch
-from ..training import set_threads
 from .train import load_model
 from .window import entropy, gaussian_weight, meets, predict_region, window_extent
 
 log = logging.getLogger(__name__)
 MIN_EDGE = 2  # voxels per axis: below that there is no image to segment
+
+
+@contextlib.contextmanager
+def label_outputs(labels_out: str, uncertainty_out: str | None, shape, label_attrs: dict, unc_attrs: dict,
+                  chunk: int, shard: int, world: World):
+    """The label store (uint8) and optional uncertainty store (float16) of a segmentation, created by
+    rank 0 under temporary names and committed together when the block ends: ``(labels, uncertainty)``
+    opened for writing (``uncertainty`` None without ``uncertainty_out``); ranks write whole shards."""
+    with contextlib.ExitStack() as stack:
+        tmp_labels = stack.enter_context(store.atomic_output(labels_out, world))
+        tmp_unc = stack.enter_context(store.atomic_output(uncertainty_out, world)) if uncertainty_out else None
+        if world.is_root:
+            store.create_volume(tmp_labels, shape, "uint8", label_attrs, chunk=chunk, shard=shard)
+            if tmp_unc is not None:
+                store.create_volume(tmp_unc, shape, "float16", unc_attrs, chunk=chunk, shard=shard)
+        world.barrier()
+        out = store.open_volume(tmp_labels, mode="r+", validate=False)
+        unc = store.open_volume(tmp_unc, mode="r+", validate=False) if tmp_unc is not None else None
+        yield out, unc
 
 
 def segment_volume(input_path: str, model_path: str, labels_out: str, uncertainty_out: str | None,
@@ -76,24 +95,15 @@ def segment_volume(input_path: str, model_path: str, labels_out: str, uncertaint
     source = {"path": str(input_path), "producer": vol.attrs.get("producer", {}).get("config_sha256"),
               "model": str(model_path)}
     label_attrs = store.volume_attrs("segment", vol.voxel_size_um, params, source,
-                                     classes=dict(meta["classes"]), ignore_label=IGNORE_LABEL)
+                                     classes=dict(meta["classes"]), ignore_label=IGNORE_LABEL, method="network")
     chunk = int(infer_cfg.get("chunk") or store.DEFAULT_CHUNK)
     shard = int(infer_cfg.get("shard") or store.DEFAULT_SHARD)
     weight = gaussian_weight(roi, float(infer_cfg.get("sigma_scale", 0.125)), device)
 
-    with contextlib.ExitStack() as stack:
-        tmp_labels = stack.enter_context(store.atomic_output(labels_out, world))
-        tmp_unc = stack.enter_context(store.atomic_output(uncertainty_out, world)) if uncertainty_out else None
-        if world.is_root:
-            store.create_volume(tmp_labels, vol.shape, "uint8", label_attrs, chunk=chunk, shard=shard)
-            if tmp_unc is not None:
-                unc_attrs = store.volume_attrs("segment", vol.voxel_size_um, params, source,
-                                               quantity="softmax entropy", units="nats",
-                                               max_value=float(np.log(n_classes)))
-                store.create_volume(tmp_unc, vol.shape, "float16", unc_attrs, chunk=chunk, shard=shard)
-        world.barrier()
-        out = store.open_volume(tmp_labels, mode="r+", validate=False)
-        unc = store.open_volume(tmp_unc, mode="r+", validate=False) if tmp_unc is not None else None
+    unc_attrs = store.volume_attrs("segment", vol.voxel_size_um, params, source, quantity="softmax entropy",
+                                   units="nats", max_value=float(np.log(n_classes)))
+    with label_outputs(labels_out, uncertainty_out, vol.shape, label_attrs, unc_attrs, chunk, shard,
+                       world) as (out, unc):
         regions = store.shard_regions(vol.shape, out.shards)
         # contiguous runs of shards (C order: neighbours along x), so that windows on the face
         # between two consecutive shards of a rank are computed once (kept in `cache`)
