@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 
 from ..contracts import CLASSES, IGNORE_LABEL
+from .. import store
 from ..distributed import get_world
 from ..errors import InputError
 from . import driver, labels, readers
@@ -41,6 +43,9 @@ def register(subparsers) -> None:
     p.add_argument("--max-memory-mb", type=float, default=IngestSettings().max_memory_mb,
                    help="memory budget for one slab (default %(default)s)")
     p.add_argument("--no-checksum", action="store_true", help="skip the SHA-256 of the source files")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace OUT even if it is not a volume store (a file, another folder); an earlier "
+                        "store at OUT is always replaced")
     g = p.add_argument_group(
         "hand labels", "with --labels, SOURCE is a label image (integer class ids, 255 = unlabelled) and OUT a "
         "label store: uint8, 'classes' attribute, every id checked against the class map, shape checked "
@@ -92,6 +97,9 @@ def run_ingest(args: argparse.Namespace) -> None:
         raise InputError("ingest: --classes and --like apply to label images: add --labels")
     if world.is_root:  # one sequential writer: ingest is I/O bound
         # every check of the arguments comes before the (possibly long) source scan
+        store.check_output(args.output, args.overwrite)  # a file or foreign folder there: a typo, not a rerun
+        if not (math.isfinite(args.max_memory_mb) and args.max_memory_mb > 0):
+            raise InputError(f"--max-memory-mb must be a finite number > 0 (megabytes), got {args.max_memory_mb}")
         class_map = labels.parse_class_map(args.classes) if args.labels else None
         if args.labels and args.bin != 1:
             raise InputError("ingest --labels: labels cannot be binned (--bin); label the binned volume instead")
@@ -113,7 +121,7 @@ def run_ingest(args: argparse.Namespace) -> None:
         driver.ingest_volume(reader, args.output, voxel_size_um=voxel, crop=args.crop, bin_factor=args.bin,
                              output_dtype=args.output_dtype, nan_fill=args.nan_fill, chunk=args.chunk,
                              shard=args.shard, max_memory_mb=args.max_memory_mb,
-                             checksum=not args.no_checksum, params=params)
+                             checksum=not args.no_checksum, params=params, overwrite=args.overwrite)
         log.info("wrote %s", args.output)
     world.barrier()
 

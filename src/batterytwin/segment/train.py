@@ -38,8 +38,8 @@ from .. import store
 from ..contracts import IGNORE_LABEL, SEGMENT_METRICS_SCHEMA
 from ..distributed import World, get_world, init_torch_distributed
 from ..errors import InputError
-from ..training import (EXIT_PREEMPTED, Checkpoint, StopFlag, load_model_file, preempted, save_atomic, warmup_cosine,
-                        wrap_ddp)
+from ..training import (EXIT_PREEMPTED, Checkpoint, StopFlag, check_loss, load_model_file, preempted, save_atomic,
+                        warmup_cosine, wrap_ddp)
 from ..training import set_threads
 from . import data as D
 from .config import AXIS_NAMES
@@ -62,6 +62,15 @@ class TrainInput:
 
     volume: str
     labels: str
+
+
+def _open_pair(inp: TrainInput, n_classes: int, world) -> tuple[store.Volume, store.Volume]:
+    """The volume (finite values only) and label store (ids 0..n-1 and 255) of one input: the shared checks."""
+    vol = store.open_volume(inp.volume)
+    store.check_finite(vol, world)
+    lab = store.open_volume(inp.labels, require=("voxel_size_um",))
+    store.check_labels(lab, range(n_classes))
+    return vol, lab
 
 
 def _classes_of(label_paths: Sequence[str]) -> dict[int, str]:
@@ -172,8 +181,7 @@ def train(cfg: dict, inputs: Sequence[TrainInput], model_out: str, metrics_out: 
             val_voxels += n
 
     for inp in inputs:
-        vol = store.open_volume(inp.volume)
-        lab = store.open_volume(inp.labels, require=("voxel_size_um",))
+        vol, lab = _open_pair(inp, n_classes, world)
         hold = None if val_inputs else _holdout(vol.shape, t_cfg["val_axis"], float(t_cfg["val_fraction"]))
         src = D.PatchSource.open(vol.array, lab.array, n_classes, hold, name=str(inp.labels), world=world,
                                  seed=int(t_cfg["seed"]))
@@ -181,8 +189,7 @@ def train(cfg: dict, inputs: Sequence[TrainInput], model_out: str, metrics_out: 
         if hold is not None:
             add_validation(vol.array, lab.array, hold, src, str(inp.labels), required=False)
     for inp in val_inputs:
-        vol = store.open_volume(inp.volume)
-        lab = store.open_volume(inp.labels, require=("voxel_size_um",))
+        vol, lab = _open_pair(inp, n_classes, world)
         if vol.shape != lab.shape:
             raise InputError(f"{inp.labels}: label store shape {lab.shape} differs from the volume shape {vol.shape}")
         src = D.PatchSource(vol.array, lab.array, n_classes, None, *D.intensity_range(vol.array, int(t_cfg["seed"])),
@@ -261,6 +268,7 @@ def train(cfg: dict, inputs: Sequence[TrainInput], model_out: str, metrics_out: 
             voxels += image.numel()
             total = torch.tensor([loss.detach().double() / world.size], device=device)
             torch.distributed.all_reduce(total)
+            check_loss(float(total), step, "train-seg")  # the same value on every rank: all stop, no model
             curve.append({"step": step, "loss": float(total), "lr": lr})
             if step % 10 == 0 or step == steps:
                 log.info("step %d/%d loss %.4f lr %.2e", step, steps, float(total), lr)
