@@ -31,6 +31,8 @@ from batterytwin import store
 from batterytwin.distributed import World
 from batterytwin.ingest.phantom import make_phantom
 
+from .conftest import REPO
+
 TINY_SEG = {"model": {"channels": [4, 8], "strides": [2], "num_res_units": 1},
             "train": {"steps": 2, "batch_size": 2, "patch_size": [16, 16, 16], "warmup_steps": 1,
                       "val_every": 2, "checkpoint_every": 1, "threads": 1}}
@@ -301,6 +303,12 @@ CASES = [
     Case("predict-degradation-samples-0", _predict("--samples", "0"), "samples"),
     Case("predict-degradation-level-1.5", _predict("--level", "1.5"), "level"),
     Case("predict-degradation-missing-data", _predict(), "none.npz"),
+    Case("predict-degradation-checkpoint-as-model", lambda b, t: [
+        "predict-degradation", "--npz", REPO / "data/cycling/matr_1_test.npz", "--model", b.ckpt_model,
+        "--out", t / "out.zarr", "--samples", "2"], "checkpoint"),
+    Case("predict-degradation-corrupt-model", lambda b, t: [
+        "predict-degradation", "--npz", REPO / "data/cycling/matr_1_test.npz", "--model",
+        (t / "bad.pt").write_bytes(b"\x80\x02garbage") and t / "bad.pt", "--out", t / "out.zarr"], "bad.pt"),
     Case("simulate-missing-microstructure",
          lambda b, t: ["simulate", "-i", t / "none.json", "-o", t / "out.zarr", "--summary", t / "out.json",
                        "--work-dir", t / "w"], "none.json"),

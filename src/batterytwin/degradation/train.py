@@ -35,8 +35,8 @@ from torch import nn
 
 from ..distributed import World, get_world
 from ..errors import InputError
-from ..training import (Checkpoint, StopFlag, check_loss, ema_decay, ema_model, load_model_file, update_ema, warmup_cosine,
-                        wrap_ddp)
+from ..training import (Checkpoint, StopFlag, check_loss, ema_decay, ema_model, load_model_file, update_ema,
+                        warmup_cosine, wrap_ddp)
 from .baselines import forest_features, variance_rows
 from .config import TrainConfig
 from .data import CurveSet, encode_curves
