@@ -104,10 +104,6 @@ def copy_store(src: Path, dst: Path) -> Path:
     return dst
 
 
-def shard_file(store_path: Path) -> Path:
-    return sorted((store_path / "0" / "c").rglob("*"))[-1] if (store_path / "0" / "c").exists() else None
-
-
 def _first_shard(p: Path) -> Path:
     return next(q for q in sorted((p / "0" / "c").rglob("*")) if q.is_file())
 

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import pytest
 import torch
 
 from batterytwin import store
@@ -73,13 +72,13 @@ def assert_same_store(ref: Path, got: Path) -> None:
     store.verify_store(got, checksums=True)
 
 
-def kill_then_finish(argv: list, out: Path, started: Callable[[], bool], max_delay: float) -> int:
-    """Reference at ``out`` (moved to ``ref``), KILLS killed runs, final rerun; returns the kills that landed."""
+def kill_then_finish(argv: list, out: Path, started: Callable[[], bool], max_delay: float, kills: int = KILLS) -> int:
+    """``kills`` killed runs, then a final rerun to completion; returns the kills that landed."""
     landed = 0
-    for _ in range(KILLS):
+    for _ in range(kills):
         landed += run_and_kill(argv, started, RNG.uniform(0.0, max_delay))
         assert not out.exists() or store.verify_store(out) >= 0  # absent, or complete
-    print(f"{argv[0]}: {landed}/{KILLS} kills landed before the run ended")
+    print(f"{argv[0]}: {landed}/{kills} kills landed before the run ended")
     assert main(["-q", *map(str, argv)]) == 0
     return landed
 
@@ -137,7 +136,7 @@ def test_train_seg_killed_then_resumed_equals_uninterrupted(tmp_path: Path) -> N
             store.create_volume(t, data.shape, data.dtype, store.volume_attrs("phantom", 0.5, **extra),
                                 chunk=8, shard=8)[...] = data
     tiny = {"model": {"channels": [4, 8], "strides": [2], "num_res_units": 1},
-            "train": {"steps": 24, "batch_size": 2, "patch_size": [16, 16, 16], "warmup_steps": 2,
+            "train": {"steps": 16, "batch_size": 2, "patch_size": [16, 16, 16], "warmup_steps": 2,
                       "val_every": 100, "checkpoint_every": 2, "threads": 1, "lr": 0.01}}
 
     def argv(model: Path, ckpt: Path) -> list:
@@ -146,10 +145,65 @@ def test_train_seg_killed_then_resumed_equals_uninterrupted(tmp_path: Path) -> N
 
     assert main(["-q", *map(str, argv(tmp_path / "ref.pt", tmp_path / "ck_ref"))]) == 0
     model, ckpt = tmp_path / "model.pt", tmp_path / "ck"
+    landed = 0
     for _ in range(KILLS):
-        run_and_kill(argv(model, ckpt), lambda: ckpt.exists() and any(ckpt.iterdir()), RNG.uniform(0.0, 1.0))
+        landed += run_and_kill(argv(model, ckpt), lambda: ckpt.exists() and any(ckpt.iterdir()), RNG.uniform(0.0, 1.0))
         assert not model.exists() or torch.load(model, weights_only=True)
+    print(f"train-seg: {landed}/{KILLS} kills landed before the run ended")
     assert main(["-q", *map(str, argv(model, ckpt))]) == 0
     a = torch.load(tmp_path / "ref.pt", weights_only=True)["state_dict"]
     b = torch.load(model, weights_only=True)["state_dict"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _labelled_pair(tmp_path: Path, shape=(32, 32, 32), seed=6) -> tuple[Path, Path]:
+    from batterytwin.contracts import CLASSES
+
+    img, lab = make_phantom(shape, seed=seed)
+    vol, labp = tmp_path / "v.zarr", tmp_path / "l.zarr"
+    for path, data, extra in ((vol, img, {}), (labp, lab, {"classes": {str(k): v for k, v in CLASSES.items()},
+                                                             "ignore_label": 255})):
+        with store.atomic_output(path, World()) as t:
+            store.create_volume(t, data.shape, data.dtype, store.volume_attrs("phantom", 0.5, **extra),
+                                chunk=8, shard=8)[...] = data
+    return vol, labp
+
+
+def test_microstructure_killed_then_resumed_equals_uninterrupted(tmp_path: Path) -> None:
+    _, labp = _labelled_pair(tmp_path)
+    walk = ["--walkers", "2048", "--steps", "1500", "--records", "8", "--batches", "16", "--bootstrap", "20"]
+
+    def argv(tag: str) -> list:
+        return ["microstructure", "--labels", labp, "--output", tmp_path / f"{tag}.json", "--msd",
+                tmp_path / f"{tag}.npz", "--checkpoint-dir", tmp_path / f"ck_{tag}", *walk]
+
+    assert main(["-q", *map(str, argv("ref"))]) == 0
+    ck = tmp_path / "ck_run"
+    landed = sum(run_and_kill(argv("run"), lambda: ck.exists() and any(ck.rglob("*.npy")), RNG.uniform(0.0, 0.3))
+                 for _ in range(KILLS))
+    print(f"microstructure: {landed}/{KILLS} kills landed before the run ended")
+    assert main(["-q", *map(str, argv("run"))]) == 0
+    volatile = {"created", "wall_time_s"}
+    a = {k: v for k, v in json.loads((tmp_path / "ref.json").read_text()).items() if k not in volatile}
+    b = {k: v for k, v in json.loads((tmp_path / "run.json").read_text()).items() if k not in volatile}
+    assert a == b
+    ra, rb = np.load(tmp_path / "ref.npz"), np.load(tmp_path / "run.npz")
+    assert sorted(ra.files) == sorted(rb.files)
+    for k in ra.files:
+        np.testing.assert_array_equal(ra[k], rb[k])  # NaN == NaN here
+
+
+def test_segment_killed_then_rerun_equals_uninterrupted(tmp_path: Path) -> None:
+    vol, labp = _labelled_pair(tmp_path, (24, 24, 24), seed=7)
+    model = tmp_path / "model.pt"
+    tiny = {"model": {"channels": [4, 8], "strides": [2], "num_res_units": 1},
+            "train": {"steps": 2, "batch_size": 2, "patch_size": [16, 16, 16], "warmup_steps": 1, "threads": 1}}
+    assert main(["-q", "train-seg", "--volume", str(vol), "--labels", str(labp), "--model-out", str(model),
+                 "--metrics-out", str(tmp_path / "m.json"), "--checkpoint-dir", str(tmp_path / "ck"),
+                 "--config-json", json.dumps(tiny)]) == 0
+    out = tmp_path / "labels.zarr"
+    argv = ["segment", "--input", vol, "--model", model, "--output", out, "--config-json",
+            json.dumps({"infer": {"chunk": 8, "shard": 8, "threads": 1}})]
+    ref = _reference(argv, out)
+    kill_then_finish(argv, out, tmp_sibling(out), 0.5, kills=1)  # no resume: one kill shows the commit
+    assert_same_store(ref, out)
