@@ -247,8 +247,8 @@ CASES = [
     Case("train-seg-unknown-labels", _train(V, lambda b, t: b.lab_unknown), "labels_unknown.zarr", ("out.pt",)),
     Case("report-ome-unknown-labels", _ome(V, "--labels", "seg=" + "{lab_unknown}"), "labels_unknown.zarr"),
     # --- 4. ingest over something that is not a store
-    Case("ingest-over-regular-file", _ingest(out=lambda b, t: (t / "out.zarr").write_text("keep me") and t / "out.zarr"),
-         "out.zarr", ()),
+    Case("ingest-over-regular-file",
+         _ingest(out=lambda b, t: (t / "out.zarr").write_text("keep me") and t / "out.zarr"), "out.zarr", ()),
     Case("ingest-over-plain-folder",
          _ingest(out=lambda b, t: ((t / "out.zarr").mkdir(), (t / "out.zarr" / "notes.txt").write_text("x"))
                  and t / "out.zarr"), "out.zarr", ()),
@@ -366,7 +366,8 @@ def test_ingest_overwrite_replaces_a_file_when_asked(base: Base, tmp_path: Path,
 
 # ------------------------------------------------------------------- the workflow's MPI launcher
 @pytest.mark.parametrize("launcher,ok", [
-    ("mpiexec", True), ("srun --cpus-per-task=8 --gpus-per-task=1", True), ("/opt/mpi/bin/mpirun -x OMP_NUM_THREADS", True),
+    ("mpiexec", True), ("srun --cpus-per-task=8 --gpus-per-task=1", True),
+    ("/opt/mpi/bin/mpirun -x OMP_NUM_THREADS", True),
     ("mpiexec; rm -rf ~", False), ("srun $(id)", False), ("srun `id`", False), ("mpiexec | tee log", False),
     ("srun > out", False), ("srun\n-n 2", False), ("'srun'", False), ("", False),
 ])

@@ -63,8 +63,13 @@ _opened: dict[str, None] = {}  # stores opened for reading by this process (to n
 
 
 def block_shapes(shape: Sequence[int], chunk: int | Sequence[int] = DEFAULT_CHUNK,
-                 shard: int | Sequence[int] = DEFAULT_SHARD, where: str = "store") -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Chunk and shard shapes for ``shape``: no larger than needed, shards a multiple of chunks."""
+                 shard: int | Sequence[int] = DEFAULT_SHARD,
+                 where: str = "store") -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Chunk and shard shapes for ``shape``: no larger than needed, shards a multiple of chunks.
+
+    Raises:
+        InputError: an edge below 1, or a shard smaller than its chunk (``where`` names the command).
+    """
     nd = len(shape)
     chunk = (chunk,) * nd if np.isscalar(chunk) else tuple(chunk)
     shard = (shard,) * nd if np.isscalar(shard) else tuple(shard)
@@ -489,7 +494,8 @@ def _take_lock(lock: Path, what: str) -> str | None:
             if host is None:
                 continue  # being written by its owner right now: look again
             return (f"{lock}: {what} is in use by another run (host {host}, pid {pid}, since "
-                    f"{owner.get('started')}); give each run its own --work-dir, or delete the lock if that run is gone")
+                    f"{owner.get('started')}); give each run its own --work-dir, or delete the lock if that run "
+                    "is gone")
         with os.fdopen(fd, "w") as f:
             json.dump(me, f)
         return None
