@@ -42,6 +42,8 @@ class MicrostructureParams:
     layer_min_fraction: float = 0.01
     surface_area: bool = True
     absent_phase: str = "error"  # error | skip: a configured phase with no voxel stops the run, or is flagged
+    crosscheck_taufactor: bool = False  # also solve each whole-volume phase with TauFactor, record both
+    crosscheck_max_voxels: int = 128 ** 3  # ... only for volumes up to this many voxels (else flagged)
     walk: WalkParams = field(default_factory=WalkParams)
 
     @classmethod
@@ -55,6 +57,12 @@ class MicrostructureParams:
             raise InputError(f"microstructure config: unknown key(s) {keys}")
         if d.get("absent_phase", "error") not in ("error", "skip"):
             raise InputError(f"microstructure config: absent_phase must be 'error' or 'skip', got {d['absent_phase']!r}")
+        if not isinstance(d.get("crosscheck_taufactor", False), bool):
+            raise InputError("microstructure config: crosscheck_taufactor must be true or false, "
+                             f"got {d['crosscheck_taufactor']!r}")
+        if int(d.get("crosscheck_max_voxels", 1)) < 1:
+            raise InputError("microstructure config: crosscheck_max_voxels must be >= 1, "
+                             f"got {d['crosscheck_max_voxels']!r}")
         return cls(walk=WalkParams(**walk), **d)
 
 
@@ -125,6 +133,7 @@ def _cell_block(labels, ids, p: MicrostructureParams, vs, world, ck, msd) -> dic
         tau = tort["axes"]["z"]["tau"] if tort else None
         rec["tortuosity_electrolyte"] = tau
         rec["tortuosity_electrolyte_std"] = tort["axes"]["z"]["tau_std"] if tort else None
+        rec["tortuosity_converged"] = tort["axes"]["z"].get("converged") if tort else None
         rec["bruggeman"] = _bruggeman(eps, tau)
         # d b = -(d tau / tau) / ln(eps): large when eps is near 1 (a dense separator)
         std = rec["tortuosity_electrolyte_std"]
@@ -142,6 +151,41 @@ def _cell_block(labels, ids, p: MicrostructureParams, vs, world, ck, msd) -> dic
             msd[f"{name}.{p.electrolyte_phase}"] = tort
         cell[name] = rec
     return cell
+
+
+def crosscheck(mask: np.ndarray, tort: dict, max_voxels: int, world: World, where: str) -> dict[str, Any]:
+    """TauFactor's steady-state tau (Cooper et al., SoftwareX 2016) next to the walk's, per axis.
+
+    Solved on rank 0 for every percolating axis (the same phase, the same convention) and
+    broadcast; each walk axis gains ``tau_taufactor`` and ``walk_minus_taufactor_rel``. Volumes
+    above ``max_voxels`` are skipped with a flag (the solve's cost grows with the volume).
+    """
+    if mask.size > max_voxels:
+        log.warning("%s: TauFactor cross-check skipped: %d voxels > crosscheck_max_voxels=%d",
+                    where, mask.size, max_voxels)
+        return {"skipped": f"{mask.size} voxels > crosscheck_max_voxels={max_voxels}"}
+    out = None
+    if world.is_root:
+        t0 = time.perf_counter()
+        out = {"taus": {a: (taufactor_tau(mask, i) if tort["axes"][a]["percolating"] else None)
+                        for i, a in enumerate(AXES)}}
+        out["wall_time_s"] = time.perf_counter() - t0
+    out = world.bcast(out)
+    for a, ref in out["taus"].items():
+        rec = tort["axes"][a]
+        rec["tau_taufactor"] = ref
+        rec["walk_minus_taufactor_rel"] = (rec["tau"] / ref - 1) if ref and rec.get("tau") else None
+    return {"solver": "taufactor", "wall_time_s": out["wall_time_s"]}
+
+
+def taufactor_tau(mask: np.ndarray, axis: int) -> float:
+    """TauFactor's tau of the phase ``mask`` along ``axis`` (CPU solve; InputError if not installed)."""
+    try:
+        import taufactor
+    except ImportError:
+        raise InputError("microstructure.crosscheck_taufactor: the taufactor package is not installed") from None
+    solver = taufactor.Solver(np.ascontiguousarray(np.moveaxis(mask, axis, 0)).astype(np.uint8), device="cpu")
+    return float(np.ravel(solver.solve(verbose=False))[0])
 
 
 def measure(labels: np.ndarray, classes: dict[int, str], voxel_size_um, p: MicrostructureParams,
@@ -172,6 +216,9 @@ def measure(labels: np.ndarray, classes: dict[int, str], voxel_size_um, p: Micro
         log.info("random walk: %s (whole volume)", name)
         tort = walk_tortuosity(labels == ids[name], p.walk, vs, world,
                                Path(checkpoint_dir) / "walks" if checkpoint_dir else None, where=f"phase {name!r}")
+        if p.crosscheck_taufactor:
+            tort["taufactor"] = crosscheck(labels == ids[name], tort, p.crosscheck_max_voxels, world,
+                                           f"phase {name!r}")
         tortuosity[name] = _public(tort)
         msd[f"volume.{name}"] = tort
     ck = Path(checkpoint_dir) / "walks" if checkpoint_dir else None
