@@ -75,8 +75,8 @@ class WalkParams:
             deviations of the difference (or by ``drift_floor`` relative).
         drift_floor: relative drift always accepted (stops chasing noise-free sub-percent drift).
         min_travel: the RMS displacement along an axis at the fit window's start must reach this
-            many structure periods (``2 / interface faces per voxel`` along the axis: mean chord of
-            the phase plus mean chord of the rest).
+            many structure periods (:func:`structure_period`: mean chord of the phase plus mean
+            chord of the rest).
         step_length: off-lattice step length in units of the smallest voxel edge.
         fit_start: the Einstein fit uses t in [fit_start * T, T] (T: steps walked).
         n_bootstrap: bootstrap resamples for the uncertainties.
@@ -98,7 +98,7 @@ class WalkParams:
     max_steps: int = 64000
     max_walkers: int = 131072
     target_rel_std: float = 0.01
-    drift_sigma: float = 2.0
+    drift_sigma: float = 2.5
     drift_floor: float = 0.005
     min_travel: float = 1.5
     step_length: float = 0.5
@@ -175,20 +175,18 @@ def check_walk_fits(shape, params: WalkParams, voxel_size_um, where: str) -> int
     return int(min(params.max_steps, max(params.n_steps, math.floor(fits))))
 
 
-def structure_periods(mask: np.ndarray) -> np.ndarray:
-    """Mean structure period along each axis in voxels: ``2 N / F_a`` (float64 [3]).
+def structure_period(mask: np.ndarray) -> float:
+    """Mean structure period of a two-phase voxel image in voxels: ``6 N / F`` (0 without interface).
 
-    ``F_a`` counts the voxel faces normal to axis a between the phase and the rest, ``N`` the
-    voxels: the mean chord of the phase plus the mean chord of the rest along the axis (Cauchy /
-    line-intercept stereology). 0 where no interface is normal to the axis (a walker moving along
-    it sees no structure: nothing to wait for).
+    ``F`` counts the voxel faces between the phase and the rest, ``N`` the voxels. Along one axis
+    ``2 N / F_a`` is the mean chord of the phase plus the mean chord of the rest (line-intercept
+    stereology); ``6 N / F`` is the harmonic mean of the three, the scale a walker must cover in
+    every direction before its diffusivity settles (a per-axis period misleads in layered media:
+    in-plane chords are long while the slow part of the walk is finding the way between layers).
     """
     m = np.asarray(mask, dtype=bool)
-    out = np.zeros(3)
-    for a in range(3):
-        faces = np.count_nonzero(np.diff(m, axis=a))
-        out[a] = 2.0 * m.size / faces if faces else 0.0
-    return out
+    faces = sum(np.count_nonzero(np.diff(m, axis=a)) for a in range(3))
+    return 6.0 * m.size / faces if faces else 0.0
 
 
 def start_indices(start_flat: torch.Tensor, walker_id: torch.Tensor, seed: int) -> torch.Tensor:
@@ -404,18 +402,17 @@ def _assess_axis(tau_cur: np.ndarray, tau_prev: np.ndarray, msd_start: float, pe
 
 
 def analyse_moments(sums: np.ndarray, params: WalkParams, voxel_size_um, eps: float, eps_walk: float,
-                    percolating, periods=None) -> dict[str, Any]:
+                    percolating, period: float = 0.0) -> dict[str, Any]:
     """Einstein fit + bootstrap of batch moment sums (float64 [B, R+1, 6]) -> the tortuosity record.
 
     The fit window is ``[fit_start T, T]`` (T: last record); each percolating axis also gets its
     convergence measures (:func:`_assess_axis`: bootstrap error, drift against the window
-    ``[fit_start^2 T, fit_start T]``, displacement in structure periods ``periods`` [3]).
+    ``[fit_start^2 T, fit_start T]``, displacement in units of the structure ``period``, voxels).
     """
     n_rec = sums.shape[1] - 1
     t = record_times(params, n_rec).astype(np.float64)
     T = t[-1]
     n_per = params.per_batch
-    periods = np.zeros(3) if periods is None else np.asarray(periods, dtype=np.float64)
     d0 = bulk_diffusivity(params, voxel_size_um)
     norm = np.array([2 * math.sqrt(d0[i] * d0[j]) for i, j in PAIRS])  # slope of free walk (diag)
     f = params.fit_start
@@ -439,7 +436,7 @@ def analyse_moments(sums: np.ndarray, params: WalkParams, voxel_size_um, eps: fl
                         "tau": float(eps / (eps_walk * r[0])), "tau_std": float(np.std(eps / (eps_walk * r[1:]))),
                         "tau_pore": float(1 / r[0]), "tau_pore_std": float(np.std(1 / r[1:]))})
             check = _assess_axis(_tau_of(r, eps, eps_walk), _tau_of(ratio_prev[:, a], eps, eps_walk),
-                                 float(m[0, i0, a]), float(periods[a]), params)
+                                 float(m[0, i0, a]), float(period), params)
             rec["linear_regime"] = check["drift_ok"]  # the old name of the window-agreement test
             rec["_check"] = check
         else:  # no spanning path: zero flux, infinite tau (reported as None + flag)
@@ -478,13 +475,26 @@ def _needs(res: dict) -> tuple[list[str], list[str]]:
     return more_w, more_t
 
 
+def _step_factor(res: dict, more_t: list[str], params: WalkParams) -> float:
+    """How much longer to walk: x2 for a drifting axis; for an axis short only of travel, the
+    factor that brings it to ``min_travel`` (MSD grows ~linearly in t), +10 %, within [1.25, 2]."""
+    factor = 1.25
+    for a in more_t:
+        c = res["axes"][a]["_check"]
+        if not c["drift_ok"] or not c["travel_periods"]:
+            return 2.0
+        factor = max(factor, min(2.0, 1.1 * (params.min_travel / c["travel_periods"]) ** 2))
+    return factor
+
+
 def converge(walker: BatchWalker, params: WalkParams, step_budget: int, voxel_size_um, eps: float,
-             eps_walk: float, percolating, periods) -> tuple[dict[str, Any], dict[str, Any]]:
+             eps_walk: float, percolating, period: float) -> tuple[dict[str, Any], dict[str, Any]]:
     """Walk in blocks until every percolating axis is converged or the budgets are spent.
 
     After each block the gathered moments are analysed (:func:`analyse_moments`); axes whose tau
-    drifts between the last two fit windows, or whose walkers have not travelled ``min_travel``
-    structure periods, double the steps (records keep their spacing); axes whose bootstrap error
+    drifts between the last two fit windows double the steps, axes whose walkers have not travelled
+    ``min_travel`` structure periods extend them as far as that needs (:func:`_step_factor`;
+    records keep their spacing); axes whose bootstrap error
     is above ``target_rel_std`` add walker batches (to 1.1 times the walkers the error predicts,
     ``N (err / target)^2``). Decisions are made on gathered results,
     identically on every rank; walks are continued, never restarted.
@@ -499,7 +509,7 @@ def converge(walker: BatchWalker, params: WalkParams, step_budget: int, voxel_si
     history = []
     while True:
         res = analyse_moments(walker.moments(n_bat, n_rec), params, voxel_size_um, eps, eps_walk, percolating,
-                              periods)
+                              period)
         more_w, more_t = _needs(res)
         steps = int(record_times(params, n_rec)[-1])
         history.append({"n_steps": steps, "n_walkers": n_bat * params.per_batch,
@@ -512,7 +522,7 @@ def converge(walker: BatchWalker, params: WalkParams, step_budget: int, voxel_si
             worst = max(res["axes"][a]["_check"]["tau_rel_std"] for a in more_w)
             n_bat = min(bat_max, max(n_bat + 1, math.ceil(1.1 * n_bat * (worst / params.target_rel_std) ** 2)))
         if grow_t:
-            n_rec = min(2 * n_rec, rec_max)
+            n_rec = min(math.ceil(n_rec * _step_factor(res, more_t, params)), rec_max)
 
 
 def _finish_axes(res: dict, more_w: list[str], more_t: list[str]) -> None:
@@ -576,7 +586,7 @@ def walk_tortuosity(mask: np.ndarray, params: WalkParams, voxel_size_um=(1.0, 1.
     eps_walk = float(info.start_mask.mean())
     walker = BatchWalker(mask, info.start_mask, params, voxel_size_um, world, checkpoint_dir)
     res, used = converge(walker, params, step_budget, voxel_size_um, eps, eps_walk, info.percolating,
-                         structure_periods(mask))
+                         structure_period(mask))
     more_w, more_t = used["history"][-1]["more_walkers"], used["history"][-1]["more_steps"]
     _finish_axes(res, more_w, more_t)
     conv = [rec["converged"] for rec in res["axes"].values() if rec["percolating"]]
