@@ -12,7 +12,10 @@ from batterytwin.store import create_volume, volume_attrs
 
 from .conftest import BIN, mpiexec
 
-WALK = ["--walkers", "1024", "--steps", "600", "--records", "12", "--batches", "4", "--bootstrap", "50"]
+# a fixed walk (budgets = the first block): these tests are about the driver, not convergence
+BUDGET = '{"walk": {"max_steps": 600, "max_walkers": 1024}}'
+WALK = ["--walkers", "1024", "--steps", "600", "--records", "12", "--batches", "4", "--bootstrap", "50",
+        "--params", BUDGET]
 CLS = {str(k): v for k, v in CLASSES.items()}
 
 
@@ -87,14 +90,14 @@ def test_driver_outputs_and_cell_block(phantom_store, tmp_path, cli):
     assert np.isclose(slope / free[0], pe["tortuosity_detail"]["axes"]["z"]["D_pore_over_D_bulk"], rtol=1e-6)
 
     # checkpoints: a rerun reuses every finished batch and reproduces the numbers
-    batches = sorted((tmp_path / "work").rglob("batch_*.npy"))
+    batches = sorted((tmp_path / "work").rglob("batch_*.npz"))
     assert len(batches) > 0
     stamp = {p: p.stat().st_mtime_ns for p in batches}
     out2 = tmp_path / "m2.json"
     code, err = cli("microstructure", "--labels", path, "--output", out2, "--msd", tmp_path / "msd2.npz", *WALK,
                     "--checkpoint-dir", tmp_path / "work")
     assert code == 0, err
-    assert sorted((tmp_path / "work").rglob("batch_*.npy")) == batches
+    assert sorted((tmp_path / "work").rglob("batch_*.npz")) == batches
     assert all(p.stat().st_mtime_ns == s for p, s in stamp.items())
     assert json.loads(out2.read_text())["cell"] == rec["cell"]
 
@@ -127,16 +130,19 @@ def test_bad_input(tmp_path, cli):
     p = _store(tmp_path / "a.zarr", lab, good)
     args = ["--output", tmp_path / "o.json", "--msd", tmp_path / "o.npz", "--walkers", "64", "--batches", "4",
             "--steps", "100", "--records", "5"]
+    fixed = {"max_steps": 100, "max_walkers": 64}
     code, err = cli("microstructure", "--labels", p, *args, "--phases", "pore", "binder")
     assert code == 2 and "'binder' is not a class" in err
-    code, err = cli("microstructure", "--labels", p, *args[:-4], "--steps", "200000", "--records", "5")
+    code, err = cli("microstructure", "--labels", p, *args[:-4], "--steps", "200000", "--records", "5",
+                    "--params", '{"walk": {"max_steps": 200000}}')
     assert code == 2 and "too small for the requested walk" in err
     empty = _store(tmp_path / "e.zarr", np.ones_like(lab), good)
     code, err = cli("microstructure", "--labels", empty, *args)
     assert code == 2 and "absent" in err
     # absent_phase: skip records the absent phase as not measured and measures the rest
     skip_args = ["--output", tmp_path / "skip.json", "--msd", tmp_path / "skip.npz", *args[4:]]
-    code, err = cli("microstructure", "--labels", empty, *skip_args, "--params", '{"absent_phase": "skip"}')
+    code, err = cli("microstructure", "--labels", empty, *skip_args, "--params",
+                    json.dumps({"absent_phase": "skip", "walk": fixed}))
     assert code == 0, err
     rec = json.loads((tmp_path / "skip.json").read_text())
     assert rec["tortuosity"]["pore"]["axes"] is None and "absent" in rec["tortuosity"]["pore"]["flag"]
