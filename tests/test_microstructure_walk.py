@@ -194,8 +194,8 @@ def _porespy(name: str) -> np.ndarray:
     g, n = ps.generators, [64, 64, 64]
     make = {"blobs": lambda: g.blobs(shape=n, porosity=0.45, blobiness=1.5, seed=7),
             "spheres": lambda: g.overlapping_spheres(shape=n, r=3, porosity=0.45, seed=1),
-            "fibres": lambda: g.cylinders(shape=n, r=2, porosity=0.55, phi_max=10, theta_max=90, seed=2),
-            "anisotropic": lambda: g.blobs(shape=n, porosity=0.45, blobiness=[2, 1, 1], seed=5)}
+            # fibres lying in the z-y plane: the anisotropic medium (tau_x ~ 2.4 vs ~1.7 in-plane)
+            "fibres": lambda: g.cylinders(shape=n, r=2, porosity=0.55, phi_max=10, theta_max=90, seed=2)}
     return np.asarray(make[name](), dtype=bool)
 
 
@@ -206,7 +206,7 @@ def _taufactor(im: np.ndarray, axis: int) -> float:
     return float(np.ravel(solver.solve(verbose=False))[0])
 
 
-MEDIA = ("blobs", "spheres", "fibres", "anisotropic")
+MEDIA = ("blobs", "spheres", "fibres")
 COVERAGE: dict[str, list[tuple[float, float, float]]] = {}  # medium -> (tau, std, reference) per axis
 
 
@@ -243,12 +243,12 @@ def test_defaults_converge_to_taufactor(converged_medium):
 
 
 def test_short_walk_is_flagged_then_extended(converged_medium, caplog):
-    """The same medium with a tiny budget (500 steps, the first block only): converged false, a
+    """The same medium with a tiny budget (250 steps, the first block only): converged false, a
     WARNING, and further from TauFactor than the converged default walk."""
     name, im, res, refs = converged_medium
     if name != "spheres":
         pytest.skip("one medium is enough")
-    short = fixed(n_walkers=16384, n_steps=500, seed=11)
+    short = fixed(n_walkers=16384, n_steps=250, seed=11)
     with caplog.at_level("WARNING"):
         res_short = walk_tortuosity(im, short, where="spheres")
     assert "NOT converged" in caplog.text
