@@ -104,17 +104,53 @@ def test_driver_outputs_and_cell_block(phantom_store, tmp_path, cli):
 
 @pytest.mark.mpi
 def test_two_ranks_equal_one(phantom_store, tmp_path, cli):
+    """Extensions (more steps, more batches) are decided on gathered moments: 2 ranks == 1 rank."""
     path, _ = phantom_store
+    grow = [*WALK, "--params", '{"walk": {"max_steps": 4800, "max_walkers": 4096, "target_rel_std": 0.02}}']
     one = tmp_path / "one.json"
-    code, err = cli("microstructure", "--labels", path, "--output", one, "--msd", tmp_path / "1.npz", *WALK,
+    code, err = cli("microstructure", "--labels", path, "--output", one, "--msd", tmp_path / "1.npz", *grow,
                     "--no-surface-area")
     assert code == 0, err
     two = tmp_path / "two.json"
     mpiexec(2, str(BIN / "batterytwin"), "-q", "microstructure", "--labels", str(path), "--output", str(two),
-            "--msd", str(tmp_path / "2.npz"), *WALK, "--no-surface-area", timeout=240)
+            "--msd", str(tmp_path / "2.npz"), *grow, "--no-surface-area", timeout=240)
     a, b = json.loads(one.read_text()), json.loads(two.read_text())
+    assert len(a["tortuosity"]["solid_electrolyte"]["walk"]["history"]) > 1  # the walk was extended
     assert a["tortuosity"] == b["tortuosity"]
     assert a["cell"] == b["cell"]
+
+
+def test_taufactor_crosscheck_side_by_side():
+    """crosscheck_taufactor: TauFactor's tau recorded next to the walk's, per axis; skipped (flag)
+    above crosscheck_max_voxels; bad values refused."""
+    ps = pytest.importorskip("porespy")
+    tf = pytest.importorskip("taufactor")
+    from batterytwin.errors import InputError
+    from batterytwin.microstructure.driver import MicrostructureParams, measure
+
+    im = ps.generators.blobs(shape=[32, 32, 32], porosity=0.5, blobiness=1.5, seed=3).astype(bool)
+    lab = np.where(im, 0, 1).astype(np.uint8)
+    classes = {0: "pore", 1: "solid_electrolyte"}
+    sec = {"phases": ["pore"], "surface_area": False, "crosscheck_taufactor": True,
+           "walk": {"n_walkers": 8192, "max_walkers": 65536, "target_rel_std": 0.015, "seed": 1}}
+    rec, _ = measure(lab, classes, (1.0, 1.0, 1.0), MicrostructureParams.from_dict(sec))
+    pore = rec["tortuosity"]["pore"]
+    assert pore["taufactor"]["solver"] == "taufactor"
+    for i, a in enumerate("zyx"):
+        solver = tf.Solver(np.ascontiguousarray(np.moveaxis(im, i, 0)).astype(np.uint8), device="cpu")
+        ref = float(np.ravel(solver.solve(verbose=False))[0])
+        e = pore["axes"][a]
+        assert e["tau_taufactor"] == pytest.approx(ref, rel=1e-6)
+        assert e["walk_minus_taufactor_rel"] == pytest.approx(e["tau"] / ref - 1, abs=1e-12)
+        assert abs(e["tau"] / ref - 1) < 0.05, (a, e["tau"], ref)
+    small = {**sec, "crosscheck_max_voxels": 1000, "walk": {"n_walkers": 512, "max_walkers": 512, "n_steps": 200,
+                                                              "max_steps": 200}}
+    rec, _ = measure(lab, classes, (1.0, 1.0, 1.0), MicrostructureParams.from_dict(small))
+    assert "crosscheck_max_voxels" in rec["tortuosity"]["pore"]["taufactor"]["skipped"]
+    assert "tau_taufactor" not in rec["tortuosity"]["pore"]["axes"]["z"]
+    for bad in ({"crosscheck_max_voxels": 0}, {"crosscheck_taufactor": "yes"}):
+        with pytest.raises(InputError, match="crosscheck"):
+            MicrostructureParams.from_dict(bad)
 
 
 def _store(path, lab, attrs):

@@ -176,7 +176,8 @@ def check_walk_fits(shape, params: WalkParams, voxel_size_um, where: str) -> int
 
 
 def structure_period(mask: np.ndarray) -> float:
-    """Mean structure period of a two-phase voxel image in voxels: ``6 N / F`` (0 without interface).
+    """Mean structure period of a two-phase voxel image in voxels: ``6 N / F``, at most the smallest
+    box edge (0 without interface).
 
     ``F`` counts the voxel faces between the phase and the rest, ``N`` the voxels. Along one axis
     ``2 N / F_a`` is the mean chord of the phase plus the mean chord of the rest (line-intercept
@@ -186,7 +187,9 @@ def structure_period(mask: np.ndarray) -> float:
     """
     m = np.asarray(mask, dtype=bool)
     faces = sum(np.count_nonzero(np.diff(m, axis=a)) for a in range(3))
-    return 6.0 * m.size / faces if faces else 0.0
+    # a nearly uniform phase (few faces) has no structure to cover beyond the box: the tiled image
+    # repeats there, so the period is capped at the smallest edge
+    return min(6.0 * m.size / faces, float(min(m.shape))) if faces else 0.0
 
 
 def start_indices(start_flat: torch.Tensor, walker_id: torch.Tensor, seed: int) -> torch.Tensor:
