@@ -176,8 +176,8 @@ def check_walk_fits(shape, params: WalkParams, voxel_size_um, where: str) -> int
 
 
 def structure_period(mask: np.ndarray) -> float:
-    """Mean structure period of a two-phase voxel image in voxels: ``6 N / F``, at most the smallest
-    box edge (0 without interface).
+    """Mean structure period of a two-phase voxel image in voxels: ``6 N / F``, at most half the
+    smallest box edge (0 without interface).
 
     ``F`` counts the voxel faces between the phase and the rest, ``N`` the voxels. Along one axis
     ``2 N / F_a`` is the mean chord of the phase plus the mean chord of the rest (line-intercept
@@ -187,9 +187,10 @@ def structure_period(mask: np.ndarray) -> float:
     """
     m = np.asarray(mask, dtype=bool)
     faces = sum(np.count_nonzero(np.diff(m, axis=a)) for a in range(3))
-    # a nearly uniform phase (few faces) has no structure to cover beyond the box: the tiled image
-    # repeats there, so the period is capped at the smallest edge
-    return min(6.0 * m.size / faces, float(min(m.shape))) if faces else 0.0
+    # a period above half the smallest edge means fewer than two periods in the box (a layered cell,
+    # a nearly uniform separator): the volume is not representative there and walking further only
+    # samples its mirror/periodic tiling, so the period is capped at half that edge
+    return min(6.0 * m.size / faces, 0.5 * min(m.shape)) if faces else 0.0
 
 
 def start_indices(start_flat: torch.Tensor, walker_id: torch.Tensor, seed: int) -> torch.Tensor:
