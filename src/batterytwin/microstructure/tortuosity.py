@@ -14,14 +14,23 @@ displacement ``<d_i d_j>(t)`` at ``n_records + 1`` times. The Einstein relation
 
 Walkers are split into ``n_batches`` fixed batches; batches are spread over MPI ranks and the
 per-batch moment sums gathered in batch order, so 1 or N ranks give identical numbers. The
-statistical uncertainty is a bootstrap over batches (walkers are independent). The linear-regime
-check compares the slopes of the two halves of the fit window. A direction without a percolating
-cluster has ``tau = None`` and ``percolating = False``.
+statistical uncertainty is a bootstrap over batches (walkers are independent). A direction
+without a percolating cluster has ``tau = None`` and ``percolating = False``.
+
+The walk is converged by default (:func:`converge`): it runs in blocks and, per percolating axis,
+checks the bootstrap error of tau against ``target_rel_std``, the drift of tau between the fit
+window and the window before it (on the same bootstrap resamples), and the displacement reached
+in units of the structure period (:func:`structure_period`); it doubles or extends the steps and
+adds walker batches until every axis passes or the budgets (``max_steps``, ``max_walkers``) are
+spent. Unconverged axes say ``converged: false`` with a ``stop_reason`` and are logged as a
+WARNING. Checks in the spirit of the MSD-slope convergence tests of pytrax (Tranter et al.,
+SoftwareX 2019) and the displacement-vs-pore-size criteria of random-walk tortuosity studies.
 
 Example::
 
-    res = walk_tortuosity(mask, WalkParams(n_walkers=4096, n_steps=2000))
-    res["axes"]["z"]["tau"], res["axes"]["z"]["tau_std"]
+    res = walk_tortuosity(mask, WalkParams())                 # converged within the default budgets
+    res["axes"]["z"]["tau"], res["axes"]["z"]["tau_std"], res["axes"]["z"]["converged"]
+    walk_tortuosity(mask, WalkParams(n_walkers=4096, n_steps=2000, max_walkers=4096, max_steps=2000))  # fixed
 """
 
 from __future__ import annotations
