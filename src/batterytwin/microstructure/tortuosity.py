@@ -23,8 +23,8 @@ window and the window before it (on the same bootstrap resamples), and the displ
 in units of the structure period (:func:`structure_period`); it doubles or extends the steps and
 adds walker batches until every axis passes or the budgets (``max_steps``, ``max_walkers``) are
 spent. Unconverged axes say ``converged: false`` with a ``stop_reason`` and are logged as a
-WARNING. Checks in the spirit of the MSD-slope convergence tests of pytrax (Tranter et al.,
-SoftwareX 2019) and the displacement-vs-pore-size criteria of random-walk tortuosity studies.
+WARNING. Why and how it was validated (against TauFactor on PoreSpy media, and the comb's exact
+values): docs/microstructure.md, "Convergence".
 
 Example::
 
