@@ -136,6 +136,16 @@ def test_bad_walk_inputs():
         walk_tortuosity(np.ones((8, 8, 8), bool), WalkParams(n_steps=50), voxel_size_um=(1.0, 0.5, 0.5))
     with pytest.raises(InputError, match="model"):
         walk_tortuosity(np.ones((8, 8, 8), bool), WalkParams(model="brownian"))
+    for bad, key in (({"max_steps": 0}, "max_steps"), ({"target_rel_std": 0.0}, "target_rel_std"),
+                     ({"fit_start": 0.9}, "fit_start"), ({"min_travel": -1.0}, "min_travel"),
+                     ({"drift_sigma": 0.0}, "drift_sigma"), ({"drift_floor": 1.0}, "drift_floor")):
+        with pytest.raises(InputError, match=rf"walk\.{key}"):
+            WalkParams(**bad).check()
+    # a first round above the budgets (cluster configs written before budgets existed): no growth
+    res = walk_tortuosity(np.ones((8, 8, 8), bool), WalkParams(n_walkers=256, n_batches=4, n_steps=40, n_records=4,
+                                                               max_walkers=16, max_steps=8))
+    assert res["walk"]["n_walkers"] == 256 and res["walk"]["n_steps"] == 40
+    assert res["axes"]["z"]["tau"] == pytest.approx(1.0, abs=0.2)
 
 
 TRITON_SCRIPT = r"""

@@ -75,8 +75,9 @@ class WalkParams:
         n_records: MSD records per ``n_steps`` steps (the record spacing is kept when extending).
         n_batches: walker batches of the first round: unit of MPI work, checkpointing and
             bootstrap; walkers are added in batches of the same size.
-        max_steps: step budget (the last block is the largest ``n_steps * 2^k <= max_steps``).
-        max_walkers: walker budget (whole batches).
+        max_steps: step budget (at least ``n_steps``: a smaller value means the first block only).
+        max_walkers: walker budget in whole batches (at least ``n_walkers``, likewise; a config
+            with a first round above the default budget, as on clusters, simply does not add).
         target_rel_std: bootstrap relative standard deviation of tau to reach on every
             percolating axis.
         drift_sigma: tau of the fit window ``[f T, T]`` and of the window before it
@@ -131,11 +132,9 @@ class WalkParams:
                 raise InputError(f"microstructure.walk.{name} must be >= 1, got {getattr(self, name)!r}")
         if self.n_records < 4 or self.n_steps < self.n_records:
             raise InputError("microstructure.walk: need n_records >= 4 and n_steps >= n_records")
-        if int(self.max_steps) < int(self.n_steps):
-            raise InputError(f"microstructure.walk.max_steps must be >= n_steps ({self.n_steps}), got {self.max_steps!r}")
-        if int(self.max_walkers) < int(self.n_walkers):
-            raise InputError(f"microstructure.walk.max_walkers must be >= n_walkers ({self.n_walkers}), "
-                             f"got {self.max_walkers!r}")
+        for name in ("max_steps", "max_walkers"):  # below the first block they mean "the first block"
+            if int(getattr(self, name)) < 1:
+                raise InputError(f"microstructure.walk.{name} must be >= 1, got {getattr(self, name)!r}")
         if not 0.2 <= self.fit_start <= 0.8:
             raise InputError(f"microstructure.walk.fit_start must be in [0.2, 0.8], got {self.fit_start!r}")
         if not 0.0 < self.step_length <= 1.0:
@@ -181,7 +180,7 @@ def check_walk_fits(shape, params: WalkParams, voxel_size_um, where: str) -> int
             f"{ratio[a]:.0f} box lengths along {AXES[a]} (limit max_box_traversals={params.max_box_traversals:g}); "
             f"use fewer steps or a larger volume")
     fits = np.min((params.max_box_traversals * np.asarray(shape, dtype=np.float64)) ** 2 / (2 * d0))
-    return int(min(params.max_steps, max(params.n_steps, math.floor(fits))))
+    return int(max(params.n_steps, min(params.max_steps, math.floor(fits))))
 
 
 def structure_period(mask: np.ndarray) -> float:
@@ -504,13 +503,13 @@ def converge(walker: BatchWalker, params: WalkParams, step_budget: int, voxel_si
              eps_walk: float, percolating, period: float) -> tuple[dict[str, Any], dict[str, Any]]:
     """Walk in blocks until every percolating axis is converged or the budgets are spent.
 
-    After each block the gathered moments are analysed (:func:`analyse_moments`); axes whose tau
-    drifts between the last two fit windows double the steps, axes whose walkers have not travelled
-    ``min_travel`` structure periods extend them as far as that needs (:func:`_step_factor`;
-    records keep their spacing); axes whose bootstrap error
-    is above ``target_rel_std`` add walker batches (to 1.1 times the walkers the error predicts,
-    ``N (err / target)^2``). Decisions are made on gathered results,
-    identically on every rank; walks are continued, never restarted.
+    After each block the gathered moments are analysed (:func:`analyse_moments`). Axes whose tau
+    drifts between the last two fit windows double the steps; axes whose walkers have not
+    travelled ``min_travel`` structure periods extend them as far as that needs
+    (:func:`_step_factor`; records keep their spacing); axes whose bootstrap error is above
+    ``target_rel_std`` add walker batches (to 1.1 times the walkers the error predicts,
+    ``N (err / target)^2``). Decisions are made on gathered results, identically on every rank;
+    walks are continued, never restarted.
 
     Returns:
         (analysis of the last block, {"n_steps", "n_walkers", "history"}) -- history lists each
