@@ -242,6 +242,7 @@ def test_defaults_converge_to_taufactor(converged_medium):
         if ref is None:
             continue
         assert rec["converged"] is True and rec["stop_reason"] == "converged"
+        assert (rec["n_steps"], rec["n_walkers"]) == (res["walk"]["n_steps"], res["walk"]["n_walkers"])
         assert rec["tau_std"] / rec["tau"] <= 0.01 + 1e-12
         rows.append((rec["tau"], rec["tau_std"], ref))
         print(f"{name} {a}: walk {rec['tau']:.3f} +- {rec['tau_std']:.3f} (TauFactor {ref:.3f}, "

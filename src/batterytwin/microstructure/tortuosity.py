@@ -601,6 +601,8 @@ def walk_tortuosity(mask: np.ndarray, params: WalkParams, voxel_size_um=(1.0, 1.
                          structure_period(mask))
     more_w, more_t = used["history"][-1]["more_walkers"], used["history"][-1]["more_steps"]
     _finish_axes(res, more_w, more_t)
+    for rec in res["axes"].values():  # one walk serves all axes; repeated per axis for readers of one axis
+        rec.update(n_steps=used["n_steps"], n_walkers=used["n_walkers"])
     conv = [rec["converged"] for rec in res["axes"].values() if rec["percolating"]]
     reasons = sorted({rec["stop_reason"] for rec in res["axes"].values() if rec["converged"] is False})
     walk.update(n_walkers=used["n_walkers"], n_steps=used["n_steps"],
