@@ -37,7 +37,6 @@ class PybammSettings(Section):
     log10_k_range: list[float] = Field([-17.0, -13.0], min_length=2, max_length=2,
                                        description="log10 of the SEI kinetic rate constant [m/s] covered")
     grid_points: int = Field(9, ge=3, le=64, description="PyBaMM runs of the surrogate over log10 k")
-    max_ec_diffusivity_factor: float = Field(1.0, gt=0, description="EC diffusivity multiplier (1: parameter set)")
 
 
 class CorrectionSettings(Section):
