@@ -200,7 +200,18 @@ class PybammModel:
 
 
 def _interp_extrapolate(x: np.ndarray, xp: np.ndarray, fp: np.ndarray) -> np.ndarray:
+    """SOH fraction at real cycles ``x`` from the simulated points ``(xp, fp)``, ``fp[0] = 1``.
+
+    Before the first simulated cycle the loss follows the local power law of the first two points
+    (``1 - fp`` ~ ``x^beta``; SEI growth is ~linear when reaction-limited, ~sqrt when diffusion-limited),
+    linear interpolation between simulated points, linear extrapolation after the last one.
+    """
     y = np.interp(x, xp, fp)
+    early = (x > 0) & (x < xp[1])
+    if early.any():
+        l1, l2 = max(1e-12, 1.0 - fp[1]), max(1e-12, 1.0 - fp[2])
+        beta = float(np.clip(np.log(l2 / l1) / np.log(xp[2] / xp[1]), 0.3, 1.5))
+        y[early] = 1.0 - l1 * (x[early] / xp[1]) ** beta
     beyond = x > xp[-1]
     if beyond.any():
         slope = (fp[-1] - fp[-2]) / (xp[-1] - xp[-2])
