@@ -50,7 +50,8 @@ class CorrectionSettings(Section):
     weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay")
     ema_decay: float = Field(0.99, ge=0, le=1, description="EMA decay of the used weights")
     seed: int = Field(0, ge=0, description="seed of weights and batches")
-    threads: int = Field(0, ge=0, description="torch CPU threads (0: the harness policy)")
+    threads: int = Field(1, ge=0, description="torch CPU threads (0: the harness policy; the network is tiny, "
+                         "one thread is fastest)")
     checkpoint_every: int = Field(500, ge=1, description="steps between checkpoints (when a checkpoint is given)")
 
 

@@ -38,7 +38,7 @@ from ..degradation.data import CurveSet
 from ..degradation.evaluate import coverage, cycle_life, rmse
 from ..errors import InputError
 from .correction import Correction, cell_features, point_inputs, train_correction
-from .forecast import conformal_quantile, eol_level, first_crossing, log_interval_scores
+from .forecast import conformal_quantile, eol_level, first_crossing, log_interval_scores, widen
 from .physics import FitResult, draw_params, fit_cell, make_model
 
 log = logging.getLogger(__name__)
@@ -219,8 +219,9 @@ def forecast_split(train: Cells, test: Cells, settings, checkpoint=None) -> dict
     fc_cal = forecast_cells(model, fits_tr, train, cal, corr, H, k_fit, level_eol, settings, rng)
     life_cal, cens_cal = cycle_life(train.cs.soh[cal], train.cs.valid_len[cal], rule, cpp, settings.threshold)
     ok_cal = ~cens_cal & np.isfinite(fc_cal["life_hybrid"])
+    seen = float((k_fit - 1) * cpp)
     q_life = conformal_quantile(log_interval_scores(fc_cal["life_hybrid_lo"][ok_cal], fc_cal["life_hybrid_hi"][ok_cal],
-                                                    life_cal[ok_cal]), settings.level)
+                                                    life_cal[ok_cal], seen), settings.level)
     res = []
     for j, i in enumerate(cal):
         n = min(int(train.cs.valid_len[i]), H)
@@ -233,8 +234,7 @@ def forecast_split(train: Cells, test: Cells, settings, checkpoint=None) -> dict
     q_curve_used = q_curve if np.isfinite(q_curve) else 0.0
 
     out = forecast_cells(model, fits_te, test, np.arange(len(test.cs)), corr, H, k_fit, level_eol, settings, rng)
-    out["life_hybrid_lo"] = out["life_hybrid_lo"] * np.exp(-q_life_used)
-    out["life_hybrid_hi"] = out["life_hybrid_hi"] * np.exp(q_life_used)
+    out["life_hybrid_lo"], out["life_hybrid_hi"] = widen(out["life_hybrid_lo"], out["life_hybrid_hi"], q_life_used, seen)
     out["soh_hybrid_lo"] = out["soh_hybrid_lo"] - q_curve_used
     out["soh_hybrid_hi"] = out["soh_hybrid_hi"] + q_curve_used
 
@@ -267,7 +267,7 @@ def forecast_split(train: Cells, test: Cells, settings, checkpoint=None) -> dict
         info["pybamm_run_seconds_mean"] = float(np.mean(model.simulate_seconds))
         info["pybamm_runs"] = len(model.simulate_seconds)
     return {"arrays": out, "info": info, "model": model, "correction": corr, "fits": fits_te, "k_fit": k_fit,
-            "level_eol": level_eol}
+            "level_eol": level_eol, "q_life": q_life_used, "q_curve": q_curve_used}
 
 
 def score(arrays: dict, test: CurveSet, settings, diffusion: dict | None = None) -> tuple[dict, dict]:
@@ -353,10 +353,10 @@ def time_series(run: dict, test: Cells, settings) -> dict[str, np.ndarray]:
         rows["series_physics"].append(phys[0])
         rows["series_hybrid"].append(hyb[0])
         lo, hi = np.quantile(hyb, q, axis=0)
-        rows["series_lo"].append(lo)
-        rows["series_hi"].append(hi)
+        rows["series_lo"].append(lo - run["q_curve"])
+        rows["series_hi"].append(hi + run["q_curve"])
         rows["series_life"].append(lives[0])
-        l_lo, l_hi = np.quantile(lives, q)
+        l_lo, l_hi = widen(*np.quantile(lives, q), run["q_life"], float((end - 1) * cpp))
         rows["series_life_lo"].append(l_lo)
         rows["series_life_hi"].append(l_hi)
         rows["series_fit_seconds"].append(r.seconds)

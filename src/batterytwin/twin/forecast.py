@@ -44,7 +44,13 @@ def eol_level(rule: str, threshold: float, train_soh: np.ndarray, train_len: np.
     return float(np.median(last[~full] if (~full).any() else last))
 
 
-def log_interval_scores(lo: np.ndarray, hi: np.ndarray, true: np.ndarray) -> np.ndarray:
-    """Conformalised-quantile scores in log life: ``max(log lo - log y, log y - log hi)``."""
-    lo, hi, y = (np.log(np.maximum(np.asarray(v, np.float64), 1.0)) for v in (lo, hi, true))
+def log_interval_scores(lo: np.ndarray, hi: np.ndarray, true: np.ndarray, seen: float) -> np.ndarray:
+    """Conformalised-quantile scores in log RUL (life - ``seen`` cycles): ``max(log lo - log y, log y - log hi)``."""
+    lo, hi, y = (np.log(np.maximum(np.asarray(v, np.float64) - seen, 1.0)) for v in (lo, hi, true))
     return np.maximum(lo - y, y - hi)
+
+
+def widen(lo: np.ndarray, hi: np.ndarray, q: float, seen: float) -> tuple[np.ndarray, np.ndarray]:
+    """Interval [lo, hi] of life widened by the conformal quantile ``q`` of :func:`log_interval_scores`."""
+    lo_r, hi_r = np.maximum(np.asarray(lo) - seen, 1.0), np.maximum(np.asarray(hi) - seen, 1.0)
+    return seen + lo_r * np.exp(-q), seen + hi_r * np.exp(q)
