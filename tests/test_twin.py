@@ -48,10 +48,10 @@ def test_empirical_fit_recovers_the_generating_parameters():
         errs.append(fit.params - true)
         z_scores.append((fit.params - true) / np.sqrt(np.diag(fit.cov)))
     errs, z_scores = np.abs(np.array(errs)), np.abs(np.array(z_scores))
-    # measured: max |error| q0 ~2e-4, log10 a ~0.01, z ~0.01 (noise 0.05 %)
-    assert errs[:, 0].max() < 1e-3 and errs[:, 1].max() < 0.05 and errs[:, 2].max() < 0.05
-    # the Jacobian covariance is calibrated: ~95 % of errors within 2 SD
-    assert np.mean(z_scores < 2.0) > 0.8
+    # measured (20 cells, noise 0.05 %): max |error| q0 4.6e-4, log10 a 1.5e-3, z 0.011
+    assert errs[:, 0].max() < 2e-3 and errs[:, 1].max() < 0.01 and errs[:, 2].max() < 0.05
+    # the Jacobian covariance is calibrated: measured 97 % of the errors within 2 SD
+    assert np.mean(z_scores < 2.0) > 0.85
 
 
 @pytest.fixture(scope="module")
@@ -67,9 +67,11 @@ def test_pybamm_fit_recovers_the_sei_rate_constant(pybamm_model):
         y = 100 * soh + rng.normal(0, 0.05, len(soh))
         fit = fit_cell(pybamm_model, cycles, y)
         assert fit.ok, fit.reason
-        # measured: |error| <= 0.03 decades, the surrogate fit takes milliseconds
-        assert abs(fit.params[1] - log_k) < 0.1, (fit.params, log_k)
+        # measured: |error| 0.011 and 0.001 decades, q0 within 4e-4; the surrogate fit takes milliseconds
+        assert abs(fit.params[1] - log_k) < 0.05, (fit.params, log_k)
         assert abs(fit.params[0] - 1.0) < 2e-3
+        # the surrogate itself against PyBaMM at this off-grid constant: measured max 0.09 % SOH
+        assert np.abs(pybamm_model.predict(np.array([1.0, log_k]), cycles) - 100 * soh).max() < 0.3
         assert fit.seconds < 2.0
 
 
@@ -83,7 +85,7 @@ def test_correction_fixes_a_misspecified_physics_model():
     k = run["k_fit"]
     inside = (np.arange(L)[None] < test.valid_len[:, None]) & (np.arange(L)[None] >= k)
     err = {m: np.sqrt(np.mean((arrays[f"soh_{m}"][:, :L][inside] - clean[inside]) ** 2)) for m in ("physics", "hybrid")}
-    # measured: physics ~4 %, hybrid ~0.5 % SOH RMSE against the generating curves
+    # measured: physics 3.9 %, hybrid 0.72 % SOH RMSE against the generating curves; RUL RMSE 219 -> 26 cycles
     assert err["hybrid"] < 0.35 * err["physics"], err
     assert metrics["hybrid"]["rul_rmse_cycles"] < 0.5 * metrics["physics"]["rul_rmse_cycles"], metrics
 
@@ -99,9 +101,10 @@ def test_correction_leaves_a_correct_physics_model_alone():
     inside = (np.arange(L)[None] < test.valid_len[:, None]) & (np.arange(L)[None] >= k)
     err = {m: np.sqrt(np.mean((arrays[f"soh_{m}"][:, :L][inside] - clean[inside]) ** 2)) for m in ("physics", "hybrid")}
     change = np.sqrt(np.mean((arrays["soh_hybrid"][:, :L][inside] - arrays["soh_physics"][:, :L][inside]) ** 2))
-    # measured: physics ~0.2 %, the correction moves curves by ~0.1 % (noise 0.05 %)
-    assert err["hybrid"] < err["physics"] + 0.15, err
-    assert change < 0.3, change
+    # measured: physics 0.27 %, hybrid 0.25 % SOH RMSE; the correction moves the curves by 0.24 % RMS, the
+    # size of the physics fit's own extrapolation error (noise 0.05 %), and does not make them worse
+    assert err["hybrid"] < err["physics"] + 0.1, err
+    assert change < 0.5, change
 
 
 def test_failed_fits_and_short_records_are_recorded(monkeypatch):
