@@ -174,15 +174,18 @@ def forecast_cells(model, fits: Fits, cells: Cells, idx, corr, H: int, k_fit: in
     return out
 
 
-def forecast_split(train: Cells, test: Cells, settings, checkpoint=None) -> dict:
-    """Forecast the ``test`` cells with a twin fitted on ``train``: per-test-cell arrays + run info."""
+def forecast_split(train: Cells, test: Cells, settings, checkpoint=None, model=None) -> dict:
+    """Forecast the ``test`` cells with a twin fitted on ``train``: per-test-cell arrays + run info.
+
+    ``model``: a physics model to reuse (e.g. a PyBaMM surrogate already built); default: a new one.
+    """
     if train.cs.cycles_per_point != test.cs.cycles_per_point:
         raise InputError(f"{test.cs.source}: {test.cs.cycles_per_point} cycles per point, the training cells have "
                          f"{train.cs.cycles_per_point}")
     cpp, rule = test.cs.cycles_per_point, test.cs.eol_rule
     k_fit = fit_points(settings, cpp)
     H = max(test.cs.curve_length, (settings.horizon_cycles or 0) // cpp + 1)
-    model = make_model(settings)
+    model = make_model(settings) if model is None else model
     t0 = time.perf_counter()
     if hasattr(model, "build"):
         try:
@@ -375,9 +378,10 @@ def cross_validate(cells: Cells, settings, folds: int) -> tuple[dict, dict]:
     merged: dict = {}
     infos = []
     last = None
+    model = make_model(settings)  # built once (PyBaMM surrogate), shared by the folds
     for f in range(folds):
         te, tr = np.flatnonzero(fold_of == f), np.flatnonzero(fold_of != f)
-        run = forecast_split(cells.subset(tr), cells.subset(te), settings)
+        run = forecast_split(cells.subset(tr), cells.subset(te), settings, model=model)
         if run.get("interrupted"):
             return run, {}
         last = run
