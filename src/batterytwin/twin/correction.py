@@ -11,7 +11,8 @@ with inputs that describe the situation, not the cell's identity:
 Inputs are standardised with the training means/SDs (kept with the weights). Training goes through
 the shared harness (:mod:`batterytwin.training`): thread policy, warm-up/cosine LR, EMA weights,
 SIGTERM/SIGUSR1 -> checkpoint + exit 75, resumable checkpoint. Batches depend on the step alone
-(seeded), so a resumed run ends with the weights of an uninterrupted one.
+(seeded), so a resumed run ends with the weights of an uninterrupted one. The loss is Huber (quadratic
+up to 5 % SOH): a cell whose physics extrapolation runs away must not dominate the fit.
 """
 
 from __future__ import annotations
@@ -40,15 +41,24 @@ def cell_features(qmatrix: np.ndarray, params: np.ndarray) -> np.ndarray:
                             np.nan_to_num(np.asarray(params, np.float64))])
 
 
-def point_inputs(physics_soh: np.ndarray, cycles: np.ndarray, features: np.ndarray) -> np.ndarray:
-    """Network inputs [..., M, 2 + F] from physics SOH [..., M], cycles [M] and one cell's features [F]."""
-    phys = (np.asarray(physics_soh, np.float64) - SOH_CENTER) / SOH_SCALE
+def point_inputs(physics_soh: np.ndarray, cycles: np.ndarray, features: np.ndarray, fit_end: float) -> np.ndarray:
+    """Network inputs [..., M, 3 + F] from physics SOH [..., M], cycles [M], one cell's features [F].
+
+    Column 0 is the gate ``(N - fit_end) / 1000`` (cycles since the end of the fit window): the
+    residual is the network output times the gate, so the correction starts at zero where the
+    physics was fitted. The physics SOH is clipped to [40, 110] % (far extrapolations of a fit are
+    not inputs the network has seen).
+    """
+    phys = (np.clip(np.asarray(physics_soh, np.float64), 40.0, 110.0) - SOH_CENTER) / SOH_SCALE
     cyc = np.broadcast_to(np.asarray(cycles, np.float64) / 1000.0, phys.shape)
+    gate = np.maximum(cyc - fit_end / 1000.0, 0.0)
     feat = np.broadcast_to(features, (*phys.shape, len(features)))
-    return np.concatenate([phys[..., None], cyc[..., None], feat], axis=-1)
+    return np.concatenate([gate[..., None], phys[..., None], cyc[..., None], feat], axis=-1)
 
 
 class MLP(torch.nn.Module):
+    """``gate * f(inputs)``: column 0 of the (standardised) inputs is the gate, kept unstandardised."""
+
     def __init__(self, n_in: int, hidden: list[int]) -> None:
         super().__init__()
         layers, w = [], n_in
@@ -59,7 +69,7 @@ class MLP(torch.nn.Module):
         self.net = torch.nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).squeeze(-1)
+        return x[..., 0] * self.net(x).squeeze(-1)
 
 
 @dataclass
@@ -75,12 +85,19 @@ class Correction:
 
     def residual(self, inputs: np.ndarray, batch: int = 65536) -> np.ndarray:
         shape = inputs.shape[:-1]
-        x = ((inputs.reshape(-1, inputs.shape[-1]) - self.mean) / self.sd).astype(np.float32)
+        x = standardise(inputs.reshape(-1, inputs.shape[-1]), self.mean, self.sd).astype(np.float32)
         out = np.empty(len(x), np.float64)
         with torch.no_grad():
             for i in range(0, len(x), batch):
                 out[i:i + batch] = self.net(torch.from_numpy(x[i:i + batch])).double().numpy() * RES_SCALE
         return out.reshape(shape)
+
+
+def standardise(x: np.ndarray, mean: np.ndarray, sd: np.ndarray) -> np.ndarray:
+    """Inputs standardised and clipped to +-3 SD (the gate, column 0, passes unchanged)."""
+    z = np.clip((np.asarray(x, np.float64) - mean) / sd, -3.0, 3.0)
+    z[:, 0] = x[:, 0]
+    return z
 
 
 def train_correction(inputs: np.ndarray, residuals: np.ndarray, settings, checkpoint=None) -> Correction:
@@ -102,7 +119,7 @@ def train_correction(inputs: np.ndarray, residuals: np.ndarray, settings, checkp
     x = np.asarray(inputs, np.float64)
     mean, sd = x.mean(axis=0), x.std(axis=0)
     sd = np.where(sd > 1e-9, sd, 1.0)
-    xt = torch.from_numpy(((x - mean) / sd).astype(np.float32))
+    xt = torch.from_numpy(standardise(x, mean, sd).astype(np.float32))
     yt = torch.from_numpy((np.asarray(residuals, np.float64) / RES_SCALE).astype(np.float32))
     torch.manual_seed(settings.seed)
     net = MLP(x.shape[1], list(settings.hidden))
@@ -123,7 +140,7 @@ def train_correction(inputs: np.ndarray, residuals: np.ndarray, settings, checkp
                 return Correction(ema.module, mean, sd, step, float(loss), interrupted=True)
             g = torch.Generator().manual_seed(settings.seed * 1_000_003 + step)
             idx = torch.randint(0, n, (bs,), generator=g)
-            loss = torch.nn.functional.mse_loss(net(xt[idx]), yt[idx])
+            loss = torch.nn.functional.smooth_l1_loss(net(xt[idx]), yt[idx], beta=1.0)  # Huber: 5 % SOH
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -130,7 +130,7 @@ def correction_data(phys: np.ndarray, fits: Fits, cells: Cells, idx: np.ndarray,
         pts = np.arange(k_fit, n)
         if len(pts) == 0:
             continue
-        xs.append(point_inputs(phys[i, pts], grid[pts], fits.features[i]))
+        xs.append(point_inputs(phys[i, pts], grid[pts], fits.features[i], grid[k_fit - 1]))
         ys.append(cs.soh[i, pts].astype(np.float64) - phys[i, pts])
     if not xs:
         return None, None
@@ -143,7 +143,7 @@ def hybrid_of(phys: np.ndarray, features: np.ndarray, corr: Correction | None, k
         return phys.copy()
     grid = np.arange(phys.shape[-1]) * float(cpp)
     out = phys.copy()
-    out[..., k_fit:] += corr.residual(point_inputs(phys[..., k_fit:], grid[k_fit:], features))
+    out[..., k_fit:] += corr.residual(point_inputs(phys[..., k_fit:], grid[k_fit:], features, grid[k_fit - 1]))
     return out
 
 

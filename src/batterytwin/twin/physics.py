@@ -98,7 +98,7 @@ class EmpiricalModel:
         p = np.asarray(params, np.float64)
         q0, la, z = p[..., 0:1], p[..., 1:2], p[..., 2:3]
         n = np.maximum(np.asarray(cycles, np.float64), 0.0) / 1000.0
-        return 100.0 * q0 * (1.0 - 10.0 ** la * stress * n ** z)
+        return 100.0 * q0 * np.maximum(1.0 - 10.0 ** la * stress * n ** z, 0.0)  # no capacity below zero
 
     def prior(self, params: np.ndarray) -> np.ndarray:
         return np.array([(params[2] - self.z_prior) / self.z_prior_sd])
