@@ -85,7 +85,7 @@ def test_correction_fixes_a_misspecified_physics_model():
     k = run["k_fit"]
     inside = (np.arange(L)[None] < test.valid_len[:, None]) & (np.arange(L)[None] >= k)
     err = {m: np.sqrt(np.mean((arrays[f"soh_{m}"][:, :L][inside] - clean[inside]) ** 2)) for m in ("physics", "hybrid")}
-    # measured: physics 3.9 %, hybrid 0.72 % SOH RMSE against the generating curves; RUL RMSE 219 -> 26 cycles
+    # measured: physics 3.9 %, hybrid 0.71 % SOH RMSE against the generating curves; RUL RMSE 219 -> 27 cycles
     assert err["hybrid"] < 0.35 * err["physics"], err
     assert metrics["hybrid"]["rul_rmse_cycles"] < 0.5 * metrics["physics"]["rul_rmse_cycles"], metrics
 
@@ -101,8 +101,8 @@ def test_correction_leaves_a_correct_physics_model_alone():
     inside = (np.arange(L)[None] < test.valid_len[:, None]) & (np.arange(L)[None] >= k)
     err = {m: np.sqrt(np.mean((arrays[f"soh_{m}"][:, :L][inside] - clean[inside]) ** 2)) for m in ("physics", "hybrid")}
     change = np.sqrt(np.mean((arrays["soh_hybrid"][:, :L][inside] - arrays["soh_physics"][:, :L][inside]) ** 2))
-    # measured: physics 0.27 %, hybrid 0.25 % SOH RMSE; the correction moves the curves by 0.24 % RMS, the
-    # size of the physics fit's own extrapolation error (noise 0.05 %), and does not make them worse
+    # measured: physics 0.27 %, hybrid 0.30 % SOH RMSE; the correction moves the curves by 0.30 % RMS, the
+    # size of the physics fit's own extrapolation error (noise 0.05 %), and barely changes their error
     assert err["hybrid"] < err["physics"] + 0.1, err
     assert change < 0.5, change
 
