@@ -21,19 +21,12 @@ TWIN_EVALS = {
 TWIN_TARGETS = expand("results/twin/{evaluation}.{ext}", evaluation=list(TWIN_EVALS), ext=("zarr", "json"))
 
 
-def _twin_train(wildcards):
-    trainset = TWIN_EVALS[wildcards.evaluation]["train_set"]
-    return [os.path.join(TWIN_DIR, f) for f in DEG_REAL["train_sets"][trainset]]
-
-
-def _twin_test(wildcards):
-    return os.path.join(TWIN_DIR, TWIN_EVALS[wildcards.evaluation]["test"])
-
-
 rule twin:
     input:
-        train=_twin_train,
-        test=_twin_test,
+        train=lambda w: [
+            os.path.join(TWIN_DIR, f) for f in DEG_REAL["train_sets"][TWIN_EVALS[w.evaluation]["train_set"]]
+        ],
+        test=lambda w: os.path.join(TWIN_DIR, TWIN_EVALS[w.evaluation]["test"]),
         diffusion="results/degradation_real/{evaluation}.zarr",
     output:
         store=directory("results/twin/{evaluation}.zarr"),
