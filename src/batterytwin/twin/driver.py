@@ -339,8 +339,8 @@ def time_series(run: dict, test: Cells, settings) -> dict[str, np.ndarray]:
     rng = np.random.default_rng([settings.seed, 2])
     x0 = fits.results[i].params
     rows = {k: [] for k in ("series_window_cycles", "series_params", "series_physics", "series_hybrid", "series_lo",
-                            "series_hi", "series_life", "series_life_lo", "series_life_hi", "series_fit_seconds",
-                            "series_nfev")}
+                            "series_hi", "series_life", "series_life_lo", "series_life_hi", "series_physics_life",
+                            "series_physics_life_lo", "series_physics_life_hi", "series_fit_seconds", "series_nfev")}
     for end in ends:
         r = fit_cell(model, grid[:end], cs.soh[i, :end], float(test.stress[i]), x0=x0, where=cs.names[i])
         if not r.ok:
@@ -362,11 +362,23 @@ def time_series(run: dict, test: Cells, settings) -> dict[str, np.ndarray]:
         l_lo, l_hi = widen(*np.quantile(lives, q), run["q_life"], float((end - 1) * cpp))
         rows["series_life_lo"].append(l_lo)
         rows["series_life_hi"].append(l_hi)
+        p_lives, _ = first_crossing(phys, run["level_eol"], end, cpp)
+        rows["series_physics_life"].append(p_lives[0])
+        p_lo, p_hi = np.quantile(p_lives, q)
+        rows["series_physics_life_lo"].append(p_lo)
+        rows["series_physics_life_hi"].append(p_hi)
         rows["series_fit_seconds"].append(r.seconds)
         rows["series_nfev"].append(r.nfev)
     out = {k: np.asarray(v, np.float64) for k, v in rows.items() if v}
     out["series_cell"] = np.array([i])
     return out
+
+
+def metrics_life_true(test: Cells, series: dict, threshold: float) -> float:
+    i = int(series["series_cell"][0])
+    life, _ = cycle_life(test.cs.soh[i:i + 1], test.cs.valid_len[i:i + 1], test.cs.eol_rule, test.cs.cycles_per_point,
+                         threshold)
+    return float(life[0])
 
 
 def cross_validate(cells: Cells, settings, folds: int) -> tuple[dict, dict]:
@@ -426,6 +438,10 @@ def run_evaluation(train: Cells | None, test: Cells, settings, diffusion: dict |
                                  "window_cycles": series["series_window_cycles"].tolist(),
                                  "life_interval_width_cycles": w.tolist(),
                                  "life_pred_cycles": series["series_life"].tolist(),
+                                 "life_true_cycles": metrics_life_true(test, series, settings.threshold),
+                                 "physics_life_pred_cycles": series["series_physics_life"].tolist(),
+                                 "physics_life_interval_width_cycles": (series["series_physics_life_hi"]
+                                                                        - series["series_physics_life_lo"]).tolist(),
                                  "fit_seconds": series["series_fit_seconds"].tolist(),
                                  "nfev": series["series_nfev"].tolist()}
     metrics["wall_seconds"] = time.perf_counter() - t0
