@@ -324,7 +324,11 @@ def _future_curve_rmse(pred: np.ndarray, test: CurveSet, keep: np.ndarray, k_fit
 
 
 def time_series(run: dict, test: Cells, settings) -> dict[str, np.ndarray]:
-    """Refits of one evaluated cell on growing windows (warm start from the previous fit) and its forecasts."""
+    """Refits of one evaluated cell on growing windows (warm start from the previous fit) and its forecasts.
+
+    Windows: from the fit window evenly to the last point before the measured curve reaches the
+    end-of-life level (or the end of the record).
+    """
     model, corr, fits, k_fit = run["model"], run["correction"], run["fits"], run["k_fit"]
     cs, cpp = test.cs, test.cs.cycles_per_point
     ok = np.flatnonzero(fits.status == OK)
@@ -332,7 +336,9 @@ def time_series(run: dict, test: Cells, settings) -> dict[str, np.ndarray]:
         return {}
     i = int(ok[min(settings.series.cell, len(ok) - 1)])
     n = int(cs.valid_len[i])
-    ends = np.unique(np.linspace(k_fit, max(k_fit, n - 1), settings.series.windows).round().astype(int))
+    below = np.flatnonzero(cs.soh[i, :n] <= run["level_eol"])
+    stop = int(below[0]) if below.size else n  # windows end before the measured end of life
+    ends = np.unique(np.linspace(k_fit, max(k_fit, stop - 1), settings.series.windows).round().astype(int))
     H = run["arrays"]["soh_physics"].shape[1]
     grid = np.arange(H) * float(cpp)
     q = [(1 - settings.level) / 2, 1 - (1 - settings.level) / 2]
