@@ -184,6 +184,17 @@ def test_cli_end_to_end_writes_store_and_json(tmp_path, cli):
     assert len(g["series_window_cycles"][:]) >= 2
     # the stress factor of 30 C (Xu et al.) reached the fit: a * S equals the fade of the generating model
     assert physics.temperature_stress(30.0) == pytest.approx(np.exp(0.0693 * 5 * 298.15 / 303.15))
+    # the report figure: its error table holds the JSON's numbers
+    from batterytwin.report.twin import error_rows, plot_twin
+
+    code, err = cli("report", "twin", tmp_path / "t.zarr", "--out", tmp_path / "t.png")
+    assert code == 0 and (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG", err
+    rows = {r[0]: r for r in error_rows(m)}
+    assert rows["hybrid twin"][1] == f"{m['hybrid']['rul_rmse_cycles']:.0f}"
+    assert rows["diffusion model"][1] == "-"
+    fig = plot_twin(tmp_path / "t.zarr", 2)
+    for i, d in fig.drawn.items():
+        np.testing.assert_allclose(d["hybrid"], g["soh_hybrid"][i], rtol=0, atol=0)
     # too short a fit window for the fit: one line, exit 2
     code, err = cli("twin", "--train", tmp_path / "train.npz", "--fit-cycles", 20, "--out", tmp_path / "u.zarr")
     assert code == 2 and "min_fit_points" in err
