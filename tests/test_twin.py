@@ -222,3 +222,28 @@ def test_time_series_refits_warm_and_narrows():
     assert err[-1] <= err[0] + CPP and err[-1] <= 2 * CPP, (err, true_life)
     # each refit started from the previous parameters: the last ones are the generating ones
     np.testing.assert_allclose(s["series_params"][-1][1:], params[i][1:], atol=0.1)
+
+
+def test_correction_training_stops_on_a_signal_and_resumes_to_the_same_weights(tmp_path):
+    import signal
+    import threading
+
+    import torch
+
+    from batterytwin.twin.config import CorrectionSettings
+    from batterytwin.twin.correction import train_correction
+
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(512, 5))
+    x[:, 0] = np.abs(x[:, 0])
+    y = x[:, 0] * (1.0 + x[:, 1])
+    st = CorrectionSettings(steps=300, checkpoint_every=50, hidden=[16])
+    reference = train_correction(x, y, st)
+    ckpt = tmp_path / "c.pt"
+    threading.Timer(0.03, lambda: signal.raise_signal(signal.SIGUSR1)).start()
+    first = train_correction(x, y, st, ckpt)
+    assert first.interrupted and 0 < first.steps < st.steps and ckpt.is_file()
+    resumed = train_correction(x, y, st, ckpt)
+    assert not resumed.interrupted
+    for a, b in zip(reference.net.state_dict().values(), resumed.net.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)

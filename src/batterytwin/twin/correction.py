@@ -137,7 +137,7 @@ def train_correction(inputs: np.ndarray, residuals: np.ndarray, settings, checkp
             stopped = stop.agreed(torch.device("cpu"))[0] if dist.is_initialized() else stop.signum != 0
             if stopped:
                 ckpt.save(step)
-                return Correction(ema.module, mean, sd, step, float(loss), interrupted=True)
+                return Correction(ema.module, mean, sd, step, float(loss.detach()), interrupted=True)
             g = torch.Generator().manual_seed(settings.seed * 1_000_003 + step)
             idx = torch.randint(0, n, (bs,), generator=g)
             loss = torch.nn.functional.smooth_l1_loss(net(xt[idx]), yt[idx], beta=1.0)  # Huber: 5 % SOH
