@@ -247,3 +247,20 @@ def test_correction_training_stops_on_a_signal_and_resumes_to_the_same_weights(t
     assert not resumed.interrupted
     for a, b in zip(reference.net.state_dict().values(), resumed.net.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def test_a_failed_pybamm_run_drops_its_grid_point(monkeypatch):
+    model = PybammModel(simulated_cycles=4, log10_k_range=(-16.0, -13.0), grid_points=4)
+    curve = (np.arange(5) * 64.0, np.linspace(1.0, 0.99, 5))
+
+    def simulate(lk):
+        if lk > -13.5:
+            raise RuntimeError("IDAKLU solver failed (injected)")
+        return curve[0], curve[1] - 1e-3 * (lk + 16) * np.arange(5)
+
+    monkeypatch.setattr(model, "simulate", simulate)
+    model.build()
+    assert len(model.log_k) == 3 and model.upper[1] == pytest.approx(-14.0)
+    assert "injected" in next(iter(model.failed_runs.values()))
+    fit = fit_cell(model, curve[0], 100 * (curve[1] - 1e-3 * 1.0 * np.arange(5)))
+    assert fit.ok and fit.params[1] == pytest.approx(-15.0, abs=0.05)

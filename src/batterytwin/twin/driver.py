@@ -269,6 +269,7 @@ def forecast_split(train: Cells, test: Cells, settings, checkpoint=None, model=N
     if getattr(model, "simulate_seconds", None):
         info["pybamm_run_seconds_mean"] = float(np.mean(model.simulate_seconds))
         info["pybamm_runs"] = len(model.simulate_seconds)
+        info["pybamm_failed_runs"] = {str(k): v for k, v in getattr(model, "failed_runs", {}).items()}
     return {"arrays": out, "info": info, "model": model, "correction": corr, "fits": fits_te, "k_fit": k_fit,
             "level_eol": level_eol, "q_life": q_life_used, "q_curve": q_curve_used}
 

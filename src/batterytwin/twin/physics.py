@@ -165,10 +165,23 @@ class PybammModel:
         if self._spline is not None:
             return self
         t0 = time.perf_counter()
-        curves = []
+        curves, kept = [], []
+        self.failed_runs: dict[float, str] = {}
         for lk in self.log_k:
-            self.cycles, soh = self.simulate(lk)
+            try:
+                self.cycles, soh = self.simulate(lk)
+            except Exception as exc:  # a solver failure at one rate constant: drop that grid point
+                self.failed_runs[float(lk)] = f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+                log.warning("PyBaMM run at log10 k = %.2f failed (%s): grid point dropped", lk,
+                            self.failed_runs[float(lk)])
+                continue
             curves.append(soh)
+            kept.append(lk)
+        if len(kept) < 3:
+            raise RuntimeError(f"only {len(kept)} of {len(self.log_k)} PyBaMM surrogate runs succeeded "
+                               f"({'; '.join(self.failed_runs.values())})")
+        self.log_k = np.asarray(kept)
+        self.lower[1], self.upper[1] = self.log_k[0], self.log_k[-1]
         self.table = np.stack(curves)  # [G, n+1]
         self._spline = CubicSpline(self.log_k, self.table, axis=0)
         self.build_seconds = time.perf_counter() - t0
