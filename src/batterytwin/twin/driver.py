@@ -150,7 +150,7 @@ def hybrid_of(phys: np.ndarray, features: np.ndarray, corr: Correction | None, k
 def forecast_cells(model, fits: Fits, cells: Cells, idx, corr, H: int, k_fit: int, level_eol: float, settings,
                    rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Point curves, draw bands and lives of the cells ``idx`` (NaN where there is no fit)."""
-    cs, cpp = cells.cs, cells.cs.cycles_per_point
+    cpp = cells.cs.cycles_per_point
     grid = np.arange(H) * float(cpp)
     q_lo, q_hi = (1 - settings.level) / 2, 1 - (1 - settings.level) / 2
     n = len(idx)
