@@ -16,6 +16,7 @@ include: "workflow/rules/segment.smk"
 include: "workflow/rules/microstructure.smk"
 include: "workflow/rules/cellsim.smk"
 include: "workflow/rules/degradation.smk"
+include: "workflow/rules/twin.smk"
 include: "workflow/rules/report.smk"
 
 
@@ -27,5 +28,6 @@ rule all:
         MICROSTRUCTURE_TARGETS,
         CELLSIM_TARGETS,
         DEGRADATION_TARGETS,
+        TWIN_TARGETS,
         REPORT_TARGETS(),
     default_target: True

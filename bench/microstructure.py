@@ -14,7 +14,15 @@ Default run (< 3 min on 2 CPU cores): one 64^3 porespy blob medium at porosity 0
 ``--size 256 512 --device cuda`` (the finite-size study: the walk/TauFactor gap should shrink
 with size).
 
+``--converged N`` adds the accuracy-by-default section: three N^3 media of porosity 0.35-0.5
+(blobs eps 0.35 blobiness 1, blobs eps 0.5, and an anisotropic blob medium eps 0.45 stretched
+along y and x, tau_z ~4), each walked with the *default* settings (convergence loop, budgets),
+per-axis error vs TauFactor, steps/walkers used, and the wall time of the whole walk tensor vs
+TauFactor's CPU time for three directions (written under ``converged`` in the JSON). N = 256 is
+the intended size (TauFactor ~10 min per medium on 2 cores); 128 fits a short session.
+
     python bench/microstructure.py [--size 64] [--porosity 0.5] [--walkers 16384] [--steps 3000]
+    python bench/microstructure.py --size 64 --no-taufactor --converged 128
 """
 
 from __future__ import annotations
@@ -84,6 +92,42 @@ def taufactor_three(im: np.ndarray, device: str) -> tuple[list[float], float] | 
     return taus, time.perf_counter() - t0
 
 
+CONVERGED_MEDIA = (  # name, porespy blobs arguments
+    ("blobs eps 0.35, blobiness 1", dict(porosity=0.35, blobiness=1.0, seed=3)),
+    ("blobs eps 0.5, blobiness 1.5", dict(porosity=0.5, blobiness=1.5, seed=1)),
+    ("anisotropic blobs eps 0.45, blobiness [2, 1, 1]", dict(porosity=0.45, blobiness=[2, 1, 1], seed=5)),
+)
+
+
+def converged_section(size: int, device: str) -> list[dict]:
+    """Default-settings walks vs TauFactor on :data:`CONVERGED_MEDIA` at ``size``^3 (the issue-15
+    acceptance figures: per-axis error, converged flag, walkers x steps, walk vs TauFactor time)."""
+    import porespy as ps
+
+    out = []
+    for name, kw in CONVERGED_MEDIA:
+        im = ps.generators.blobs(shape=[size] * 3, **kw).astype(bool)
+        t0 = time.perf_counter()
+        res = walk_tortuosity(im, WalkParams(seed=1, device=device))
+        t_walk = time.perf_counter() - t0
+        tfr = taufactor_three(im, device)
+        rec = {"medium": name, "size": size, "porosity": float(im.mean()), "walk_wall_s": t_walk,
+               "walk": {k: v for k, v in res["walk"].items() if k != "history"},
+               "tau": [res["axes"][a]["tau"] for a in "zyx"], "tau_std": [res["axes"][a]["tau_std"] for a in "zyx"],
+               "converged": [res["axes"][a]["converged"] for a in "zyx"]}
+        line = (f"{size}^3 {name} (eps {im.mean():.3f}): walk {t_walk:.1f} s "
+                f"({res['walk']['n_walkers']} walkers x {res['walk']['n_steps']} steps, {res['walk']['stop_reason']})")
+        if tfr is not None:
+            rec.update(taufactor_tau=tfr[0], taufactor_wall_s=tfr[1],
+                       diff_percent=[100 * (a / b - 1) if a and b else None for a, b in zip(rec["tau"], tfr[0])])
+            line += (f"; TauFactor {tfr[1]:.1f} s; tau z/y/x walk " + ", ".join(f"{t:.3f}" for t in rec["tau"])
+                     + " vs " + ", ".join(f"{t:.3f}" for t in tfr[0]) + " -> "
+                     + ", ".join(f"{d:+.1f}%" for d in rec["diff_percent"] if d is not None))
+        print(line, flush=True)
+        out.append(rec)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, nargs="+", default=[64], help="cube edge(s) in voxels")
@@ -97,6 +141,8 @@ def main() -> None:
     ap.add_argument("--ref-walkers", type=int, default=16384, help="walkers of the pytrax / numpy reference runs")
     ap.add_argument("--ref-steps", type=int, default=200, help="steps of the pytrax / numpy reference runs")
     ap.add_argument("--no-taufactor", action="store_true")
+    ap.add_argument("--converged", type=int, default=0, metavar="N",
+                    help="also run the accuracy-by-default section on three N^3 media (0: skip)")
     ap.add_argument("--out", default=str(REPO / "bench" / "out" / "microstructure.json"))
     args = ap.parse_args()
     if args.pytrax_path:
@@ -132,7 +178,9 @@ def main() -> None:
             rec["offlattice_steps_per_s_1t"] = len(start) * n_off / dt
             print(f"{size}^3 off-lattice walk (C), 1 thread: {len(start) * n_off / dt / 1e6:.1f} M walker-steps/s")
         # the walk to the full tensor (includes cluster labelling, starts, moments, bootstrap)
-        p = WalkParams(n_walkers=args.walkers, n_steps=args.steps, n_batches=16, seed=1, device=args.device)
+        # a fixed walk (budgets = the first block): this section measures throughput
+        p = WalkParams(n_walkers=args.walkers, n_steps=args.steps, n_batches=16, seed=1, device=args.device,
+                       max_steps=args.steps, max_walkers=args.walkers)
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
         t0 = time.perf_counter()
@@ -174,9 +222,12 @@ def main() -> None:
                       + "; walk - TauFactor = " + ", ".join(f"{d:+.1f}%" for d in diff)
                       + f"; TauFactor time / walk time = {tf_wall / t_walk:.2f}")
         results.append(rec)
+    out_obj: object = results
+    if args.converged:
+        out_obj = {"throughput": results, "converged": converged_section(args.converged, args.device)}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
+    out.write_text(json.dumps(out_obj, indent=2))
     print(f"wrote {out}")
 
 

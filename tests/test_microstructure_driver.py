@@ -12,7 +12,10 @@ from batterytwin.store import create_volume, volume_attrs
 
 from .conftest import BIN, mpiexec
 
-WALK = ["--walkers", "1024", "--steps", "600", "--records", "12", "--batches", "4", "--bootstrap", "50"]
+# a fixed walk (budgets = the first block): these tests are about the driver, not convergence
+BUDGET = '{"walk": {"max_steps": 600, "max_walkers": 1024}}'
+WALK = ["--walkers", "1024", "--steps", "600", "--records", "12", "--batches", "4", "--bootstrap", "50",
+        "--config-json", BUDGET]
 CLS = {str(k): v for k, v in CLASSES.items()}
 
 
@@ -87,31 +90,69 @@ def test_driver_outputs_and_cell_block(phantom_store, tmp_path, cli):
     assert np.isclose(slope / free[0], pe["tortuosity_detail"]["axes"]["z"]["D_pore_over_D_bulk"], rtol=1e-6)
 
     # checkpoints: a rerun reuses every finished batch and reproduces the numbers
-    batches = sorted((tmp_path / "work").rglob("batch_*.npy"))
+    batches = sorted((tmp_path / "work").rglob("batch_*.npz"))
     assert len(batches) > 0
     stamp = {p: p.stat().st_mtime_ns for p in batches}
     out2 = tmp_path / "m2.json"
     code, err = cli("microstructure", "--labels", path, "--output", out2, "--msd", tmp_path / "msd2.npz", *WALK,
                     "--checkpoint-dir", tmp_path / "work")
     assert code == 0, err
-    assert sorted((tmp_path / "work").rglob("batch_*.npy")) == batches
+    assert sorted((tmp_path / "work").rglob("batch_*.npz")) == batches
     assert all(p.stat().st_mtime_ns == s for p, s in stamp.items())
     assert json.loads(out2.read_text())["cell"] == rec["cell"]
 
 
 @pytest.mark.mpi
 def test_two_ranks_equal_one(phantom_store, tmp_path, cli):
+    """Extensions (more steps, more batches) are decided on gathered moments: 2 ranks == 1 rank."""
     path, _ = phantom_store
+    grow = [*WALK, "--config-json", '{"walk": {"max_steps": 4800, "max_walkers": 4096, "target_rel_std": 0.02}}']
     one = tmp_path / "one.json"
-    code, err = cli("microstructure", "--labels", path, "--output", one, "--msd", tmp_path / "1.npz", *WALK,
+    code, err = cli("microstructure", "--labels", path, "--output", one, "--msd", tmp_path / "1.npz", *grow,
                     "--no-surface-area")
     assert code == 0, err
     two = tmp_path / "two.json"
     mpiexec(2, str(BIN / "batterytwin"), "-q", "microstructure", "--labels", str(path), "--output", str(two),
-            "--msd", str(tmp_path / "2.npz"), *WALK, "--no-surface-area", timeout=240)
+            "--msd", str(tmp_path / "2.npz"), *grow, "--no-surface-area", timeout=240)
     a, b = json.loads(one.read_text()), json.loads(two.read_text())
+    assert len(a["tortuosity"]["solid_electrolyte"]["walk"]["history"]) > 1  # the walk was extended
     assert a["tortuosity"] == b["tortuosity"]
     assert a["cell"] == b["cell"]
+
+
+def test_taufactor_crosscheck_side_by_side():
+    """crosscheck_taufactor: TauFactor's tau recorded next to the walk's, per axis; skipped (flag)
+    above crosscheck_max_voxels; bad values refused."""
+    ps = pytest.importorskip("porespy")
+    tf = pytest.importorskip("taufactor")
+    from batterytwin.errors import InputError
+    from batterytwin.config import validate_settings
+    from batterytwin.microstructure.config import MicrostructureConfig
+    from batterytwin.microstructure.driver import measure
+
+    im = ps.generators.blobs(shape=[32, 32, 32], porosity=0.5, blobiness=1.5, seed=3).astype(bool)
+    lab = np.where(im, 0, 1).astype(np.uint8)
+    classes = {0: "pore", 1: "solid_electrolyte"}
+    sec = {"phases": ["pore"], "surface_area": False, "crosscheck_taufactor": True,
+           "walk": {"n_walkers": 8192, "max_walkers": 65536, "target_rel_std": 0.015, "seed": 1}}
+    rec, _ = measure(lab, classes, (1.0, 1.0, 1.0), validate_settings(MicrostructureConfig, sec, "microstructure"))
+    pore = rec["tortuosity"]["pore"]
+    assert pore["taufactor"]["solver"] == "taufactor"
+    for i, a in enumerate("zyx"):
+        solver = tf.Solver(np.ascontiguousarray(np.moveaxis(im, i, 0)).astype(np.uint8), device="cpu")
+        ref = float(np.ravel(solver.solve(verbose=False))[0])
+        e = pore["axes"][a]
+        assert e["tau_taufactor"] == pytest.approx(ref, rel=1e-6)
+        assert e["walk_minus_taufactor_rel"] == pytest.approx(e["tau"] / ref - 1, abs=1e-12)
+        assert abs(e["tau"] / ref - 1) < 0.05, (a, e["tau"], ref)
+    small = {**sec, "crosscheck_max_voxels": 1000, "walk": {"n_walkers": 512, "max_walkers": 512, "n_steps": 200,
+                                                              "max_steps": 200}}
+    rec, _ = measure(lab, classes, (1.0, 1.0, 1.0), validate_settings(MicrostructureConfig, small, "microstructure"))
+    assert "crosscheck_max_voxels" in rec["tortuosity"]["pore"]["taufactor"]["skipped"]
+    assert "tau_taufactor" not in rec["tortuosity"]["pore"]["axes"]["z"]
+    for bad in ({"crosscheck_max_voxels": 0}, {"crosscheck_taufactor": "yes"}):
+        with pytest.raises(InputError, match="crosscheck"):
+            validate_settings(MicrostructureConfig, bad, "microstructure")
 
 
 def _store(path, lab, attrs):
@@ -127,16 +168,19 @@ def test_bad_input(tmp_path, cli):
     p = _store(tmp_path / "a.zarr", lab, good)
     args = ["--output", tmp_path / "o.json", "--msd", tmp_path / "o.npz", "--walkers", "64", "--batches", "4",
             "--steps", "100", "--records", "5"]
+    fixed = {"max_steps": 100, "max_walkers": 64}
     code, err = cli("microstructure", "--labels", p, *args, "--phases", "pore", "binder")
     assert code == 2 and "'binder' is not a class" in err
-    code, err = cli("microstructure", "--labels", p, *args[:-4], "--steps", "200000", "--records", "5")
+    code, err = cli("microstructure", "--labels", p, *args[:-4], "--steps", "200000", "--records", "5",
+                    "--config-json", '{"walk": {"max_steps": 200000}}')
     assert code == 2 and "too small for the requested walk" in err
     empty = _store(tmp_path / "e.zarr", np.ones_like(lab), good)
     code, err = cli("microstructure", "--labels", empty, *args)
     assert code == 2 and "absent" in err
     # absent_phase: skip records the absent phase as not measured and measures the rest
     skip_args = ["--output", tmp_path / "skip.json", "--msd", tmp_path / "skip.npz", *args[4:]]
-    code, err = cli("microstructure", "--labels", empty, *skip_args, "--config-json", '{"absent_phase": "skip"}')
+    code, err = cli("microstructure", "--labels", empty, *skip_args, "--config-json",
+                    json.dumps({"absent_phase": "skip", "walk": fixed}))
     assert code == 0, err
     rec = json.loads((tmp_path / "skip.json").read_text())
     assert rec["tortuosity"]["pore"]["axes"] is None and "absent" in rec["tortuosity"]["pore"]["flag"]

@@ -174,7 +174,8 @@ def test_tortuosity_figure_agrees_with_the_microstructure_stage(samples, tmp_pat
     out, npz = tmp_path / "micro.json", tmp_path / "msd.npz"
     code, err = cli("microstructure", "--labels", truth, "--output", out, "--msd", npz,
                     "--walkers", "256", "--steps", "200", "--records", "10", "--batches", "4",
-                    "--bootstrap", "8", "--no-surface-area", "--checkpoint-dir", tmp_path / "ck")
+                    "--bootstrap", "8", "--no-surface-area", "--checkpoint-dir", tmp_path / "ck",
+                    "--config-json", '{"walk": {"max_steps": 200, "max_walkers": 256}}')  # a fixed (short) walk
     assert code == 0, err
     micro = json.loads(out.read_text())
     fig = microstructure.plot_tortuosity(micro, microstructure.read_msd(npz), max_panels=4)

@@ -23,7 +23,7 @@ COMMANDS = {
     "ingest": "ingest", "phantom": "ingest", "denoise": "denoise",
     "train-seg": "segment", "segment": "segment", "microstructure": "microstructure",
     "simulate": "cellsim", "train-degradation": "degradation", "predict-degradation": "degradation",
-    "report": "report", "inspect": "inspect",
+    "twin": "twin", "report": "report", "inspect": "inspect",
 }
 STAGE_PACKAGES = tuple(dict.fromkeys(COMMANDS.values()))
 

@@ -26,6 +26,7 @@ from .ingest.config import SAMPLE_NAME, IngestSettings, Sample, StoreSettings
 from .microstructure.config import MicrostructureConfig
 from .report.config import ReportConfig
 from .segment.config import SegmentConfig
+from .twin.config import TwinConfig
 
 SampleName = Annotated[str, StringConstraints(pattern=SAMPLE_NAME)]
 # An MPI launcher is pasted unquoted into rule shell commands (``{resources.mpi} -n N batterytwin ...``),
@@ -74,6 +75,7 @@ class PipelineConfig(Section):
     microstructure: MicrostructureConfig = Field(default_factory=MicrostructureConfig, description="microstructure")
     cellsim: CellsimConfig = Field(default_factory=CellsimConfig, description="PyBaMM sweeps")
     degradation: DegradationConfig = Field(default_factory=DegradationConfig, description="degradation model")
+    twin: TwinConfig = Field(default_factory=TwinConfig, description="hybrid digital twin of real cells")
     report: ReportConfig = Field(default_factory=ReportConfig, description="report figures")
 
 

@@ -11,6 +11,7 @@ REPORT = config["report"]
 _SEG_INPUT = globals().get("SEGMENT_INPUT", "denoised.zarr")
 _SEG_UNCERTAINTY = bool(globals().get("SEGMENT_UNCERTAINTY", False))
 _DEG_REAL_EVALS = list(globals().get("DEG_REAL_EVALS", {}))
+_TWIN_EVALS = list(globals().get("TWIN_EVALS", {}))
 _REPORT_SAMPLES = {
     stage: report_targets.stage_samples(globals().get(variable), filename, SAMPLES)
     for stage, variable, filename in (
@@ -30,7 +31,8 @@ include: "report_functions.smk"
 _SEG_OPTIONAL = {"denoised": "denoised.zarr"} if _SEG_INPUT == "denoised.zarr" else {}
 _SEG_OPTIONAL.update({"uncertainty": "uncertainty.zarr"} if _SEG_UNCERTAINTY else {})
 _CATEGORY = {"ingest": "1 Ingest", "denoise": "2 Denoise", "segment": "3 Segmentation",
-             "microstructure": "4 Microstructure", "cellsim": "5 Cell simulation", "degradation": "6 Degradation"}
+             "microstructure": "4 Microstructure", "cellsim": "5 Cell simulation", "degradation": "6 Degradation",
+             "twin": "7 Digital twin"}
 _flags = report_targets.flags  # `--key path` for the optional inputs present
 _REAL = dict(subcategory="{evaluation} (real cycling data)", input=_real)
 
@@ -106,6 +108,11 @@ REPORT_RULES = {
         log="logs/report/degradation_real_{evaluation}_rul.log", **_REAL,
         message="Figure: predicted vs true cycle life on real cycling data ({wildcards.evaluation})",
         args=lambda w, input: ["rul", input.predictions]),
+    "report_twin": dict(stage="twin", fig="twin", label="measured vs physics vs hybrid SOH, error table",
+        output="results/figures/twin_{evaluation}.png", log="logs/report/twin_{evaluation}.log",
+        subcategory="{evaluation} (real cycling data)", input=lambda w: {"twin": f"results/twin/{w.evaluation}.zarr"},
+        message="Figure: hybrid digital twin of the real cells of {wildcards.evaluation}",
+        args=lambda w, input: ["twin", input.twin, "--max-cells", REPORT["max_cells"]]),
 }
 if globals().get("SEGMENT_METHOD", "network") == "gmm":
     REPORT_RULES.pop("report_training")  # segment.method: gmm trains no network
@@ -115,7 +122,8 @@ for _row in REPORT_RULES.values():
 # For `rule all`: every row's output over the samples its stage processes (the series, the evaluations)
 REPORT_FIGURES = report_targets.figure_targets(
     REPORT_RULES,
-    {"sample": dict(_REPORT_SAMPLES, ingest=SAMPLES), "series": list(_SERIES), "evaluation": _DEG_REAL_EVALS},
+    {"sample": dict(_REPORT_SAMPLES, ingest=SAMPLES), "series": list(_SERIES),
+     "evaluation": {"degradation": _DEG_REAL_EVALS, "twin": _TWIN_EVALS}},
 )
 REPORT_TARGETS = lambda *stages: report_targets.flatten(REPORT_FIGURES, stages)
 

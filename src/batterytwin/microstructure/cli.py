@@ -38,16 +38,10 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def params_from_args(args) -> "MicrostructureParams":
-    from .driver import MicrostructureParams
-
-    return MicrostructureParams.from_dict(settings_from_args(args, MicrostructureConfig, "microstructure").model_dump())
-
-
 def run(args) -> int:
     from .driver import run as drive
 
-    params = params_from_args(args)
+    params = settings_from_args(args, MicrostructureConfig, "microstructure")
     record = drive(args.labels, args.output, args.msd, params, args.checkpoint_dir, get_world(),
                    previous_json=args.previous or None)
     for name, t in record["tortuosity"].items():

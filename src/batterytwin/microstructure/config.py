@@ -4,28 +4,47 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, StrictBool, model_validator
 
-from ..config import Section
+from ..config import Section, validate_settings
 
 
 class WalkSettings(Section):
-    """One random-walk tortuosity run (the ``microstructure.walk`` sub-section)."""
+    """One random-walk tortuosity run (the ``microstructure.walk`` sub-section).
+
+    The walk is adaptive (:func:`~batterytwin.microstructure.tortuosity.converge`): it starts with
+    ``n_walkers`` walkers for ``n_steps`` steps, then extends the steps while tau drifts between the
+    last two fit windows or the walkers have not yet travelled ``min_travel`` structure periods, and
+    adds walker batches while tau's bootstrap error is above ``target_rel_std``, within ``max_steps``
+    and ``max_walkers``. ``max_steps = n_steps`` and ``max_walkers = n_walkers`` give a fixed walk
+    (still assessed).
+    """
 
     model: Literal["lattice", "offlattice"] = Field("lattice", description="lattice (pytrax-like, rejection of "
                                                     "moves into other phases) or offlattice (specular reflection)")
     boundary: Literal["mirror", "periodic"] = Field("mirror", description="outer faces: mirrored tiling or periodic")
-    n_walkers: int = Field(16384, ge=1, description="walkers in total (rounded up to a multiple of n_batches)")
-    n_steps: int = Field(4000, ge=4, description="steps per walker")
-    n_records: int = Field(40, ge=4, description="MSD records (evenly spaced in time) after t = 0")
-    n_batches: int = Field(16, ge=1, description="walker batches: unit of MPI work, checkpointing and bootstrap")
+    n_walkers: int = Field(16384, ge=1, description="walkers of the first round (rounded up to whole batches)")
+    n_steps: int = Field(2000, ge=4, description="steps of the first block (extended when tau drifts)")
+    n_records: int = Field(40, ge=4, description="MSD records per n_steps steps (the spacing is kept when extending)")
+    n_batches: int = Field(16, ge=1, description="walker batches of the first round: unit of MPI work, "
+                           "checkpointing and bootstrap; walkers are added in batches of the same size")
+    max_steps: int = Field(64000, ge=1, description="step budget (below n_steps: the first block only); also "
+                           "capped by max_box_traversals")
+    max_walkers: int = Field(131072, ge=1, description="walker budget (below n_walkers: no growth)")
+    target_rel_std: float = Field(0.01, gt=0, lt=1, description="bootstrap relative error of tau to reach on "
+                                  "every percolating axis")
+    drift_sigma: float = Field(2.5, gt=0, description="tau of the fit window and of the window before it agree "
+                               "within this many bootstrap standard deviations of their difference")
+    drift_floor: float = Field(0.005, ge=0, lt=1, description="relative drift always accepted")
+    min_travel: float = Field(1.5, ge=0, description="RMS displacement at the fit window's start, in structure "
+                              "periods (6 N / F: mean chord of the phase plus of the rest)")
     step_length: float = Field(0.5, gt=0, le=1, description="off-lattice step, in smallest voxel edges")
-    fit_start: float = Field(0.5, ge=0, le=0.9, description="the Einstein fit uses t in [fit_start*T, T]")
+    fit_start: float = Field(0.5, ge=0.2, le=0.8, description="the Einstein fit uses t in [fit_start*T, T]")
     n_bootstrap: int = Field(400, ge=1, description="bootstrap resamples for the uncertainties")
-    linear_tolerance: float = Field(0.05, ge=0, description="relative slope change between the fit window's "
-                                    "halves that still counts as linear")
-    max_box_traversals: float = Field(20.0, gt=0, description="refuse walks whose free-space RMS displacement "
-                                      "exceeds this many box lengths")
+    linear_tolerance: float = Field(0.05, ge=0, description="unused (the drift check replaced it); kept so that "
+                                    "older configs load")
+    max_box_traversals: float = Field(20.0, gt=0, description="the free-space RMS displacement may reach at most "
+                                      "this many box lengths (caps the step budget)")
     seed: int = Field(0, ge=0, description="seed of every random choice (walker starts and steps)")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="walk device")
     backend: Literal["auto", "c", "torch", "triton"] = Field("auto", description="auto: C kernel on CPU, Triton "
@@ -36,6 +55,11 @@ class WalkSettings(Section):
         if self.n_steps < self.n_records:
             raise ValueError(f"needs n_steps >= n_records, got {self.n_steps} < {self.n_records}")
         return self
+
+    @property
+    def per_batch(self) -> int:
+        """Walkers per batch."""
+        return -(-self.n_walkers // self.n_batches)
 
 
 class MicrostructureConfig(Section):
@@ -52,4 +76,13 @@ class MicrostructureConfig(Section):
     surface_area: bool = Field(True, description="interface areas by marching cubes")
     absent_phase: Literal["error", "skip"] = Field("error", description="a configured phase with no voxel: stop "
                                                    "with an error, or record tau null with a flag")
+    crosscheck_taufactor: StrictBool = Field(False, description="also solve each whole-volume phase with TauFactor and "
+                                       "record both taus side by side")
+    crosscheck_max_voxels: int = Field(128 ** 3, ge=1, description="largest volume the TauFactor cross-check solves")
     walk: WalkSettings = Field(default_factory=WalkSettings, description="random walk")
+
+
+def WalkParams(**values) -> WalkSettings:  # noqa: N802 (a constructor that validates like the config)
+    """Walk settings from keywords, defaults from :class:`WalkSettings`; a bad value is one InputError
+    line naming ``microstructure.walk.<key>``."""
+    return validate_settings(WalkSettings, values, "microstructure.walk")

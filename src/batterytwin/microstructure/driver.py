@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,37 +23,11 @@ from ..distributed import World, get_world
 from ..errors import InputError
 from ..store import atomic_output, check_labels, open_volume, provenance, read_json, write_json
 from . import stats
-from .tortuosity import WalkParams, walk_tortuosity
+from .clusters import AXES
+from .config import MicrostructureConfig, WalkSettings
+from .tortuosity import walk_tortuosity
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class MicrostructureParams:
-    """The ``microstructure`` config section (the ``walk`` sub-section is :class:`WalkParams`)."""
-
-    phases: list[str] = field(default_factory=lambda: ["pore", "solid_electrolyte"])
-    electrolyte_phase: str = "solid_electrolyte"
-    active_phase: str = "cathode_active"
-    anode_phase: str = "lithium_metal"
-    redeposited_phase: str = "redeposited_lithium"
-    layer_min_fraction: float = 0.01
-    surface_area: bool = True
-    absent_phase: str = "error"  # error | skip: a configured phase with no voxel stops the run, or is flagged
-    walk: WalkParams = field(default_factory=WalkParams)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "MicrostructureParams":
-        d = dict(d)
-        walk = d.pop("walk", {}) or {}
-        unknown = set(d) - {f for f in cls.__dataclass_fields__ if f != "walk"}
-        bad_walk = set(walk) - set(WalkParams.__dataclass_fields__)
-        if unknown or bad_walk:
-            keys = sorted(unknown | {f"walk.{k}" for k in bad_walk})
-            raise InputError(f"microstructure config: unknown key(s) {keys}")
-        if d.get("absent_phase", "error") not in ("error", "skip"):
-            raise InputError(f"microstructure config: absent_phase must be 'error' or 'skip', got {d['absent_phase']!r}")
-        return cls(walk=WalkParams(**walk), **d)
 
 
 # A Bruggeman exponent less certain than this is reported as null (cellsim then keeps its default).
@@ -76,14 +49,14 @@ def _public(tort: dict) -> dict:
     return {k: v for k, v in tort.items() if not k.startswith("_")}
 
 
-def _region_walk(mask: np.ndarray, params: WalkParams, vs, world, ck, where: str) -> tuple[dict | None, str | None]:
+def _region_walk(mask: np.ndarray, params: WalkSettings, vs, world, ck, where: str) -> tuple[dict | None, str | None]:
     try:
         return walk_tortuosity(mask, params, vs, world, ck, where=where), None
     except InputError as exc:  # a thin or empty region: the value is missing, not the whole run
         return None, str(exc)
 
 
-def _cell_block(labels, ids, p: MicrostructureParams, vs, world, ck, msd) -> dict[str, Any]:
+def _cell_block(labels, ids, p: MicrostructureConfig, vs, world, ck, msd) -> dict[str, Any]:
     vz = float(vs[0])
     elec = ids[p.electrolyte_phase]
     cell: dict[str, Any] = {"stacking_axis": "z", "electrolyte_phase": p.electrolyte_phase}
@@ -117,6 +90,7 @@ def _cell_block(labels, ids, p: MicrostructureParams, vs, world, ck, msd) -> dic
         tau = tort["axes"]["z"]["tau"] if tort else None
         rec["tortuosity_electrolyte"] = tau
         rec["tortuosity_electrolyte_std"] = tort["axes"]["z"]["tau_std"] if tort else None
+        rec["tortuosity_converged"] = tort["axes"]["z"].get("converged") if tort else None
         rec["bruggeman"] = bruggeman(eps, tau)
         # d b = -(d tau / tau) / ln(eps): large when eps is near 1 (a dense separator)
         std = rec["tortuosity_electrolyte_std"]
@@ -136,7 +110,42 @@ def _cell_block(labels, ids, p: MicrostructureParams, vs, world, ck, msd) -> dic
     return cell
 
 
-def measure(labels: np.ndarray, classes: dict[int, str], voxel_size_um, p: MicrostructureParams,
+def crosscheck(mask: np.ndarray, tort: dict, max_voxels: int, world: World, where: str) -> dict[str, Any]:
+    """TauFactor's steady-state tau (Cooper et al., SoftwareX 2016) next to the walk's, per axis.
+
+    Solved on rank 0 for every percolating axis (the same phase, the same convention) and
+    broadcast; each walk axis gains ``tau_taufactor`` and ``walk_minus_taufactor_rel``. Volumes
+    above ``max_voxels`` are skipped with a flag (the solve's cost grows with the volume).
+    """
+    if mask.size > max_voxels:
+        log.warning("%s: TauFactor cross-check skipped: %d voxels > crosscheck_max_voxels=%d",
+                    where, mask.size, max_voxels)
+        return {"skipped": f"{mask.size} voxels > crosscheck_max_voxels={max_voxels}"}
+    out = None
+    if world.is_root:
+        t0 = time.perf_counter()
+        out = {"taus": {a: (taufactor_tau(mask, i) if tort["axes"][a]["percolating"] else None)
+                        for i, a in enumerate(AXES)}}
+        out["wall_time_s"] = time.perf_counter() - t0
+    out = world.bcast(out)
+    for a, ref in out["taus"].items():
+        rec = tort["axes"][a]
+        rec["tau_taufactor"] = ref
+        rec["walk_minus_taufactor_rel"] = (rec["tau"] / ref - 1) if ref and rec.get("tau") else None
+    return {"solver": "taufactor", "wall_time_s": out["wall_time_s"]}
+
+
+def taufactor_tau(mask: np.ndarray, axis: int) -> float:
+    """TauFactor's tau of the phase ``mask`` along ``axis`` (CPU solve; InputError if not installed)."""
+    try:
+        import taufactor
+    except ImportError:
+        raise InputError("microstructure.crosscheck_taufactor: the taufactor package is not installed") from None
+    solver = taufactor.Solver(np.ascontiguousarray(np.moveaxis(mask, axis, 0)).astype(np.uint8), device="cpu")
+    return float(np.ravel(solver.solve(verbose=False))[0])
+
+
+def measure(labels: np.ndarray, classes: dict[int, str], voxel_size_um, p: MicrostructureConfig,
             world: World | None = None, checkpoint_dir: str | Path | None = None) -> tuple[dict, dict]:
     """Everything in ``microstructure.json`` from a label volume (uint8 [Z, Y, X]).
 
@@ -164,6 +173,9 @@ def measure(labels: np.ndarray, classes: dict[int, str], voxel_size_um, p: Micro
         log.info("random walk: %s (whole volume)", name)
         tort = walk_tortuosity(labels == ids[name], p.walk, vs, world,
                                Path(checkpoint_dir) / "walks" if checkpoint_dir else None, where=f"phase {name!r}")
+        if p.crosscheck_taufactor:
+            tort["taufactor"] = crosscheck(labels == ids[name], tort, p.crosscheck_max_voxels, world,
+                                           f"phase {name!r}")
         tortuosity[name] = _public(tort)
         msd[f"volume.{name}"] = tort
     ck = Path(checkpoint_dir) / "walks" if checkpoint_dir else None
@@ -217,7 +229,7 @@ def lithium_growth(previous: dict, current: dict, previous_path: str) -> dict[st
     return out
 
 
-def run(labels_path: str | Path, out_json: str | Path, out_msd: str | Path, params: MicrostructureParams,
+def run(labels_path: str | Path, out_json: str | Path, out_msd: str | Path, params: MicrostructureConfig,
         checkpoint_dir: str | Path | None = None, world: World | None = None,
         previous_json: str | Path | None = None) -> dict:
     """Read ``labels.zarr``, measure, write ``microstructure.json`` and ``msd.npz`` (rank 0).
@@ -242,7 +254,7 @@ def run(labels_path: str | Path, out_json: str | Path, out_msd: str | Path, para
     labels = np.asarray(vol.array[...])
     record, msd = measure(labels, vol.classes, vol.voxel_size_um, params, world, checkpoint_dir)
     record["source"] = {"labels": str(labels_path), "producer": vol.attrs.get("producer", {})}
-    record.update(provenance("microstructure", asdict(params)))
+    record.update(provenance("microstructure", params.model_dump()))
     if prev is not None and "lithium" in record:
         record["lithium"]["growth_from_previous"] = lithium_growth(prev["lithium"], record["lithium"],
                                                                    str(previous_json))

@@ -102,6 +102,13 @@ def register(subparsers) -> None:
     p.add_argument("predictions", metavar="ZARR", help="degradation.zarr")
     p.set_defaults(func=run_rul)
 
+    p = _figure_parser(sub, "twin", "hybrid twin: measured vs physics vs hybrid SOH, and the error table",
+                       "Measured, physics-fit and hybrid SOH curves (hybrid band) for a few cells of a twin "
+                       "store, and RUL RMSE / interval coverage of physics, hybrid, diffusion and baselines.")
+    p.add_argument("twin", metavar="ZARR", help="results/twin/{evaluation}.zarr")
+    p.add_argument("--max-cells", type=int, default=DEFAULTS.max_cells, help="cells drawn (evaluated cells)")
+    p.set_defaults(func=run_twin)
+
     q = sub.add_parser("ome", help="OME-Zarr multiscale export of a volume and its labels (napari)",
                        description="Write an OME-NGFF 0.5 (zarr v3) multiscale image of --volume with "
                        "--levels extra levels (local mean) and each --labels store as an image-label "
@@ -194,6 +201,12 @@ def run_rul(args: argparse.Namespace) -> None:
     from .degradation import plot_rul
 
     _save(plot_rul(args.predictions), args)
+
+
+def run_twin(args: argparse.Namespace) -> None:
+    from .twin import plot_twin
+
+    _save(plot_twin(args.twin, args.max_cells), args)
 
 
 def run_ome(args: argparse.Namespace) -> None:

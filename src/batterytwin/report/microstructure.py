@@ -187,13 +187,20 @@ def plot_tortuosity(micro: Mapping[str, Any], msd: Mapping[str, Mapping[str, np.
             for i, a in enumerate(AXES):
                 e = axes_res.get(a, {})
                 t_row = [_fmt(tensor[i][j]) for j in range(3)] if tensor else ["n/a"] * 3
+                # converged: "yes", "NO (step budget)"; older records only have the linear-regime check
+                conv = e.get("converged", e.get("linear_regime"))
+                conv_s = _fmt(conv) if conv is not False or "stop_reason" not in e else \
+                    "NO: " + str(e["stop_reason"]).replace("_budget", "")
                 rows.append([a, _fmt(e.get("eps")), _fmt(e.get("D_eff_over_D_bulk")), _fmt(e.get("tau")),
-                             _fmt(e.get("tau_std"), 2), _fmt(e.get("percolating")), _fmt(e.get("linear_regime")),
-                             *t_row])
+                             _fmt(e.get("tau_std"), 2), _fmt(e.get("tau_taufactor")), _fmt(e.get("percolating")),
+                             conv_s, *t_row])
+            walk = rec.get("walk") or {}
+            used = (f"\nwalk: {walk['n_walkers']} walkers x {walk['n_steps']} steps"
+                    if walk.get("n_walkers") and walk.get("n_steps") else "")
             _table(fig.add_subplot(grid[r, 1]), rows,
-                   ["axis", "ε", "D_eff/D", "τ", "σ(τ)", "perc.", "linear", "T·z", "T·y", "T·x"],
-                   title=f"{rec.get('convention', 'tau = eps * D_bulk / D_eff')}; T = D_eff/D_bulk",
-                   col_widths=[0.07, 0.1, 0.11, 0.1, 0.09, 0.08, 0.09, 0.12, 0.12, 0.12])
+                   ["axis", "ε", "D_eff/D", "τ", "σ(τ)", "τ TF", "perc.", "conv.", "T·z", "T·y", "T·x"],
+                   title=f"{rec.get('convention', 'tau = eps * D_bulk / D_eff')}; T = D_eff/D_bulk{used}",
+                   col_widths=[0.06, 0.08, 0.1, 0.08, 0.08, 0.08, 0.07, 0.15, 0.1, 0.1, 0.1])
     fig.fits = fits
     fig.ratios = ratios
     return fig

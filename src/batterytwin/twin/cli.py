@@ -1,0 +1,116 @@
+"""``batterytwin twin``: the hybrid digital twin of real cells (fit, correct, forecast, score)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from ..config import add_config_arguments, settings_from_args
+from ..errors import InputError
+from .config import TwinConfig
+
+log = logging.getLogger(__name__)
+
+
+def _stress(path: Path, n: int, use: bool) -> np.ndarray:
+    """Temperature stress per cell from a DiffBatt split's ``aux`` (column 5: temperature in C)."""
+    from .physics import temperature_stress
+
+    if not use:
+        return np.ones(n)
+    with np.load(path, allow_pickle=False) as d:
+        if "aux" not in d.files or d["aux"].ndim != 2 or d["aux"].shape[1] < 6:
+            return np.ones(n)
+        t = np.asarray(d["aux"][:, 5], np.float64)
+    return temperature_stress(np.where(np.isfinite(t) & (t > -60) & (t < 100), t, 25.0))
+
+
+def load_cells(npz: list[str], user_dirs: list[str], settings: TwinConfig):
+    """The cells of ``npz`` splits and/or generic-format directories (docs/degradation.md), concatenated."""
+    from ..degradation.data import concat, load_npz_split, load_user_dir
+    from .driver import Cells
+
+    sets, stress = [], []
+    for p in npz:
+        cs = load_npz_split(p, settings.eol_rule)
+        sets.append(cs)
+        stress.append(_stress(Path(p), len(cs), settings.empirical.stress))
+    for d in user_dirs:
+        cs = load_user_dir(d, eol_rule=settings.eol_rule or "threshold")
+        sets.append(cs)
+        stress.append(np.ones(len(cs)))
+    if not sets:
+        return None
+    cs = concat(sets) if len(sets) > 1 else sets[0]
+    return Cells(cs, np.concatenate(stress))
+
+
+def read_diffusion(path: str, n: int) -> dict:
+    """Life predictions of the diffusion model's store of the same evaluation (aligned by cell)."""
+    from ..contracts import open_group
+
+    g = open_group(path, "degradation prediction store", arrays=("life_pred", "life_lo", "life_hi"))
+    out = {f"life_{k}": np.asarray(g[f"life_{k}"][:], np.float64) for k in ("pred", "lo", "hi")}
+    if len(out["life_pred"]) != n:
+        raise InputError(f"{path}: {len(out['life_pred'])} cells, the test split has {n} (another evaluation?)")
+    return out
+
+
+def run_twin(args) -> int:
+    from ..distributed import get_world
+    from ..training import preempted
+    from .driver import run_evaluation, write_outputs
+
+    settings = settings_from_args(args, TwinConfig, "twin")
+    train = load_cells(args.train, args.train_user_dir, settings)
+    test = load_cells(args.test, args.test_user_dir, settings)
+    if test is None:
+        if train is None:
+            raise InputError("no data: give --train (and --test) NPZ files or user directories")
+        train, test = None, train  # cross-validation on the training cells
+        log.info("no test split: %d-fold cross-validation over %d cells", settings.folds, len(test.cs))
+    if train is not None and train.cs.eol_rule != test.cs.eol_rule:
+        raise InputError(f"{test.cs.source}: end-of-life rule {test.cs.eol_rule!r} differs from the training cells' "
+                         f"({train.cs.eol_rule!r}): set twin.eol_rule")
+    diffusion = read_diffusion(args.diffusion, len(test.cs)) if args.diffusion else None
+    result = run_evaluation(train, test, settings, diffusion, Path(args.checkpoint) if args.checkpoint else None)
+    if result.get("interrupted"):
+        return preempted("twin", result["step"], settings.correction.steps, args.checkpoint, get_world())
+    params = {"train": args.train, "test": args.test, "train_user_dir": args.train_user_dir,
+              "test_user_dir": args.test_user_dir, "diffusion": args.diffusion, **settings.model_dump()}
+    write_outputs(result, test.cs, Path(args.out), Path(args.metrics) if args.metrics else None, params)
+    m = result["metrics"]
+    brief = {k: m[k]["rul_rmse_cycles"] for k in ("physics", "hybrid", "diffusion", "variance_model", "random_forest")}
+    log.info("RUL RMSE (cycles, %s rule, %d cells): %s", m["eol_rule"], m["n_evaluated"],
+             ", ".join(f"{k} {v:.0f}" if v is not None and v == v else f"{k} -" for k, v in brief.items()))
+    print(json.dumps({k: (v if v is not None and v == v else None) for k, v in brief.items()}))
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "twin", help="hybrid digital twin of real cells: physics fit + learned correction, SOH/RUL forecasts",
+        description="Fit a reduced ageing model (semi-empirical, or PyBaMM SPM+SEI through a surrogate) to each "
+                    "cell's early cycles, train an MLP across the training cells on the physics residual, and "
+                    "forecast SOH to end of life with an interval (fit covariance + split conformal) and RUL; "
+                    "scored next to the variance model, a random forest and (with --diffusion) the diffusion "
+                    "model on the same cells and end-of-life rule. Without --test: cross-validation by cell "
+                    "over --train. See docs/twin.md.")
+    g = p.add_argument_group("data")
+    g.add_argument("--train", nargs="+", default=[], metavar="NPZ", help="training split(s) (DiffBatt .npz)")
+    g.add_argument("--test", nargs="+", default=[], metavar="NPZ", help="test split(s); none: cross-validation")
+    g.add_argument("--train-user-dir", nargs="+", default=[], metavar="DIR",
+                   help="training cells in the generic format (docs/degradation.md)")
+    g.add_argument("--test-user-dir", nargs="+", default=[], metavar="DIR", help="test cells in the generic format")
+    p.add_argument("--diffusion", default=None, metavar="ZARR",
+                   help="the degradation_real prediction store of the same evaluation (scored on the same cells)")
+    p.add_argument("--out", required=True, help="output store (twin.zarr)")
+    p.add_argument("--metrics", default=None, help="metrics JSON")
+    p.add_argument("--checkpoint", default=None, help="checkpoint of the correction training (resumed when present)")
+    add_config_arguments(p, TwinConfig, "twin", flags={
+        "--physics": "physics", "--fit-cycles": "fit_cycles", "--eol-rule": "eol_rule", "--folds": "folds",
+        "--seed": "seed", "--level": "level", "--steps": "correction.steps", "--threads": "correction.threads"})
+    p.set_defaults(func=run_twin)
