@@ -112,7 +112,8 @@ def train_correction(inputs: np.ndarray, residuals: np.ndarray, settings, checkp
     import torch.distributed as dist
 
     from ..distributed import get_world
-    from ..training import Checkpoint, StopFlag, ema_decay, ema_model, set_threads, update_ema, warmup_cosine
+    from ..training import (Checkpoint, StopFlag, check_loss, ema_decay, ema_model, set_threads, update_ema,
+                            warmup_cosine)
 
     world = get_world()
     set_threads(world, settings.threads)
@@ -141,6 +142,7 @@ def train_correction(inputs: np.ndarray, residuals: np.ndarray, settings, checkp
             g = torch.Generator().manual_seed(settings.seed * 1_000_003 + step)
             idx = torch.randint(0, n, (bs,), generator=g)
             loss = torch.nn.functional.smooth_l1_loss(net(xt[idx]), yt[idx], beta=1.0)  # Huber: 5 % SOH
+            check_loss(float(loss.detach()), step + 1, "twin")  # NaN/inf: stop, no model
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
