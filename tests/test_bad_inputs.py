@@ -310,6 +310,10 @@ CASES = [
                        "--work-dir", t / "w"], "none.json"),
     Case("report-training-missing-metrics",
          lambda b, t: ["report", "training", t / "none.json", "--out", t / "out.png"], "none.json", ("out.png",)),
+    Case("twin-missing-data", lambda b, t: ["twin", "--train", t / "none.npz", "--out", t / "out.zarr"], "none.npz"),
+    Case("twin-diffusion-deleted-shard", lambda b, t: [
+        "twin", "--train", REPO / "data/cycling/matr_1_train.npz", "--test", REPO / "data/cycling/matr_1_test.npz",
+        "--diffusion", DEL(b, t), "--out", t / "out.zarr"], "deleted.zarr"),
     # --- 7. concurrency
     Case("denoise-work-dir-in-use", lambda b, t: [*_denoise(V)(b, t), "--work-dir", locked_work_dir(t)], ".lock"),
 ]
