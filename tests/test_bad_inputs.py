@@ -438,3 +438,12 @@ def test_work_dir_lock_is_exclusive_and_stale_locks_are_taken_over(tmp_path: Pat
     with store.exclusive_lock(tmp_path, World()):  # its owner is gone: taken over
         pass
 
+
+
+def test_two_ranks_share_the_manifest_checksums(tmp_path: Path) -> None:
+    from .conftest import mpiexec
+
+    out = tmp_path / "v.zarr"
+    mpiexec(2, "batterytwin", "-q", "phantom", str(out), "--shape", "32", "32", "32", "--chunk", "16", "--shard", "16")
+    files = json.loads((out / store.MANIFEST).read_text())["files"]
+    assert len(files) == 2 + 8 and store.verify_store(out, checksums=True) == len(files)

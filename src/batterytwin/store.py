@@ -298,15 +298,23 @@ def _store_files(root: Path) -> list[Path]:
     return sorted(q for q in root.rglob("*") if q.is_file() and q.name != MANIFEST)
 
 
-def write_manifest(root: os.PathLike | str) -> dict[str, Any]:
+def write_manifest(root: os.PathLike | str, world: World | None = None) -> dict[str, Any] | None:
     """Write ``MANIFEST`` into store ``root``: every file with its size and CRC-32 (streamed).
 
     :func:`atomic_output` calls it when a store is committed, so every stage's store carries it.
+    With ``world`` (collective), the ranks share the checksumming (one read of the store in all);
+    rank 0 writes the file and returns the manifest, other ranks return None.
     """
     root = Path(root)
-    files = {q.relative_to(root).as_posix(): {"size": q.stat().st_size, "crc32": _crc32(q)}
-             for q in _store_files(root)}
-    manifest = {"schema": MANIFEST_SCHEMA, "files": files}
+    world = world or World()
+    names = world.bcast([q.relative_to(root).as_posix() for q in _store_files(root)] if world.is_root else None)
+    mine = {names[i]: {"size": (root / names[i]).stat().st_size, "crc32": _crc32(root / names[i])}
+            for i in world.my_items(len(names))}
+    parts = world.allgather(mine) if world.size > 1 else [mine]
+    if not world.is_root:
+        return None
+    entries = {k: v for part in parts for k, v in part.items()}
+    manifest = {"schema": MANIFEST_SCHEMA, "files": {name: entries[name] for name in names}}
     with open(root / MANIFEST, "w") as f:
         json.dump(manifest, f, separators=(",", ":"))
     return manifest
@@ -568,9 +576,9 @@ def atomic_output(path: os.PathLike | str, world: World | None = None) -> Iterat
         if world.is_root or world.size == 1:
             _remove(tmp)
         raise
+    if world.bcast(tmp.is_dir() and (tmp / "zarr.json").is_file() if world.is_root else None):
+        write_manifest(tmp, world)  # the ranks share the checksums
     if world.is_root:
-        if tmp.is_dir() and (tmp / "zarr.json").is_file():
-            write_manifest(tmp)
         if final.exists() or final.is_symlink():
             old = _temporary_name(final)
             os.rename(final, old)  # replace in two renames, never a half-deleted final
