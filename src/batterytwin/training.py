@@ -234,11 +234,12 @@ class Checkpoint:
             save_atomic({"run_key": self.run_key, "step": int(step), **states, **extra}, self.path)
         self.world.barrier()
 
-    def load(self, device: torch.device | str = "cpu", resume: str = "auto") -> dict | None:
+    def load(self, device: torch.device | str = "cpu", resume: str = "auto", steps: int | None = None) -> dict | None:
         """Restore the objects and return the file's dict, or ``None`` (start afresh).
 
         Args:
             resume: ``auto`` (this run's checkpoint if any), ``yes`` (it must exist) or ``no``.
+            steps: the run's total steps, for the log line ("resuming from ... at step 40 of 200").
         Raises:
             InputError: ``resume="yes"`` without a checkpoint of this run.
         """
@@ -255,7 +256,7 @@ class Checkpoint:
             return None
         for name, obj in self.objects.items():
             obj.load_state_dict(state[name])
-        log.info("resuming from %s at step %d", self.path, state["step"])
+        log.info("resuming from %s at step %d%s", self.path, state["step"], f" of {steps}" if steps else "")
         return state
 
 

@@ -131,7 +131,7 @@ def train_model(cs: CurveSet, cfg: TrainConfig, checkpoint: Path | None = None, 
     sched = warmup_cosine(opt, cfg.steps, cfg.warmup, 1.0)  # min_ratio 1: warm-up, then constant
     ckpt = Checkpoint(checkpoint, data_fingerprint(cs, cfg),
                       {"net": net, "ema": ema.module, "opt": opt, "sched": sched}, world)
-    state = ckpt.load(device) or {"step": 0, "history": []}
+    state = ckpt.load(device, steps=cfg.steps) or {"step": 0, "history": []}
     start, history = int(state["step"]), list(state["history"])
 
     lo, hi = world.rank * cfg.batch_size // world.size, (world.rank + 1) * cfg.batch_size // world.size

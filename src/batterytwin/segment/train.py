@@ -209,7 +209,7 @@ def train(cfg: dict, inputs: Sequence[TrainInput], model_out: str, metrics_out: 
     sched = warmup_cosine(opt, steps, int(t_cfg["warmup_steps"]), float(t_cfg["min_lr_ratio"]))
     ckpt = Checkpoint(ckpt_path, _run_key(cfg, inputs, val_inputs, world.size),
                       {"model": net, "optimizer": opt, "scheduler": sched}, world)
-    ck = ckpt.load(device, resume) or {"step": 0, "loss_curve": [], "validation": []}
+    ck = ckpt.load(device, resume, steps) or {"step": 0, "loss_curve": [], "validation": []}
     start, curve, val_hist = int(ck["step"]), list(ck["loss_curve"]), list(ck["validation"])
     elapsed = float(ck.get("elapsed_s", 0.0))
     world.barrier()

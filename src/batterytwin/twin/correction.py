@@ -130,7 +130,7 @@ def train_correction(inputs: np.ndarray, residuals: np.ndarray, settings, checkp
     key = hashlib.sha256(json.dumps({"s": settings.model_dump(), "n": list(x.shape),
                                      "x": float(x.sum()), "y": float(np.sum(residuals))}).encode()).hexdigest()
     ckpt = Checkpoint(checkpoint, key, {"net": net, "opt": opt, "sched": sched, "ema": ema}, world)
-    start = (ckpt.load("cpu") or {"step": 0})["step"]
+    start = (ckpt.load("cpu", steps=settings.steps) or {"step": 0})["step"]
     n, bs = len(xt), min(settings.batch_size, len(xt))
     loss = torch.tensor(float("nan"))
     with StopFlag() as stop:
