@@ -313,3 +313,98 @@ def test_selectable_architectures_map_patches_to_class_logits():
         check_patch([48, 48, 48], merge_config({"model": {"arch": "swinunetr"}})["model"], "patch")
     with pytest.raises(InputError, match="too small for model.arch=swinunetr"):
         check_patch([32, 32, 32], merge_config({"model": {"arch": "swinunetr"}})["model"], "patch")
+
+
+# --------------------------------------------------------------------------- sparse hand labels
+SPARSE_Z = (3, 9, 17, 24)  # the only labelled slices of a 32^3 volume
+
+
+def sparse_label_stores(root: Path, slices=SPARSE_Z, seed=0):
+    _, truth = make_phantom((32, 32, 32), seed=seed)
+    sparse = np.full_like(truth, 255)
+    sparse[list(slices)] = truth[list(slices)]
+    vol, lab = write_stores(root, (32, 32, 32), seed=seed, labels=sparse)
+    return vol, lab, sparse, truth
+
+
+@pytest.mark.parametrize("class_balance", [0.0, 0.5])
+def test_every_sparse_patch_holds_labels_and_is_deterministic(tmp_path, class_balance):
+    from batterytwin.segment import data as D
+
+    vol, lab, sparse, _ = sparse_label_stores(tmp_path)
+    src = D.PatchSource.open(store.open_volume(vol).array, store.open_volume(lab).array, 6, name="sparse")
+    ds = D.PatchDataset([src], (4, 16, 16), seed=3, class_balance=class_balance, augment_cfg={"flip": False,
+                        "rot90": False, "noise_std": 0.0, "intensity_scale": 0.0, "intensity_shift": 0.0})
+    for i in range(150):
+        image, labels = ds[i]
+        known = labels.numpy() != 255
+        assert known.any(), f"patch {i} holds no labelled voxel"
+        # the patch is a window of the store (found back by its labelled content)
+        rng = np.random.default_rng([3, i])
+        si, origin = ds._origin(rng)
+        region = tuple(slice(o, o + p) for o, p in zip(origin, ds.patch))
+        np.testing.assert_array_equal(labels.numpy(), sparse[region])
+    image2, labels2 = ds[17]  # patch i depends on (seed, i) only
+    np.testing.assert_array_equal(ds[17][1].numpy(), labels2.numpy())
+    np.testing.assert_array_equal(ds[17][0].numpy(), image2.numpy())
+    # not luck: a plain uniform origin would often miss the labelled slices with 4-slice windows
+    empty = [z for z in range(32 - 4 + 1) if not set(range(z, z + 4)) & set(SPARSE_Z)]
+    assert len(empty) >= 8
+
+
+def test_dice_counts_labelled_voxels_only_on_the_labelled_slices():
+    from batterytwin.segment import data as D
+    from batterytwin.segment.train import validate
+
+    class Oracle(torch.nn.Module):
+        """Logits peaked at the class id stored in the (normalised) image: predictions are known."""
+
+        def forward(self, x):
+            ids = torch.arange(6, dtype=x.dtype, device=x.device).view(1, 6, 1, 1, 1)
+            return -((x - ids) ** 2) * 10
+
+    rng = np.random.default_rng(0)
+    shape = (20, 24, 24)
+    pred = rng.integers(0, 6, shape).astype(np.uint8)          # what the "network" predicts everywhere
+    truth = np.where(rng.random(shape) < 0.7, pred, rng.integers(0, 6, shape)).astype(np.uint8)
+    labels = np.full(shape, 255, np.uint8)
+    for z in (2, 3, 11, 17):                                    # labelled slices, partly (scribbles)
+        labels[z, 4:20, 2:18] = truth[z, 4:20, 2:18]
+    regions = D.labelled_regions(labels, depth=8)
+    assert [r for r, _ in regions] == [(slice(2, 4), slice(4, 20), slice(2, 18)),
+                                       (slice(11, 12), slice(4, 20), slice(2, 18)),
+                                       (slice(17, 18), slice(4, 20), slice(2, 18))]
+    assert sum(n for _, n in regions) == int((labels != 255).sum()) == 4 * 16 * 16
+    src = D.PatchSource(pred.astype(np.float32), labels, 6, None, 0.0, 1.0, name="val")
+    dice = validate(Oracle(), [(pred.astype(np.float32), labels, r, src) for r, _ in regions], 6, (8, 8, 8),
+                    "cpu", amp=False)
+    # hand computation over the labelled voxels only
+    m = labels != 255
+    p, t = pred[m], labels[m]
+    expected = [2 * np.sum((p == c) & (t == c)) / (np.sum(p == c) + np.sum(t == c)) for c in range(6)]
+    np.testing.assert_allclose(dice, expected, rtol=1e-12)
+    everywhere = [2 * np.sum((pred == c) & (truth == c)) / (np.sum(pred == c) + np.sum(truth == c)) for c in range(6)]
+    assert not np.allclose(dice, everywhere, atol=1e-3)  # the unlabelled voxels really are left out
+
+
+def test_training_on_sparse_slices_with_held_out_slices(tmp_path):
+    from batterytwin.segment.train import TrainInput, train
+
+    vol, lab, sparse, truth = sparse_label_stores(tmp_path)
+    held = np.full_like(truth, 255)
+    held[[6, 20]] = truth[[6, 20]]  # held-out labelled slices (same volume)
+    val_p = tmp_path / "val_labels.zarr"
+    with store.atomic_output(val_p, World()) as t:
+        store.create_volume(t, held.shape, "uint8", store.volume_attrs(
+            "ingest", 0.5, classes={str(k): v for k, v in CLASSES.items()}, ignore_label=255),
+            chunk=16, shard=16)[...] = held
+    cfg = tiny_cfg(tmp_path, steps=6, val_every=6, class_balance=0.5)
+    out = tmp_path / "run"
+    assert train(cfg, [TrainInput(str(vol), str(lab))], str(out / "model.pt"), str(out / "metrics.json"),
+                 val_inputs=[TrainInput(str(vol), str(val_p))], resume="no") == 0
+    metrics = store.read_json(out / "metrics.json")
+    assert metrics["validation_labelled_voxels"] == 2 * 32 * 32
+    assert len(metrics["loss_curve"]) == 6 and all(np.isfinite(e["loss"]) for e in metrics["loss_curve"])
+    present = set(np.unique(held[held != 255]).tolist())
+    dice = metrics["validation"][-1]["dice"]
+    assert all(dice[c] is not None and 0 <= dice[c] <= 1 for c in present)

@@ -1,7 +1,12 @@
 # Ingest: tomography files or the built-in phantom -> results/{sample}/volume.zarr
 # (synthetic samples also get clean.zarr, the noise-free image, and truth.zarr, the labels).
+# Hand labels of file samples (samples.<name>.labels / val_labels: a label image in any input format)
+# -> results/{sample}/hand_labels.zarr / val_labels.zarr, checked against segment.classes and volume.zarr.
 
 INGEST_TARGETS = expand("results/{sample}/volume.zarr", sample=SAMPLES)
+
+
+include: "ingest_functions.smk"
 
 
 rule phantom:
@@ -60,4 +65,32 @@ rule ingest:
         **RES("ingest", mpi=False),
     shell:
         "batterytwin ingest {input:q} {output.volume:q} {params.options:q}"
+        " --chunk {params.chunk:q} --shard {params.shard:q} --max-memory-mb {params.memory:q} > {log:q} 2>&1"
+
+
+rule import_labels:
+    input:
+        labels=_label_image,
+        like="results/{sample}/volume.zarr",
+    output:
+        store=directory("results/{sample}/{kind}.zarr"),
+    wildcard_constraints:
+        sample=_name_regex(FROM_FILES),
+        kind="|".join(LABEL_IMPORTS),
+    params:
+        options=_label_import_options,
+        chunk=config["store"]["chunk"],
+        shard=config["store"]["shard"],
+        memory=config["ingest"]["max_memory_mb"],
+    log:
+        "logs/{sample}/import_{kind}.log",
+    message:
+        "Import hand labels {input.labels} -> {output.store}"
+    conda:
+        "../../envs/cpu.yaml"
+    threads: THREADS("ingest")
+    resources:
+        **RES("ingest", mpi=False),
+    shell:
+        "batterytwin ingest {input.labels:q} {output.store:q} --labels --like {input.like:q} {params.options:q}"
         " --chunk {params.chunk:q} --shard {params.shard:q} --max-memory-mb {params.memory:q} > {log:q} 2>&1"

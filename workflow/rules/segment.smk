@@ -8,10 +8,10 @@ SEGMENT_UNCERTAINTY = bool(SEG["uncertainty"])
 SEGMENT_INPUT = "denoised.zarr" if SEG["input"] == "denoised" else "volume.zarr"
 
 
-# label store per sample: segment.label_stores, else samples.<name>.labels, else the phantom's truth
+# label store per sample: segment.label_stores, else samples.<name>.labels (a label image is imported to
+# results/<name>/hand_labels.zarr, a .zarr store is used as is), else the phantom's truth
 SEGMENT_LABELS = {
-    s: SEG["label_stores"].get(s) or SAMPLE_SPECS[s].get("labels") or f"{sample_dir(s)}/truth.zarr"
-    for s in SAMPLES
+    s: SEG["label_stores"].get(s) or label_store(s, "labels") or f"{sample_dir(s)}/truth.zarr" for s in SAMPLES
 }
 # training samples: segment.train_samples, else those with role train/both that have labels
 SEGMENT_TRAIN = list(SEG["train_samples"]) or [
@@ -20,24 +20,30 @@ SEGMENT_TRAIN = list(SEG["train_samples"]) or [
     if SAMPLE_SPECS[s]["role"] in ("train", "both")
     and (is_synthetic(s) or SAMPLE_SPECS[s].get("labels") or s in SEG["label_stores"])
 ]
-# validation: segment.val_samples, else held-out synthetic samples (role analyse: they have truth)
+# validation: segment.val_samples, else held-out synthetic samples (role analyse: they have truth);
+# plus, for every sample with samples.<name>.val_labels, its held-out labelled voxels
 SEGMENT_VAL = list(SEG["val_samples"]) or [
     s for s in SYNTHETIC if SAMPLE_SPECS[s]["role"] == "analyse"
 ]
+SEGMENT_VAL_LABELS = {s: label_store(s, "val_labels") for s in SAMPLES if label_store(s, "val_labels")}
 _SEG_STORES = ["labels.zarr"] + (["uncertainty.zarr"] if SEGMENT_UNCERTAINTY else [])
 SEGMENT_TARGETS = expand("results/{sample}/{store}", sample=SAMPLES, store=_SEG_STORES)
+_SEG_PAIRS = (
+    [("--volume", "--labels", s, SEGMENT_LABELS[s]) for s in SEGMENT_TRAIN]
+    + [("--val-volume", "--val-labels", s, SEGMENT_LABELS[s]) for s in SEGMENT_VAL]
+    + [("--val-volume", "--val-labels", s, path) for s, path in SEGMENT_VAL_LABELS.items()]
+)
 SEGMENT_DATA_ARGS = [
-    arg
-    for flags, samples in ((("--volume", "--labels"), SEGMENT_TRAIN), (("--val-volume", "--val-labels"), SEGMENT_VAL))
-    for s in samples
-    for arg in (flags[0], f"{sample_dir(s)}/{SEGMENT_INPUT}", flags[1], SEGMENT_LABELS[s])
+    arg for fv, fl, s, lab in _SEG_PAIRS for arg in (fv, f"{sample_dir(s)}/{SEGMENT_INPUT}", fl, lab)
 ]
+SEGMENT_VOLUME_INPUTS = sorted({f"{sample_dir(s)}/{SEGMENT_INPUT}" for _, _, s, _ in _SEG_PAIRS})
+SEGMENT_LABEL_INPUTS = sorted({lab for _, _, _, lab in _SEG_PAIRS})
 
 
 rule train_seg:
     input:
-        volumes=[f"{sample_dir(s)}/{SEGMENT_INPUT}" for s in SEGMENT_TRAIN + SEGMENT_VAL],
-        labels=[SEGMENT_LABELS[s] for s in SEGMENT_TRAIN + SEGMENT_VAL],
+        volumes=SEGMENT_VOLUME_INPUTS,
+        labels=SEGMENT_LABEL_INPUTS,
     output:
         model="results/models/segment/model.pt",
         metrics="results/models/segment/metrics.json",

@@ -6,9 +6,10 @@ import argparse
 import json
 import logging
 
+from ..contracts import CLASSES, IGNORE_LABEL
 from ..distributed import get_world
 from ..errors import InputError
-from . import driver, readers
+from . import driver, labels, readers
 from .config import FileSample, IngestSettings, StoreSettings
 from .phantom import PhantomParams
 
@@ -29,8 +30,9 @@ def register(subparsers) -> None:
     p.add_argument("--dtype", help="raw input: sample type, e.g. uint16, float32")
     p.add_argument("--byte-order", default=_file("byte_order"), choices=("little", "big"), help="raw input: byte order")
     p.add_argument("--header-bytes", type=int, default=_file("header_bytes"), help="raw input: bytes to skip at the start")
-    p.add_argument("--voxel-size-um", type=float, nargs="+", required=True,
-                   help="voxel size of the source in micrometres: one value or three (z y x)")
+    p.add_argument("--voxel-size-um", type=float, nargs="+",
+                   help="voxel size of the source in micrometres: one value or three (z y x); required "
+                        "unless --labels --like gives it")
     p.add_argument("--crop", help="source-space crop 'z0:z1,y0:y1,x0:x1' (empty range = whole axis)")
     p.add_argument("--bin", type=int, default=_file("bin"), help="bin factor (mean over bin^3 voxels; output float32)")
     p.add_argument("--output-dtype", default=_file("output_dtype"), help="output sample type (default: source type)")
@@ -39,6 +41,16 @@ def register(subparsers) -> None:
     p.add_argument("--max-memory-mb", type=float, default=IngestSettings().max_memory_mb,
                    help="memory budget for one slab (default %(default)s)")
     p.add_argument("--no-checksum", action="store_true", help="skip the SHA-256 of the source files")
+    g = p.add_argument_group(
+        "hand labels", "with --labels, SOURCE is a label image (integer class ids, 255 = unlabelled) and OUT a "
+        "label store: uint8, 'classes' attribute, every id checked against the class map, shape checked "
+        "against --like (whose voxel size it takes)")
+    g.add_argument("--labels", action="store_true", help="import a label image instead of a CT volume")
+    g.add_argument("--classes", metavar="ID=NAME,...",
+                   help=f"class map of the ids in the image (default: {labels.format_class_map(CLASSES)})")
+    g.add_argument("--like", metavar="ZARR", help="the sample's volume store: same shape (after --crop), voxel size")
+    g.add_argument("--unlabelled", type=int, default=IGNORE_LABEL, metavar="ID",
+                   help="an id of the image meaning 'not labelled', written as 255 (default %(default)s)")
     p.set_defaults(func=run_ingest)
 
     q = subparsers.add_parser(
@@ -74,10 +86,29 @@ def _store_options(p: argparse.ArgumentParser) -> None:
 
 def run_ingest(args: argparse.Namespace) -> None:
     world = get_world()
+    if not args.labels and not args.voxel_size_um:
+        raise InputError("ingest: --voxel-size-um is required (in micrometres)")
+    if not args.labels and (args.classes or args.like):
+        raise InputError("ingest: --classes and --like apply to label images: add --labels")
     if world.is_root:  # one sequential writer: ingest is I/O bound
+        # every check of the arguments comes before the (possibly long) source scan
+        class_map = labels.parse_class_map(args.classes) if args.labels else None
+        if args.labels and args.bin != 1:
+            raise InputError("ingest --labels: labels cannot be binned (--bin); label the binned volume instead")
+        if args.labels and not args.like and not args.voxel_size_um:
+            raise InputError("ingest --labels: give --like VOLUME_STORE (or --voxel-size-um)")
         reader = readers.open_reader(args.source, args.format, dataset=args.dataset, shape=args.shape,
                                      dtype=args.dtype, byte_order=args.byte_order, header_bytes=args.header_bytes)
         params = {k: v for k, v in vars(args).items() if k not in ("func", "verbose", "quiet", "command")}
+        if args.labels:
+            voxel = None if not args.voxel_size_um else (
+                args.voxel_size_um[0] if len(args.voxel_size_um) == 1 else args.voxel_size_um)
+            labels.import_labels(reader, args.output, class_map, like=args.like, voxel_size_um=voxel,
+                                 crop=args.crop, unlabelled=args.unlabelled, chunk=args.chunk, shard=args.shard,
+                                 max_memory_mb=args.max_memory_mb, checksum=not args.no_checksum, params=params)
+            log.info("wrote %s", args.output)
+            world.barrier()
+            return
         voxel = args.voxel_size_um[0] if len(args.voxel_size_um) == 1 else args.voxel_size_um
         driver.ingest_volume(reader, args.output, voxel_size_um=voxel, crop=args.crop, bin_factor=args.bin,
                              output_dtype=args.output_dtype, nan_fill=args.nan_fill, chunk=args.chunk,

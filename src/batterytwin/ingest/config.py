@@ -71,7 +71,15 @@ class FileSample(Section):
     bin: int = Field(1, ge=1, description="bin factor (mean over bin^3 voxels; output float32)")
     output_dtype: str = Field("auto", description="output sample type (auto: the source type)")
     nan_fill: float | None = Field(None, description="replace NaN/Inf with this value (null: reject them)")
-    labels: str | None = Field(None, description="sparse label store for training (uint8, 255 = unlabelled)")
+    labels: str | None = Field(None, description="hand labels for training: a label image in any input format "
+                               "(imported to results/<sample>/hand_labels.zarr) or a label store (.zarr, used as "
+                               "is); integer class ids of segment.classes, 255 = unlabelled")
+    val_labels: str | None = Field(None, description="held-out hand labels (e.g. labelled slices kept out of "
+                                   "training) for validation Dice; imported to results/<sample>/val_labels.zarr")
+    labels_format: Literal[FORMATS] = Field("auto", description="format of labels/val_labels (auto: from the name)")
+    labels_dataset: str | None = Field(None, description="HDF5 dataset of labels/val_labels (null: dataset)")
+    labels_unlabelled: int = Field(255, ge=0, description="id of the label images meaning 'not labelled' "
+                                   "(written as 255), e.g. 0 for tools that use 0 as background")
     role: Role = Field("analyse", description="train: segmentation training only; analyse: the whole chain; both")
 
     @field_validator("voxel_size_um")

@@ -40,19 +40,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     q = subparsers.add_parser(
         "segment",
-        help="segment a volume store with a trained model (distributed sliding window)",
+        help="segment a volume store: with a trained model (distributed sliding window) or label-free (GMM)",
         description=(
-            "Sliding-window inference with Gaussian blending on a window grid fixed to the whole volume; "
-            "ranks (srun/mpiexec -n N) own disjoint output shards and the result does not depend on their "
-            "number. Writes a uint8 label store with 'classes' and 'ignore_label' attributes and, with "
-            "--uncertainty, a float16 store of the softmax entropy (nats)."),
+            "method network (default): sliding-window inference with Gaussian blending on a window grid "
+            "fixed to the whole volume. method gmm (--method gmm, no --model): a Gaussian mixture fitted "
+            "by EM to a bounded voxel sample, each voxel given its most probable component's class "
+            "(segment.gmm.classes, components by increasing mean), speckles removed by a per-class "
+            "opening and closing. Either way ranks (srun/mpiexec -n N) own disjoint output shards and the "
+            "result does not depend on their number. Writes a uint8 label store with 'classes', "
+            "'ignore_label' and 'method' attributes and, with --uncertainty, a float16 store of the "
+            "softmax (network) or class-posterior (gmm) entropy in nats."),
 )
     q.add_argument("--input", required=True, metavar="ZARR", help="volume store to segment (denoised.zarr or volume.zarr)")
-    q.add_argument("--model", required=True, metavar="PT", help="model.pt written by train-seg")
+    q.add_argument("--model", metavar="PT", help="model.pt written by train-seg (method network only)")
     q.add_argument("--output", required=True, metavar="ZARR", help="output label store (labels.zarr)")
     q.add_argument("--uncertainty", metavar="ZARR", help="optional output store of the softmax entropy (float16)")
     add_config_arguments(q, SegmentConfig, "segment", flags={
-        "--device": "infer.device", "--overlap": "infer.overlap", "--sw-batch-size": "infer.sw_batch_size"})
+        "--method": "method", "--device": "infer.device", "--overlap": "infer.overlap",
+        "--sw-batch-size": "infer.sw_batch_size", "--clean-radius": "gmm.clean_radius"})
     q.set_defaults(func=run_segment)
 
 
@@ -71,8 +76,18 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_segment(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args, SegmentConfig, "segment")
+    if settings.method == "gmm":
+        from .gmm_run import segment_gmm
+
+        if args.model:
+            raise InputError("--model: segment.method is gmm, which uses no model (drop --model or use "
+                             "--method network)")
+        segment_gmm(args.input, args.output, args.uncertainty, settings.model_dump())
+        return 0
     from .infer import segment_volume
 
-    cfg = settings_from_args(args, SegmentConfig, "segment").infer.model_dump()
-    segment_volume(args.input, args.model, args.output, args.uncertainty, cfg)
+    if not args.model:
+        raise InputError("--model: required with segment.method network (or give --method gmm)")
+    segment_volume(args.input, args.model, args.output, args.uncertainty, settings.infer.model_dump())
     return 0

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from ..config import Section, validate_settings
+from ..contracts import CLASSES
 
 AXIS_NAMES = {"z": 0, "y": 1, "x": 2}
 Device = Literal["auto", "cpu", "cuda"]
@@ -106,10 +107,52 @@ class InferSettings(Section):
     _patch = field_validator("patch_size", mode="before")(_triple)
 
 
+class GmmSettings(Section):
+    """Label-free segmentation (``method: gmm``): a Gaussian mixture of intensities, then clean-up.
+
+    ``classes`` maps the mixture's components, ordered by mean intensity (increasing attenuation),
+    to class names of the run's class map (:data:`batterytwin.contracts.CLASSES`): a list gives one
+    component per name in that order; a mapping ``{component: name}`` may send several components
+    to one class.
+    """
+
+    classes: list[str] | dict[int, str] = Field(
+        ["pore", "lithium_metal", "solid_electrolyte", "cathode_active"], min_length=1,
+        description="class name of each component, components ordered by mean intensity (increasing), or "
+                    "{component: class name}; names from the run's class map")
+    max_samples: int = Field(1_000_000, ge=1000, le=100_000_000,
+                             description="voxels sampled (chunk-wise, uniformly) to fit the mixture")
+    seed: int = Field(0, ge=0, description="seed of the voxel sample and of the EM initialisation")
+    max_iter: int = Field(200, ge=1, description="EM iterations at most")
+    n_init: int = Field(1, ge=1, le=20, description="EM restarts; the best likelihood is kept")
+    clean_radius: int = Field(1, ge=0, le=4, description="ball radius (voxels) of the per-class opening and "
+                              "closing that removes speckles; 0 = no clean-up")
+
+    @field_validator("classes")
+    @classmethod
+    def _known_classes(cls, value: list[str] | dict[int, str]) -> list[str] | dict[int, str]:
+        names = list(value.values()) if isinstance(value, dict) else list(value)
+        unknown = [n for n in names if n not in CLASSES.values()]
+        if unknown:
+            raise ValueError(f"unknown class name(s) {unknown} (the run's classes: {list(CLASSES.values())})")
+        if isinstance(value, dict) and sorted(value) != list(range(len(value))):
+            raise ValueError(f"components must be numbered 0..{len(value) - 1}, got {sorted(value)}")
+        return value
+
+    def component_classes(self) -> list[str]:
+        """Class name of each component, in mean order."""
+        return [self.classes[k] for k in sorted(self.classes)] if isinstance(self.classes, dict) else list(self.classes)
+
+
 class SegmentConfig(Section):
     """The ``segment`` section: pipeline wiring, network, training and inference."""
 
     input: Literal["denoised", "volume"] = Field("denoised", description="which store of each sample is segmented")
+    method: Literal["network", "gmm"] = Field("network", description="network: the trained batteryNET model; "
+                                              "gmm: label-free Gaussian mixture + morphological clean-up (no "
+                                              "training)")
+    pseudo_labels: Literal["none", "gmm"] = Field("none", description="gmm: training samples without labels "
+                                                  "train on their GMM label store (results/{sample}/gmm_labels.zarr)")
     train_samples: list[str] = Field([], description="samples to train on; [] = samples with role train/both "
                                      "that have labels")
     label_stores: dict[str, str] = Field({}, description="sample -> label store (hand labels; 255 = unlabelled)")
@@ -119,6 +162,23 @@ class SegmentConfig(Section):
     model: ModelSettings = Field(default_factory=ModelSettings, description="network")
     train: TrainSettings = Field(default_factory=TrainSettings, description="training")
     infer: InferSettings = Field(default_factory=InferSettings, description="inference")
+    gmm: GmmSettings = Field(default_factory=GmmSettings, description="label-free Gaussian-mixture segmentation")
+    classes: dict[str, Annotated[int, Field(ge=0, le=254)]] = Field(
+        {name: cid for cid, name in CLASSES.items()},
+        description="class name -> label id of the run: the class map of imported hand labels "
+        "(samples.<name>.labels); default the phantom's classes")
+
+    @field_validator("classes")
+    @classmethod
+    def _unique_ids(cls, value: dict[str, int]) -> dict[str, int]:
+        ids: dict[int, str] = {}
+        for name, cid in value.items():
+            if cid in ids:
+                raise ValueError(f"id {cid} is given to '{ids[cid]}' and '{name}'")
+            ids[cid] = name
+        if not value:
+            raise ValueError("needs at least one class")
+        return value
 
 
 def merge_config(user: dict | None = None, where: str = "segment") -> dict:

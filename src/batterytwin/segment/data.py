@@ -12,7 +12,10 @@ DistributedSampler of this stream).
 
 Class-aware sampling: with probability ``class_balance`` a patch is centred on a random voxel of a
 class drawn uniformly among the classes present, so that rare classes (redeposited lithium) are
-seen as often as common ones; otherwise its position is uniform.
+seen as often as common ones; otherwise a labelled voxel is drawn uniformly and the patch origin
+uniformly among the patches that hold it (uniform over the volume when every voxel is labelled).
+Either way every patch holds labelled voxels, so sparse hand labels (a few labelled slices or
+scribbles, the rest 255) never give a patch that teaches nothing.
 
 Validation by region: labels inside ``holdout`` (a slab along one axis) are set to 255 (ignored)
 in every training patch and are used for validation only; the image there may still be seen as
@@ -150,6 +153,38 @@ class PatchSource:
         return ((np.asarray(x, np.float32) - self.lo) / (self.hi - self.lo)).astype(np.float32)
 
 
+def labelled_regions(labels: Any, region: Sequence[slice] | None = None,
+                     depth: int | None = None) -> list[tuple[tuple[slice, ...], int]]:
+    """Where the labelled voxels of ``region`` are: runs of consecutive z slices holding labels.
+
+    Each run is cut to the y-x box of its labels, so validating on a few labelled slices of a large
+    scan predicts those slices (with the window context around them), not the whole volume. The label
+    array is read in z slabs of ``depth`` (default: its chunk depth).
+
+    Returns:
+        ``[(region, labelled_voxels), ...]`` in z order; every voxel != 255 of ``region`` lies in one.
+    """
+    shape = tuple(labels.shape)
+    region = tuple(region) if region is not None else tuple(slice(0, n) for n in shape)
+    (z0, z1, _), (y0, _, _), (x0, _, _) = (r.indices(n) for r, n in zip(region, shape))
+    depth = int(depth or (getattr(labels, "chunks", None) or (16,))[0])
+    runs: list[list[int]] = []  # [z_start, z_stop, y_lo, y_hi, x_lo, x_hi, count]
+    for a in range(z0, z1, depth):
+        b = min(a + depth, z1)
+        known = np.asarray(labels[(slice(a, b), *region[1:])]) != IGNORE_LABEL
+        for k in np.flatnonzero(known.any(axis=(1, 2))):
+            ys, xs = np.flatnonzero(known[k].any(1)), np.flatnonzero(known[k].any(0))
+            z, box = a + int(k), [y0 + int(ys[0]), y0 + int(ys[-1]) + 1, x0 + int(xs[0]), x0 + int(xs[-1]) + 1]
+            n = int(known[k].sum())
+            if runs and runs[-1][1] == z:
+                r = runs[-1]
+                r[1], r[6] = z + 1, r[6] + n
+                r[2], r[3], r[4], r[5] = min(r[2], box[0]), max(r[3], box[1]), min(r[4], box[2]), max(r[5], box[3])
+            else:
+                runs.append([z, z + 1, *box, n])
+    return [((slice(r[0], r[1]), slice(r[2], r[3]), slice(r[4], r[5])), r[6]) for r in runs]
+
+
 def augment(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator, cfg: dict[str, Any]):
     """Random flips (each axis), 90-degree rotations in the y-x plane, intensity scale/shift, noise.
 
@@ -198,6 +233,7 @@ class PatchDataset(torch.utils.data.Dataset):
         totals = np.stack([s.block_counts.sum(0) for s in self.sources])  # [n_sources, C]
         self.class_totals = totals
         self.present = np.flatnonzero(totals.sum(0) > 0)
+        self.labelled_totals = totals.sum(1).astype(np.float64)  # [n_sources]
         if self.present.size == 0:
             raise InputError("segment: the training label stores hold no labelled voxel (all 255?)")
 
@@ -219,10 +255,19 @@ class PatchDataset(torch.utils.data.Dataset):
             centre = centre + rng.integers(-(np.array(self.patch) // 4), np.array(self.patch) // 4 + 1)
             origin = tuple(int(np.clip(cz - p // 2, 0, n - p)) for cz, p, n in zip(centre, self.patch, src.shape))
         else:
-            sizes = np.array([np.prod(s.shape) for s in self.sources], np.float64)
-            si = int(rng.choice(len(self.sources), p=sizes / sizes.sum()))
+            # a labelled voxel drawn uniformly, then an origin drawn uniformly among the patches holding it:
+            # with dense labels every origin is equally likely (each patch holds the same number of
+            # labelled voxels); with sparse labels (a few slices, scribbles) no patch is empty of labels
+            w = self.labelled_totals
+            si = int(rng.choice(len(self.sources), p=w / w.sum()))
             src = self.sources[si]
-            origin = tuple(int(rng.integers(0, n - p + 1)) for p, n in zip(self.patch, src.shape))
+            bw = src.block_counts.sum(1).astype(np.float64)
+            bi = int(rng.choice(len(bw), p=bw / bw.sum()))
+            region = tuple(slice(o, min(o + INDEX_BLOCK, n)) for o, n in zip(src.block_origins[bi], src.shape))
+            hits = np.argwhere(src.masked_labels(region) != IGNORE_LABEL)
+            voxel = src.block_origins[bi] + hits[int(rng.integers(len(hits)))]
+            origin = tuple(int(rng.integers(max(0, v - p + 1), min(v, n - p) + 1))
+                           for v, p, n in zip(voxel, self.patch, src.shape))
         return si, origin
 
     def __getitem__(self, i: int):

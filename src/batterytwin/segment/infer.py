@@ -70,7 +70,7 @@ def segment_volume(input_path: str, model_path: str, labels_out: str, uncertaint
     source = {"path": str(input_path), "producer": vol.attrs.get("producer", {}).get("config_sha256"),
               "model": str(model_path)}
     label_attrs = store.volume_attrs("segment", vol.voxel_size_um, params, source,
-                                     classes=dict(meta["classes"]), ignore_label=IGNORE_LABEL)
+                                     classes=dict(meta["classes"]), ignore_label=IGNORE_LABEL, method="network")
     chunk = int(infer_cfg.get("chunk") or store.DEFAULT_CHUNK)
     shard = int(infer_cfg.get("shard") or store.DEFAULT_SHARD)
     weight = gaussian_weight(roi, float(infer_cfg.get("sigma_scale", 0.125)), device)

@@ -156,6 +156,21 @@ def train(cfg: dict, inputs: Sequence[TrainInput], model_out: str, metrics_out: 
     classes = _classes_of([i.labels for i in inputs] + [i.labels for i in val_inputs])
     n_classes = len(classes)
     sources, val_sources = [], []
+    val_voxels = 0
+
+    def add_validation(image, labels, region, src, where: str, required: bool) -> None:
+        # validation predicts only the labelled parts (sparse hand labels: a few slices of a large scan);
+        # the Dice itself counts labelled voxels only (hard_dice_counts)
+        nonlocal val_voxels
+        parts = D.labelled_regions(labels, region)
+        if not parts:
+            if required:
+                raise InputError(f"{where}: validation label store holds no labelled voxel (all {IGNORE_LABEL})")
+            log.warning("%s: the held-out region holds no labelled voxel; it is not validated", where)
+        for part, n in parts:
+            val_sources.append((image, labels, part, src))
+            val_voxels += n
+
     for inp in inputs:
         vol = store.open_volume(inp.volume)
         lab = store.open_volume(inp.labels, require=("voxel_size_um",))
@@ -164,7 +179,7 @@ def train(cfg: dict, inputs: Sequence[TrainInput], model_out: str, metrics_out: 
                                  seed=int(t_cfg["seed"]))
         sources.append(src)
         if hold is not None:
-            val_sources.append((vol.array, lab.array, hold, src))
+            add_validation(vol.array, lab.array, hold, src, str(inp.labels), required=False)
     for inp in val_inputs:
         vol = store.open_volume(inp.volume)
         lab = store.open_volume(inp.labels, require=("voxel_size_um",))
@@ -172,7 +187,7 @@ def train(cfg: dict, inputs: Sequence[TrainInput], model_out: str, metrics_out: 
             raise InputError(f"{inp.labels}: label store shape {lab.shape} differs from the volume shape {vol.shape}")
         src = D.PatchSource(vol.array, lab.array, n_classes, None, *D.intensity_range(vol.array, int(t_cfg["seed"])),
                             name=str(inp.labels))
-        val_sources.append((vol.array, lab.array, tuple(slice(0, n) for n in vol.shape), src))
+        add_validation(vol.array, lab.array, None, src, str(inp.labels), required=True)
     dataset = D.PatchDataset(sources, patch, seed=int(t_cfg["seed"]), class_balance=float(t_cfg["class_balance"]),
                              augment_cfg=t_cfg["augment"])
 
@@ -279,8 +294,9 @@ def train(cfg: dict, inputs: Sequence[TrainInput], model_out: str, metrics_out: 
             "validation": val_hist,
             "final_dice": None if final is None else {classes[c]: d for c, d in enumerate(final["dice"])},
             "final_mean_dice": None if final is None else final["mean_dice"],
-            "validation_split": "held-out volumes" if val_inputs else
+            "validation_split": "held-out label stores" if val_inputs else
             f"slab of {t_cfg['val_fraction']} along {t_cfg['val_axis']} (labels hidden from training)",
+            "validation_labelled_voxels": val_voxels,
             "train_voxels_per_s": vox_s if step > start else None,
             "wall_s": elapsed + time.time() - t0,
             **store.provenance("segment.train", cfg),
