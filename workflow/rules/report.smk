@@ -107,6 +107,8 @@ REPORT_RULES = {
         message="Figure: predicted vs true cycle life on real cycling data ({wildcards.evaluation})",
         args=lambda w, input: ["rul", input.predictions]),
 }
+if globals().get("SEGMENT_METHOD", "network") == "gmm":
+    REPORT_RULES.pop("report_training")  # segment.method: gmm trains no network
 for _row in REPORT_RULES.values():
     _row.setdefault("output", f"results/{{sample}}/figures/{_row.get('fig')}.png")
 

@@ -26,6 +26,18 @@ SEGMENT_VAL = list(SEG["val_samples"]) or [
     s for s in SYNTHETIC if SAMPLE_SPECS[s]["role"] == "analyse"
 ]
 SEGMENT_VAL_LABELS = {s: label_store(s, "val_labels") for s in SAMPLES if label_store(s, "val_labels")}
+# segment.pseudo_labels: gmm -- training samples without labels (no label store found above: the
+# truth.zarr fallback of a sample that is not synthetic) train on their GMM label store instead.
+SEGMENT_METHOD = SEG["method"]
+SEGMENT_PSEUDO = []
+if SEG["pseudo_labels"] == "gmm":
+    SEGMENT_PSEUDO = [
+        s
+        for s in (list(SEG["train_samples"]) or [s for s in SAMPLES if SAMPLE_SPECS[s]["role"] in ("train", "both")])
+        if not is_synthetic(s) and SEGMENT_LABELS[s] == f"{sample_dir(s)}/truth.zarr"
+    ]
+    SEGMENT_LABELS.update({s: f"{sample_dir(s)}/gmm_labels.zarr" for s in SEGMENT_PSEUDO})
+    SEGMENT_TRAIN = SEGMENT_TRAIN + [s for s in SEGMENT_PSEUDO if s not in SEGMENT_TRAIN]
 _SEG_STORES = ["labels.zarr"] + (["uncertainty.zarr"] if SEGMENT_UNCERTAINTY else [])
 SEGMENT_TARGETS = expand("results/{sample}/{store}", sample=SAMPLES, store=_SEG_STORES)
 _SEG_PAIRS = (
@@ -66,21 +78,28 @@ rule train_seg:
         " --model-out {output.model:q} --metrics-out {output.metrics:q} > {log:q} 2>&1"
 
 
+# the output layout of a label store: segment.infer.chunk/shard, else the run's store settings
+_SEGMENT_INFER = dict(SEG["infer"], chunk=SEG["infer"]["chunk"] or config["store"]["chunk"],
+                      shard=SEG["infer"]["shard"] or config["store"]["shard"])
+# segment.method: network -> the trained model's sliding window; gmm -> label-free (no training)
+_SEGMENT_GMM_CFG = json.dumps({"infer": _SEGMENT_INFER, "method": "gmm", "gmm": SEG["gmm"]})
+
+
 rule segment:
     input:
         volume=f"results/{{sample}}/{SEGMENT_INPUT}",
-        model=rules.train_seg.output.model,
+        **({"model": rules.train_seg.output.model} if SEGMENT_METHOD == "network" else {}),
     output:
         labels=directory("results/{sample}/labels.zarr"),
         **({"uncertainty": directory("results/{sample}/uncertainty.zarr")} if SEGMENT_UNCERTAINTY else {}),
     params:
-        cfg=json.dumps({"infer": dict(SEG["infer"], chunk=SEG["infer"]["chunk"] or config["store"]["chunk"],
-                                      shard=SEG["infer"]["shard"] or config["store"]["shard"])}),
+        cfg=_SEGMENT_GMM_CFG if SEGMENT_METHOD == "gmm" else json.dumps({"infer": _SEGMENT_INFER}),
+        model=lambda w, input: ["--model", input.model] if SEGMENT_METHOD == "network" else [],
         uncertainty=lambda w, output: ["--uncertainty", output.uncertainty] if SEGMENT_UNCERTAINTY else [],
     log:
         "logs/{sample}/segment.log",
     message:
-        "Segment {wildcards.sample} ({input.volume}) with {input.model}"
+        f"Segment {{wildcards.sample}} ({{input.volume}}) with {'the trained model' if SEGMENT_METHOD == 'network' else 'a Gaussian mixture (label-free)'}"
     conda:
         "../../envs/gpu.yaml"
     threads: THREADS("segment")
@@ -88,5 +107,26 @@ rule segment:
         **RES("segment"),
     shell:
         "{resources.mpi} -n {resources.tasks} batterytwin segment --input {input.volume:q}"
-        " --model {input.model:q} --output {output.labels:q} {params.uncertainty:q}"
+        " {params.model:q} --output {output.labels:q} {params.uncertainty:q}"
         " --config-json {params.cfg:q} > {log:q} 2>&1"
+
+
+rule segment_gmm:
+    input:
+        volume=f"results/{{sample}}/{SEGMENT_INPUT}",
+    output:
+        labels=directory("results/{sample}/gmm_labels.zarr"),
+    params:
+        cfg=_SEGMENT_GMM_CFG,
+    log:
+        "logs/{sample}/segment_gmm.log",
+    message:
+        "Pseudo-labels of {wildcards.sample}: label-free GMM segmentation of {input.volume}"
+    conda:
+        "../../envs/gpu.yaml"
+    threads: THREADS("segment")
+    resources:
+        **RES("segment"),
+    shell:
+        "{resources.mpi} -n {resources.tasks} batterytwin segment --input {input.volume:q}"
+        " --output {output.labels:q} --config-json {params.cfg:q} > {log:q} 2>&1"
