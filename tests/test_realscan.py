@@ -123,6 +123,7 @@ def test_own_scan_files_through_the_whole_chain(tmp_path):
         "scan_h5": {"source": "data/scan2.h5", "format": "hdf5", "dataset": "/exchange/data",
                     "voxel_size_um": [0.5, 0.5, 0.5]},
     }
+    cfg["segment"]["train"]["val_axis"] = "y"  # labels on x slices (as in the README)
     cfg["denoise"]["reference"] = True  # asked for, but the files have no clean image: must be skipped
     cfg["degradation"]["real_data"] = {"enabled": False}
     (tmp_path / "myscan.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -165,7 +166,8 @@ def test_own_scan_files_through_the_whole_chain(tmp_path):
         counts = np.bincount(pred.ravel(), minlength=len(CLASSES)) / pred.size
         for k, cname in CLASSES.items():
             assert micro["volume_fractions"][cname] == pytest.approx(counts[k], abs=1e-9)
-        assert "tortuosity" in micro and micro["tortuosity"]
+        se = micro["tortuosity"]["solid_electrolyte"]  # the transport phase is there: measured on every axis
+        assert se["axes"] and set(se["axes"]) == {"z", "y", "x"}, se
         assert micro["cell"]["positive_electrode"]["thickness_um"] > 0
         # cell simulation and degradation
         assert (sample / "sweep.zarr").is_dir() and json.loads((sample / "sweep.json").read_text())["conditions"]
