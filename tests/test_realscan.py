@@ -202,8 +202,8 @@ def test_own_scan_files_through_the_whole_chain(tmp_path):
 GMM_CLASSES = ["lithium_metal", "solid_electrolyte", "cathode_active", "current_collector"]
 SPARSE_TRAIN = {
     "model": {"arch": "unet", "channels": [8, 16, 32], "strides": [2, 2], "num_res_units": 1},
-    "train": {"steps": 150, "batch_size": 2, "patch_size": [24, 24, 24], "lr": 0.005, "warmup_steps": 5,
-              "val_every": 150, "checkpoint_every": 1000, "seed": 0, "val_axis": "y",
+    "train": {"steps": 300, "batch_size": 2, "patch_size": [24, 24, 24], "lr": 0.005, "warmup_steps": 5,
+              "val_every": 300, "checkpoint_every": 1000, "seed": 0, "val_axis": "y",
               "class_weights": [1, 1, 1, 1, 10, 1]},
 }
 
