@@ -111,6 +111,9 @@ def main() -> int:
     ap.add_argument("--cores", type=int, default=2, help="snakemake --cores")
     ap.add_argument("--paths", nargs="+", default=["gmm", "network"], choices=["gmm", "network"])
     ap.add_argument("--overlay", action="append", default=[], help="config file merged over config.yaml (repeat)")
+    ap.add_argument("--small-downstream", action="store_true",
+                    help="cellsim and degradation settings of tests/config.e2e.yaml (their cost does not depend on "
+                         "the volume size)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--angles", type=int, default=None, help="projections per slice (default 1.5 x size)")
     ap.add_argument("--out", default=None, help="JSON path (default bench/results/realscan-<size>.json)")
@@ -127,8 +130,14 @@ def main() -> int:
     print(f"forward model {a.size}^3: {gen_s:.0f} s ({image.nbytes / 2**20:.0f} MB float32)", flush=True)
 
     results = {}
+    overlays = list(a.overlay)
+    if a.small_downstream:
+        e2e = yaml.safe_load((REPO / "tests" / "config.e2e.yaml").read_text())
+        small = root / "small_downstream.yaml"
+        small.write_text(yaml.safe_dump({k: e2e[k] for k in ("cellsim", "degradation")}))
+        overlays.append(str(small))
     for path in a.paths:
-        results[path] = run_path(path, root / path, data, a.overlay, a.cores)
+        results[path] = run_path(path, root / path, data, overlays, a.cores)
 
     stages = list(dict.fromkeys(s for p in a.paths for s in results[p]))
     print(f"\n{a.size}^3 file sample, snakemake --cores {a.cores}, wall s / peak RSS MB")
@@ -144,7 +153,8 @@ def main() -> int:
     out = Path(a.out) if a.out else REPO / "bench" / "results" / f"realscan-{a.size}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
-        "size": a.size, "cores": a.cores, "overlays": a.overlay, "seed": a.seed, "forward_model_s": gen_s,
+        "size": a.size, "cores": a.cores, "overlays": a.overlay, "small_downstream": a.small_downstream,
+        "seed": a.seed, "forward_model_s": gen_s, "settings": "config.yaml without samples, then the overlays",
         "host": {"machine": platform.machine(), "cpus": os.cpu_count(), "load_avg": os.getloadavg()},
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "stages": results, "total_s": totals,

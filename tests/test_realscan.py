@@ -290,3 +290,17 @@ if __name__ == "__main__":  # repeated, seeded measurement: python -m tests.test
             res = measure_sparse_vs_gmm(Path(d), seed=s, shape=(a.size,) * 3, steps=a.steps)
         print(json.dumps({k: ({c: round(x, 3) for c, x in v.items()} if isinstance(v, dict) else v)
                           for k, v in res.items()}), flush=True)
+
+
+def test_dense_separator_is_simulated_not_rejected():
+    """A segmentation that finds no pore in the separator (GMM on a dense solid electrolyte, as on the
+    forward-model scans) gives separator electrolyte_volume_fraction 1.0: a valid PyBaMM porosity."""
+    from batterytwin.cellsim.params import microstructure_substitutions
+
+    ms = {"cell": {"separator": {"thickness_um": 3.0, "electrolyte_volume_fraction": 1.0,
+                                 "tortuosity_electrolyte": 0.94, "bruggeman": None}}}
+    subs = {s.name: s.new for s in microstructure_substitutions(ms, "m.json", transport="tortuosity_factor")}
+    assert subs["Separator porosity"] == 1.0
+    ms["cell"]["positive_electrode"] = {"thickness_um": 10.0, "electrolyte_volume_fraction": 1.0}
+    with pytest.raises(Exception, match="positive_electrode.electrolyte_volume_fraction"):
+        microstructure_substitutions(ms, "m.json", transport="tortuosity_factor")  # an electrode without solid is still an error
