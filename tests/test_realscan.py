@@ -170,8 +170,10 @@ def test_own_scan_files_through_the_whole_chain(tmp_path):
         assert seg.classes == CLASSES and seg.array.dtype == np.uint8
         pred = seg.array[:]
         assert set(np.unique(pred)) <= set(CLASSES)
-        # better than chance on the ground truth the forward model knows (the run never saw it)
-        assert (pred == labels).mean() > 0.5, (pred == labels).mean()
+        # against the ground truth the forward model knows (the run never saw it): better than naming every
+        # voxel the commonest class (~0.39) by 0.1 -- 40 steps on 4 slices; measured 0.60 (tiff), 0.58 (hdf5)
+        majority = np.bincount(labels.ravel()).max() / labels.size
+        assert (pred == labels).mean() > majority + 0.1, ((pred == labels).mean(), majority)
         # microstructure: fractions of the label store, the tortuosity block, the cell block
         micro = json.loads((sample / "microstructure.json").read_text())
         counts = np.bincount(pred.ravel(), minlength=len(CLASSES)) / pred.size
