@@ -139,7 +139,8 @@ def main() -> int:
     for path in a.paths:
         results[path] = run_path(path, root / path, data, overlays, a.cores)
 
-    stages = list(dict.fromkeys(s for p in a.paths for s in results[p]))
+    order = [s for p in ("network", "gmm") for s in ["snakemake -n (fixed cost)"] + [st for st, _ in STAGES[p]]]
+    stages = [s for s in dict.fromkeys(order) if any(s in results[p] for p in a.paths)]
     print(f"\n{a.size}^3 file sample, snakemake --cores {a.cores}, wall s / peak RSS MB")
     print(f"| stage | " + " | ".join(a.paths) + " |")
     print("|---|" + "---|" * len(a.paths))
