@@ -56,8 +56,10 @@ def test_every_config_and_snippet_dry_runs(tmp_path, name, data):
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(data))
     for spec in data.get("samples", {}).values():  # file samples need their inputs to plan the DAG
         if spec.get("source", "synthetic") != "synthetic":
-            (tmp_path / spec["source"]).parent.mkdir(parents=True, exist_ok=True)
-            (tmp_path / spec["source"]).touch()
+            for key in ("source", "labels", "val_labels"):  # hand-label images are inputs too
+                if spec.get(key):
+                    (tmp_path / spec[key]).parent.mkdir(parents=True, exist_ok=True)
+                    (tmp_path / spec[key]).touch()
     proc = snakemake(tmp_path, "-n", "--quiet", "rules", "--configfile", str(REPO / "config.yaml"),
                      str(tmp_path / "c.yaml"), timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -230,3 +230,31 @@ def test_corrupted_copy_of_a_data_file_is_a_checksum_error(tmp_path):
         load_npz_split(d / "snl_train.npz")
     msg = str(exc.value)
     assert "\n" not in msg and "snl_train.npz" in msg and "SHA-256" in msg and "9e0773d3" in msg
+
+
+def test_workflow_finds_the_shipped_data_and_refuses_missing_data(tmp_path):
+    from .test_workflow import snakemake
+
+    ok = snakemake(tmp_path, "-n", "-p", "--configfile", str(REPO / "config.yaml"))
+    assert ok.returncode == 0, ok.stderr
+    assert f"--npz {CYCLING / 'matr_1_test.npz'}" in ok.stdout  # found from another working directory
+    cfg = tmp_path / "missing.yaml"
+    cfg.write_text("degradation:\n  real_data:\n    dir: nowhere/cycling\n")
+    bad = snakemake(tmp_path, "-n", "--configfile", str(REPO / "config.yaml"), str(cfg))
+    assert bad.returncode != 0
+    assert "degradation.real_data.dir: real cycling data directory 'nowhere/cycling' not found" in bad.stderr
+    cfg.write_text("degradation:\n  real_data:\n    dir: nowhere/cycling\n    enabled: false\n")
+    off = snakemake(tmp_path, "-n", "--configfile", str(REPO / "config.yaml"), str(cfg))
+    assert off.returncode == 0, off.stderr
+
+
+@pytest.mark.parametrize("classes, message", [
+    ({"pore": 0, "solid": 0}, "segment.classes: id 0 is given to 'pore' and 'solid'"),
+    ({"pore": 1, "solid": 2}, "segment.classes: ids must be 0..1 (one per class), got [1, 2]"),
+])
+def test_segment_class_map_errors(classes, message):
+    from batterytwin.segment.config import merge_config
+
+    with pytest.raises(InputError) as exc:
+        merge_config({"classes": classes})
+    assert str(exc.value) == message

@@ -97,3 +97,29 @@ def test_single_voxel_phase_has_no_resolvable_surface():
     mask = np.zeros((12, 12, 12), bool)
     mask[6, 6, 6] = True
     assert surface_area_um2(mask, [1.0, 1.0, 1.0]) == 0.0
+
+
+def test_dual_connectivity_pore_26_solid_6():
+    """A diagonal pore sheet (y == z) in a solid: the connectivities give different answers, and only the
+    dual pair (26 pore, 6 solid) is consistent (the sheet connects, and separates the solid in two)."""
+    from batterytwin.microstructure.clusters import connectivity_of
+
+    n = 12
+    z, y, _ = np.indices((n, n, n))
+    lab = np.where(y == z, 0, 1).astype(np.uint8)  # 0 pore: 144 voxels; 1 solid: two halves of 792
+    classes = {0: "pore", 1: "cathode_active"}
+    assert connectivity_of("pore") == 26 and connectivity_of("cathode_active") == 6
+    perc = stats.percolation(lab, classes)
+    pore, solid = perc["pore"], perc["cathode_active"]
+    assert pore["connectivity"] == 26 and solid["connectivity"] == 6
+    # pore, 26: one sheet, touching both z faces; solid, 6: two halves, neither reaches both z faces
+    assert pore["n_clusters"] == 1 and pore["percolating"] == {"z": True, "y": True, "x": True}
+    assert solid["n_clusters"] == 2 and solid["percolating"] == {"z": False, "y": False, "x": True}
+    assert np.isclose(solid["fractions"]["z"]["dead_end"], 2 * 792 / n ** 3)
+    # the other connectivities give other answers (independent: scipy's label with explicit structures)
+    six = phase_clusters(lab == 0, 6)
+    assert six.n_clusters == n == ndimage.label(lab == 0)[1]      # 12 separate lines along x
+    assert six.percolating == (False, False, True)
+    s26 = phase_clusters(lab == 1, 26)
+    assert s26.n_clusters == 1 == ndimage.label(lab == 1, np.ones((3, 3, 3)))[1]
+    assert s26.percolating == (True, True, True)                  # crosses the pore sheet: the paradox

@@ -408,3 +408,25 @@ def test_training_on_sparse_slices_with_held_out_slices(tmp_path):
     present = set(np.unique(held[held != 255]).tolist())
     dice = metrics["validation"][-1]["dice"]
     assert all(dice[c] is not None and 0 <= dice[c] <= 1 for c in present)
+
+
+def test_class_index_from_super_blocks_is_the_per_block_count():
+    import itertools
+
+    from batterytwin.segment import data as D
+
+    rng = np.random.default_rng(0)
+    shape = (37, 70, 50)  # not a multiple of the index block nor of the super-block
+    lab = rng.integers(0, 4, shape).astype(np.uint8)
+    lab[rng.random(shape) < 0.6] = 255
+    src = D.PatchSource(np.zeros(shape, np.float32), lab, 4, (slice(None), slice(None), slice(41, 50)))
+    src._build_index(None)
+    expected = []
+    for o in itertools.product(*[range(0, n, D.INDEX_BLOCK) for n in shape]):
+        block = lab[tuple(slice(a, a + D.INDEX_BLOCK) for a in o)].copy()
+        if o[2] + D.INDEX_BLOCK > 41:  # held-out x >= 41 is hidden from training
+            block[:, :, max(0, 41 - o[2]):] = 255
+        expected.append(np.bincount(block.ravel(), minlength=256)[:4])
+    np.testing.assert_array_equal(src.block_counts, np.stack(expected))
+    np.testing.assert_array_equal(src.block_origins, np.array(list(itertools.product(
+        *[range(0, n, D.INDEX_BLOCK) for n in shape]))))

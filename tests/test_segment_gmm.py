@@ -205,3 +205,15 @@ def test_bad_input_one_line_exit_2_no_output(tmp_path, cli):
     assert code == 0, err
     lab = store.open_volume(out).array[...]
     np.testing.assert_array_equal(lab, np.where(img < 0.5, ID["pore"], ID["cathode_active"]))
+
+
+def test_non_finite_voxels_are_unlabelled():
+    _, img = field_volume(24, 4, (0.5, 0.5), (0.2, 0.7))
+    img[3, 4, 5] = np.nan
+    img[10, 10, 10] = np.inf
+    mix = fit_mixture(sample_intensities(img, 10_000), 2)
+    lut = np.array([ID["pore"], ID["cathode_active"]], np.uint8)
+    lab, ent = classify(img, mix, lut, class_posteriors=True)
+    assert lab[3, 4, 5] == lab[10, 10, 10] == 255 and ent[3, 4, 5] == 0
+    out = clean_labels(lab, [ID["pore"], ID["cathode_active"]], 1)
+    assert out[3, 4, 5] == out[10, 10, 10] == 255 and (out != 255).sum() == img.size - 2

@@ -5,20 +5,40 @@
 #     results/{sample}/sweep.zarr, score the held-out ones next to the baselines
 #     -> results/{sample}/degradation.zarr + degradation.json.
 #  3. Real cycling data (DiffBatt splits, config degradation.real_data): train per training set, evaluate
-#     per test split -> results/degradation_real/{evaluation}.zarr + .json. Skipped (with a message)
-#     when the data directory is absent.
+#     per test split -> results/degradation_real/{evaluation}.zarr + .json. Default data: the splits
+#     shipped in data/cycling (checked against its SHA256SUMS); enabled with the data absent or corrupt
+#     is an error (set degradation.real_data.enabled: false to skip).
 import json
 import os
 import sys
 
 DEG = config["degradation"]
 DEG_REAL = DEG["real_data"]
-DEG_REAL_DIR = DEG_REAL["dir"]
 DEG_REAL_ON = DEG_REAL["enabled"] and bool(DEG_REAL["evaluations"])
-if DEG_REAL_ON and not os.path.isdir(DEG_REAL_DIR):
-    print(f"degradation: real cycling data directory {DEG_REAL_DIR!r} not found: real-data evaluation "
-          "skipped (set degradation.real_data.dir, or enabled: false)", file=sys.stderr)
-    DEG_REAL_ON = False
+# a relative dir is read from the working directory, else from the repository (the shipped data/cycling)
+DEG_REAL_DIR = DEG_REAL["dir"]
+if not os.path.isabs(DEG_REAL_DIR) and not os.path.isdir(DEG_REAL_DIR):
+    _in_repo = os.path.join(workflow.basedir, DEG_REAL_DIR)
+    DEG_REAL_DIR = _in_repo if os.path.isdir(_in_repo) else DEG_REAL_DIR
+if DEG_REAL_ON:  # enabled and absent (or corrupt) is an error, not a silent skip
+    from batterytwin.degradation.data import verify_checksum
+
+    if not os.path.isdir(DEG_REAL_DIR):
+        sys.exit(
+            f"batterytwin config: error: degradation.real_data.dir: real cycling data directory {DEG_REAL['dir']!r} "
+            "not found (the shipped data is data/cycling; set enabled: false to skip real-data evaluation)"
+        )
+    _needed = {f for files in DEG_REAL["train_sets"].values() for f in files} | {
+        e["test"] for e in DEG_REAL["evaluations"].values()
+    }
+    for _name in sorted(_needed):
+        _path = os.path.join(DEG_REAL_DIR, _name)
+        if not os.path.isfile(_path):
+            sys.exit(f"batterytwin config: error: degradation.real_data: {_path}: no such file")
+        try:
+            verify_checksum(_path)
+        except InputError as exc:
+            sys.exit(f"batterytwin config: error: degradation.real_data: {exc}")
 DEG_REAL_EVALS = DEG_REAL["evaluations"] if DEG_REAL_ON else {}
 
 DEGRADATION_TARGETS = expand("results/{sample}/degradation.{ext}", sample=ANALYSE, ext=("zarr", "json")) + expand(

@@ -1,5 +1,7 @@
 # Input and parameter functions of ingest.smk (kept apart from the rules, as the Snakemake linter asks).
 
+import os
+
 # hand-label stores imported per sample: store name -> sample key
 LABEL_IMPORTS = {"hand_labels": "labels", "val_labels": "val_labels"}
 
@@ -10,7 +12,7 @@ def label_store(sample, key):
     path = SAMPLE_SPECS[sample].get(key)
     if not path:
         return None
-    if path.rstrip("/").endswith(".zarr"):
+    if os.path.normpath(path).endswith(".zarr"):
         return path
     name = {v: k for k, v in LABEL_IMPORTS.items()}[key]
     return f"{sample_dir(sample)}/{name}.zarr"

@@ -14,6 +14,7 @@ from ..config import Section, validate_settings
 from ..errors import InputError
 
 Device = Literal["auto", "cpu", "cuda"]
+SHIPPED_DATA = "data/cycling"  # the DiffBatt splits shipped in the repository (data/cycling/README.md)
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # names that become paths (results/degradation_real/<name>.zarr)
 
 
@@ -97,8 +98,10 @@ class Evaluation(Section):
 class RealData(Section):
     """DiffBatt benchmark splits of real cells."""
 
-    enabled: bool = Field(True, description="train and evaluate on real cycling data")
-    dir: str = Field("../shared/data/diffbatt", description="directory of the DiffBatt .npz splits")
+    enabled: bool = Field(True, description="train and evaluate on real cycling data (enabled and missing data "
+                          "is an error)")
+    dir: str = Field(SHIPPED_DATA, description="directory of the DiffBatt .npz splits (+ SHA256SUMS, checked on "
+                     "loading); relative: to the working directory, else to the repository (the shipped data)")
     train_sets: dict[Annotated[str, Field(pattern=NAME)], list[str]] = Field(
         {}, description="name -> training .npz files (relative to dir)")
     evaluations: dict[Annotated[str, Field(pattern=NAME)], Evaluation] = Field(

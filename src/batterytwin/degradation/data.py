@@ -128,8 +128,46 @@ def default_eol_rule(path: os.PathLike | str) -> str:
     return "end_of_record" if Path(path).name.lower().startswith("matr") else "threshold"
 
 
+CHECKSUMS = "SHA256SUMS"
+
+
+def verify_checksum(path: os.PathLike | str) -> bool:
+    """Check ``path`` against the ``SHA256SUMS`` file of its folder (``sha256sum`` format), if it is listed.
+
+    Returns:
+        True when the file is listed and matches; False when there is no list or it does not name the file.
+
+    Raises:
+        InputError: the digest differs (one line naming the file and both digests).
+    """
+    import hashlib
+
+    p = Path(path)
+    sums = p.parent / CHECKSUMS
+    if not sums.is_file():
+        return False
+    expected = None
+    for line in sums.read_text().splitlines():
+        digest, _, name = line.strip().partition(" ")
+        if name.strip().lstrip("*") == p.name:
+            expected = digest.lower()
+    if expected is None:
+        return False
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    if h.hexdigest() != expected:
+        raise InputError(f"{p}: SHA-256 {h.hexdigest()[:16]}... does not match {sums} ({expected[:16]}...): the file "
+                         "is corrupt or was changed (restore it, e.g. git checkout data/cycling)")
+    return True
+
+
 def load_npz_split(path: os.PathLike | str, eol_rule: str | None = None) -> CurveSet:
     """Load one DiffBatt benchmark split (``soh``, ``valid_len``, ``qmatrix``, ``cycles_per_point``).
+
+    A file listed in the ``SHA256SUMS`` of its folder (as in the shipped ``data/cycling``) is checked
+    against it first (:func:`verify_checksum`).
 
     Returns:
         CurveSet with soh [cells, 256] in percent and qmatrix [cells, rows, 100].
@@ -137,6 +175,7 @@ def load_npz_split(path: os.PathLike | str, eol_rule: str | None = None) -> Curv
     p = Path(path)
     if not p.is_file():
         raise InputError(f"{p}: no such file (DiffBatt split .npz)")
+    verify_checksum(p)
     try:
         with np.load(p, allow_pickle=False) as d:
             missing = [k for k in NPZ_KEYS if k not in d.files]

@@ -51,7 +51,7 @@ def register(subparsers) -> None:
     g.add_argument("--like", metavar="ZARR", help="the sample's volume store: same shape (after --crop), voxel size")
     g.add_argument("--unlabelled", type=int, default=IGNORE_LABEL, metavar="ID",
                    help="an id of the image meaning 'not labelled', written as 255 (default %(default)s)")
-    p.set_defaults(func=run_ingest)
+    p.set_defaults(func=run_ingest, parser=p)
 
     q = subparsers.add_parser(
         "phantom", help="synthetic solid-state lithium-metal cell: CT image + ground-truth labels",
@@ -87,7 +87,7 @@ def _store_options(p: argparse.ArgumentParser) -> None:
 def run_ingest(args: argparse.Namespace) -> None:
     world = get_world()
     if not args.labels and not args.voxel_size_um:
-        raise InputError("ingest: --voxel-size-um is required (in micrometres)")
+        args.parser.error("the following arguments are required: --voxel-size-um")
     if not args.labels and (args.classes or args.like):
         raise InputError("ingest: --classes and --like apply to label images: add --labels")
     if world.is_root:  # one sequential writer: ingest is I/O bound
@@ -99,7 +99,7 @@ def run_ingest(args: argparse.Namespace) -> None:
             raise InputError("ingest --labels: give --like VOLUME_STORE (or --voxel-size-um)")
         reader = readers.open_reader(args.source, args.format, dataset=args.dataset, shape=args.shape,
                                      dtype=args.dtype, byte_order=args.byte_order, header_bytes=args.header_bytes)
-        params = {k: v for k, v in vars(args).items() if k not in ("func", "verbose", "quiet", "command")}
+        params = {k: v for k, v in vars(args).items() if k not in ("func", "verbose", "quiet", "command", "parser")}
         if args.labels:
             voxel = None if not args.voxel_size_um else (
                 args.voxel_size_um[0] if len(args.voxel_size_um) == 1 else args.voxel_size_um)

@@ -1,4 +1,15 @@
-"""Connected clusters of one phase (6-connectivity, as the 6-neighbour transport stencil sees it).
+"""Connected clusters of one phase, with the dual-connectivity rule of digital topology.
+
+**Connectivity rule** (:func:`connectivity_of`): clusters of a pore phase (:data:`PORE_PHASES`,
+the continuous void / liquid-electrolyte space) are 26-connected; clusters of every solid phase
+are 6-connected. A phase and its complement measured with the same connectivity contradict each
+other (the "connectivity paradox": with 6 for both, a diagonal pore channel and the diagonal solid
+wall across it are both broken; with 26 for both, both are connected and cross each other). The
+dual pair (26, 6) makes the pore's connected paths and the solids' separating surfaces agree.
+This applies to the *morphological* analysis (the ``percolation`` block, particle and lithium
+cluster counts). The random walk keeps 6-connected start clusters whatever the phase: its moves
+go through voxel faces only, so a pore cluster joined by an edge or a corner carries no walker
+flux (the same holds for TauFactor's 6-point stencil).
 
 A cluster *percolates* along an axis when it touches both outer faces normal to that axis. Per axis
 the phase splits into percolating, dead-end (touches exactly one of the two faces: open to one side
@@ -10,6 +21,7 @@ Example::
     info = phase_clusters(mask)                 # mask: bool [Z, Y, X]
     info.percolating                            # (True, True, False) for (z, y, x)
     info.start_mask                             # bool [Z, Y, X]: clusters percolating along any axis
+    phase_clusters(mask, connectivity_of("pore"))   # 26-connected: the pore phase
 """
 
 from __future__ import annotations
@@ -21,6 +33,17 @@ from scipy import ndimage
 
 AXES = ("z", "y", "x")
 SIX = ndimage.generate_binary_structure(3, 1)
+STRUCTURES = {6: SIX, 18: ndimage.generate_binary_structure(3, 2), 26: ndimage.generate_binary_structure(3, 3)}
+# phases measured with 26-connectivity (the pore space); every other class is a solid (6)
+PORE_PHASES: tuple[str, ...] = ("pore",)
+
+
+def connectivity_of(name: str, pore_phases=PORE_PHASES) -> int:
+    """The dual-connectivity rule: 26 for a pore phase (``name`` in ``pore_phases``), 6 for a solid.
+
+    Example: ``connectivity_of("pore") == 26``, ``connectivity_of("cathode_active") == 6``.
+    """
+    return 26 if name in pore_phases else 6
 
 
 @dataclass
@@ -54,10 +77,17 @@ def _face_ids(labels: np.ndarray, axis: int, n: int, end: int) -> np.ndarray:
     return hit
 
 
-def phase_clusters(mask: np.ndarray) -> ClusterInfo:
-    """Clusters of ``mask`` (bool [Z, Y, X]) and their percolation along z, y, x."""
+def phase_clusters(mask: np.ndarray, connectivity: int = 6) -> ClusterInfo:
+    """Clusters of ``mask`` (bool [Z, Y, X]) and their percolation along z, y, x.
+
+    Args:
+        connectivity: 6 (face neighbours; the default, and what walks use), 18 or 26 (face, edge
+            and corner neighbours); :func:`connectivity_of` gives the rule per phase.
+    """
+    if connectivity not in STRUCTURES:
+        raise ValueError(f"connectivity must be 6, 18 or 26, got {connectivity!r}")
     mask = np.asarray(mask, dtype=bool)
-    labels, n = ndimage.label(mask, structure=SIX)
+    labels, n = ndimage.label(mask, structure=STRUCTURES[connectivity])
     sizes = np.bincount(labels.ravel(), minlength=n + 1).astype(np.float64)
     sizes[0] = 0
     total = float(mask.size)

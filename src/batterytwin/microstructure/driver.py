@@ -24,7 +24,6 @@ from ..distributed import World, get_world
 from ..errors import InputError
 from ..store import atomic_output, open_volume, provenance, read_json, write_json
 from . import stats
-from .clusters import AXES, phase_clusters
 from .tortuosity import WalkParams, walk_tortuosity
 
 log = logging.getLogger(__name__)
@@ -174,14 +173,7 @@ def measure(labels: np.ndarray, classes: dict[int, str], voxel_size_um, p: Micro
                               "volume_fractions": stats.volume_fractions(labels, classes),
                               "tortuosity": tortuosity, "cell": cell}
     if world.is_root:
-        perc = {}
-        for c, name in sorted(classes.items()):
-            m = labels == c
-            if m.any():
-                info = phase_clusters(m)
-                perc[name] = {"percolating": dict(zip(AXES, info.percolating)), "n_clusters": info.n_clusters,
-                              "fractions": info.fractions}
-        record["percolation"] = perc
+        record["percolation"] = stats.percolation(labels, classes)  # 26-connected pore, 6-connected solids
         record["layers"] = stats.layers(labels, classes, vs, p.layer_min_fraction)
         if p.surface_area:
             record["interfaces"] = stats.interface_areas(labels, classes, vs)

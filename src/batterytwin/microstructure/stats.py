@@ -20,7 +20,7 @@ from scipy import ndimage
 from skimage import measure
 
 from ..contracts import IGNORE_LABEL
-from .clusters import SIX
+from .clusters import AXES, PORE_PHASES, STRUCTURES, connectivity_of, phase_clusters
 
 
 def volume_fractions(labels: np.ndarray, classes: dict[int, str], ignore_label: int = IGNORE_LABEL) -> dict[str, float]:
@@ -105,17 +105,39 @@ def layers(labels: np.ndarray, classes: dict[int, str], voxel_size_um, min_fract
     return out
 
 
+def percolation(labels: np.ndarray, classes: dict[int, str], pore_phases=PORE_PHASES) -> dict[str, Any]:
+    """Per class present: clusters and percolation with the dual-connectivity rule.
+
+    Pore phases (``pore_phases``) are 26-connected, solids 6-connected
+    (:func:`~batterytwin.microstructure.clusters.connectivity_of`).
+
+    Returns:
+        {name: {"connectivity": 26 | 6, "percolating": {"z": bool, "y": ..., "x": ...},
+        "n_clusters": int, "fractions": {...}}} (fractions as :class:`ClusterInfo`).
+    """
+    out = {}
+    for c, name in sorted(classes.items()):
+        m = labels == c
+        if m.any():
+            conn = connectivity_of(name, pore_phases)
+            info = phase_clusters(m, conn)
+            out[name] = {"connectivity": conn, "percolating": dict(zip(AXES, info.percolating)),
+                         "n_clusters": info.n_clusters, "fractions": info.fractions}
+    return out
+
+
 def particle_stats(mask: np.ndarray, voxel_size_um) -> dict[str, Any]:
     """Active-material particles: mean radius r = 3 V / S and the equivalent-radius distribution.
 
     ``mean_radius_um`` = 3 V / S is exact for equal spheres and does not need touching particles to
-    be separated; the distribution is of 6-connected components (touching particles merge).
+    be separated; the distribution is of 6-connected components (a solid, by the dual-connectivity
+    rule; touching particles merge).
     """
     if not mask.any():
         return {"count": 0, "mean_radius_um": None, "equivalent_radii_um": []}
     vox = float(np.prod(voxel_size_um))
     area = surface_area_um2(mask, voxel_size_um)
-    lab, n = ndimage.label(mask, structure=SIX)
+    lab, n = ndimage.label(mask, structure=STRUCTURES[6])
     vols = np.bincount(lab.ravel())[1:] * vox
     radii = np.cbrt(3 * vols / (4 * math.pi))
     return {"count": int(n), "mean_radius_um": float(3 * mask.sum() * vox / area) if area > 0 else None,
@@ -124,7 +146,8 @@ def particle_stats(mask: np.ndarray, voxel_size_um) -> dict[str, Any]:
 
 
 def lithium_stats(labels: np.ndarray, redeposited: int, anode: int | None, voxel_size_um) -> dict[str, Any]:
-    """Redeposited lithium: agglomerates (26-connected components) and dendrite length.
+    """Redeposited lithium: agglomerates (6-connected components: a solid, by the dual-connectivity
+    rule) and dendrite length.
 
     Protrusion of a redeposited voxel = (anode surface z in its column - its z) * voxel z size,
     with the anode surface the lowest lithium-metal z of the column (the median surface where a
@@ -137,7 +160,7 @@ def lithium_stats(labels: np.ndarray, redeposited: int, anode: int | None, voxel
     if not mask.any():
         return {"count": 0, "volumes_um3": [], "equivalent_diameters_um": [], "total_volume_um3": 0.0,
                 "dendrite_length_um": 0.0, "max_protrusion_um": 0.0, "attached_count": 0}
-    lab, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    lab, n = ndimage.label(mask, structure=STRUCTURES[6])
     vols = np.bincount(lab.ravel(), minlength=n + 1)[1:] * vox
     out = {"count": int(n), "total_volume_um3": float(vols.sum()),
            "volumes_um3": [float(v) for v in vols],

@@ -113,14 +113,16 @@ class GmmSettings(Section):
     ``classes`` maps the mixture's components, ordered by mean intensity (increasing attenuation),
     to class names of the run's class map (:data:`batterytwin.contracts.CLASSES`): a list gives one
     component per name in that order; a mapping ``{component: name}`` may send several components
-    to one class.
+    to one class. The default suits the run's synthetic cell: its pores (1 % of the voxels, small and
+    blurred) and its redeposited lithium have no intensity mode of their own, and the collector's
+    (0.98) merges with the cathode's (0.90); lithium metal, electrolyte and cathode are separated.
     """
 
     classes: list[str] | dict[int, str] = Field(
-        ["pore", "lithium_metal", "solid_electrolyte", "cathode_active"], min_length=1,
+        ["lithium_metal", "solid_electrolyte", "cathode_active"], min_length=1,
         description="class name of each component, components ordered by mean intensity (increasing), or "
                     "{component: class name}; names from the run's class map")
-    max_samples: int = Field(1_000_000, ge=1000, le=100_000_000,
+    max_samples: int = Field(250_000, ge=1000, le=100_000_000,
                              description="voxels sampled (chunk-wise, uniformly) to fit the mixture")
     seed: int = Field(0, ge=0, description="seed of the voxel sample and of the EM initialisation")
     max_iter: int = Field(200, ge=1, description="EM iterations at most")
@@ -165,7 +167,7 @@ class SegmentConfig(Section):
     gmm: GmmSettings = Field(default_factory=GmmSettings, description="label-free Gaussian-mixture segmentation")
     classes: dict[str, Annotated[int, Field(ge=0, le=254)]] = Field(
         {name: cid for cid, name in CLASSES.items()},
-        description="class name -> label id of the run: the class map of imported hand labels "
+        description="class name -> label id (ids 0..n-1) of the run: the class map of imported hand labels "
         "(samples.<name>.labels); default the phantom's classes")
 
     @field_validator("classes")
@@ -178,6 +180,8 @@ class SegmentConfig(Section):
             ids[cid] = name
         if not value:
             raise ValueError("needs at least one class")
+        if sorted(ids) != list(range(len(ids))):  # the network's outputs are the ids 0..n-1
+            raise ValueError(f"ids must be 0..{len(ids) - 1} (one per class), got {sorted(ids)}")
         return value
 
 

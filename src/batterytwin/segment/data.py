@@ -41,6 +41,7 @@ from ..contracts import IGNORE_LABEL
 from ..errors import InputError
 
 INDEX_BLOCK = 16  # voxels per side of a class-index block: small, so a drawn block holds its class densely
+INDEX_SUPER = 4 * INDEX_BLOCK  # edge of the regions read to build the class index
 STATS_BLOCK = 32
 STATS_BLOCKS = 64
 
@@ -114,19 +115,29 @@ class PatchSource:
         return src
 
     def _build_index(self, world) -> None:
-        origins = np.array(list(itertools.product(*[range(0, n, INDEX_BLOCK) for n in self.shape])), np.int64)
-        mine = range(len(origins)) if world is None else world.my_items(len(origins))
+        # read super-blocks of INDEX_SUPER^3 (a few chunks, not one 16^3 read per block: a real scan
+        # has millions of index blocks) and count (block, label) pairs with one bincount each
+        grid = [range(0, n, INDEX_BLOCK) for n in self.shape]
+        origins = np.array(list(itertools.product(*grid)), np.int64)
+        nb = [len(g) for g in grid]
+        supers = list(itertools.product(*[range(0, n, INDEX_SUPER) for n in self.shape]))
+        mine = range(len(supers)) if world is None else world.my_items(len(supers))
         counts = {}
         for i in mine:
-            region = tuple(slice(o, min(o + INDEX_BLOCK, n)) for o, n in zip(origins[i], self.shape))
+            region = tuple(slice(o, min(o + INDEX_SUPER, n)) for o, n in zip(supers[i], self.shape))
             lab = self.masked_labels(region)
-            hist = np.bincount(lab.ravel(), minlength=256)
-            bad = np.flatnonzero(hist[self.n_classes:IGNORE_LABEL]) + self.n_classes
-            bad = np.concatenate([bad, np.flatnonzero(hist[IGNORE_LABEL + 1:]) + IGNORE_LABEL + 1])
+            sub = [-(-(r.stop - r.start) // INDEX_BLOCK) for r in region]  # index blocks per axis here
+            local = [np.arange(r.stop - r.start) // INDEX_BLOCK for r in region]
+            lid = (local[0][:, None, None] * sub[1] + local[1][None, :, None]) * sub[2] + local[2][None, None, :]
+            hist = np.bincount((lid * 256 + lab).ravel(), minlength=int(np.prod(sub)) * 256).reshape(-1, 256)
+            total = hist.sum(0)
+            bad = np.flatnonzero(total[self.n_classes:IGNORE_LABEL]) + self.n_classes
             if bad.size:
                 raise InputError(f"{self.name}: label ids {bad.tolist()} are beyond the {self.n_classes} configured "
                                  f"classes (0..{self.n_classes - 1}, {IGNORE_LABEL} = unlabelled)")
-            counts[i] = hist[:self.n_classes]
+            first = [r.start // INDEX_BLOCK for r in region]
+            for k, (a, b, c) in enumerate(itertools.product(*[range(n) for n in sub])):
+                counts[((first[0] + a) * nb[1] + first[1] + b) * nb[2] + first[2] + c] = hist[k, :self.n_classes]
         if world is not None and world.size > 1:
             merged = {}
             for part in world.allgather(counts):

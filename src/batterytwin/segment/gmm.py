@@ -31,6 +31,7 @@ from typing import Any, Sequence
 import numpy as np
 from scipy import ndimage
 
+from ..contracts import IGNORE_LABEL
 from ..errors import InputError
 
 SAMPLE_BLOCK = 64  # edge of the fixed sampling grid (independent of the store's chunks and shards)
@@ -149,6 +150,9 @@ def classify(x: np.ndarray, mix: Mixture, lut: np.ndarray | None = None,
              class_posteriors: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Most probable component of each voxel: uint8, ``x.shape`` (0 = lowest mean).
 
+    Non-finite voxels get :data:`~batterytwin.contracts.IGNORE_LABEL` (255, unlabelled) and
+    entropy 0.
+
     Args:
         lut: optional uint8 [K] component -> class id, applied to the result.
         class_posteriors: also return the entropy (nats, float32) of the class posteriors
@@ -162,13 +166,19 @@ def classify(x: np.ndarray, mix: Mixture, lut: np.ndarray | None = None,
         lr = log_responsibilities(flat[s:s + SLAB], mix)
         comp[s:s + SLAB] = lr.argmax(0)
         if class_posteriors:
-            post = np.exp(lr - lr.max(0))
-            post /= post.sum(0)
+            with np.errstate(invalid="ignore"):  # non-finite voxels: set to 0 below
+                post = np.exp(lr - lr.max(0))
+                post /= post.sum(0)
             ids = np.unique(lut)
             pc = np.stack([post[lut == c].sum(0) for c in ids])
             with np.errstate(divide="ignore", invalid="ignore"):
                 ent[s:s + SLAB] = -np.where(pc > 0, pc * np.log(pc), 0.0).sum(0)
     out = comp.reshape(x.shape) if lut is None else np.asarray(lut, np.uint8)[comp].reshape(x.shape)
+    bad = ~np.isfinite(x)
+    if bad.any():
+        out[bad] = IGNORE_LABEL
+        if class_posteriors:
+            ent.reshape(x.shape)[bad] = 0.0
     return (out, ent.reshape(x.shape)) if class_posteriors else out
 
 

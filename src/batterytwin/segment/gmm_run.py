@@ -124,9 +124,10 @@ def segment_gmm(input_path: str, labels_out: str, uncertainty_out: str | None, c
         for i in progress(list(split_evenly(range(len(regions)), world)), desc="segment (gmm)"):
             tile, inner = padded_read(vol.array, regions[i], margin)
             if unc is not None:
-                raw, ent = classify(tile[inner], mix, lut, class_posteriors=True)
-                unc.array[regions[i]] = ent.astype(np.float16)
-            labels = classify(tile, mix, lut)
+                labels, ent = classify(tile, mix, lut, class_posteriors=True)
+                unc.array[regions[i]] = ent[inner].astype(np.float16)
+            else:
+                labels = classify(tile, mix, lut)
             cleaned = clean_labels(labels, produced, gmm.clean_radius)[inner]
             changed += int((cleaned != labels[inner]).sum())
             out.array[regions[i]] = cleaned
