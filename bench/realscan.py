@@ -136,8 +136,24 @@ def main() -> int:
         small = root / "small_downstream.yaml"
         small.write_text(yaml.safe_dump({k: e2e[k] for k in ("cellsim", "degradation")}))
         overlays.append(str(small))
+    out = Path(a.out) if a.out else REPO / "bench" / "results" / f"realscan-{a.size}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:  # after each path, so a run stopped in the second still keeps the first
+        out.write_text(json.dumps({
+            "size": a.size, "cores": a.cores, "overlays": a.overlay, "small_downstream": a.small_downstream,
+            "seed": a.seed, "angles": a.angles, "forward_model_s": gen_s,
+            "settings": "config.yaml without samples, then the overlays",
+            "host": {"machine": platform.machine(), "cpus": os.cpu_count(), "load_avg": os.getloadavg()},
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "stages": results,
+            "total_s": {p: sum(r["wall_s"] for k, r in results[p].items() if not k.startswith("snakemake -n"))
+                        for p in results},
+        }, indent=1))
+
     for path in a.paths:
         results[path] = run_path(path, root / path, data, overlays, a.cores)
+        save()
 
     order = [s for p in ("network", "gmm") for s in ["snakemake -n (fixed cost)"] + [st for st, _ in STAGES[p]]]
     stages = [s for s in dict.fromkeys(order) if any(s in results[p] for p in a.paths)]
@@ -151,15 +167,6 @@ def main() -> int:
     totals = {p: sum(r["wall_s"] for k, r in results[p].items() if not k.startswith("snakemake -n")) for p in a.paths}
     print("| total (stages) | " + " | ".join(f"{totals[p]:.0f} s" for p in a.paths) + " |")
 
-    out = Path(a.out) if a.out else REPO / "bench" / "results" / f"realscan-{a.size}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
-        "size": a.size, "cores": a.cores, "overlays": a.overlay, "small_downstream": a.small_downstream,
-        "seed": a.seed, "forward_model_s": gen_s, "settings": "config.yaml without samples, then the overlays",
-        "host": {"machine": platform.machine(), "cpus": os.cpu_count(), "load_avg": os.getloadavg()},
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "stages": results, "total_s": totals,
-    }, indent=1))
     print(f"wrote {out}")
     return 0
 
