@@ -158,7 +158,7 @@ def main() -> int:
     order = [s for p in ("network", "gmm") for s in ["snakemake -n (fixed cost)"] + [st for st, _ in STAGES[p]]]
     stages = [s for s in dict.fromkeys(order) if any(s in results[p] for p in a.paths)]
     print(f"\n{a.size}^3 file sample, snakemake --cores {a.cores}, wall s / peak RSS MB")
-    print(f"| stage | " + " | ".join(a.paths) + " |")
+    print("| stage | " + " | ".join(a.paths) + " |")
     print("|---|" + "---|" * len(a.paths))
     for s in stages:
         cells = [f"{results[p][s]['wall_s']:.1f} s / {results[p][s]['peak_rss_mb']:.0f} MB" if s in results[p]
