@@ -34,8 +34,8 @@ from batterytwin import store
 from batterytwin.contracts import CLASSES, IGNORE_LABEL
 
 from .conftest import BIN, REPO
-from .ctforward import dice_per_class, forward_volume, sparse_labels, write_dxchange, write_sparse_labels, \
-    write_tiff_stack
+from .ctforward import CAM as ID_CAM, LI as ID_LI, dice_per_class, forward_volume, sparse_labels, write_dxchange, \
+    write_sparse_labels, write_tiff_stack
 
 README_MARK = "# your-own-scan"
 
@@ -89,6 +89,31 @@ def write_scan_files(folder: Path, shape=(32, 40, 40), seed: int = 7, n_slices: 
     idx = write_sparse_labels(labels, folder / "scan_labels.tif", n_slices=n_slices, axis=axis)
     write_dxchange(other, folder / "scan2.h5")
     return {"tiff": (image, labels), "hdf5": (other, other_labels), "labelled": idx}
+
+
+# ------------------------------------------------------------------------------------ forward model
+
+def test_forward_model_is_seeded_layered_and_imaged_by_tomography():
+    from .ctforward import ATTENUATION, ForwardParams, cell_labels
+
+    image, labels = forward_volume((48, 48, 48), seed=3)
+    again, labels_again = forward_volume((48, 48, 48), seed=3)
+    np.testing.assert_array_equal(image, again)
+    np.testing.assert_array_equal(labels, labels_again)
+    assert image.dtype == np.float32 and labels.dtype == np.uint8 and image.shape == labels.shape
+    assert set(np.unique(labels)) == set(CLASSES)  # every class of the contract, and only those
+    assert not np.array_equal(cell_labels((48, 48, 48), 4), labels)
+    # cathode composite: active material at the requested packing inside its layer
+    p = ForwardParams()
+    z0 = round(p.collector_fraction * 48)
+    z1 = z0 + round(p.cathode_fraction * 48)
+    active = (labels[z0:z1] == ID_CAM).mean()
+    assert 0.5 <= active <= 0.6, active
+    # FBP reconstruction: class means in the attenuation order, noise from the photon counts
+    means = {k: float(image[labels == k].mean()) for k in CLASSES}
+    order = sorted(ATTENUATION, key=ATTENUATION.get)
+    assert [k for k in sorted(means, key=means.get)][-3:] == order[-3:]
+    assert 0.01 < float(image[labels == ID_LI].std()) < 0.1
 
 
 # ------------------------------------------------------------------------------------ README block
