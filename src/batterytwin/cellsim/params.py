@@ -188,7 +188,7 @@ def microstructure_substitutions(ms: dict[str, Any], path: str = "microstructure
             if x is None:
                 log.info("%s not measured (null): keeping the parameter set's %r", where, name)
                 continue
-            if key.endswith("fraction") and not 0.0 < x < 1.0:
+            if key.endswith("fraction") and not (0.0 < x < 1.0 or (region == "separator" and x == 1.0)):
                 raise InputError(f"{where}: a volume fraction must be in (0, 1), got {x}")
             if key.endswith("_um") and x <= 0:
                 raise InputError(f"{where}: must be > 0 micrometres, got {x}")
