@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 
 from ..config import add_config_arguments, settings_from_args
 from .config import CellsimConfig
@@ -22,14 +21,15 @@ A rerun with the same settings computes only the conditions missing from --work-
 """
 
 
+HELP = "PyBaMM cycling sweep from microstructure.json -> sweep.zarr + sweep.json"
+DESCRIPTION = ("Map the measured cathode/separator microstructure onto a PyBaMM parameter set "
+               "(porosity, Bruggeman exponent from tortuosity, active fraction, thickness, particle radius), "
+               "then simulate a grid or Latin-hypercube sweep of cycling conditions over the MPI ranks, "
+               "with per-condition checkpoints for resuming.")
+
+
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "simulate", help="PyBaMM cycling sweep from microstructure.json -> sweep.zarr + sweep.json",
-        description="Map the measured cathode/separator microstructure onto a PyBaMM parameter set "
-        "(porosity, Bruggeman exponent from tortuosity, active fraction, thickness, particle radius), "
-        "then simulate a grid or Latin-hypercube sweep of cycling conditions over the MPI ranks, "
-        "with per-condition checkpoints for resuming.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser("simulate", help=HELP, description=DESCRIPTION, epilog=EPILOG)
     p.add_argument("-i", "--microstructure", required=True, help="microstructure.json of the sample")
     p.add_argument("-o", "--output", required=True, help="output sweep.zarr (written atomically)")
     p.add_argument("--summary", required=True, help="output sweep.json (per-condition status and messages)")

@@ -18,12 +18,14 @@ from .phantom import PhantomParams
 log = logging.getLogger(__name__)
 
 
+HELP = "tomography volume (TIFF, HDF5, NumPy, raw) -> sharded Zarr v3 volume store"
+DESCRIPTION = ("Stream a volume into a sharded Zarr v3 store in z slabs (memory bounded by "
+               "--max-memory-mb whatever the volume size), with optional crop and binning. The output "
+               "appears only when complete.")
+
+
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "ingest", help="tomography volume (TIFF, HDF5, NumPy, raw) -> sharded Zarr v3 volume store",
-        description="Stream a volume into a sharded Zarr v3 store in z slabs (memory bounded by "
-        "--max-memory-mb whatever the volume size), with optional crop and binning. The output "
-        "appears only when complete.")
+    p = subparsers.add_parser("ingest", help=HELP, description=DESCRIPTION)
     p.add_argument("source", help="TIFF folder, multi-page .tif, .h5/.hdf5, .npy or raw file")
     p.add_argument("output", help="output store, e.g. results/s1/volume.zarr")
     p.add_argument("--format", default=_file("format"), choices=readers.FORMATS, help="input format (default: from the name)")

@@ -11,16 +11,16 @@ from .config import MicrostructureConfig
 log = logging.getLogger(__name__)
 
 
+HELP = "random-walk tortuosity, volume fractions, surface areas, percolation, lithium statistics"
+DESCRIPTION = ("Measure a segmented volume: random-walk tortuosity tensor of each transport phase "
+               "(TauFactor convention tau = eps*D_bulk/D_eff, with bootstrap uncertainty and a linear-regime "
+               "check), the cell block for cellsim (positive electrode and separator along z), volume fractions, "
+               "interface areas (marching cubes), percolation, layers, particle radii and redeposited-lithium "
+               "(dendrite) statistics. Walker batches are split over MPI ranks (run under srun/mpiexec).")
+
+
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "microstructure",
-        help="random-walk tortuosity, volume fractions, surface areas, percolation, lithium statistics",
-        description="Measure a segmented volume: random-walk tortuosity tensor of each transport phase "
-        "(TauFactor convention tau = eps*D_bulk/D_eff, with bootstrap uncertainty and a linear-regime "
-        "check), the cell block for cellsim (positive electrode and separator along z), volume fractions, "
-        "interface areas (marching cubes), percolation, layers, particle radii and redeposited-lithium "
-        "(dendrite) statistics. Walker batches are split over MPI ranks (run under srun/mpiexec).",
-    )
+    p = subparsers.add_parser("microstructure", help=HELP, description=DESCRIPTION)
     p.add_argument("--labels", required=True,
                    help="input label store (labels.zarr: uint8, 'classes' and voxel_size_um attributes)")
     p.add_argument("--output", required=True, help="output microstructure.json")

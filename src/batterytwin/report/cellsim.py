@@ -161,17 +161,10 @@ def cell_parameter_rows(attrs: dict) -> list[list[str]]:
 
 
 def _cell_table(ax, rows: list[list[str]]) -> None:
-    ax.set_axis_off()
-    tab = ax.table(cellText=rows, colLabels=["cell parameter", "value", "from"], loc="upper center",
-                   cellLoc="left", colWidths=[0.40, 0.16, 0.44])
-    tab.auto_set_font_size(False)
-    tab.set_fontsize(6)
+    tab = style.table(ax, rows, ["cell parameter", "value", "from"], col_widths=[0.40, 0.16, 0.44],
+                      cell_loc="left", fontsize=6)
     for (r, _), cell in tab.get_celld().items():
-        cell.set_linewidth(0.3)
-        cell.set_height(1.0 / (len(rows) + 1.5))
-        if r == 0:
-            cell.set_facecolor("#E8E8E8")
-        elif rows[r - 1][0] == "WARNING":
+        if r > 0 and rows[r - 1][0] == "WARNING":
             cell.set_text_props(color="#D55E00", weight="bold")
 
 

@@ -37,11 +37,10 @@ def register(subparsers) -> None:
     p = _figure_parser(sub, "slices", "orthogonal mid-plane slices of volume/label stores",
                        "Rows of z, y, x mid-planes (scale bar in µm from voxel_size_um, class colours "
                        "and legend for label stores), in the order raw, denoised, labels, truth, uncertainty.")
-    p.add_argument("--raw", metavar="ZARR", help="CT volume store (volume.zarr)")
-    p.add_argument("--denoised", metavar="ZARR", help="denoised store")
-    p.add_argument("--labels", metavar="ZARR", help="segmentation label store")
-    p.add_argument("--truth", metavar="ZARR", help="ground-truth label store (phantom)")
-    p.add_argument("--uncertainty", metavar="ZARR", help="uncertainty store (softmax entropy)")
+    for flag, what in (("--raw", "CT volume store (volume.zarr)"), ("--denoised", "denoised store"),
+                       ("--labels", "segmentation label store"), ("--truth", "ground-truth label store (phantom)"),
+                       ("--uncertainty", "uncertainty store (softmax entropy)")):
+        p.add_argument(flag, metavar="ZARR", help=what)
     p.add_argument("--title", help="figure title")
     p.set_defaults(func=run_slices)
 
@@ -54,11 +53,6 @@ def register(subparsers) -> None:
     p.add_argument("--metrics", metavar="JSON", help="denoise.json written by the denoise stage")
     p.set_defaults(func=run_nlm)
 
-    p = _figure_parser(sub, "training", "segmentation training loss and per-class Dice",
-                       "Loss curve, validation Dice per class over training, final Dice per class.")
-    p.add_argument("metrics", metavar="JSON", help="results/models/segment/metrics.json")
-    p.set_defaults(func=run_training)
-
     p = _figure_parser(sub, "tortuosity", "random-walk MSD curves with linear fit and tortuosity tensor",
                        "Per transport phase: MSD vs walk time per axis with the linear fit, and a table of "
                        "eps, D_eff/D_bulk, tau per axis and the D_eff/D_bulk tensor.")
@@ -67,11 +61,20 @@ def register(subparsers) -> None:
     p.add_argument("--phase", action="append", help="phase(s) to draw (default: the electrolyte first)")
     p.set_defaults(func=run_tortuosity)
 
-    p = _figure_parser(sub, "microstructure", "table of the measured microstructure quantities",
-                       "Volume fractions, the cell parameters handed to PyBaMM, surface areas, thicknesses, "
-                       "lithium statistics: every number of microstructure.json.")
-    p.add_argument("microstructure", metavar="JSON", help="microstructure.json")
-    p.set_defaults(func=run_table)
+    for name, help_, description, (arg, metavar, arg_help), func in (
+            ("training", "segmentation training loss and per-class Dice",
+             "Loss curve, validation Dice per class over training, final Dice per class.",
+             ("metrics", "JSON", "results/models/segment/metrics.json"), run_training),
+            ("microstructure", "table of the measured microstructure quantities",
+             "Volume fractions, the cell parameters handed to PyBaMM, surface areas, thicknesses, lithium "
+             "statistics: every number of microstructure.json.", ("microstructure", "JSON", "microstructure.json"),
+             run_table),
+            ("rul", "predicted vs true cycle life (RUL) with intervals",
+             "Median predicted cycle life with its interval against the true life, every cell.",
+             ("predictions", "ZARR", "degradation.zarr"), run_rul)):
+        p = _figure_parser(sub, name, help_, description)
+        p.add_argument(arg, metavar=metavar, help=arg_help)
+        p.set_defaults(func=func)
 
     p = _figure_parser(sub, "series", "lithium growth over the frames of a time series",
                        "Volume fractions of the lithium classes and the lithium statistics per frame.")
@@ -96,11 +99,6 @@ def register(subparsers) -> None:
     p.add_argument("predictions", metavar="ZARR", help="degradation.zarr")
     p.add_argument("--max-cells", type=int, default=DEFAULTS.max_cells, help="cells drawn (held-out cells first)")
     p.set_defaults(func=run_degradation)
-
-    p = _figure_parser(sub, "rul", "predicted vs true cycle life (RUL) with intervals",
-                       "Median predicted cycle life with its interval against the true life, every cell.")
-    p.add_argument("predictions", metavar="ZARR", help="degradation.zarr")
-    p.set_defaults(func=run_rul)
 
     p = _figure_parser(sub, "twin", "hybrid twin: measured vs physics vs hybrid SOH, and the error table",
                        "Measured, physics-fit and hybrid SOH curves (hybrid band) for a few cells of a twin "

@@ -92,26 +92,6 @@ def _fmt(v: Any, digits: int = 3) -> str:
     return str(v)
 
 
-def _table(ax, rows: Sequence[Sequence[str]], header: Sequence[str], title: str | None = None,
-           col_widths: Sequence[float] | None = None, align: Sequence[str] | None = None) -> None:
-    """A compact table filling ``ax`` from the top (header shaded, thin rules)."""
-    ax.set_axis_off()
-    tab = ax.table(cellText=[list(r) for r in rows], colLabels=list(header), loc="upper center",
-                   cellLoc="center", colLoc="center", colWidths=col_widths)
-    tab.auto_set_font_size(False)
-    tab.set_fontsize(6.5)
-    for (r, c), cell in tab.get_celld().items():
-        cell.set_linewidth(0.3)
-        cell.set_height(1.0 / (len(rows) + 1.5))
-        if r == 0:
-            cell.set_facecolor("#E8E8E8")
-        elif align is not None:
-            cell.set_text_props(ha=align[c])
-            cell.PAD = 0.03
-    if title:
-        ax.set_title(title)
-
-
 def tortuosity_record(micro: Mapping[str, Any], key: str) -> Mapping[str, Any] | None:
     """The JSON tortuosity record of an MSD key: ``volume.<phase>`` -> ``tortuosity[<phase>]``,
     ``<region>.<phase>`` -> ``cell[<region>].tortuosity_detail``."""
@@ -197,7 +177,7 @@ def plot_tortuosity(micro: Mapping[str, Any], msd: Mapping[str, Mapping[str, np.
             walk = rec.get("walk") or {}
             used = (f"\nwalk: {walk['n_walkers']} walkers x {walk['n_steps']} steps"
                     if walk.get("n_walkers") and walk.get("n_steps") else "")
-            _table(fig.add_subplot(grid[r, 1]), rows,
+            style.table(fig.add_subplot(grid[r, 1]), rows,
                    ["axis", "ε", "D_eff/D", "τ", "σ(τ)", "τ TF", "perc.", "conv.", "T·z", "T·y", "T·x"],
                    title=f"{rec.get('convention', 'tau = eps * D_bulk / D_eff')}; T = D_eff/D_bulk{used}",
                    col_widths=[0.06, 0.08, 0.1, 0.08, 0.08, 0.08, 0.07, 0.15, 0.1, 0.1, 0.1])
@@ -302,11 +282,11 @@ def plot_microstructure_table(micro: Mapping[str, Any], max_rows: int = 48):
         ax.set_xlim(0, min(1.0, max(vals) * 1.25 + 0.05))
         ax.set_xlabel("volume fraction")
         ax.set_title("phases (whole volume)")
-        _table(fig.add_subplot(grid[0, 1]), cell_rows or [["-", "-", "-"]], ["region", "quantity", "value"],
+        style.table(fig.add_subplot(grid[0, 1]), cell_rows or [["-", "-", "-"]], ["region", "quantity", "value"],
                title=f"cell parameters for PyBaMM (stacking axis {cell.get('stacking_axis', 'z')})",
                col_widths=[0.2, 0.58, 0.22], align=["left", "left", "right"])
         if pairs:
-            _table(fig.add_subplot(grid[1, :]), pairs, ["quantity", "value", "quantity", "value"],
+            style.table(fig.add_subplot(grid[1, :]), pairs, ["quantity", "value", "quantity", "value"],
                    title="other measurements" + (f" (first {max_rows} of {len(other)})" if len(other) > max_rows
                                                  else ""),
                    col_widths=[0.38, 0.12, 0.38, 0.12], align=["left", "right", "left", "right"])

@@ -11,7 +11,7 @@ import contextlib
 import math
 import os
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Iterator, Mapping, Sequence
 
 import matplotlib
 
@@ -164,3 +164,25 @@ def save(fig: Figure, path: os.PathLike | str, dpi: int = DEFAULT_DPI) -> Path:
         if tmp.exists():
             tmp.unlink()
     return final
+
+
+def table(ax, rows: Sequence[Sequence[str]], header: Sequence[str], title: str | None = None,
+          col_widths: Sequence[float] | None = None, align: Sequence[str] | None = None,
+          cell_loc: str = "center", fontsize: float = 6.5):
+    """A compact table filling ``ax`` from the top (header shaded, thin rules); returns the table."""
+    ax.set_axis_off()
+    tab = ax.table(cellText=[list(r) for r in rows], colLabels=list(header), loc="upper center",
+                   cellLoc=cell_loc, colLoc="center", colWidths=col_widths)
+    tab.auto_set_font_size(False)
+    tab.set_fontsize(fontsize)
+    for (r, c), cell in tab.get_celld().items():
+        cell.set_linewidth(0.3)
+        cell.set_height(1.0 / (len(rows) + 1.5))
+        if r == 0:
+            cell.set_facecolor("#E8E8E8")
+        elif align is not None:
+            cell.set_text_props(ha=align[c])
+            cell.PAD = 0.03
+    if title:
+        ax.set_title(title)
+    return tab
