@@ -157,7 +157,6 @@ def main() -> None:
         im = ps.generators.blobs(shape=[size] * 3, porosity=args.porosity, blobiness=args.blobiness,
                                  seed=1).astype(bool)
         rec = {"size": size, "porosity": float(im.mean()), "device": dev_name}
-        nws = args.walkers * args.steps
         # throughput of the bare kernels (walkers in the phase, mirror faces)
         if args.device == "cpu" and ckernel.load() is not None:
             mask = torch.from_numpy(im.astype(np.uint8))

@@ -49,7 +49,6 @@ def parse() -> argparse.Namespace:
 
 
 def main() -> int:
-    import numpy as np
     import torch
 
     from batterytwin.config import load_settings

@@ -15,7 +15,7 @@ from batterytwin.degradation.data import CurveSet
 from batterytwin.errors import InputError
 from batterytwin.twin import physics
 from batterytwin.twin.config import TwinConfig
-from batterytwin.twin.driver import EXCLUDED, FAILED, OK, Cells, fit_set, forecast_split, score
+from batterytwin.twin.driver import EXCLUDED, FAILED, OK, Cells, forecast_split, score
 from batterytwin.twin.physics import EmpiricalModel, PybammModel, fit_cell
 
 CPP, L = 10, 128
