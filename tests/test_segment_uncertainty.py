@@ -1,0 +1,261 @@
+"""Segmentation scores and uncertainty: ECE and per-class precision/recall against independent references,
+MC-dropout uncertainty (meaningful, deterministic, split independent, recorded in the store), and
+fine-tuning from a pretrained model (``segment.train.init_from``).
+
+References: an analytic ECE, a direct numpy binning and ``sklearn.calibration.calibration_curve``,
+``sklearn.metrics.precision_recall_fscore_support``, and volumes of tests/ctforward.py (a CT forward
+model written independently of the phantom).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from batterytwin import store
+from batterytwin.contracts import CLASSES
+from batterytwin.distributed import World
+from batterytwin.errors import InputError
+from batterytwin.segment.config import merge_config
+from batterytwin.segment.metrics import ECE_BINS, SegmentationScores
+
+from .conftest import mpiexec
+from .ctforward import forward_volume
+
+N = len(CLASSES)
+
+
+def numpy_ece(conf: np.ndarray, correct: np.ndarray, bins: int) -> float:
+    """Top-label ECE by direct binning (Guo et al. 2017), written here independently of the module."""
+    idx = np.minimum((conf * bins).astype(int), bins - 1)
+    total = 0.0
+    for b in range(bins):
+        m = idx == b
+        if m.any():
+            total += m.sum() * abs(correct[m].mean() - conf[m].mean())
+    return total / conf.size
+
+
+def test_ece_of_a_hand_constructed_case_is_the_analytic_value():
+    # 2 classes, 1000 labelled voxels + 200 unlabelled: 500 at p = (0.9, 0.1) of which 400 are class 0
+    # (confidence 0.9, accuracy 0.8: gap 0.1), 500 at p = (0.35, 0.65) of which 325 are class 1
+    # (confidence 0.65, accuracy 0.65: gap 0). ECE = 0.5 * 0.1 + 0.5 * 0 = 0.05.
+    probs = np.zeros((2, 1200), np.float32)
+    probs[:, :500] = [[0.9], [0.1]]
+    probs[:, 500:1000] = [[0.35], [0.65]]
+    probs[:, 1000:] = [[0.99], [0.01]]
+    labels = np.zeros(1200, np.uint8)
+    labels[400:500] = 1
+    labels[500:825] = 1
+    labels[1000:] = 255  # unlabelled (confidence 0.99 on class 0): must not count
+    s = SegmentationScores(2)
+    s.update(probs, labels)
+    r = s.result()
+    assert r["voxels"] == 1000
+    assert r["ece"] == pytest.approx(0.05, abs=1e-6)
+    # precision, recall by hand: predicted 0 = first 500 (400 right), predicted 1 = next 500 (325 right)
+    assert r["precision"] == pytest.approx([400 / 500, 325 / 500])
+    assert r["recall"] == pytest.approx([400 / 575, 325 / 425])
+    # a perfectly calibrated two-bin case has ECE 0; a confidently wrong one has ECE = confidence
+    s2 = SegmentationScores(2)
+    s2.update(np.array([[0.97] * 10, [0.03] * 10]), np.ones(10, np.uint8))
+    assert s2.result()["ece"] == pytest.approx(0.97, abs=1e-6)
+
+
+def test_ece_and_precision_recall_match_independent_implementations():
+    from sklearn.calibration import calibration_curve
+    from sklearn.metrics import precision_recall_fscore_support
+
+    rng = np.random.default_rng(5)
+    shape = (3, 20, 20, 20)  # three "blocks" added one after the other
+    logits = rng.normal(size=(shape[0], N, *shape[1:])) * 2.5
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    # labels correlated with the prediction (70 % agree), class 4 never labelled, 10 % unlabelled
+    pred = probs.argmax(1)
+    labels = np.where(rng.random(pred.shape) < 0.7, pred, rng.integers(0, N, pred.shape))
+    labels[labels == 4] = 0
+    labels[rng.random(pred.shape) < 0.1] = 255
+    labels = labels.astype(np.uint8)
+    s = SegmentationScores(N)
+    for k in range(shape[0]):
+        s.update(torch.from_numpy(probs[k]).float(), labels[k])
+    r = s.result()
+
+    keep = labels != 255
+    p = np.moveaxis(probs, 1, -1)[keep].astype(np.float32).astype(np.float64)
+    t = labels[keep].astype(int)
+    conf, hit = p.max(1), (p.argmax(1) == t).astype(float)
+    assert r["voxels"] == keep.sum()
+    assert r["ece"] == pytest.approx(numpy_ece(conf, hit, ECE_BINS), abs=2e-6)
+    # sklearn's reliability curve (uniform bins) with counts of the same bins
+    prob_true, prob_pred = calibration_curve(hit, conf, n_bins=ECE_BINS, strategy="uniform")
+    counts = np.bincount(np.minimum((conf * ECE_BINS).astype(int), ECE_BINS - 1), minlength=ECE_BINS)
+    counts = counts[counts > 0]
+    assert r["ece"] == pytest.approx(float((counts * np.abs(prob_true - prob_pred)).sum() / counts.sum()), abs=2e-6)
+    assert r["ece"] > 0.05  # not a trivially calibrated case
+
+    prec, rec, f1, _ = precision_recall_fscore_support(t, p.argmax(1), labels=list(range(N)), zero_division=np.nan)
+    for c in range(N):
+        for ours, ref in ((r["precision"][c], prec[c]), (r["recall"][c], rec[c]), (r["dice"][c], f1[c])):
+            if np.isnan(ref):
+                assert ours is None or c == 4
+            else:
+                assert ours == pytest.approx(ref, rel=1e-12)
+    assert r["recall"][4] is None  # never labelled: recall undefined
+
+
+# --------------------------------------------------------------------------- trained models on ctforward volumes
+SMALL = {"channels": [8, 16, 32], "strides": [2, 2], "num_res_units": 1}
+TRAIN = {"batch_size": 4, "patch_size": [16, 16, 16], "warmup_steps": 5, "val_every": 1000,
+         "checkpoint_every": 1000, "threads": 1, "lr": 0.01}
+
+
+def write_pair(root: Path, name: str, image: np.ndarray, labels: np.ndarray) -> tuple[Path, Path]:
+    vol_p, lab_p = root / f"{name}.zarr", root / f"{name}_truth.zarr"
+    with store.atomic_output(vol_p, World()) as t:
+        store.create_volume(t, image.shape, "float32", store.volume_attrs("ingest", 0.5), chunk=16,
+                            shard=16)[...] = image
+    with store.atomic_output(lab_p, World()) as t:
+        store.create_volume(t, labels.shape, "uint8", store.volume_attrs(
+            "ingest", 0.5, classes={str(k): v for k, v in CLASSES.items()}, ignore_label=255),
+            chunk=16, shard=16)[...] = labels
+    return vol_p, lab_p
+
+
+@pytest.fixture(scope="module")
+def dropout_model(tmp_path_factory):
+    """A small U-Net with dropout 0.1 trained 120 steps on one ctforward volume, validated on another."""
+    from batterytwin.segment.train import TrainInput, train
+
+    root = tmp_path_factory.mktemp("unc")
+    shape = (32, 40, 40)
+    a = write_pair(root, "a", *forward_volume(shape, seed=1))
+    b = write_pair(root, "b", *forward_volume(shape, seed=2))
+    cfg = merge_config({"model": dict(SMALL, dropout=0.1),
+                        "train": dict(TRAIN, steps=120, checkpoint_dir=str(root / "ck"))})
+    assert train(cfg, [TrainInput(str(a[0]), str(a[1]))], str(root / "model.pt"), str(root / "metrics.json"),
+                 val_inputs=[TrainInput(str(b[0]), str(b[1]))], resume="no") == 0
+    return root, a, b, cfg
+
+
+def infer_cfg(**kw):
+    return merge_config({"infer": dict({"threads": 1, "chunk": 8, "shard": 16}, **kw)})["infer"]
+
+
+def test_validation_metrics_json_holds_precision_recall_and_ece_of_the_model(dropout_model, tmp_path):
+    """final_precision/recall/ece of metrics.json == sklearn on the labels `segment` writes with that model."""
+    from sklearn.metrics import precision_recall_fscore_support
+
+    from batterytwin.segment.infer import segment_volume
+
+    root, _, (vol_b, lab_b), _ = dropout_model
+    metrics = store.read_json(root / "metrics.json")
+    # validation predicts the held-out volume with the same window grid as `segment`
+    segment_volume(str(vol_b), str(root / "model.pt"), str(tmp_path / "l.zarr"), None, infer_cfg())
+    pred = store.open_volume(tmp_path / "l.zarr").array[...].ravel()
+    truth = store.open_volume(lab_b).array[...].ravel()
+    prec, rec, f1, support = precision_recall_fscore_support(truth, pred, labels=list(range(N)), zero_division=np.nan)
+    names = [CLASSES[c] for c in range(N)]
+    for c, name in enumerate(names):
+        if support[c] == 0:
+            assert metrics["final_recall"][name] is None and metrics["final_dice"][name] is None
+            continue
+        if np.isnan(prec[c]):  # labelled, never predicted: precision undefined
+            assert metrics["final_precision"][name] is None
+        else:
+            assert metrics["final_precision"][name] == pytest.approx(prec[c], abs=1e-9)
+        assert metrics["final_recall"][name] == pytest.approx(rec[c], abs=1e-9)
+        assert metrics["final_dice"][name] == pytest.approx(f1[c], abs=1e-9)
+    assert 0.0 < metrics["final_ece"] < 0.5
+    rel = metrics["final_reliability"]
+    assert sum(rel["voxels"]) == truth.size and len(rel["voxels"]) == metrics["ece_bins"] == ECE_BINS
+
+
+def test_mc_dropout_is_more_uncertain_where_the_model_is_wrong(dropout_model, tmp_path):
+    from sklearn.metrics import roc_auc_score
+
+    from batterytwin.segment.infer import segment_volume
+
+    root, _, (vol_b, lab_b), _ = dropout_model
+    segment_volume(str(vol_b), str(root / "model.pt"), str(tmp_path / "l.zarr"), str(tmp_path / "u.zarr"),
+                   infer_cfg(uncertainty_method="mc_dropout", mc_samples=8))
+    pred = store.open_volume(tmp_path / "l.zarr").array[...]
+    unc = store.open_volume(tmp_path / "u.zarr")
+    u = unc.array[...].astype(np.float64)
+    truth = store.open_volume(lab_b).array[...]
+    wrong = pred != truth
+    # measured: about 16 % wrong; mean entropy 0.96 nats on wrong voxels vs 0.73 on right ones
+    assert 0.02 < wrong.mean() < 0.5
+    assert u[wrong].mean() > u[~wrong].mean() + 0.1
+    assert roc_auc_score(wrong.ravel(), u.ravel()) > 0.65
+    assert unc.attrs["uncertainty_method"] == "mc_dropout" and unc.attrs["mc_samples"] == 8
+    assert "MC-dropout" in unc.attrs["quantity"]
+    assert store.open_volume(tmp_path / "l.zarr").attrs["uncertainty_method"] == "mc_dropout"
+
+
+def test_mc_dropout_is_seeded_and_two_ranks_write_the_store_of_one(dropout_model, tmp_path):
+    from batterytwin.segment.infer import segment_volume
+
+    root, _, (vol_b, _), _ = dropout_model
+    model = str(root / "model.pt")
+    cfg = infer_cfg(uncertainty_method="mc_dropout", mc_samples=4, overlap=0.5, sw_batch_size=3)
+    for name, c in (("u1", cfg), ("u1b", cfg), ("u_seed", dict(cfg, seed=1)), ("u_ent", infer_cfg())):
+        segment_volume(str(vol_b), model, str(tmp_path / f"l_{name}.zarr"), str(tmp_path / f"{name}.zarr"), c)
+    mpiexec(2, "batterytwin", "-q", "segment", "--input", str(vol_b), "--model", model, "--output",
+            str(tmp_path / "l_u2.zarr"), "--uncertainty", str(tmp_path / "u2.zarr"), "--config-json",
+            json.dumps({"infer": cfg}), timeout=240)
+    read = {n: store.open_volume(tmp_path / f"{n}.zarr").array[...] for n in ("u1", "u1b", "u2", "u_seed", "u_ent")}
+    np.testing.assert_array_equal(read["u1"], read["u1b"])   # same config, same numbers
+    np.testing.assert_array_equal(read["u1"], read["u2"])    # 2 ranks == 1 rank (shards of 16 over 2 ranks)
+    np.testing.assert_array_equal(store.open_volume(tmp_path / "l_u1.zarr").array[...],
+                                  store.open_volume(tmp_path / "l_u2.zarr").array[...])
+    # the masks do matter: another seed gives other numbers, and MC differs from the single pass
+    assert np.abs(read["u1"].astype(float) - read["u_seed"]).max() > 1e-2
+    assert np.abs(read["u1"].astype(float) - read["u_ent"]).mean() > 1e-3
+    assert store.open_volume(tmp_path / "u_ent.zarr").attrs["uncertainty_method"] == "entropy"
+
+
+def test_mc_dropout_without_dropout_layers_is_an_input_error(tmp_path):
+    from batterytwin.segment.infer import segment_volume
+    from batterytwin.segment.model import build_model
+    from batterytwin.segment.train import FORMAT
+
+    net = build_model(SMALL, N)
+    torch.save({"format": FORMAT, "state_dict": net.state_dict(), "model": merge_config({"model": SMALL})["model"],
+                "classes": {str(k): v for k, v in CLASSES.items()}, "n_classes": N, "patch_size": [16, 16, 16],
+                "normalisation": "percentile_1_99", "train": {}, "step": 0, "ignore_label": 255},
+               tmp_path / "m.pt")
+    vol, _ = write_pair(tmp_path, "v", *forward_volume((16, 16, 16), seed=4))
+    with pytest.raises(InputError, match="dropout"):
+        segment_volume(str(vol), str(tmp_path / "m.pt"), str(tmp_path / "l.zarr"), str(tmp_path / "u.zarr"),
+                       infer_cfg(uncertainty_method="mc_dropout"))
+    assert not (tmp_path / "l.zarr").exists() and not (tmp_path / "u.zarr").exists()
+
+
+def test_fine_tuning_starts_from_the_pretrained_weights(dropout_model, tmp_path):
+    from batterytwin.segment.train import TrainInput, train
+
+    root, (vol_a, lab_a), _, cfg = dropout_model
+    pretrained = torch.load(root / "model.pt", weights_only=True)["state_dict"]
+    # a learning rate too small to move the weights: the result is the starting point
+    tune = merge_config({"model": cfg["model"], "train": dict(TRAIN, steps=1, warmup_steps=0, lr=1e-30,
+                         init_from=str(root / "model.pt"), checkpoint_dir=str(tmp_path / "ck"))})
+    assert train(tune, [TrainInput(str(vol_a), str(lab_a))], str(tmp_path / "m.pt"), str(tmp_path / "m.json"),
+                 resume="no") == 0
+    tuned = torch.load(tmp_path / "m.pt", weights_only=True)["state_dict"]
+    assert max(float((tuned[k].float() - v.float()).abs().max()) for k, v in pretrained.items()) < 1e-12
+    # from scratch, the same step gives other weights (the init is what made them equal)
+    scratch = dict(tune, train=dict(tune["train"], init_from=None, checkpoint_dir=str(tmp_path / "ck2")))
+    train(scratch, [TrainInput(str(vol_a), str(lab_a))], str(tmp_path / "s.pt"), str(tmp_path / "s.json"), resume="no")
+    other = torch.load(tmp_path / "s.pt", weights_only=True)["state_dict"]
+    assert max(float((other[k].float() - v.float()).abs().max()) for k, v in pretrained.items()) > 1e-3
+    # another architecture cannot start from it
+    bad = merge_config({"model": dict(SMALL, channels=[4, 8, 16]), "train": dict(tune["train"])})
+    with pytest.raises(InputError, match="init_from"):
+        train(bad, [TrainInput(str(vol_a), str(lab_a))], str(tmp_path / "b.pt"), str(tmp_path / "b.json"),
+              resume="no")
+    assert not (tmp_path / "b.pt").exists()
