@@ -259,3 +259,25 @@ def test_fine_tuning_starts_from_the_pretrained_weights(dropout_model, tmp_path)
         train(bad, [TrainInput(str(vol_a), str(lab_a))], str(tmp_path / "b.pt"), str(tmp_path / "b.json"),
               resume="no")
     assert not (tmp_path / "b.pt").exists()
+
+
+def test_report_figure_shows_precision_recall_and_the_reliability_of_the_run(dropout_model, tmp_path):
+    from batterytwin.report import training
+
+    root = dropout_model[0]
+    metrics = store.read_json(root / "metrics.json")
+    fig = training.plot_training(metrics)
+    names = [CLASSES[c] for c in range(N)]
+    for label, key in (("precision", "final_precision"), ("recall", "final_recall")):
+        xs = fig.markers[label].get_offsets()[:, 0]
+        np.testing.assert_allclose(np.asarray(xs, float), [np.nan if metrics[key][n] is None else metrics[key][n]
+                                                           for n in names])
+    acc = metrics["final_reliability"]["accuracy"]
+    np.testing.assert_allclose([b.get_height() for b in fig.reliability], [0.0 if a is None else a for a in acc])
+    assert f"ECE {metrics['final_ece']:.3f}" in fig.axes[3].get_title()
+    fig.savefig(tmp_path / "t.png", dpi=50)
+    # a metrics file of a run without these records still draws (older runs, other trainers)
+    old = {k: v for k, v in metrics.items() if not k.startswith(("final_precision", "final_recall", "final_ece",
+                                                                  "final_reliability"))}
+    fig = training.plot_training(old)
+    assert fig.reliability is None and not fig.markers

@@ -62,8 +62,9 @@ def register(subparsers) -> None:
     p.set_defaults(func=run_tortuosity)
 
     for name, help_, description, (arg, metavar, arg_help), func in (
-            ("training", "segmentation training loss and per-class Dice",
-             "Loss curve, validation Dice per class over training, final Dice per class.",
+            ("training", "segmentation training loss, per-class Dice, precision, recall and calibration",
+             "Loss curve, validation Dice per class over training, final Dice, precision and recall per "
+             "class, reliability diagram with the expected calibration error.",
              ("metrics", "JSON", "results/models/segment/metrics.json"), run_training),
             ("microstructure", "table of the measured microstructure quantities",
              "Volume fractions, the cell parameters handed to PyBaMM, surface areas, thicknesses, lithium "
