@@ -106,6 +106,8 @@ def _run_key(cfg: dict, inputs: Sequence[TrainInput], val: Sequence[TrainInput],
     ident = {"model": cfg["model"], "train": train, "world_batch": cfg["train"]["batch_size"],
              "inputs": [[os.path.abspath(i.volume), os.path.abspath(i.labels)] for i in inputs],
              "val": [[os.path.abspath(i.volume), os.path.abspath(i.labels)] for i in val]}
+    if cfg["train"].get("init_from"):  # another starting model under the same name is another run
+        ident["init_from_sha256"] = store.sha256_files([cfg["train"]["init_from"]])
     return store.params_sha256(ident)
 
 
