@@ -219,8 +219,7 @@ def test_mc_dropout_is_seeded_and_two_ranks_write_the_store_of_one(dropout_model
     assert store.open_volume(tmp_path / "u_ent.zarr").attrs["uncertainty_method"] == "entropy"
 
 
-def test_mc_dropout_without_dropout_layers_is_an_input_error(tmp_path):
-    from batterytwin.segment.infer import segment_volume
+def test_mc_dropout_without_dropout_layers_and_a_foreign_init_model_are_input_errors(tmp_path, cli):
     from batterytwin.segment.model import build_model
     from batterytwin.segment.train import FORMAT
 
@@ -229,11 +228,18 @@ def test_mc_dropout_without_dropout_layers_is_an_input_error(tmp_path):
                 "classes": {str(k): v for k, v in CLASSES.items()}, "n_classes": N, "patch_size": [16, 16, 16],
                 "normalisation": "percentile_1_99", "train": {}, "step": 0, "ignore_label": 255},
                tmp_path / "m.pt")
-    vol, _ = write_pair(tmp_path, "v", *forward_volume((16, 16, 16), seed=4))
-    with pytest.raises(InputError, match="dropout"):
-        segment_volume(str(vol), str(tmp_path / "m.pt"), str(tmp_path / "l.zarr"), str(tmp_path / "u.zarr"),
-                       infer_cfg(uncertainty_method="mc_dropout"))
+    vol, lab = write_pair(tmp_path, "v", *forward_volume((16, 16, 16), seed=4))
+    code, err = cli("segment", "--input", vol, "--model", tmp_path / "m.pt", "--output", tmp_path / "l.zarr",
+                    "--uncertainty", tmp_path / "u.zarr", "--uncertainty-method", "mc_dropout")
+    assert code == 2 and "needs a model trained with dropout" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "l.zarr").exists() and not (tmp_path / "u.zarr").exists()
+    # fine-tuning from a file that is not a segmentation model
+    (tmp_path / "junk.pt").write_bytes(b"not a model")
+    code, err = cli("train-seg", "--volume", vol, "--labels", lab, "--model-out", tmp_path / "t.pt",
+                    "--metrics-out", tmp_path / "t.json", "--checkpoint-dir", tmp_path / "ck", "--config-json",
+                    json.dumps({"model": SMALL, "train": dict(TRAIN, steps=1, init_from=str(tmp_path / "junk.pt"))}))
+    assert code == 2 and "junk.pt" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "t.pt").exists()
 
 
 def test_fine_tuning_starts_from_the_pretrained_weights(dropout_model, tmp_path):
