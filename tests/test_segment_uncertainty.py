@@ -287,3 +287,19 @@ def test_report_figure_shows_precision_recall_and_the_reliability_of_the_run(dro
                                                                   "final_reliability"))}
     fig = training.plot_training(old)
     assert fig.reliability is None and not fig.markers
+
+
+def test_report_slices_name_the_uncertainty_method_of_the_store(dropout_model, tmp_path, cli):
+    from batterytwin.report.cli import uncertainty_title
+    from batterytwin.segment.infer import segment_volume
+
+    root, _, (vol_b, _), _ = dropout_model
+    for method in ("entropy", "mc_dropout"):
+        segment_volume(str(vol_b), str(root / "model.pt"), str(tmp_path / f"l_{method}.zarr"),
+                       str(tmp_path / f"u_{method}.zarr"), infer_cfg(uncertainty_method=method, mc_samples=4))
+    titles = {m: uncertainty_title(store.open_volume(tmp_path / f"u_{m}.zarr").attrs) for m in ("entropy", "mc_dropout")}
+    assert titles == {"entropy": "uncertainty: softmax entropy (nats)",
+                      "mc_dropout": "uncertainty: MC dropout, 4 passes (nats)"}
+    code, _ = cli("report", "slices", "--labels", tmp_path / "l_mc_dropout.zarr", "--uncertainty",
+                  tmp_path / "u_mc_dropout.zarr", "--out", tmp_path / "s.png", "--dpi", "40")
+    assert code in (0, None) and (tmp_path / "s.png").stat().st_size > 0
