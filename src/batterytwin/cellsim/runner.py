@@ -13,7 +13,9 @@ One cycle of the protocol: discharge at ``C_dis`` until ``V_min`` (or the DoD), 
 ``C_ch`` until ``V_max``, hold at ``V_max`` until ``C/cv_cutoff``, rest. PyBaMM sees each cycle
 as two experiment "cycles" (discharge half, charge half) so that the discharge capacity of every
 cycle is a per-cycle summary variable (change of throughput capacity), available without
-keeping the cycle's time series (bounded memory over 1000+ cycles).
+keeping the cycle's time series (bounded memory over 1000+ cycles). Steps other than the early
+discharges store only their first and last state (IDAKLU ``store_first_last``); with
+``compile`` the model's casadi functions are compiled to C once (IDAKLU option ``compile``).
 
 Example::
 
