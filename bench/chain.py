@@ -269,6 +269,8 @@ def run_size(edge: int, work: Path, model: Path, cfg: dict, a: argparse.Namespac
     rows = {}
     voxels = edge ** 3
     for name, cmd, outputs in steps:
+        if a.only and name not in a.only:
+            continue
         if name == "ingest":
             export_npy(w / "phantom.zarr", w / "scan.npy")
         r = measured(cmd, w / f"{name}.log", env)
@@ -347,6 +349,9 @@ def main() -> int:
     ap.add_argument("--gpu-json", default=None, help="bench/gpu.sh output: per-stage GPU Mvoxel/s for the projection")
     ap.add_argument("--out", default=None, help="JSON path (default bench/results/chain-cpu-<date>.json)")
     ap.add_argument("--keep", default=None, help="work here and keep the stores (default: a temporary folder, removed)")
+    ap.add_argument("--only", nargs="+", default=None, choices=list(SPLIT), metavar="STAGE",
+                    help="re-measure only these stages on the stores a --keep run left, and replace their rows "
+                         "in --out (e.g. after a fix in that stage)")
     a = ap.parse_args()
 
     root = Path(a.keep) if a.keep else Path(tempfile.mkdtemp(prefix="bench-chain-"))
@@ -363,14 +368,26 @@ def main() -> int:
                        f"(NLM cost per voxel x{((2 * a.denoise_search_radius + 1) / (2 * d0 + 1)) ** 3:.3f}; "
                        "the exponent and the memory are unaffected)")
     print(f"work in {root}", flush=True)
-    model, train = train_model(root, cfg, a, env)
-    stages: dict = {}
+    earlier: dict = {}
+    if a.only:
+        if not a.keep or not out.is_file():
+            ap.error("--only needs --keep (the stores of an earlier run) and its JSON at --out")
+        earlier = json.loads(out.read_text())
+        model, train = root / "model" / "model.pt", earlier["train_seg_once"]
+        stages = earlier["stages"]
+        note = (f"{', '.join(a.only)} re-measured at {a.sizes} on {time.strftime('%Y-%m-%d %H:%M', time.gmtime())}: "
+                "python bench/chain.py " + " ".join(sys.argv[1:]))
+        earlier["remeasured"] = earlier.get("remeasured", []) + [note]
+    else:
+        model, train = train_model(root, cfg, a, env)
+        stages = {}
     pcount = param_count(cfg["segment"].get("model", {}))
 
     def save() -> dict:
         analyse(stages, a.fit_from)
         doc = {
-            "command": "python bench/chain.py " + " ".join(sys.argv[1:]),
+            **earlier,
+            "command": earlier.get("command") or "python bench/chain.py " + " ".join(sys.argv[1:]),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                                      cwd=REPO).stdout.strip(),
@@ -379,7 +396,7 @@ def main() -> int:
             "settings": {"from": "config.yaml (denoise, segment, microstructure); tests/config.e2e.yaml "
                                  "(cellsim, degradation); store chunk/shard below",
                          "chunk": a.chunk, "shard": a.shard, "denoise_threads": a.threads, **cfg},
-            "reduced_work": reduced,
+            "reduced_work": earlier.get("reduced_work", reduced),
             "train_seg_once": {**train, "steps": a.train_steps, "shape": [64, 64, 64]},
             "fit_from": a.fit_from,
             "stages": stages,
@@ -398,6 +415,8 @@ def main() -> int:
             print(f"{edge}^3 done in {time.perf_counter() - t:.0f} s", flush=True)
             if not a.keep:
                 shutil.rmtree(root / str(edge), ignore_errors=True)
+            elif a.only:
+                print(f"re-measured {a.only} at {edge}^3", flush=True)
     finally:
         if not a.keep:
             shutil.rmtree(root, ignore_errors=True)

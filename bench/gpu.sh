@@ -40,17 +40,17 @@ fi
 if [ "$SMOKE" = 1 ]; then
     DENOISE=(--sizes 16 --gpu-sizes 16 --configs 3/2 --skimage-max 16)
     WALK=(--size 24 --walkers 256 --steps 200 --ref-walkers 64 --ref-steps 20)
-    SEG=(--batch 1 --patch 16 --steps 2 --volume-size 24 --shard 16 --ranks 1)
+    SEG=(--batch 1 --patch 16 --steps 2 --volume-size 32 --shard 32 --ranks 1)
     DEG=(--steps 5 --samples 2 --ddim-steps 3 --ancestral-cells 1 --ancestral-samples 1 --widths 8,8,8)
     CHAIN=(--sizes 16 --fit-from 16 --train-steps 1 --chunk 8 --shard 16)
-    LIMIT=(300 300 300 300 400)
+    LIMIT=(600 600 600 600 600)  # a loaded 2-core machine: generous
 else
     DENOISE=(--sizes 32 --gpu-sizes 256 --configs 5/6 --skimage-max 48)
     WALK=(--size 512 --walkers 65536 --steps 4000)
     SEG=(--full --compile --volume-size 256 --shard 128 --ranks 1)
     DEG=(--steps 500 --samples 16 --ddim-steps 50 --ancestral-cells 4 --ancestral-samples 8)
     CHAIN=(--sizes 256 --fit-from 256 --train-steps 20)
-    LIMIT=(60 120 150 60 120)
+    LIMIT=(60 100 150 50 120)  # 480 s in all: one device call of at most 8 minutes
 fi
 
 step() {  # step NAME SECONDS CMD...: run under a time limit, keep its log and exit status
