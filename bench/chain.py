@@ -79,8 +79,9 @@ import json, resource, subprocess, sys, time
 t = time.perf_counter()
 with open(sys.argv[1], "w") as log:
     rc = subprocess.call(sys.argv[2:], stdout=log, stderr=subprocess.STDOUT)
-print(json.dumps({"rc": rc, "wall_s": time.perf_counter() - t,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
+r = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(json.dumps({"rc": rc, "wall_s": time.perf_counter() - t, "cpu_s": r.ru_utime + r.ru_stime,
+                  "peak_rss_mb": r.ru_maxrss / 1024}))
 """
 
 # stage -> how its work splits over ranks (for the projection)
@@ -140,6 +141,9 @@ def analyse(stages: dict, fit_from: int) -> dict:
         vox = [v["voxels"] for _, v in fit]
         rec["exponent"] = fit_exponent(vox, [v["wall_s"] for _, v in fit])
         rec["memory_exponent"] = fit_exponent(vox, [v["peak_rss_mb"] for _, v in fit])
+        # CPU seconds (user + system) do not count the time the stage waited for a busy machine
+        rec["cpu_exponent"] = (fit_exponent(vox, [v["cpu_s"] for _, v in fit])
+                               if all("cpu_s" in v for _, v in fit) else None)
         (e0, a), (e1, b) = fit[0], fit[-1]
         rec["cost_vs_linear"] = {"from": e0, "to": e1, "ratio": linear_ratio(a["voxels"], a["wall_s"],
                                                                              b["voxels"], b["wall_s"])}
