@@ -66,8 +66,10 @@ ASSUMPTIONS = {
                       "holds the whole label volume and the statistics run on rank 0; simulate/degradation: "
                       "fixed cost, independent of the volume",
     "cost_model": "t(N) = t(n_ref) * (N / n_ref) ** exponent, from the largest measured size n_ref",
-    "memory_model": "peak RSS per process: flat stages (ratio of the two largest sizes <= 1.5) keep the "
-                    "largest size's value; others grow as (N / n_ref) ** memory_exponent",
+    "memory_model": "peak RSS per process: shard-parallel stages (denoise, segment) keep the value of the largest "
+                    "size once it holds a whole shard (their unit of work); other stages keep the largest size's "
+                    "value when flat over the two largest sizes (ratio <= 1.5), else grow as (N / n_ref) ** "
+                    "memory_exponent (ingest capped by its slab budget, max_memory_mb)",
     "interconnect_GB_per_s": {"intra_node_nvlink_per_gpu": 450.0, "inter_node_per_gpu": 25.0},
     "allreduce_bytes_per_step": "2 x parameter bytes (fp32 gradients; ring all-reduce sends and receives "
                                 "about twice the buffer)",
@@ -155,7 +157,8 @@ def analyse(stages: dict, fit_from: int) -> dict:
 
 
 def project(stages: dict, frame=FRAME, nodes=NODES, gpus_per_node=GPUS_PER_NODE, gpu: dict | None = None,
-            param_count: int | None = None, assumptions: dict = ASSUMPTIONS) -> dict:
+            param_count: int | None = None, assumptions: dict = ASSUMPTIONS, shard: int = 256,
+            ingest_budget_mb: float = 2048.0) -> dict:
     """Time and memory of each volume stage for one ``frame`` on ``nodes`` x ``gpus_per_node`` GPUs."""
     n = float(math.prod(frame))
     gpu = gpu or {}
@@ -169,10 +172,20 @@ def project(stages: dict, frame=FRAME, nodes=NODES, gpus_per_node=GPUS_PER_NODE,
                 continue
             e_ref, ref = max(((int(k), v) for k, v in rec["sizes"].items()), key=lambda kv: kv[0])
             serial = extrapolate(ref["voxels"], ref["wall_s"], rec["exponent"], n)
-            flat = rec["rss_ratio"]["ratio"] <= 1.5
-            rss = ref["peak_rss_mb"] if flat else extrapolate(ref["voxels"], ref["peak_rss_mb"],
-                                                              rec["memory_exponent"], n)
             split = SPLIT[name]
+            flat = rec["rss_ratio"]["ratio"] <= 1.5
+            if split == "shards" and ref["voxels"] >= shard ** 3:
+                # the unit of work is one shard: from a volume of one shard on, the working set is fixed
+                flat, basis = True, f"one shard ({shard}^3): the largest size measured holds at least one"
+                rss = ref["peak_rss_mb"]
+            elif flat:
+                rss, basis = ref["peak_rss_mb"], "flat over the two largest sizes"
+            else:
+                rss = extrapolate(ref["voxels"], ref["peak_rss_mb"], rec["memory_exponent"], n)
+                basis = f"grows as voxels ** {rec['memory_exponent']:.2f}"
+                if name == "ingest":
+                    rss = min(rss, ref["peak_rss_mb"] + ingest_budget_mb)
+                    basis += f", capped by ingest's slab budget (max_memory_mb {ingest_budget_mb:.0f})"
             div = ranks if split == "shards" else 1
             written = ref["bytes_written"] * n / ref["voxels"]
             io_s = written / (assumptions["filesystem_GB_per_s_per_node"] * 1e9 * (nn if split == "shards" else 1))
@@ -180,6 +193,7 @@ def project(stages: dict, frame=FRAME, nodes=NODES, gpus_per_node=GPUS_PER_NODE,
             target["stages"][name] = {
                 "from_size": e_ref, "split": split,
                 "cpu_derived_time_s": serial / div, "peak_rss_mb_per_rank": rss, "memory_flat": flat,
+                "memory_basis": basis,
                 "bytes_written": written, "write_time_s": io_s,
                 "gpu_mvoxel_per_s": rate if rate else "not measured",
                 "gpu_time_s": (n / (rate * 1e6 * div)) if rate else None,
@@ -326,17 +340,47 @@ def param_count(model_cfg: dict) -> int | None:
 
 
 def table(stages: dict, sizes: list[int]) -> str:
-    lines = ["| stage | " + " | ".join(f"{s}^3 s / MB" for s in sizes) + " | exponent | cost vs linear | RSS ratio |",
-             "|---|" + "---|" * (len(sizes) + 3)]
+    """Markdown: per stage and size wall s / CPU s / peak RSS MB, the exponents and the goal ratios."""
+    lines = ["| stage | " + " | ".join(f"{s}^3: wall s / CPU s / MB" for s in sizes)
+             + " | exponent (wall / CPU) | cost vs linear | RSS ratio |", "|---|" + "---|" * (len(sizes) + 3)]
+
+    def cell(r: dict | None) -> str:
+        if r is None:
+            return "-"
+        cpu = f"{r['cpu_s']:.0f}" if "cpu_s" in r else "-"
+        return f"{r['wall_s']:.1f} / {cpu} / {r['peak_rss_mb']:.0f}"
+
     for name, rec in stages.items():
-        cells = [f"{rec['sizes'][str(s)]['wall_s']:.1f} / {rec['sizes'][str(s)]['peak_rss_mb']:.0f}"
-                 if str(s) in rec["sizes"] else "-" for s in sizes]
-        e = rec.get("exponent")
-        lin = rec.get("cost_vs_linear", {}).get("ratio")
-        rss = rec.get("rss_ratio", {}).get("ratio")
-        tail = f" {e:.2f} | {lin:.2f}x | {rss:.2f}x |" if e is not None else " - | - | - |"
+        cells = [cell(rec["sizes"].get(str(s))) for s in sizes]
+        e, ce = rec.get("exponent"), rec.get("cpu_exponent")
+        lin = (rec.get("cost_vs_linear") or {}).get("ratio")
+        rss = (rec.get("rss_ratio") or {}).get("ratio")
+        tail = (f" {e:.2f} / {ce:.2f} |" if ce is not None else f" {e:.2f} / - |") if e is not None else " fixed |"
+        tail += f" {lin:.2f}x | {rss:.2f}x |" if lin is not None else " - | - |"
         lines.append(f"| {name} | " + " | ".join(cells) + " |" + tail)
     return "\n".join(lines)
+
+
+def summarise(doc: dict) -> str:
+    """Markdown tables of a result: the stages, then the projection per target."""
+    sizes = sorted({int(k) for rec in doc["stages"].values() for k in rec["sizes"]})
+    out = [table(doc["stages"], sizes), ""]
+    proj = doc.get("projection", {})
+    for key, target in proj.get("targets", {}).items():
+        out.append(f"{key} ({target['nodes']} node(s), {target['gpus']} GPUs), frame of {proj['frame_voxels']:.3g} voxels:")
+        out.append("| stage | split | CPU-derived time s | GPU time s | peak RSS MB per rank | written GB |")
+        out.append("|---|---|---|---|---|---|")
+        for name, r in target["stages"].items():
+            gpu = f"{r['gpu_time_s']:.3g}" if r["gpu_time_s"] is not None else r["gpu_mvoxel_per_s"]
+            out.append(f"| {name} | {r['split']} | {r['cpu_derived_time_s']:.3g} | {gpu} | "
+                       f"{r['peak_rss_mb_per_rank']:.3g}{'' if r['memory_flat'] else ' (grows)'} | "
+                       f"{r['bytes_written'] / 1e9:.3g} |")
+        ar = target.get("training_allreduce")
+        if ar:
+            out.append(f"training all-reduce: {ar['parameters']} parameters, {ar['bytes_per_gpu'] / 1e6:.3g} MB per GPU "
+                       f"per step, {ar['time_s'] * 1e3:.3g} ms over {ar['link']}")
+        out.append("")
+    return "\n".join(out)
 
 
 def main() -> int:
@@ -353,10 +397,14 @@ def main() -> int:
     ap.add_argument("--gpu-json", default=None, help="bench/gpu.sh output: per-stage GPU Mvoxel/s for the projection")
     ap.add_argument("--out", default=None, help="JSON path (default bench/results/chain-cpu-<date>.json)")
     ap.add_argument("--keep", default=None, help="work here and keep the stores (default: a temporary folder, removed)")
+    ap.add_argument("--summarise", metavar="JSON", help="print the markdown tables of an earlier result and exit")
     ap.add_argument("--only", nargs="+", default=None, choices=list(SPLIT), metavar="STAGE",
                     help="re-measure only these stages on the stores a --keep run left, and replace their rows "
                          "in --out (e.g. after a fix in that stage)")
     a = ap.parse_args()
+    if a.summarise:
+        print(summarise(json.loads(Path(a.summarise).read_text())))
+        return 0
 
     root = Path(a.keep) if a.keep else Path(tempfile.mkdtemp(prefix="bench-chain-"))
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -404,7 +452,7 @@ def main() -> int:
             "train_seg_once": {**train, "steps": a.train_steps, "shape": [64, 64, 64]},
             "fit_from": a.fit_from,
             "stages": stages,
-            "projection": project(stages, gpu=gpu, param_count=pcount),
+            "projection": project(stages, gpu=gpu, param_count=pcount, shard=a.shard),
         }
         out.write_text(json.dumps(doc, indent=1))
         return doc

@@ -28,13 +28,13 @@ gpu_merge = _load("gpu_merge")
 EDGES = (64, 128, 256, 512)
 
 
-def _stages(cost_exp: float, rss: dict[int, float], c: float = 3e-6) -> dict:
+def _stages(cost_exp: float, rss: dict[int, float], c: float = 3e-6, name: str = "denoise") -> dict:
     """One volume stage whose wall time is c * n ** cost_exp, plus a fixed-cost stage."""
     sizes = {str(e): {"voxels": e ** 3, "wall_s": c * (e ** 3) ** cost_exp, "peak_rss_mb": rss[e],
                       "cpu_s": 1.5 * c * (e ** 3) ** cost_exp + 2.0 * (e == 64), "bytes_written": 4 * e ** 3}
              for e in EDGES}
     fixed = {str(e): {"voxels": e ** 3, "wall_s": 12.0, "peak_rss_mb": 300.0, "bytes_written": 10} for e in EDGES}
-    return {"denoise": {"sizes": sizes}, "simulate": {"sizes": fixed}}
+    return {name: {"sizes": sizes}, "simulate": {"sizes": fixed}}
 
 
 @pytest.mark.parametrize("p", [1.0, 1.5, 0.0, 0.7])
@@ -96,12 +96,18 @@ def test_projection_of_a_linear_sharded_stage():
 
 
 def test_projection_of_growing_memory():
+    """A whole-volume stage whose memory grows keeps growing; a shard-parallel one is held at one shard."""
     rss = {e: 0.5 * e ** 3 / 2 ** 20 for e in EDGES}
-    st = chain.analyse(_stages(1.0, rss), fit_from=128)
     frame = (1024, 1024, 1024)
-    rec = chain.project(st, frame=frame)["targets"]["1x4"]["stages"]["denoise"]
+    st = chain.analyse(_stages(1.0, rss, name="microstructure"), fit_from=128)
+    rec = chain.project(st, frame=frame)["targets"]["1x4"]["stages"]["microstructure"]
     assert not rec["memory_flat"]
     assert rec["peak_rss_mb_per_rank"] == pytest.approx(0.5 * 1024 ** 3 / 2 ** 20)
+    st = chain.analyse(_stages(1.0, rss), fit_from=128)
+    rec = chain.project(st, frame=frame, shard=256)["targets"]["1x4"]["stages"]["denoise"]
+    assert rec["memory_flat"] and rec["peak_rss_mb_per_rank"] == rss[512]
+    rec = chain.project(st, frame=frame, shard=1024)["targets"]["1x4"]["stages"]["denoise"]
+    assert not rec["memory_flat"]  # no measured size holds a whole shard: no claim
 
 
 def test_allreduce_volume_and_time():
