@@ -74,7 +74,7 @@ def plot_scaling(bench: Mapping[str, Any], where: str = "bench JSON"):
             ax.set_xscale("log")
             ax.set_yscale("log")
             ax.set_xlabel("voxels")
-        ax_t.legend(fontsize=5.5, loc="upper left")
+        ax_m.legend(*ax_t.get_legend_handles_labels(), fontsize=5.5, loc="center left", bbox_to_anchor=(1.02, 0.5))
         reduced = bench.get("reduced_work") or []
         host = bench.get("host", {})
         ax_t.set_title("cost per stage" + (" (reduced work: see JSON)" if reduced else ""))
