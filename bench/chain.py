@@ -238,8 +238,6 @@ def settings() -> dict:
 
 def export_npy(store_path: Path, npy: Path) -> None:
     """The phantom's image as a ``.npy`` file, slab by slab (memory: one 64-slice slab)."""
-    import zarr
-
     from batterytwin import store
 
     arr = store.open_volume(store_path).array
@@ -247,7 +245,7 @@ def export_npy(store_path: Path, npy: Path) -> None:
     for z in range(0, arr.shape[0], 64):
         out[z:z + 64] = arr[z:z + 64]
     out.flush()
-    del out, zarr
+    del out
 
 
 def cli(*args) -> list[str]:
