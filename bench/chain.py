@@ -68,8 +68,9 @@ ASSUMPTIONS = {
     "cost_model": "t(N) = t(n_ref) * (N / n_ref) ** exponent, from the largest measured size n_ref",
     "memory_model": "peak RSS per process: shard-parallel stages (denoise, segment) keep the value of the largest "
                     "size once it holds a whole shard (their unit of work); other stages keep the largest size's "
-                    "value when flat over the two largest sizes (ratio <= 1.5), else grow as (N / n_ref) ** "
-                    "memory_exponent (ingest capped by its slab budget, max_memory_mb)",
+                    "value when flat over the two largest sizes (ratio <= 1.5); the whole-volume stage "
+                    "(microstructure) grows as a + b N (least squares over the fitted sizes); others as "
+                    "(N / n_ref) ** memory_exponent (ingest capped by its slab budget, max_memory_mb)",
     "interconnect_GB_per_s": {"intra_node_nvlink_per_gpu": 450.0, "inter_node_per_gpu": 25.0},
     "allreduce_bytes_per_step": "2 x parameter bytes (fp32 gradients; ring all-reduce sends and receives "
                                 "about twice the buffer)",
@@ -158,7 +159,7 @@ def analyse(stages: dict, fit_from: int) -> dict:
 
 def project(stages: dict, frame=FRAME, nodes=NODES, gpus_per_node=GPUS_PER_NODE, gpu: dict | None = None,
             param_count: int | None = None, assumptions: dict = ASSUMPTIONS, shard: int = 256,
-            ingest_budget_mb: float = 2048.0) -> dict:
+            ingest_budget_mb: float = 2048.0, fit_from: int = 128) -> dict:
     """Time and memory of each volume stage for one ``frame`` on ``nodes`` x ``gpus_per_node`` GPUs."""
     n = float(math.prod(frame))
     gpu = gpu or {}
@@ -180,6 +181,12 @@ def project(stages: dict, frame=FRAME, nodes=NODES, gpus_per_node=GPUS_PER_NODE,
                 rss = ref["peak_rss_mb"]
             elif flat:
                 rss, basis = ref["peak_rss_mb"], "flat over the two largest sizes"
+            elif split == "whole":
+                # a whole-volume stage: a fixed part (the interpreter, torch) plus bytes per voxel
+                fit = [v for k, v in rec["sizes"].items() if int(k) >= fit_from]
+                slope, base = np.polyfit([v["voxels"] for v in fit], [v["peak_rss_mb"] for v in fit], 1)
+                rss = base + slope * n
+                basis = f"{base:.0f} MB + {slope * 2**20:.1f} B/voxel (least squares over the sizes >= {fit_from}^3)"
             else:
                 rss = extrapolate(ref["voxels"], ref["peak_rss_mb"], rec["memory_exponent"], n)
                 basis = f"grows as voxels ** {rec['memory_exponent']:.2f}"
@@ -450,7 +457,7 @@ def main() -> int:
             "train_seg_once": {**train, "steps": a.train_steps, "shape": [64, 64, 64]},
             "fit_from": a.fit_from,
             "stages": stages,
-            "projection": project(stages, gpu=gpu, param_count=pcount, shard=a.shard),
+            "projection": project(stages, gpu=gpu, param_count=pcount, shard=a.shard, fit_from=a.fit_from),
         }
         out.write_text(json.dumps(doc, indent=1))
         return doc
