@@ -150,6 +150,8 @@ def analyse(stages: dict, fit_from: int) -> dict:
         (e0, a), (e1, b) = fit[0], fit[-1]
         rec["cost_vs_linear"] = {"from": e0, "to": e1, "ratio": linear_ratio(a["voxels"], a["wall_s"],
                                                                              b["voxels"], b["wall_s"])}
+        if "cpu_s" in a and "cpu_s" in b:
+            rec["cost_vs_linear"]["cpu_ratio"] = linear_ratio(a["voxels"], a["cpu_s"], b["voxels"], b["cpu_s"])
         (e2, c), (e3, d) = rows[-2], rows[-1]
         rec["rss_ratio"] = {"from": e2, "to": e3, "ratio": d["peak_rss_mb"] / c["peak_rss_mb"]}
         rec["goals"] = {"cost_within_1.2x_linear": rec["cost_vs_linear"]["ratio"] <= 1.2,
@@ -347,7 +349,7 @@ def param_count(model_cfg: dict) -> int | None:
 def table(stages: dict, sizes: list[int]) -> str:
     """Markdown: per stage and size wall s / CPU s / peak RSS MB, the exponents and the goal ratios."""
     lines = ["| stage | " + " | ".join(f"{s}^3: wall s / CPU s / MB" for s in sizes)
-             + " | exponent (wall / CPU) | cost vs linear | RSS ratio |", "|---|" + "---|" * (len(sizes) + 3)]
+             + " | exponent (wall / CPU) | cost vs linear (wall / CPU) | RSS ratio |", "|---|" + "---|" * (len(sizes) + 3)]
 
     def cell(r: dict | None) -> str:
         if r is None:
@@ -361,7 +363,9 @@ def table(stages: dict, sizes: list[int]) -> str:
         lin = (rec.get("cost_vs_linear") or {}).get("ratio")
         rss = (rec.get("rss_ratio") or {}).get("ratio")
         tail = (f" {e:.2f} / {ce:.2f} |" if ce is not None else f" {e:.2f} / - |") if e is not None else " fixed |"
-        tail += f" {lin:.2f}x | {rss:.2f}x |" if lin is not None else " - | - |"
+        cpu_lin = (rec.get("cost_vs_linear") or {}).get("cpu_ratio")
+        tail += (f" {lin:.2f}x" + (f" / {cpu_lin:.2f}x" if cpu_lin is not None else "") + f" | {rss:.2f}x |"
+                 if lin is not None else " - | - |")
         lines.append(f"| {name} | " + " | ".join(cells) + " |" + tail)
     return "\n".join(lines)
 

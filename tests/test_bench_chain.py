@@ -59,7 +59,7 @@ def test_analyse_linear_stage_with_flat_memory():
     st = chain.analyse(_stages(1.0, {64: 200, 128: 300, 256: 800, 512: 820}), fit_from=128)
     d = st["denoise"]
     assert d["exponent"] == pytest.approx(1.0)
-    assert d["cost_vs_linear"] == {"from": 128, "to": 512, "ratio": pytest.approx(1.0)}
+    assert d["cost_vs_linear"] == {"from": 128, "to": 512, "ratio": pytest.approx(1.0), "cpu_ratio": pytest.approx(1.0)}
     assert d["rss_ratio"]["ratio"] == pytest.approx(820 / 800)
     assert d["goals"] == {"cost_within_1.2x_linear": True, "rss_within_1.5x": True}
     assert st["simulate"]["exponent"] is None  # not a volume stage: fixed cost, no fit
