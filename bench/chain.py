@@ -427,7 +427,7 @@ def main() -> int:
         d0 = cfg["denoise"].get("search_radius", 6)
         reduced.append(f"denoise: search radius {a.denoise_search_radius} instead of {d0} at every size "
                        f"(NLM cost per voxel x{((2 * a.denoise_search_radius + 1) / (2 * d0 + 1)) ** 3:.3f}; "
-                       "the exponent and the memory are unaffected)")
+                       "the exponent is unaffected, the memory barely: a smaller halo)")
     print(f"work in {root}", flush=True)
     earlier: dict = {}
     if a.only:
