@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,8 @@ from batterytwin.denoise.driver import denoise_store, read_with_halo
 from batterytwin.denoise.nlm import nlm
 from batterytwin.denoise.sigma import estimate_sigma
 from batterytwin.errors import InputError
+
+from .conftest import REPO
 
 BIN = Path(sys.executable).parent
 SHAPE = (18, 20, 22)
@@ -181,3 +184,40 @@ def test_triton_backend_without_gpu_is_a_clear_error(sample, tmp_path, monkeypat
         denoise_store(sample["volume"], tmp_path / "o.zarr", DenoiseConfig(h=0.1, patch_size=3, search_radius=1,
                                                                           backend="triton", device="cpu"))
     assert not (tmp_path / "o.zarr").exists()
+
+
+FREED_MEMORY_PROBE = """
+import json
+import os
+
+import numpy as np
+
+from batterytwin.denoise.driver import freed_memory_kept
+
+
+def rss_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+before = rss_mb()
+with freed_memory_kept():
+    a = np.ones(50_000_000, np.float32)  # 200 MB from the heap (mmap threshold raised)
+    del a
+    inside = rss_mb()  # freed but kept for reuse
+after = rss_mb()  # trimmed when the block ends
+print(json.dumps({"before": before, "inside": inside, "after": after}))
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="reads the kernel's RSS (/proc)")
+def test_freed_memory_is_kept_within_a_shard_and_returned_after(tmp_path):
+    """The NLM's temporaries are reused within a shard (kept) and returned between shards, so memory
+    does not build up with the number of shards (the kernel's RSS count is the reference)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")])))
+    proc = subprocess.run([sys.executable, "-c", FREED_MEMORY_PROBE], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    m = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert m["inside"] - m["before"] > 150  # kept for reuse while the shard's NLM runs
+    assert m["after"] - m["before"] < 50  # given back when it ends

@@ -327,3 +327,22 @@ def test_offlattice_converges_to_the_continuum_limit():
     assert offset < 0.96
     assert abs(offset - fv_trend) < 0.04 + 2 * z["tau_std"] / tau_z
     assert abs(res["axes"]["x"]["tau"] / tau_x - 1) < 0.05
+
+
+def test_start_voxels_index_like_flatnonzero():
+    """The walk's start voxels are looked up plane by plane (no int64 array of every start voxel):
+    the same voxels as numpy's ``flatnonzero`` of the mask, empty planes and the last voxel included,
+    hence the same walker starts."""
+    from batterytwin.microstructure.tortuosity import StartVoxels, start_indices
+
+    rng = np.random.default_rng(5)
+    mask = rng.random((15, 11, 9)) < 0.2
+    mask[0] = mask[7] = mask[-1] = False
+    mask[-2, -1, -1] = True
+    flat = np.flatnonzero(mask)
+    sv = StartVoxels(mask)
+    assert len(sv) == flat.size
+    ranks = np.concatenate([rng.integers(0, flat.size, 3000), [0, flat.size - 1]])
+    np.testing.assert_array_equal(sv[torch.from_numpy(ranks)].numpy(), flat[ranks])
+    ids = torch.arange(0, 2048)
+    assert torch.equal(start_indices(sv, ids, 3), start_indices(torch.from_numpy(flat), ids, 3))

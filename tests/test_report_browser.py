@@ -23,6 +23,8 @@ import numpy as np
 import pytest
 import yaml
 
+from batterytwin.report.scaling import latest_bench
+
 from . import test_report_inputs as inputs
 from .conftest import BIN, REPO
 
@@ -43,6 +45,8 @@ FIGURES = {
     f"results/{SAMPLE}/figures/degradation_predictions.png": ("6 Degradation", SAMPLE, "SOH predictions with intervals"),
     f"results/{SAMPLE}/figures/degradation_rul.png": ("6 Degradation", SAMPLE, "predicted vs true life"),
 }
+if latest_bench(REPO / "bench" / "results") is not None:  # the repository holds a bench/chain.py result
+    FIGURES["results/figures/scaling.png"] = ("8 Scaling", "bench/chain.py", "cost and memory vs voxels")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--hide-scrollbars"]

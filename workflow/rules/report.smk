@@ -5,7 +5,10 @@
 #
 # For `rule all`: REPORT_FIGURES is {stage: [targets]}; REPORT_TARGETS(*stages) flattens the stages
 # asked for (all stages when none is named), e.g. `REPORT_TARGETS("ingest", "denoise")`.
+import os
+
 from batterytwin.report import targets as report_targets
+from batterytwin.report.scaling import latest_bench as _latest_bench
 
 REPORT = config["report"]
 _SEG_INPUT = globals().get("SEGMENT_INPUT", "denoised.zarr")
@@ -32,7 +35,7 @@ _SEG_OPTIONAL = {"denoised": "denoised.zarr"} if _SEG_INPUT == "denoised.zarr" e
 _SEG_OPTIONAL.update({"uncertainty": "uncertainty.zarr"} if _SEG_UNCERTAINTY else {})
 _CATEGORY = {"ingest": "1 Ingest", "denoise": "2 Denoise", "segment": "3 Segmentation",
              "microstructure": "4 Microstructure", "cellsim": "5 Cell simulation", "degradation": "6 Degradation",
-             "twin": "7 Digital twin"}
+             "twin": "7 Digital twin", "scaling": "8 Scaling"}
 _flags = report_targets.flags  # `--key path` for the optional inputs present
 _REAL = dict(subcategory="{evaluation} (real cycling data)", input=_real)
 
@@ -114,6 +117,13 @@ REPORT_RULES = {
         message="Figure: hybrid digital twin of the real cells of {wildcards.evaluation}",
         args=lambda w, input: ["twin", input.twin, "--max-cells", REPORT["max_cells"]]),
 }
+# The scaling figure of bench/chain.py, when the repository of these rules holds its result (none: no figure)
+_SCALING_BENCH = _latest_bench(os.path.normpath(os.path.join(str(workflow.current_basedir), "../../bench/results")))
+if _SCALING_BENCH is not None:
+    REPORT_RULES["report_scaling"] = dict(stage="scaling", fig="scaling", label="cost and memory vs voxels",
+        output="results/figures/scaling.png", subcategory="bench/chain.py", log="logs/report/scaling.log",
+        input=lambda w: {"bench": str(_SCALING_BENCH)}, message="Figure: scaling of each stage (bench/chain.py)",
+        args=lambda w, input: ["scaling", input.bench])
 if globals().get("SEGMENT_METHOD", "network") == "gmm":
     REPORT_RULES.pop("report_training")  # segment.method: gmm trains no network
 for _row in REPORT_RULES.values():

@@ -108,6 +108,12 @@ def register(subparsers) -> None:
     p.add_argument("--max-cells", type=int, default=DEFAULTS.max_cells, help="cells drawn (evaluated cells)")
     p.set_defaults(func=run_twin)
 
+    p = _figure_parser(sub, "scaling", "cost and peak memory of each stage vs voxels (bench/chain.py)",
+                       "Log-log wall time and peak RSS per stage against the volume's voxels, from the JSON "
+                       "of bench/chain.py, with each stage's fitted exponent and a linear guide.")
+    p.add_argument("bench", metavar="JSON", help="bench/results/chain-cpu-<date>.json")
+    p.set_defaults(func=run_scaling)
+
     q = sub.add_parser("ome", help="OME-Zarr multiscale export of a volume and its labels (napari)",
                        description="Write an OME-NGFF 0.5 (zarr v3) multiscale image of --volume with "
                        "--levels extra levels (local mean) and each --labels store as an image-label "
@@ -218,6 +224,12 @@ def run_twin(args: argparse.Namespace) -> None:
     from .twin import plot_twin
 
     _save(plot_twin(args.twin, args.max_cells), args)
+
+
+def run_scaling(args: argparse.Namespace) -> None:
+    from .scaling import plot_scaling
+
+    _save(plot_scaling(read_json(args.bench, "bench/chain.py result"), args.bench), args)
 
 
 def run_ome(args: argparse.Namespace) -> None:
