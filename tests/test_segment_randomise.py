@@ -121,3 +121,27 @@ def test_patch_stream_depends_only_on_the_index():
         assert torch.equal(img, items[i][0]) and torch.equal(lab, items[i][1])
     assert items[0][0].shape == (1, 16, 16, 16) and items[0][1].dtype == torch.int64
     assert not torch.equal(items[0][0], items[3][0])
+
+
+# --------------------------------------------------------------------------- the Tversky term
+def test_tversky_term_is_monai_and_ignores_unlabelled_voxels():
+    from batterytwin.segment.loss import dice_ce_loss, labelled_weight
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 6, 6, 6, 6, generator=g, requires_grad=True)
+    target = torch.randint(0, 6, (2, 6, 6, 6), generator=g)
+    target[:, :2] = 255
+    w = labelled_weight(target, 6)
+    # alpha = beta = 0.5: Tversky is the soft Dice, so MONAI's term equals the stage's own masked Dice term
+    dice = dice_ce_loss(logits, target, 6, weight_total=w, global_batch=2, ce_weight=0)
+    tv = dice_ce_loss(logits, target, 6, weight_total=w, global_batch=2, ce_weight=0, dice_weight=0,
+                      tversky_weight=1, tversky_alpha=0.5, tversky_beta=0.5)
+    assert torch.allclose(dice, tv, atol=1e-6)
+    # recall-weighted (beta > alpha): no gradient on unlabelled voxels, and ranks add up to the global batch
+    tv = dice_ce_loss(logits, target, 6, weight_total=w, global_batch=2, ce_weight=0, dice_weight=0,
+                      tversky_weight=1)
+    tv.backward()
+    assert float(logits.grad[:, :, :2].abs().max()) == 0.0 and float(logits.grad[:, :, 2:].abs().max()) > 0
+    parts = [dice_ce_loss(logits[i:i + 1], target[i:i + 1], 6, weight_total=w, global_batch=2, world_size=2,
+                          ce_weight=0, dice_weight=0, tversky_weight=1) for i in (0, 1)]
+    assert torch.allclose(tv, sum(parts) / 2, atol=1e-6)

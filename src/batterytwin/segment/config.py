@@ -159,6 +159,9 @@ class TrainSettings(Section):
     min_lr_ratio: float = Field(0.02, ge=0, le=1, description="final learning rate / lr")
     dice_weight: float = Field(1.0, ge=0, description="weight of the Dice loss")
     ce_weight: float = Field(1.0, ge=0, description="weight of the cross-entropy loss")
+    tversky_weight: float = Field(0.0, ge=0, description="weight of MONAI's Tversky loss (0 = off)")
+    tversky_alpha: float = Field(0.3, ge=0, le=1, description="Tversky: weight of false positives")
+    tversky_beta: float = Field(0.7, ge=0, le=1, description="Tversky: weight of false negatives (recall)")
     class_weights: list[Annotated[float, Field(ge=0)]] | None = Field(
         None, description="per-class cross-entropy weights, or null")
     class_balance: float = Field(1.0, ge=0, le=1, description="share of patches centred on a voxel of a "

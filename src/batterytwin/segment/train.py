@@ -266,7 +266,9 @@ def train(cfg: dict, inputs: Sequence[TrainInput], model_out: str, metrics_out: 
                 logits = ddp(image)
             loss = dice_ce_loss(logits, target, n_classes, weight_total=weight_total, global_batch=B,
                                 world_size=world.size, dice_weight=float(t_cfg["dice_weight"]),
-                                ce_weight=float(t_cfg["ce_weight"]), class_weights=cw)
+                                ce_weight=float(t_cfg["ce_weight"]), class_weights=cw,
+                                tversky_weight=float(t_cfg["tversky_weight"]), tversky_alpha=float(t_cfg["tversky_alpha"]),
+                                tversky_beta=float(t_cfg["tversky_beta"]))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
