@@ -139,17 +139,18 @@ def generalisation(args) -> dict:
             train_cfg["randomise"] = dict(train_cfg.get("randomise", {}), fraction=frac)
             cfg = merge_config(dict(user, train=train_cfg))
             out = tmp / f"model{frac}"
-            t = time.time()
+            t, cpu = time.time(), time.process_time()
             train(cfg, [TrainInput(*map(str, train_pair))], str(out / "model.pt"), str(out / "metrics.json"),
                   val_inputs=[TrainInput(*map(str, val_pair))], resume="no")
-            wall = time.time() - t
+            wall, cpu = time.time() - t, time.process_time() - cpu
             metrics = store.read_json(out / "metrics.json")
             dice = [dice_per_class(segment_in_memory(out / "model.pt", img), lab) for img, lab in tests]
             entry = {"randomised_fraction": frac, "steps": cfg["train"]["steps"], "train_wall_s": wall,
+                     "train_cpu_s": cpu,
                      "threads": args.threads or 1, "phantom_seed2_mean_dice": metrics["final_mean_dice"],
                      "phantom_seed2_dice": metrics["final_dice"], "per_volume": dice, **summary(dice, names)}
             result["models"].append(entry)
-            print(f"gen    fraction {frac}: {entry['steps']} steps in {wall:.0f} s; ctforward mean Dice "
+            print(f"gen    fraction {frac}: {entry['steps']} steps in {wall:.0f} s ({cpu:.0f} CPU s); ctforward mean Dice "
                   f"{entry['mean_dice']:.3f} (redeposited Li {entry['dice']['redeposited_lithium']:.3f}); "
                   f"phantom seed 2 {metrics['final_mean_dice']:.3f}")
             print("       per class " + ", ".join(f"{k} {v:.3f}" for k, v in entry["dice"].items()))
