@@ -151,11 +151,11 @@ def test_tversky_term_is_monai_and_ignores_unlabelled_voxels():
 # a small network trained only on randomised cells (no phantom, no ctforward volume), then tested on an
 # independently generated CT volume; the seeds are fixed, so the Dice is a fixed number up to CPU rounding
 GENERALISE = {"model": {"channels": [8, 16, 32], "strides": [2, 2], "num_res_units": 1},
-              "train": {"steps": STEPS_PLACEHOLDER, "batch_size": 4, "patch_size": [24, 24, 24], "lr": 0.01,
+              "train": {"steps": 1200, "batch_size": 4, "patch_size": [24, 24, 24], "lr": 0.01,
                         "warmup_steps": 10, "class_weights": [1, 1, 1, 1, 10, 1], "threads": 1,
                         "val_every": 10**6, "checkpoint_every": 10**6,
                         "randomise": {"fraction": 1.0, "volume_size": [32, 32, 32], "patches_per_volume": 8}}}
-MEASURED_MEAN_DICE = None  # filled from the measurement
+MEASURED_MEAN_DICE = 0.695  # 1200 steps, torch CPU, 1 thread (multi-Otsu with oracle mapping: 0.638)
 
 
 def test_model_trained_on_randomised_cells_beats_multi_otsu_on_an_unseen_ct_volume(tmp_path):
