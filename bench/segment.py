@@ -140,8 +140,11 @@ def generalisation(args) -> dict:
             cfg = merge_config(dict(user, train=train_cfg))
             out = tmp / f"model{frac}"
             t, cpu = time.time(), time.process_time()
-            train(cfg, [TrainInput(*map(str, train_pair))], str(out / "model.pt"), str(out / "metrics.json"),
-                  val_inputs=[TrainInput(*map(str, val_pair))], resume="no")
+            rc = train(cfg, [TrainInput(*map(str, train_pair))], str(out / "model.pt"), str(out / "metrics.json"),
+                       val_inputs=[TrainInput(*map(str, val_pair))], resume="no")
+            if rc != 0:  # preempted (signal): keep what was measured so far
+                print(f"gen    fraction {frac}: training stopped (exit {rc}); later models not measured")
+                break
             wall, cpu = time.time() - t, time.process_time() - cpu
             metrics = store.read_json(out / "metrics.json")
             dice = [dice_per_class(segment_in_memory(out / "model.pt", img), lab) for img, lab in tests]
