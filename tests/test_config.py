@@ -60,6 +60,10 @@ def test_every_config_and_snippet_dry_runs(tmp_path, name, data):
                 if spec.get(key):
                     (tmp_path / spec[key]).parent.mkdir(parents=True, exist_ok=True)
                     (tmp_path / spec[key]).touch()
+    init_from = data.get("segment", {}).get("train", {}).get("init_from")  # a pretrained model is an input too
+    if init_from:
+        (tmp_path / init_from).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / init_from).touch()
     proc = snakemake(tmp_path, "-n", "--quiet", "rules", "--configfile", str(REPO / "config.yaml"),
                      str(tmp_path / "c.yaml"), timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -56,6 +56,8 @@ rule train_seg:
     input:
         volumes=SEGMENT_VOLUME_INPUTS,
         labels=SEGMENT_LABEL_INPUTS,
+        # segment.train.init_from: fine-tuning starts from that model (a changed file retrains)
+        **({"init_from": SEG["train"]["init_from"]} if SEG["train"].get("init_from") else {}),
     output:
         model="results/models/segment/model.pt",
         metrics="results/models/segment/metrics.json",

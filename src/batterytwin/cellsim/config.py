@@ -96,6 +96,9 @@ class CellsimConfig(Section):
     time_limit_s: float | None = Field(1800, gt=0, description="wall-time limit per condition (null: none)")
     stop_below_soh_percent: float | None = Field(None, gt=0, le=100, description="stop a condition below this SOH")
     solver: dict[str, Any] = Field({}, description="keyword arguments of pybamm.IDAKLUSolver: rtol, atol, options")
+    compile: bool = Field(False, description="compile the model's casadi functions to C once per parameter set "
+                          "(PyBaMM IDAKLU option compile: gcc -O3, cached in PyBaMM's AOT cache; ~2x faster "
+                          "cycling for a one-off compile of tens of seconds; casadi's interpreter if no compiler)")
     var_pts: dict[str, int] | None = Field(None, description="PyBaMM mesh points per spatial variable")
 
     @model_validator(mode="before")

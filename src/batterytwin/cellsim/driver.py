@@ -143,7 +143,7 @@ def prepare(microstructure: str, cfg: dict[str, Any]):
         n_early=cfg["n_early"], voltage_grid=grid, lower_voltage_V=p["lower_voltage_V"],
         upper_voltage_V=p["upper_voltage_V"], rest_minutes=float(p["rest_minutes"] or 0),
         cv_cutoff_c_rate=p["cv_cutoff_c_rate"], stop_below_soh_percent=cfg["stop_below_soh_percent"],
-        solver=dict(cfg["solver"]), var_pts=cfg["var_pts"])
+        solver=dict(cfg["solver"]), var_pts=cfg["var_pts"], compile=bool(cfg["compile"]))
     return pv, applied, design, run_cfg, cell
 
 

@@ -13,7 +13,9 @@ One cycle of the protocol: discharge at ``C_dis`` until ``V_min`` (or the DoD), 
 ``C_ch`` until ``V_max``, hold at ``V_max`` until ``C/cv_cutoff``, rest. PyBaMM sees each cycle
 as two experiment "cycles" (discharge half, charge half) so that the discharge capacity of every
 cycle is a per-cycle summary variable (change of throughput capacity), available without
-keeping the cycle's time series (bounded memory over 1000+ cycles).
+keeping the cycle's time series (bounded memory over 1000+ cycles). Steps other than the early
+discharges store only their first and last state (IDAKLU ``store_first_last``); with
+``compile`` the model's casadi functions are compiled to C once (IDAKLU option ``compile``).
 
 Example::
 
@@ -60,6 +62,7 @@ class CellRunConfig:
     stop_below_soh_percent: float | None = None
     solver: dict[str, Any] = field(default_factory=dict)  # rtol, atol, options (IDAKLU)
     var_pts: dict[str, int] | None = None
+    compile: bool = False  # IDAKLU option "compile": casadi functions compiled to C (gcc -O3)
 
 
 @dataclass
@@ -149,6 +152,8 @@ class CellRunner:
         self.model = make_model(config.model, config.options)
         self.experiment = self._experiment(min_c_rate)
         solver_kw = dict(config.solver or {})
+        if config.compile:
+            solver_kw["options"] = {"compile": True, **dict(solver_kw.get("options") or {})}
         solver = pybamm.IDAKLUSolver(output_variables=OUTPUT_VARIABLES, **solver_kw)
         self.sim = pybamm.Simulation(self.model, experiment=self.experiment, parameter_values=pv,
                                      solver=solver, var_pts=config.var_pts)
@@ -213,14 +218,22 @@ class CellRunner:
 
     def _wrap_discharge_solver(self) -> None:
         # Capture the early-cycle discharge curves as each step finishes, so they survive a
-        # time limit and no cycle's full time series has to be kept.
+        # time limit and no cycle's full time series has to be kept. Every other step (and the
+        # discharges after the early cycles) stores only its first and last state
+        # (``store_first_last``): the summary variables and the next step need no more, and
+        # the solver skips building each step's time series.
         key = self.sim.experiment.steps[0].basic_repr()  # the first step is the discharge
+        for other in self.sim.steps_to_built_solvers.values():
+            other.store_first_last = True
         solver = self.sim.steps_to_built_solvers[key]
         original = solver.step
         runner = self
+        grid = self.cfg.voltage_grid
+        n_curves = self.cfg.n_early if grid is not None and len(grid) else 0
 
         def step(*args, **kwargs):
             mon = runner._monitor
+            solver.store_first_last = mon is None or len(mon.capacities) >= n_curves
             try:
                 sol = original(*args, **kwargs)
             except Exception as exc:

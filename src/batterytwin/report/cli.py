@@ -39,7 +39,7 @@ def register(subparsers) -> None:
                        "and legend for label stores), in the order raw, denoised, labels, truth, uncertainty.")
     for flag, what in (("--raw", "CT volume store (volume.zarr)"), ("--denoised", "denoised store"),
                        ("--labels", "segmentation label store"), ("--truth", "ground-truth label store (phantom)"),
-                       ("--uncertainty", "uncertainty store (softmax entropy)")):
+                       ("--uncertainty", "uncertainty store (entropy; the panel names the method)")):
         p.add_argument(flag, metavar="ZARR", help=what)
     p.add_argument("--title", help="figure title")
     p.set_defaults(func=run_slices)
@@ -62,8 +62,9 @@ def register(subparsers) -> None:
     p.set_defaults(func=run_tortuosity)
 
     for name, help_, description, (arg, metavar, arg_help), func in (
-            ("training", "segmentation training loss and per-class Dice",
-             "Loss curve, validation Dice per class over training, final Dice per class.",
+            ("training", "segmentation training loss, per-class Dice, precision, recall and calibration",
+             "Loss curve, validation Dice per class over training, final Dice, precision and recall per "
+             "class, reliability diagram with the expected calibration error.",
              ("metrics", "JSON", "results/models/segment/metrics.json"), run_training),
             ("microstructure", "table of the measured microstructure quantities",
              "Volume fractions, the cell parameters handed to PyBaMM, surface areas, thicknesses, lithium "
@@ -128,13 +129,25 @@ def _save(fig, args) -> None:
     log.info("wrote %s", args.out)
 
 
+def uncertainty_title(attrs) -> str:
+    """Panel title of an uncertainty store, naming the method recorded by ``segment``."""
+    method = attrs.get("uncertainty_method")
+    if method == "mc_dropout":
+        return f"uncertainty: MC dropout, {attrs.get('mc_samples')} passes (nats)"
+    if method == "entropy":
+        return "uncertainty: softmax entropy (nats)"
+    return "uncertainty (nats)"  # gmm: class-posterior entropy; stores written before the method was recorded
+
+
 def run_slices(args: argparse.Namespace) -> None:
     from .volumes import Panel, plot_orthoslices
 
     spec = [("raw CT", args.raw, "image"), ("NLM denoised", args.denoised, "image"),
-            ("segmented", args.labels, "labels"), ("ground truth", args.truth, "labels"),
-            ("uncertainty (nats)", args.uncertainty, "map")]
+            ("segmented", args.labels, "labels"), ("ground truth", args.truth, "labels")]
     panels = [Panel(t, open_volume(p), k) for t, p, k in spec if p]
+    if args.uncertainty:
+        unc = open_volume(args.uncertainty)
+        panels.append(Panel(uncertainty_title(unc.attrs), unc, "map"))
     if not panels:
         raise InputError("report slices: give at least one of --raw/--denoised/--labels/--truth/--uncertainty")
     _save(plot_orthoslices(panels, title=args.title), args)

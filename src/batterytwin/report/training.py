@@ -1,8 +1,10 @@
-"""Segmentation training figure: loss curve and per-class validation Dice from ``metrics.json``.
+"""Segmentation training figure: loss curve, per-class validation Dice, precision, recall and calibration.
 
 Input: ``results/models/segment/metrics.json`` (schema ``batterytwin.segment.metrics/1``) with
 ``loss_curve`` [{step, loss, lr}], ``validation`` [{step, dice: [per class or null], mean_dice}],
-``classes`` {"0": "pore", ...} and ``final_dice`` {name: value}.
+``classes`` {"0": "pore", ...}, ``final_dice`` {name: value} and, when the run recorded them,
+``final_precision``/``final_recall`` {name: value or null}, ``final_ece`` and ``final_reliability``
+{bin_lower, voxels, confidence, accuracy} (:mod:`batterytwin.segment.metrics`).
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ def _smooth(y: np.ndarray, window: int) -> np.ndarray:
 
 
 def plot_training(metrics: Mapping[str, Any], where: str = "metrics.json"):
-    """Loss per step (raw and smoothed), validation Dice per class over steps, final Dice bars.
+    """Loss per step (raw and smoothed), validation Dice per class over steps, final Dice bars with
+    precision and recall markers, and the reliability diagram (accuracy vs confidence, ECE).
 
     Args:
         metrics: the parsed ``metrics.json``.
@@ -47,8 +50,8 @@ def plot_training(metrics: Mapping[str, Any], where: str = "metrics.json"):
     classes = {int(k): v for k, v in metrics.get("classes", {}).items()}
     val = metrics.get("validation") or []
     with style.paper_style():
-        fig = style.new_figure(style.DOUBLE_COLUMN_IN, 2.4)
-        ax_loss, ax_dice, ax_bar = fig.subplots(1, 3, width_ratios=[1.1, 1.1, 1.0])
+        fig = style.new_figure(style.DOUBLE_COLUMN_IN, 4.6)
+        (ax_loss, ax_dice), (ax_bar, ax_rel) = fig.subplots(2, 2)
         ax_loss.plot(steps, loss, color="0.7", lw=0.8, label="per step")
         ax_loss.plot(steps, _smooth(loss, max(1, len(loss) // 20)), color="#0072B2", label="running mean")
         ax_loss.set_xlabel("training step")
@@ -88,8 +91,43 @@ def plot_training(metrics: Mapping[str, Any], where: str = "metrics.json"):
         ax_bar.set_yticks(ys, [n.replace("_", " ") for n in names])
         ax_bar.invert_yaxis()
         ax_bar.set_xlim(0, 1)
-        ax_bar.set_xlabel("final Dice")
+        ax_bar.set_xlabel("final Dice (bars); precision, recall (markers)")
         mean = metrics.get("final_mean_dice")
-        ax_bar.set_title("final" + (f" (mean {mean:.3f})" if isinstance(mean, (int, float)) else ""))
+        ax_bar.set_title("final" + (f" (mean Dice {mean:.3f})" if isinstance(mean, (int, float)) else ""))
         fig.bars = bars
+        fig.markers = {}
+        for key, marker, label in (("final_precision", "D", "precision"), ("final_recall", "^", "recall")):
+            values = metrics.get(key)
+            if values:
+                xs = np.array([np.nan if values.get(n) is None else float(values[n]) for n in names])
+                fig.markers[label] = ax_bar.scatter(xs, ys, marker=marker, s=14, facecolor="white",
+                                                    edgecolor="0.1", lw=0.7, zorder=3, label=label)
+        if fig.markers:
+            ax_bar.legend(loc="upper right", fontsize=6, framealpha=0.9)
+        fig.reliability = _plot_reliability(ax_rel, metrics.get("final_reliability"), metrics.get("final_ece"))
     return fig
+
+
+def _plot_reliability(ax, rel: Mapping[str, Any] | None, ece: float | None):
+    """Reliability diagram: per confidence bin, the accuracy of its voxels (bars) and their mean confidence
+    (dots); ECE is the voxel-weighted mean gap between the two."""
+    ax.set_xlabel("confidence (largest class probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.plot([0, 1], [0, 1], color="0.5", ls=":", lw=0.8, label="calibrated")
+    if not rel:
+        ax.text(0.5, 0.5, "no calibration record", ha="center", va="center", transform=ax.transAxes)
+        ax.set_title("calibration")
+        return None
+    lower = np.asarray(rel["bin_lower"], float)
+    width = (1.0 - lower[0]) / len(lower) if lower.size else 1.0
+    acc = np.array([np.nan if a is None else float(a) for a in rel["accuracy"]])
+    conf = np.array([np.nan if c is None else float(c) for c in rel["confidence"]])
+    bars = ax.bar(lower, np.nan_to_num(acc), width=width, align="edge", color="#0072B2", edgecolor="0.3", lw=0.4,
+                  label="accuracy")
+    # the gap between a bar's top and its bin's mean confidence is that bin's calibration error
+    ax.plot(lower + width / 2, conf, ls="none", marker="o", ms=2.5, color="#D55E00", label="mean confidence")
+    ax.legend(loc="upper left", fontsize=6)
+    ax.set_title("calibration" + (f" (ECE {ece:.3f})" if isinstance(ece, (int, float)) else ""))
+    return bars

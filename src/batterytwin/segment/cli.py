@@ -49,15 +49,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "opening and closing. Either way ranks (srun/mpiexec -n N) own disjoint output shards and the "
             "result does not depend on their number. Writes a uint8 label store with 'classes', "
             "'ignore_label' and 'method' attributes and, with --uncertainty, a float16 store of the "
-            "softmax (network) or class-posterior (gmm) entropy in nats."),
+            "softmax (network; infer.uncertainty_method mc_dropout: of the mean of seeded MC-dropout passes) "
+            "or class-posterior (gmm) entropy in nats."),
 )
     q.add_argument("--input", required=True, metavar="ZARR", help="volume store to segment (denoised.zarr or volume.zarr)")
     q.add_argument("--model", metavar="PT", help="model.pt written by train-seg (method network only)")
     q.add_argument("--output", required=True, metavar="ZARR", help="output label store (labels.zarr)")
-    q.add_argument("--uncertainty", metavar="ZARR", help="optional output store of the softmax entropy (float16)")
+    q.add_argument("--uncertainty", metavar="ZARR", help="optional output store of the entropy (float16): softmax entropy, or with "
+                        "infer.uncertainty_method mc_dropout the entropy of the mean of MC-dropout passes")
     add_config_arguments(q, SegmentConfig, "segment", flags={
         "--method": "method", "--device": "infer.device", "--overlap": "infer.overlap",
-        "--sw-batch-size": "infer.sw_batch_size", "--clean-radius": "gmm.clean_radius"})
+        "--sw-batch-size": "infer.sw_batch_size", "--clean-radius": "gmm.clean_radius",
+        "--uncertainty-method": "infer.uncertainty_method"})
     q.set_defaults(func=run_segment)
 
 

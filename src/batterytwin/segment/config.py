@@ -36,7 +36,8 @@ class ModelSettings(Section):
     channels: list[Annotated[int, Field(ge=1)]] = Field([16, 32, 64, 128], description="unet: channels per level")
     strides: list[Annotated[int, Field(ge=1)]] = Field([2, 2, 2], description="unet: down-sampling per level")
     num_res_units: int = Field(2, ge=0, description="unet: residual units per block")
-    dropout: float = Field(0.0, ge=0, lt=1, description="dropout probability")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout probability (needed by infer.uncertainty_method "
+                           "mc_dropout; unet: after every convolution)")
     init_filters: int = Field(16, ge=1, description="segresnet: filters of the first level")
     feature_size: int = Field(24, ge=12, multiple_of=12, description="swinunetr: feature size (multiple of 12)")
 
@@ -179,6 +180,8 @@ class TrainSettings(Section):
     device: Device = Field("auto", description="auto: one GPU per local rank if CUDA is visible, else CPU")
     amp: bool = Field(True, description="bf16 autocast on GPU (never on CPU)")
     threads: int = Field(0, ge=0, description="torch CPU threads per rank; 0 = torch default")
+    init_from: str | None = Field(None, description="model.pt to start from (fine-tuning, e.g. on the sparse hand "
+                                  "labels of a scan): same architecture and classes; null = random weights")
 
     _patch = field_validator("patch_size", mode="before")(_triple)
 
@@ -196,6 +199,12 @@ class InferSettings(Section):
     amp: bool = Field(True, description="bf16 autocast on GPU")
     chunk: int | None = Field(None, ge=8, description="output chunk edge; null = store.chunk of the run (or 64)")
     shard: int | None = Field(None, ge=8, description="output shard edge; null = store.shard of the run (or 256)")
+    uncertainty_method: Literal["entropy", "mc_dropout"] = Field(
+        "entropy", description="entropy: softmax entropy of one pass; mc_dropout: entropy of the mean softmax of "
+        "mc_samples passes with dropout on (needs model.dropout > 0), which also gives the labels")
+    mc_samples: int = Field(8, ge=2, le=256, description="mc_dropout: stochastic passes per window")
+    seed: int = Field(0, ge=0, description="mc_dropout: seed of the dropout masks (each window's masks depend only "
+                      "on the seed and its position)")
 
     _patch = field_validator("patch_size", mode="before")(_triple)
 
@@ -253,7 +262,8 @@ class SegmentConfig(Section):
     label_stores: dict[str, str] = Field({}, description="sample -> label store (hand labels; 255 = unlabelled)")
     val_samples: list[str] = Field([], description="held-out validation samples; [] = synthetic samples with "
                                    "role analyse (else a slab of each training volume)")
-    uncertainty: bool = Field(True, description="also write uncertainty.zarr (softmax entropy, float16)")
+    uncertainty: bool = Field(True, description="also write uncertainty.zarr (entropy, float16; "
+                              "infer.uncertainty_method)")
     model: ModelSettings = Field(default_factory=ModelSettings, description="network")
     train: TrainSettings = Field(default_factory=TrainSettings, description="training")
     infer: InferSettings = Field(default_factory=InferSettings, description="inference")

@@ -7,8 +7,11 @@ is the same for any number of ranks. Memory per rank is bounded by one shard: th
 (shard + up to one window on each side) and ``n_classes`` float32 probabilities of the shard.
 
 Outputs (atomic): ``labels.zarr`` (uint8; attributes ``classes``, ``ignore_label``, model and
-input provenance) and optionally ``uncertainty.zarr`` (float16 softmax entropy in nats; 0 =
-certain, ``ln(n_classes)`` = uniform).
+input provenance) and optionally ``uncertainty.zarr`` (float16 entropy in nats; 0 = certain,
+``ln(n_classes)`` = uniform). ``infer.uncertainty_method`` chooses it: ``entropy``, the softmax
+entropy of one pass, or ``mc_dropout``, the entropy of the mean softmax of ``mc_samples`` passes
+with the model's dropout on (the labels are then the argmax of that mean). Both stores record the
+method in the attribute ``uncertainty_method`` (and ``mc_samples``/``mc_seed`` for MC dropout).
 
 Example::
 
@@ -33,7 +36,7 @@ from ..errors import InputError
 from ..progress import progress
 from ..training import set_threads
 from .data import intensity_range
-from .model import check_patch
+from .model import check_patch, enable_dropout
 from .train import load_model
 from .window import entropy, gaussian_weight, meets, predict_region, window_extent
 
@@ -77,6 +80,13 @@ def segment_volume(input_path: str, model_path: str, labels_out: str, uncertaint
     roi = list(infer_cfg.get("patch_size") or meta["patch_size"])
     check_patch(roi, meta["model"], "segment.infer.patch_size")
     amp = bool(infer_cfg.get("amp", True)) and device.type == "cuda"
+    method = str(infer_cfg.get("uncertainty_method", "entropy"))
+    mc = None
+    if method == "mc_dropout":
+        if not enable_dropout(net):
+            raise InputError(f"{model_path}: segment.infer.uncertainty_method mc_dropout needs a model trained with "
+                             f"dropout (segment.model.dropout > 0; this one has {meta['model'].get('dropout', 0)})")
+        mc = (int(infer_cfg.get("seed", 0)), int(infer_cfg.get("mc_samples", 8)))
     vol = store.open_volume(input_path)
     if len(vol.shape) != 3:
         raise InputError(f"{input_path}: expected a 3-D volume (z, y, x), got shape {vol.shape}")
@@ -90,18 +100,22 @@ def segment_volume(input_path: str, model_path: str, labels_out: str, uncertaint
         return ((np.asarray(x, np.float32) - lo) / (hi - lo)).astype(np.float32)
 
     params = {"model_sha256": store.sha256_files([model_path]) if world.is_root else None,
-              **{k: infer_cfg.get(k) for k in ("overlap", "sw_batch_size", "sigma_scale")}, "patch_size": roi}
+              **{k: infer_cfg.get(k) for k in ("overlap", "sw_batch_size", "sigma_scale")}, "patch_size": roi,
+              "uncertainty_method": method, **({"mc_samples": mc[1], "mc_seed": mc[0]} if mc else {})}
     params = world.bcast(params)
     source = {"path": str(input_path), "producer": vol.attrs.get("producer", {}).get("config_sha256"),
               "model": str(model_path)}
+    recorded = {"uncertainty_method": method, **({"mc_samples": mc[1], "mc_seed": mc[0]} if mc else {})}
     label_attrs = store.volume_attrs("segment", vol.voxel_size_um, params, source,
-                                     classes=dict(meta["classes"]), ignore_label=IGNORE_LABEL, method="network")
+                                     classes=dict(meta["classes"]), ignore_label=IGNORE_LABEL, method="network",
+                                     **recorded)
     chunk = int(infer_cfg.get("chunk") or store.DEFAULT_CHUNK)
     shard = int(infer_cfg.get("shard") or store.DEFAULT_SHARD)
     weight = gaussian_weight(roi, float(infer_cfg.get("sigma_scale", 0.125)), device)
 
-    unc_attrs = store.volume_attrs("segment", vol.voxel_size_um, params, source, quantity="softmax entropy",
-                                   units="nats", max_value=float(np.log(n_classes)))
+    quantity = "softmax entropy" if mc is None else f"entropy of the mean softmax of {mc[1]} MC-dropout passes"
+    unc_attrs = store.volume_attrs("segment", vol.voxel_size_um, params, source, quantity=quantity,
+                                   units="nats", max_value=float(np.log(n_classes)), **recorded)
     with label_outputs(labels_out, uncertainty_out, vol.shape, label_attrs, unc_attrs, chunk, shard,
                        world) as (out, unc):
         regions = store.shard_regions(vol.shape, out.shards)
@@ -115,7 +129,7 @@ def segment_volume(input_path: str, model_path: str, labels_out: str, uncertaint
             probs = predict_region(net, vol.array, regions[i], roi, n_classes, normalise,
                                    overlap=float(infer_cfg.get("overlap", 0.25)),
                                    sw_batch_size=int(infer_cfg.get("sw_batch_size", 4)), device=device, amp=amp,
-                                   weight=weight, cache=cache,
+                                   weight=weight, cache=cache, mc=mc,
                                    keep=None if nxt is None else (lambda o, r=nxt: meets(o, extent, r)))
             out.array[regions[i]] = probs.argmax(0).to(torch.uint8).cpu().numpy()
             if unc is not None:

@@ -106,3 +106,15 @@ def count_parameters(net: nn.Module) -> int:
 def to_channels_last(net: nn.Module, x: torch.Tensor) -> tuple[nn.Module, torch.Tensor]:
     """Channels-last-3d layout (faster convolutions on GPU tensor cores)."""
     return net.to(memory_format=torch.channels_last_3d), x.contiguous(memory_format=torch.channels_last_3d)
+
+
+def enable_dropout(net: nn.Module) -> int:
+    """Put the network in eval mode with its dropout layers active (MC dropout); returns how many
+    dropout layers with a non-zero rate it has (0: MC dropout would be one deterministic pass)."""
+    net.eval()
+    active = 0
+    for m in net.modules():
+        if isinstance(m, nn.modules.dropout._DropoutNd) and float(m.p) > 0:
+            m.train()
+            active += 1
+    return active

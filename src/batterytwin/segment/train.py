@@ -44,6 +44,7 @@ from ..training import set_threads
 from . import data as D
 from .config import AXIS_NAMES
 from .loss import dice_ce_loss, hard_dice_counts, labelled_weight
+from .metrics import SegmentationScores, final_scores
 from .model import build_model, check_patch, count_parameters
 from .randomise import MixedPatches, RandomisedPatches
 from .window import gaussian_weight, predict_region
@@ -51,7 +52,7 @@ from .window import gaussian_weight, predict_region
 log = logging.getLogger(__name__)
 
 FORMAT = "batterytwin.segment/1"
-__all__ = ["EXIT_PREEMPTED", "FORMAT", "TrainInput", "load_model", "train", "validate"]
+__all__ = ["EXIT_PREEMPTED", "FORMAT", "TrainInput", "init_weights", "load_model", "train", "validate"]
 CHECKPOINT_NAME = "checkpoint.pt"
 # keys that do not change the trained weights: a run may resume with different values
 _RUNTIME_KEYS = ("num_workers", "device", "threads", "checkpoint_every", "checkpoint_dir", "val_every")
@@ -106,16 +107,20 @@ def _run_key(cfg: dict, inputs: Sequence[TrainInput], val: Sequence[TrainInput],
     ident = {"model": cfg["model"], "train": train, "world_batch": cfg["train"]["batch_size"],
              "inputs": [[os.path.abspath(i.volume), os.path.abspath(i.labels)] for i in inputs],
              "val": [[os.path.abspath(i.volume), os.path.abspath(i.labels)] for i in val]}
+    if cfg["train"].get("init_from"):  # another starting model under the same name is another run
+        ident["init_from_sha256"] = store.sha256_files([cfg["train"]["init_from"]])
     return store.params_sha256(ident)
 
 
 def validate(net: torch.nn.Module, sources: Sequence[tuple[Any, Any, tuple[slice, ...], D.PatchSource]],
-             n_classes: int, roi: Sequence[int], device, amp: bool, region_size: int = 128) -> np.ndarray:
+             n_classes: int, roi: Sequence[int], device, amp: bool, region_size: int = 128,
+             scores: SegmentationScores | None = None) -> np.ndarray:
     """Per-class hard Dice over the validation regions (labelled voxels only), NaN for absent classes.
 
     Args:
         sources: ``(image, labels, region, source)``: ``region`` of the volume is predicted in
             blocks of ``region_size`` with the global sliding-window grid.
+        scores: when given, also accumulates precision, recall and calibration (ECE) of the blocks.
     """
     num = np.zeros(n_classes)
     den = np.zeros(n_classes)
@@ -129,7 +134,10 @@ def validate(net: torch.nn.Module, sources: Sequence[tuple[Any, Any, tuple[slice
             probs = predict_region(net, image, block, roi, n_classes, src.normalise, device=device, amp=amp,
                                    weight=weight)
             pred = probs.argmax(0).cpu().numpy()
-            n, d = hard_dice_counts(pred, np.asarray(labels[block]), n_classes)
+            truth = np.asarray(labels[block])
+            if scores is not None:
+                scores.update(probs, truth)
+            n, d = hard_dice_counts(pred, truth, n_classes)
             num += n
             den += d
     net.train(was_training)
@@ -208,7 +216,10 @@ def train(cfg: dict, inputs: Sequence[TrainInput], model_out: str, metrics_out: 
 
     device = init_torch_distributed(world, t_cfg["device"])
     amp = bool(t_cfg["amp"]) and device.type == "cuda"
-    net = build_model(m_cfg, n_classes).to(device)
+    net = build_model(m_cfg, n_classes)
+    if t_cfg.get("init_from"):
+        init_weights(net, t_cfg["init_from"], classes)
+    net = net.to(device)
     if device.type == "cuda":
         net = net.to(memory_format=torch.channels_last_3d)
     ddp = wrap_ddp(net, device)
@@ -239,9 +250,12 @@ def train(cfg: dict, inputs: Sequence[TrainInput], model_out: str, metrics_out: 
 
     def run_validation(step: int) -> None:
         if val_sources and world.is_root:
-            dice = validate(net, val_sources, n_classes, patch, device, amp)
+            scores = SegmentationScores(n_classes)
+            dice = validate(net, val_sources, n_classes, patch, device, amp, scores=scores)
+            extra = scores.result()
             val_hist.append({"step": step, "dice": [None if np.isnan(d) else float(d) for d in dice],
-                             "mean_dice": float(np.nanmean(dice))})
+                             "mean_dice": float(np.nanmean(dice)), "precision": extra["precision"],
+                             "recall": extra["recall"], "ece": extra["ece"], "reliability": extra["reliability"]})
             log.info("step %d: validation mean Dice %.4f (%s)", step, val_hist[-1]["mean_dice"],
                      ", ".join(f"{classes[c]} {d:.3f}" for c, d in enumerate(dice)))
         world.barrier()
@@ -312,6 +326,7 @@ def train(cfg: dict, inputs: Sequence[TrainInput], model_out: str, metrics_out: 
             "validation": val_hist,
             "final_dice": None if final is None else {classes[c]: d for c, d in enumerate(final["dice"])},
             "final_mean_dice": None if final is None else final["mean_dice"],
+            **final_scores(final, classes),
             "randomised_fraction": fraction,
             "validation_split": "held-out label stores" if val_inputs else
             f"slab of {t_cfg['val_fraction']} along {t_cfg['val_axis']} (labels hidden from training)",
@@ -324,6 +339,28 @@ def train(cfg: dict, inputs: Sequence[TrainInput], model_out: str, metrics_out: 
         log.info("wrote %s and %s", model_out, metrics_out)
     world.barrier()
     return 0
+
+
+def init_weights(net: torch.nn.Module, path: str, classes: dict[int, str]) -> None:
+    """Start ``net`` from the weights of the model file ``path`` (``segment.train.init_from``: fine-tuning).
+
+    Raises:
+        InputError: the file is not a segmentation model, its classes differ from the training
+            labels' or its weights do not fit ``net`` (another architecture; dropout may differ).
+    """
+    where = f"segment.train.init_from: {path}"
+    meta = load_model_file(path, FORMAT, "segmentation model")
+    theirs = {int(k): v for k, v in meta["classes"].items()}
+    if theirs != dict(classes):
+        raise InputError(f"{where}: the model's classes {theirs} differ from those of the training labels "
+                         f"{dict(classes)}")
+    try:
+        net.load_state_dict(meta["state_dict"])
+    except RuntimeError as exc:
+        text = " ".join(str(exc).split())[:200]
+        raise InputError(f"{where}: its weights do not fit segment.model (same arch, channels, strides and "
+                         f"num_res_units needed): {text}") from None
+    log.info("starting from the weights of %s (trained %s steps)", path, meta.get("step"))
 
 
 def load_model(path: str, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict]:

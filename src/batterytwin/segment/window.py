@@ -11,6 +11,13 @@ split) and blending them in global window order with a Gaussian importance map (
 number of ranks; the window itself is the halo. (Only float rounding can differ, about 1e-7, where
 windows were batched differently through the network; labels then differ only at exact ties.)
 
+MC dropout (``mc=(seed, samples)``): each window is passed ``samples`` times as one batch with the
+network's dropout layers on (:func:`~batterytwin.segment.model.enable_dropout`), and its
+probabilities are the mean softmax of the passes (Gal and Ghahramani, ICML 2016). The dropout masks
+are drawn from a generator seeded by ``(seed, window origin)`` only (:func:`window_seed`), so a
+window gets the same masks whichever shard, rank or cache computes it: the blended result keeps the
+split independence above.
+
 Example::
 
     probs = predict_region(net, volume_array, region=(slice(0, 32),) * 3, roi=(32, 32, 32),
@@ -60,12 +67,42 @@ def _autocast(device: torch.device, amp: bool):
     return contextlib.nullcontext()
 
 
+def window_seed(seed: int, origin: Sequence[int]) -> int:
+    """Seed of the dropout masks of the window at ``origin`` (global grid): a function of both only."""
+    return int(np.random.SeedSequence([int(seed), *(int(o) for o in origin)]).generate_state(1, np.uint64)[0]
+               & 0x7FFF_FFFF_FFFF_FFFF)
+
+
+def window_probs(net: torch.nn.Module, x: torch.Tensor, origins: Sequence[tuple[int, ...]], device: torch.device,
+                 amp: bool, mc: tuple[int, int] | None = None) -> torch.Tensor:
+    """Softmax probabilities ``[b, C, *roi]`` of the windows ``x`` ``[b, *roi]`` (at ``origins``).
+
+    With ``mc=(seed, samples)``: the mean softmax of ``samples`` passes per window, its dropout masks
+    seeded by :func:`window_seed` (the network's dropout layers must be in training mode).
+    """
+    if mc is None:
+        with _autocast(device, amp):
+            logits = net(x[:, None])
+        return torch.softmax(logits.float(), dim=1)
+    seed, samples = int(mc[0]), int(mc[1])
+    out = []
+    for xi, o in zip(x, origins):
+        # the global generator is forked: the masks of this window do not depend on what ran before
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(window_seed(seed, o))
+            with _autocast(device, amp):
+                logits = net(xi[None, None].repeat(samples, 1, 1, 1, 1))
+        out.append(torch.softmax(logits.float(), dim=1).mean(0))
+    return torch.stack(out)
+
+
 @torch.no_grad()
 def predict_region(net: torch.nn.Module, array: Any, region: Sequence[slice], roi: Sequence[int], n_classes: int,
                    normalise: Callable[[np.ndarray], np.ndarray], *, overlap: float = 0.25, sw_batch_size: int = 4,
                    sigma_scale: float = 0.125, device: torch.device | str = "cpu", amp: bool = True,
                    weight: torch.Tensor | None = None, cache: dict | None = None,
-                   keep: Callable[[tuple[int, ...]], bool] | None = None) -> torch.Tensor:
+                   keep: Callable[[tuple[int, ...]], bool] | None = None,
+                   mc: tuple[int, int] | None = None) -> torch.Tensor:
     """Blended class probabilities of ``region`` of a ``[Z, Y, X]`` volume.
 
     Args:
@@ -77,6 +114,8 @@ def predict_region(net: torch.nn.Module, array: Any, region: Sequence[slice], ro
         cache: window origin -> probabilities ``[C, *window]`` computed for an earlier region;
             used instead of recomputing, then replaced by the windows for which ``keep(origin)``
             is true (those meeting the next region: a rank's consecutive shards share them).
+        mc: ``(seed, samples)`` for MC dropout (:func:`window_probs`; one window per batch of
+            ``samples`` passes, ``sw_batch_size`` is then not used); None = one deterministic pass.
 
     Returns:
         float32 tensor ``[n_classes, *region_shape]`` on ``device`` (probabilities summing to 1).
@@ -110,16 +149,14 @@ def predict_region(net: torch.nn.Module, array: Any, region: Sequence[slice], ro
             probs = cache[o]
         else:
             if o not in computed:
-                batch = todo[next_todo:next_todo + sw_batch_size]
+                batch = todo[next_todo:next_todo + (1 if mc else sw_batch_size)]
                 next_todo += len(batch)
                 x = torch.stack([tile[tuple(slice(b[k] - lo[k], b[k] - lo[k] + eff[k]) for k in range(3))]
                                  for b in batch])
                 if any(p[1] for p in pad):
                     x = torch.nn.functional.pad(x[:, None], [v for p in reversed(pad) for v in p],
                                                 mode="replicate")[:, 0]
-                with _autocast(device, amp):
-                    logits = net(x[:, None])
-                out = torch.softmax(logits.float(), dim=1)
+                out = window_probs(net, x, batch, device, amp, mc)
                 computed.update({b: out[i] for i, b in enumerate(batch)})
             probs = computed.pop(o)
         if keep is not None and keep(o):
