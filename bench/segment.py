@@ -5,12 +5,18 @@
    MONAI ``UNet`` eager and, with ``--compile``, under ``torch.compile``; AdamW, fwd + bwd + step.
 2. Inference end to end (store in, store out: read, normalise, sliding window, argmax, entropy,
    write), Mvoxel/s, with 1 and 2 ranks (``mpiexec``).
+3. ``--generalisation``: Dice per class on a fixed set of CT volumes from ``tests/ctforward.py``
+   (radon + Poisson + FBP of ellipsoid cells, code independent of the phantom and of the training
+   generator), for models trained with the ``config.yaml`` segment settings and each
+   ``--fractions`` share of domain-randomised patches; multi-Otsu with an oracle class mapping on
+   the same volumes as the reference. JSON: ``bench/results/segment_generalisation.json``.
 
 Default sizes run in about 2 minutes on 2 CPU cores; ``--full`` uses the issue's anchor network
 (channels 32-512, 2 residual units, 128^3 patches) for GPUs.
 
     python bench/segment.py                       # CPU, small
     python bench/segment.py --full --compile      # GPU, the anchor configuration
+    python bench/segment.py --generalisation --fractions 0 1 --gen-steps 300
 """
 
 from __future__ import annotations
@@ -80,6 +86,86 @@ def infer_worker(args) -> None:
         print("FIGURES " + json.dumps(fig), flush=True)
 
 
+def write_pair(root: Path, image: np.ndarray, labels: np.ndarray, name: str) -> tuple[Path, Path]:
+    """Volume and label stores of an in-memory pair (the bench's stand-in for ingest)."""
+    vol, lab = root / f"{name}_volume.zarr", root / f"{name}_truth.zarr"
+    with store.atomic_output(vol, World()) as t:
+        store.create_volume(t, image.shape, "float32", store.volume_attrs("bench", 0.5), chunk=16)[...] = image
+    with store.atomic_output(lab, World()) as t:
+        store.create_volume(t, labels.shape, "uint8", store.volume_attrs(
+            "bench", 0.5, classes={str(k): v for k, v in CLASSES.items()}, ignore_label=255), chunk=16)[...] = labels
+    return vol, lab
+
+
+def segment_in_memory(model: Path, image: np.ndarray) -> np.ndarray:
+    """Labels of ``image`` by the model: whole-volume normalisation and the sliding window of inference."""
+    from batterytwin.segment.data import intensity_range
+    from batterytwin.segment.train import load_model
+    from batterytwin.segment.window import predict_region
+
+    net, meta = load_model(str(model))
+    lo, hi = intensity_range(image)
+    probs = predict_region(net, image, tuple(slice(0, n) for n in image.shape), meta["patch_size"],
+                           int(meta["n_classes"]), lambda x: (x - lo) / (hi - lo), overlap=0.25)
+    return probs.argmax(0).numpy().astype(np.uint8)
+
+
+def generalisation(args) -> dict:
+    """Train with the demo's segment settings at each randomised fraction; Dice on ctforward volumes."""
+    sys.path.insert(0, str(REPO))
+    from batterytwin.config import section_from_file
+    from batterytwin.segment.config import merge_config
+    from batterytwin.segment.train import TrainInput, train
+    from tests.ctforward import dice_per_class, forward_volume, otsu_oracle
+
+    n = args.gen_size
+    tests = [forward_volume((n, n, n), seed=s) for s in args.gen_seeds]
+    otsu = [otsu_oracle(img, lab) for img, lab in tests]
+    names = list(CLASSES.values())
+    result = {"ctforward": {"shape": [n] * 3, "seeds": args.gen_seeds},
+              "otsu_oracle": {"per_volume": otsu, **summary(otsu, names)}, "models": []}
+    print(f"gen    multi-Otsu (oracle mapping) on {len(tests)} ctforward {n}^3: mean Dice "
+          f"{result['otsu_oracle']['mean_dice']:.3f}")
+    user = section_from_file(REPO / "config.yaml", "segment")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        train_pair = write_pair(tmp, *make_phantom((48, 48, 48), seed=1), "phantom1")
+        val_pair = write_pair(tmp, *make_phantom((48, 48, 48), seed=2), "phantom2")
+        for frac in args.fractions:
+            train_cfg = dict(user.get("train", {}), threads=args.threads or 1, val_every=10**6,
+                             checkpoint_dir=str(tmp / f"ckpt{frac}"))
+            if args.gen_steps:
+                train_cfg["steps"] = args.gen_steps
+            train_cfg["randomise"] = dict(train_cfg.get("randomise", {}), fraction=frac)
+            cfg = merge_config(dict(user, train=train_cfg))
+            out = tmp / f"model{frac}"
+            t, cpu = time.time(), time.process_time()
+            rc = train(cfg, [TrainInput(*map(str, train_pair))], str(out / "model.pt"), str(out / "metrics.json"),
+                       val_inputs=[TrainInput(*map(str, val_pair))], resume="no")
+            if rc != 0:  # preempted (signal): keep what was measured so far
+                print(f"gen    fraction {frac}: training stopped (exit {rc}); later models not measured")
+                break
+            wall, cpu = time.time() - t, time.process_time() - cpu
+            metrics = store.read_json(out / "metrics.json")
+            dice = [dice_per_class(segment_in_memory(out / "model.pt", img), lab) for img, lab in tests]
+            entry = {"randomised_fraction": frac, "steps": cfg["train"]["steps"], "train_wall_s": wall,
+                     "train_cpu_s": cpu,
+                     "threads": args.threads or 1, "phantom_seed2_mean_dice": metrics["final_mean_dice"],
+                     "phantom_seed2_dice": metrics["final_dice"], "per_volume": dice, **summary(dice, names)}
+            result["models"].append(entry)
+            print(f"gen    fraction {frac}: {entry['steps']} steps in {wall:.0f} s ({cpu:.0f} CPU s); ctforward mean Dice "
+                  f"{entry['mean_dice']:.3f} (redeposited Li {entry['dice']['redeposited_lithium']:.3f}); "
+                  f"phantom seed 2 {metrics['final_mean_dice']:.3f}")
+            print("       per class " + ", ".join(f"{k} {v:.3f}" for k, v in entry["dice"].items()))
+    return result
+
+
+def summary(dice: list[dict], names: list[str]) -> dict:
+    """Per-class Dice averaged over volumes (NaN-free classes), and their mean."""
+    per = {k: float(np.nanmean([d[k] for d in dice])) for k in names}
+    return {"dice": per, "mean_dice": float(np.nanmean(list(per.values())))}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--full", action="store_true", help="anchor sizes: channels 32-512, 2 res units, 128^3, batch 2")
@@ -92,6 +178,16 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads (training) and per rank (inference); 0 = torch default")
     ap.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--generalisation", action="store_true",
+                    help="only the generalisation section (train, then Dice on ctforward volumes)")
+    ap.add_argument("--fractions", type=float, nargs="+", default=[1.0],
+                    help="generalisation: train.randomise.fraction of each trained model")
+    ap.add_argument("--gen-steps", type=int, help="generalisation: training steps (default: config.yaml's)")
+    ap.add_argument("--gen-size", type=int, default=64, help="generalisation: ctforward volume edge")
+    ap.add_argument("--gen-seeds", type=int, nargs="+", default=[101, 102, 103],
+                    help="generalisation: ctforward seeds (the test set)")
+    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "segment_generalisation.json"),
+                    help="generalisation: JSON output")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--volume", help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
@@ -99,6 +195,14 @@ def main() -> None:
     args = ap.parse_args()
     if args.worker:
         return infer_worker(args)
+    if args.generalisation:
+        if args.threads > 0:
+            torch.set_num_threads(args.threads)
+        result = generalisation(args)
+        result["command"] = " ".join(["python", "bench/segment.py", *sys.argv[1:]])
+        store.write_json(args.out, result)
+        print(f"wrote {args.out}")
+        return None
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.threads > 0:

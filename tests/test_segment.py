@@ -27,10 +27,12 @@ from batterytwin.segment.window import meets, predict_region, window_extent
 
 from .conftest import BIN, REPO, mpiexec
 
-# a tiny network so that DDP/resume/inference checks take seconds on a shared CPU
+# a tiny network so that DDP/resume/inference checks take seconds on a shared CPU; half of its patches
+# come from domain-randomised cells, so 2 ranks == 1 rank and resume == uninterrupted cover both streams
 TINY = {"model": {"channels": [4, 8], "strides": [2], "num_res_units": 1},
         "train": {"steps": 16, "batch_size": 4, "patch_size": [16, 16, 16], "warmup_steps": 2,
-                  "val_every": 8, "checkpoint_every": 2, "threads": 1, "lr": 0.01}}
+                  "val_every": 8, "checkpoint_every": 2, "threads": 1, "lr": 0.01,
+                  "randomise": {"fraction": 0.5, "volume_size": [24, 24, 24], "patches_per_volume": 3}}}
 
 
 def write_stores(root: Path, shape=(32, 32, 32), seed=0, labels=None, classes=None):
@@ -169,6 +171,8 @@ def test_metrics_and_model_file(reference_run):
     assert set(metrics["final_dice"]) == set(CLASSES.values())
     meta = torch.load(reference_run / "model.pt", weights_only=True)
     assert meta["classes"] == {str(k): v for k, v in CLASSES.items()} and meta["n_classes"] == 6
+    # the randomised-cell settings travel with the model
+    assert metrics["randomised_fraction"] == 0.5 and meta["train"]["randomise"]["volume_size"] == [24, 24, 24]
 
 
 @pytest.mark.mpi

@@ -59,6 +59,94 @@ class AugmentSettings(Section):
     noise_std: float = Field(0.03, ge=0, description="Gaussian noise std (normalised units)")
 
 
+Span = Annotated[list[float], Field(min_length=2, max_length=2)]
+
+
+def _check_spans(model: "Section") -> None:
+    """Every ``[low, high]`` range of ``model`` has ``low <= high``."""
+    for name, value in model:
+        if isinstance(value, list) and len(value) == 2 and all(isinstance(v, float) for v in value) \
+                and value[0] > value[1]:
+            raise ValueError(f"{name}: range [{value[0]}, {value[1]}] has low > high")
+
+
+class RandomiseSettings(Section):
+    """Domain-randomised training phantoms (the SynthSeg idea): contrast, artefacts and geometry drawn anew.
+
+    Every ``[low, high]`` pair is a uniform range drawn per generated volume. Lengths are in voxels
+    and are multiplied by a per-volume ``length_scale`` (the voxel size drawn relative to the
+    microstructure). Attenuations are relative (a collector near 1); ``order`` lists classes whose
+    drawn attenuations must increase, at least ``min_contrast`` apart (the physical order; the
+    ranges themselves may overlap).
+    """
+
+    fraction: float = Field(0.0, ge=0, le=1, description="share of training patches drawn from randomised "
+                            "phantoms (the rest from the label stores); 1 = randomised phantoms only")
+    volume_size: list[Edge] = Field([48, 48, 48], min_length=3, max_length=3,
+                                    description="edge of each generated cell (one value or three), >= patch_size")
+    patches_per_volume: int = Field(8, ge=1, description="patches cut from each generated cell before the next")
+    # contrast
+    attenuation: dict[str, Span] = Field(
+        {"pore": [0.0, 0.12], "solid_electrolyte": [0.22, 0.65], "lithium_metal": [0.04, 0.32],
+         "cathode_active": [0.5, 1.1], "redeposited_lithium": [0.06, 0.45], "current_collector": [0.6, 1.8]},
+        description="class name -> [low, high] relative attenuation")
+    order: list[str] = Field(["pore", "lithium_metal", "redeposited_lithium", "solid_electrolyte",
+                              "cathode_active"], description="classes whose attenuations increase in this order")
+    min_contrast: float = Field(0.03, ge=0, description="smallest attenuation step between consecutive classes "
+                                "of order")
+    # image formation
+    blur_sigma: Span = Field([0.3, 1.3], description="partial-volume (Gaussian point-spread) sigma, voxels")
+    noise: dict[Literal["gaussian", "poisson", "correlated"], Annotated[float, Field(ge=0)]] = Field(
+        {"gaussian": 1.0, "poisson": 1.0, "correlated": 1.0}, description="noise type -> relative probability")
+    noise_level: Span = Field([0.0, 0.12], description="noise std relative to the attenuation span")
+    ring_probability: float = Field(0.4, ge=0, le=1, description="chance of ring artefacts in a volume")
+    ring_amplitude: Span = Field([0.0, 0.05], description="ring amplitude relative to the attenuation span")
+    streak_probability: float = Field(0.3, ge=0, le=1, description="chance of streak artefacts in a volume")
+    streak_amplitude: Span = Field([0.0, 0.06], description="streak amplitude relative to the attenuation span")
+    cupping: Span = Field([0.0, 0.15], description="beam-hardening cupping: relative drop at the slice centre")
+    bias_field: Span = Field([0.0, 0.12], description="smooth multiplicative bias field, relative amplitude")
+    length_scale: Span = Field([0.6, 1.5], description="voxel size: multiplier of every drawn length")
+    # geometry (layers along z: collector, cathode composite, separator, lithium anode)
+    collector_fraction: Span = Field([0.03, 0.14], description="collector thickness / z extent")
+    cathode_fraction: Span = Field([0.25, 0.5], description="cathode thickness / z extent")
+    separator_fraction: Span = Field([0.12, 0.32], description="separator thickness / z extent")
+    interface_roughness: Span = Field([0.0, 2.5], description="anode surface height std, voxels")
+    particle_shapes: dict[Literal["sphere", "ellipsoid", "irregular"], Annotated[float, Field(ge=0)]] = Field(
+        {"sphere": 1.0, "ellipsoid": 1.0, "irregular": 1.0}, description="particle shape -> relative probability")
+    particle_radius: Span = Field([2.0, 6.0], description="median cathode particle radius, voxels")
+    particle_radius_sigma: Span = Field([0.1, 0.45], description="log-normal spread of the particle radii")
+    active_fraction: Span = Field([0.35, 0.7], description="cathode active volume fraction (packing)")
+    cathode_pore_fraction: Span = Field([0.0, 0.1], description="pore fraction of the cathode composite")
+    separator_pore_fraction: Span = Field([0.0, 0.03], description="pore fraction of the separator")
+    pore_radius: Span = Field([0.8, 2.5], description="pore radius, voxels")
+    pits_per_10k_vox2: Span = Field([0.0, 8.0], description="anode pits per 10^4 voxels of y-x area")
+    pit_depth: Span = Field([0.1, 0.6], description="pit depth / anode thickness")
+    dendrites_per_10k_vox2: Span = Field([2.0, 30.0], description="dendrites per 10^4 voxels of y-x area")
+    dendrite_length: Span = Field([0.2, 1.0], description="dendrite length / separator thickness")
+    dendrite_radius: Span = Field([0.6, 2.0], description="dendrite radius, voxels (0.6: 1 voxel thick)")
+    dendrite_branching: Span = Field([0.0, 0.3], description="chance per step that a dendrite branches")
+    agglomerates_per_10k_vox2: Span = Field([4.0, 50.0], description="mossy agglomerates per 10^4 voxels of area")
+    agglomerate_radius: Span = Field([1.0, 4.5], description="agglomerate lump radius, voxels")
+
+    _size = field_validator("volume_size", mode="before")(_triple)
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "RandomiseSettings":
+        _check_spans(self)
+        for name, span in self.attenuation.items():
+            if span[0] > span[1]:
+                raise ValueError(f"attenuation.{name}: range {span} has low > high")
+        unknown = [n for n in [*self.attenuation, *self.order] if n not in CLASSES.values()]
+        if unknown:
+            raise ValueError(f"unknown class name(s) {unknown} (the phantom's classes: {list(CLASSES.values())})")
+        missing = [n for n in CLASSES.values() if n not in self.attenuation]
+        if missing:
+            raise ValueError(f"attenuation: needs a range for every class, missing {missing}")
+        if not sum(self.noise.values()) > 0 or not sum(self.particle_shapes.values()) > 0:
+            raise ValueError("noise and particle_shapes need at least one positive probability")
+        return self
+
+
 class TrainSettings(Section):
     """Optimisation, sampling, validation and checkpoints of ``train-seg``."""
 
@@ -72,11 +160,16 @@ class TrainSettings(Section):
     min_lr_ratio: float = Field(0.02, ge=0, le=1, description="final learning rate / lr")
     dice_weight: float = Field(1.0, ge=0, description="weight of the Dice loss")
     ce_weight: float = Field(1.0, ge=0, description="weight of the cross-entropy loss")
+    tversky_weight: float = Field(0.0, ge=0, description="weight of MONAI's Tversky loss (0 = off)")
+    tversky_alpha: float = Field(0.3, ge=0, le=1, description="Tversky: weight of false positives")
+    tversky_beta: float = Field(0.7, ge=0, le=1, description="Tversky: weight of false negatives (recall)")
     class_weights: list[Annotated[float, Field(ge=0)]] | None = Field(
         None, description="per-class cross-entropy weights, or null")
     class_balance: float = Field(1.0, ge=0, le=1, description="share of patches centred on a voxel of a "
                                  "uniformly drawn class")
     augment: AugmentSettings = Field(default_factory=AugmentSettings, description="patch augmentation")
+    randomise: RandomiseSettings = Field(default_factory=RandomiseSettings,
+                                         description="domain-randomised training phantoms")
     val_axis: Literal["z", "y", "x"] = Field("x", description="region split: a slab along this axis is held out")
     val_fraction: float = Field(0.2, ge=0, lt=0.9, description="region split: held-out fraction of each volume")
     val_every: int = Field(100, ge=1, description="steps between validations")

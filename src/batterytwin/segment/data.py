@@ -1,8 +1,8 @@
 """Random 3-D training patches read lazily from volume and label stores.
 
 Nothing here loads a whole volume: patches are sliced from the zarr arrays (only the chunks they
-touch are read), the class index is built block by block, and intensity statistics come from a
-fixed sample of blocks.
+touch are read), the class index is built block by block, and intensity statistics come from the
+whole volume (or, for a large one, blocks spread over its whole extent).
 
 Determinism: patch ``i`` of the run (the ``i``-th sample of the global stream, ``i = step * B + j``)
 is drawn from ``numpy.random.default_rng([seed, i])`` alone, so it is the same whichever rank or
@@ -46,8 +46,14 @@ STATS_BLOCK = 32
 STATS_BLOCKS = 64
 
 
-def intensity_range(array: Any, seed: int = 0, q: tuple[float, float] = (1.0, 99.0)) -> tuple[float, float]:
-    """Robust intensity range (1st, 99th percentile) of a volume from up to 64 blocks of 32^3.
+def intensity_range(array: Any, q: tuple[float, float] = (1.0, 99.0)) -> tuple[float, float]:
+    """Robust intensity range (1st, 99th percentile) of the whole volume.
+
+    A volume of at most ``STATS_BLOCKS`` blocks of ``STATS_BLOCK^3`` voxels is read entirely (in z
+    slabs), so the range is exactly ``np.percentile`` of every voxel whatever the shape. A larger
+    volume is cut into a block grid that covers its whole extent (the last, partial blocks
+    included) and ``STATS_BLOCKS`` blocks spread evenly over that grid are read. The choice
+    depends on the shape only, so training, validation and inference normalise a volume alike.
 
     Args:
         array: ``[Z, Y, X]`` array-like (zarr or numpy), read block by block.
@@ -55,15 +61,15 @@ def intensity_range(array: Any, seed: int = 0, q: tuple[float, float] = (1.0, 99
     Returns:
         ``(lo, hi)`` with ``hi > lo``; the network sees ``(x - lo) / (hi - lo)``.
     """
-    shape = array.shape
-    b = [min(STATS_BLOCK, n) for n in shape]
-    grid = [range(0, n - bb + 1, max(1, bb)) for n, bb in zip(shape, b)]
-    origins = list(itertools.product(*grid))
-    if len(origins) > STATS_BLOCKS:
-        rng = np.random.default_rng([seed, 0x57A7])
-        origins = [origins[i] for i in sorted(rng.choice(len(origins), STATS_BLOCKS, replace=False))]
-    values = np.concatenate([np.asarray(array[tuple(slice(o, o + bb) for o, bb in zip(org, b))], np.float32).ravel()
-                             for org in origins])
+    shape = tuple(int(n) for n in array.shape)
+    if int(np.prod(shape)) <= STATS_BLOCKS * STATS_BLOCK**3:
+        regions = [(slice(z, min(z + STATS_BLOCK, shape[0])), slice(None), slice(None))
+                   for z in range(0, shape[0], STATS_BLOCK)]
+    else:
+        grid = list(itertools.product(*[range(0, n, STATS_BLOCK) for n in shape]))
+        pick = np.unique(np.linspace(0, len(grid) - 1, STATS_BLOCKS).round().astype(np.int64))
+        regions = [tuple(slice(o, min(o + STATS_BLOCK, n)) for o, n in zip(grid[i], shape)) for i in pick]
+    values = np.concatenate([np.asarray(array[r], np.float32).ravel() for r in regions])
     values = values[np.isfinite(values)]
     if values.size == 0:
         raise InputError("segment: the input volume has no finite values")
@@ -102,14 +108,14 @@ class PatchSource:
 
     @classmethod
     def open(cls, image: Any, labels: Any, n_classes: int, holdout: tuple[slice, ...] | None = None,
-             name: str = "volume", world=None, seed: int = 0) -> "PatchSource":
+             name: str = "volume", world=None) -> "PatchSource":
         """Check shapes and class ids, then build the class index (split over ranks when ``world`` is given)."""
         if tuple(image.shape) != tuple(labels.shape):
             raise InputError(f"{name}: label store shape {tuple(labels.shape)} differs from the volume shape "
                              f"{tuple(image.shape)}")
         if len(image.shape) != 3:
             raise InputError(f"{name}: expected a 3-D volume (z, y, x), got shape {tuple(image.shape)}")
-        lo, hi = intensity_range(image, seed)
+        lo, hi = intensity_range(image)
         src = cls(image, labels, n_classes, holdout, lo, hi, name=name)
         src._build_index(world)
         return src

@@ -45,8 +45,14 @@ def labelled_weight(target: torch.Tensor, n_classes: int, class_weights: Sequenc
 
 def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, n_classes: int, *, weight_total: torch.Tensor | float,
                  global_batch: int, world_size: int = 1, dice_weight: float = 1.0, ce_weight: float = 1.0,
-                 class_weights: Sequence[float] | None = None, ignore_label: int = IGNORE_LABEL) -> torch.Tensor:
-    """Masked Dice + CE of this rank's samples, scaled for DDP gradient averaging.
+                 class_weights: Sequence[float] | None = None, ignore_label: int = IGNORE_LABEL,
+                 tversky_weight: float = 0.0, tversky_alpha: float = 0.3, tversky_beta: float = 0.7) -> torch.Tensor:
+    """Masked Dice + CE (+ Tversky) of this rank's samples, scaled for DDP gradient averaging.
+
+    The optional Tversky term is MONAI's ``TverskyLoss`` (softmax, ``ignore_index`` = the ignore
+    label) per sample and class, averaged over classes and divided by the global batch like the
+    Dice term; ``beta > alpha`` weighs missed voxels (false negatives) above false alarms, which
+    favours the recall of rare classes (redeposited lithium).
 
     Args:
         logits: ``[b, C, Z, Y, X]`` network output (any float dtype; computed in float32).
@@ -78,7 +84,15 @@ def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, n_classes: int, *, 
     denom = probs.sum(dims) + onehot.sum(dims)
     dice = (2 * inter + SMOOTH) / (denom + SMOOTH)  # [b, C]; a sample with no labels gives 1
     dice_loss = (1 - dice).mean(dim=1).sum() / global_batch
-    return (ce_weight * ce + dice_weight * dice_loss) * world_size
+    total = ce_weight * ce + dice_weight * dice_loss
+    if tversky_weight > 0:
+        from monai.losses import TverskyLoss
+
+        tv = TverskyLoss(softmax=True, to_onehot_y=True, alpha=tversky_alpha, beta=tversky_beta, reduction="none",
+                         smooth_nr=SMOOTH, smooth_dr=SMOOTH, ignore_index=ignore_label)
+        per = tv(logits, target.unsqueeze(1)).reshape(logits.shape[0], n_classes)  # [b, C]
+        total = total + tversky_weight * per.mean(dim=1).sum() / global_batch
+    return total * world_size
 
 
 def hard_dice_counts(pred: torch.Tensor | "np.ndarray", target, n_classes: int, ignore_label: int = IGNORE_LABEL):

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from .. import store
-from ..contracts import IGNORE_LABEL, SEGMENT_METRICS_SCHEMA
+from ..contracts import CLASSES, IGNORE_LABEL, SEGMENT_METRICS_SCHEMA
 from ..distributed import World, get_world, init_torch_distributed
 from ..errors import InputError
 from ..training import (EXIT_PREEMPTED, Checkpoint, StopFlag, check_loss, load_model_file, preempted, save_atomic,
@@ -46,6 +46,7 @@ from .config import AXIS_NAMES
 from .loss import dice_ce_loss, hard_dice_counts, labelled_weight
 from .metrics import SegmentationScores, final_scores
 from .model import build_model, check_patch, count_parameters
+from .randomise import MixedPatches, RandomisedPatches
 from .window import gaussian_weight, predict_region
 
 log = logging.getLogger(__name__)
@@ -158,8 +159,10 @@ def train(cfg: dict, inputs: Sequence[TrainInput], model_out: str, metrics_out: 
     """
     world = world or get_world()
     t_cfg, m_cfg = cfg["train"], cfg["model"]
-    if not inputs:
-        raise InputError("segment.train_samples: no training volume given")
+    r_cfg = t_cfg["randomise"]
+    fraction = float(r_cfg["fraction"])
+    if not inputs and fraction < 1:
+        raise InputError("segment.train_samples: no training volume given (and train.randomise.fraction < 1)")
     if resume not in ("auto", "yes", "no"):
         raise InputError(f"--resume: must be auto, yes or no, got {resume!r}")
     ckpt_path = Path(t_cfg["checkpoint_dir"]) / CHECKPOINT_NAME
@@ -170,7 +173,8 @@ def train(cfg: dict, inputs: Sequence[TrainInput], model_out: str, metrics_out: 
     set_threads(world, int(t_cfg["threads"]))
     torch.manual_seed(int(t_cfg["seed"]))
 
-    classes = _classes_of([i.labels for i in inputs] + [i.labels for i in val_inputs])
+    label_paths = [i.labels for i in inputs] + [i.labels for i in val_inputs]
+    classes = _classes_of(label_paths) if label_paths else dict(CLASSES)
     n_classes = len(classes)
     sources, val_sources = [], []
     val_voxels = 0
@@ -191,8 +195,7 @@ def train(cfg: dict, inputs: Sequence[TrainInput], model_out: str, metrics_out: 
     for inp in inputs:
         vol, lab = _open_pair(inp, n_classes, world)
         hold = None if val_inputs else _holdout(vol.shape, t_cfg["val_axis"], float(t_cfg["val_fraction"]))
-        src = D.PatchSource.open(vol.array, lab.array, n_classes, hold, name=str(inp.labels), world=world,
-                                 seed=int(t_cfg["seed"]))
+        src = D.PatchSource.open(vol.array, lab.array, n_classes, hold, name=str(inp.labels), world=world)
         sources.append(src)
         if hold is not None:
             add_validation(vol.array, lab.array, hold, src, str(inp.labels), required=False)
@@ -200,11 +203,16 @@ def train(cfg: dict, inputs: Sequence[TrainInput], model_out: str, metrics_out: 
         vol, lab = _open_pair(inp, n_classes, world)
         if vol.shape != lab.shape:
             raise InputError(f"{inp.labels}: label store shape {lab.shape} differs from the volume shape {vol.shape}")
-        src = D.PatchSource(vol.array, lab.array, n_classes, None, *D.intensity_range(vol.array, int(t_cfg["seed"])),
+        src = D.PatchSource(vol.array, lab.array, n_classes, None, *D.intensity_range(vol.array),
                             name=str(inp.labels))
         add_validation(vol.array, lab.array, None, src, str(inp.labels), required=True)
-    dataset = D.PatchDataset(sources, patch, seed=int(t_cfg["seed"]), class_balance=float(t_cfg["class_balance"]),
-                             augment_cfg=t_cfg["augment"])
+    seed, balance = int(t_cfg["seed"]), float(t_cfg["class_balance"])
+    dataset = D.PatchDataset(sources, patch, seed=seed, class_balance=balance,
+                             augment_cfg=t_cfg["augment"]) if sources else None
+    if fraction > 0:  # domain-randomised cells, alone or mixed with the stores (per patch, from (seed, i))
+        generated = RandomisedPatches(r_cfg, patch, seed, class_ids={v: k for k, v in classes.items()},
+                                      class_balance=balance, augment_cfg=t_cfg["augment"])
+        dataset = MixedPatches(dataset, generated, fraction, seed)
 
     device = init_torch_distributed(world, t_cfg["device"])
     amp = bool(t_cfg["amp"]) and device.type == "cuda"
@@ -272,7 +280,9 @@ def train(cfg: dict, inputs: Sequence[TrainInput], model_out: str, metrics_out: 
                 logits = ddp(image)
             loss = dice_ce_loss(logits, target, n_classes, weight_total=weight_total, global_batch=B,
                                 world_size=world.size, dice_weight=float(t_cfg["dice_weight"]),
-                                ce_weight=float(t_cfg["ce_weight"]), class_weights=cw)
+                                ce_weight=float(t_cfg["ce_weight"]), class_weights=cw,
+                                tversky_weight=float(t_cfg["tversky_weight"]), tversky_alpha=float(t_cfg["tversky_alpha"]),
+                                tversky_beta=float(t_cfg["tversky_beta"]))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -317,6 +327,7 @@ def train(cfg: dict, inputs: Sequence[TrainInput], model_out: str, metrics_out: 
             "final_dice": None if final is None else {classes[c]: d for c, d in enumerate(final["dice"])},
             "final_mean_dice": None if final is None else final["mean_dice"],
             **final_scores(final, classes),
+            "randomised_fraction": fraction,
             "validation_split": "held-out label stores" if val_inputs else
             f"slab of {t_cfg['val_fraction']} along {t_cfg['val_axis']} (labels hidden from training)",
             "validation_labelled_voxels": val_voxels,
