@@ -95,7 +95,7 @@ def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, n_classes: int, *, 
     return total * world_size
 
 
-def hard_dice_counts(pred: torch.Tensor | "np.ndarray", target, n_classes: int, ignore_label: int = IGNORE_LABEL):
+def hard_dice_counts(pred: "torch.Tensor | numpy.ndarray", target, n_classes: int, ignore_label: int = IGNORE_LABEL):
     """Per-class ``(2|P∩G|, |P|+|G|)`` counts over labelled voxels (accumulate, then divide).
 
     Args:
