@@ -23,12 +23,15 @@ Example::
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from ..contracts import IGNORE_LABEL
+
+if TYPE_CHECKING:
+    import numpy
 
 SMOOTH = 1e-5
 
@@ -95,7 +98,7 @@ def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, n_classes: int, *, 
     return total * world_size
 
 
-def hard_dice_counts(pred: "torch.Tensor | numpy.ndarray", target, n_classes: int, ignore_label: int = IGNORE_LABEL):
+def hard_dice_counts(pred: torch.Tensor | numpy.ndarray, target, n_classes: int, ignore_label: int = IGNORE_LABEL):
     """Per-class ``(2|P∩G|, |P|+|G|)`` counts over labelled voxels (accumulate, then divide).
 
     Args:
