@@ -44,6 +44,20 @@ class TrainConfig(Section):
     cond_heads: int = Field(4, ge=1, description="attention heads of the condition encoder")
     patch: int = Field(4, ge=1, description="curve points per U-Net input patch")
     rows_per_token: int = Field(5, ge=1, description="capacity-matrix rows per transformer token")
+    variance_feature: bool = Field(
+        True, description="add the variance baseline's log-variance feature (standardised) to the transformer's "
+        "condition vector")
+    representation: Literal["basis", "unet"] = Field(
+        "basis", description="basis: diffusion over the PCA coefficients of the curves + log record length "
+        "(smooth, monotone samples; an MLP denoiser); unet: over the curve points (1-D U-Net)")
+    prediction: Literal["eps", "x0", "v"] = Field("v", description="network target: noise, clean curve or v")
+    basis_components: int = Field(8, ge=1, description="basis: principal components of the curves")
+    monotone: bool = Field(True, description="basis: decoded curves never rise (running minimum)")
+    mlp_width: int = Field(256, ge=8, description="basis: width of the MLP denoiser")
+    mlp_blocks: int = Field(3, ge=1, description="basis: residual blocks of the MLP denoiser")
+    calibration_fraction: float = Field(
+        0.25, ge=0, lt=1, description="training cells held out of training to calibrate the life interval "
+        "(split conformal); 0: raw sampled interval, not calibrated")
 
     @model_validator(mode="after")
     def _levels(self) -> "TrainConfig":
