@@ -47,7 +47,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=1000, help="training steps per model")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--prediction", default="v", choices=["eps", "x0", "v"])
+    p.add_argument("--prediction", default="eps", choices=["eps", "x0", "v"])
     p.add_argument("--representation", default="basis", choices=["basis", "unet"])
     p.add_argument("--no-variance-feature", action="store_true")
     p.add_argument("--train-json", default="{}", help="further degradation.train keys as JSON")

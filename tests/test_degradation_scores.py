@@ -158,4 +158,4 @@ def test_rule_mismatch_is_an_error(tmp_path):
     assert not (tmp_path / "p.zarr").exists()
     payload = torch.load(tmp_path / "m.pt", weights_only=True)
     assert payload["eol_rule"] == "threshold"
-    assert len(payload["calibration"]["names"]) == 14  # round(0.25 * 55) HUST cells held out of training
+    assert len(payload["calibration"]["names"]) == 19  # round(0.35 * 55) HUST cells held out of training

@@ -50,13 +50,13 @@ class TrainConfig(Section):
     representation: Literal["basis", "unet"] = Field(
         "basis", description="basis: diffusion over the PCA coefficients of the curves + log record length "
         "(smooth, monotone samples; an MLP denoiser); unet: over the curve points (1-D U-Net)")
-    prediction: Literal["eps", "x0", "v"] = Field("v", description="network target: noise, clean curve or v")
+    prediction: Literal["eps", "x0", "v"] = Field("eps", description="network target: noise, clean curve or v")
     basis_components: int = Field(8, ge=1, description="basis: principal components of the curves")
     monotone: bool = Field(True, description="basis: decoded curves never rise (running minimum)")
     mlp_width: int = Field(256, ge=8, description="basis: width of the MLP denoiser")
     mlp_blocks: int = Field(3, ge=1, description="basis: residual blocks of the MLP denoiser")
     calibration_fraction: float = Field(
-        0.25, ge=0, lt=1, description="training cells held out of training to calibrate the life interval "
+        0.35, ge=0, lt=1, description="training cells held out of training to calibrate the life interval "
         "(split conformal); 0: raw sampled interval, not calibrated")
 
     @model_validator(mode="after")
