@@ -328,9 +328,13 @@ def test_tiny_model_beats_mean_curve(process_group):
                          "ema_decay": 0.99, "widths": [32, 32], "emb_dim": 64, "cond_dim": 32})
     res = train_model(train_cs, cfg, None, world, dev)
     net = net_from_payload(res.payload)
-    _, m = evaluate_set(net, res.payload, test_cs, SampleSettings(samples=8, ddim_steps=20, batch=256), world=world)
+    arrays, m = evaluate_set(net, res.payload, test_cs, SampleSettings(samples=8, ddim_steps=20, batch=256),
+                             world=world)
     print(json.dumps(m, indent=1))
     assert m["n_evaluated"] == 16
+    # the conformal interval (22 calibration cells held out of the 64) holds the point prediction
+    assert m["interval"]["calibrated"] and m["interval"]["n_calibration_cells"] == 22
+    assert np.all(arrays["life_lo"] <= arrays["life_pred"]) and np.all(arrays["life_pred"] <= arrays["life_hi"])
     # measured when written: curve 2.3 vs 4.3 %, RUL 13 vs 35 cycles
     assert m["model"]["soh_curve_rmse_percent"] < 0.75 * m["mean_curve"]["soh_curve_rmse_percent"]
     assert m["model"]["rul_rmse_cycles"] < 0.6 * m["mean_curve"]["rul_rmse_cycles"]

@@ -215,6 +215,8 @@ def evaluate(net: DegradationNet, payload: dict, cs: CurveSet, st: SampleSetting
     conformal = calibrate(net, payload, st, rule, world, device)
     if conformal["calibrated"]:
         lo, hi = conformal_interval(summ["lo"], summ["hi"], conformal["q_log10"])
+        # q < 0 narrows the sampled interval: keep the point prediction inside (only widens: coverage holds)
+        lo, hi = np.minimum(lo, summ["median"]), np.maximum(hi, summ["median"])
     else:
         lo, hi = summ["lo"], summ["hi"]
     life_true, censored = cycle_life(cs.soh, cs.valid_len, rule, cpp, st.threshold)
