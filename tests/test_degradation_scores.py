@@ -159,3 +159,15 @@ def test_rule_mismatch_is_an_error(tmp_path):
     payload = torch.load(tmp_path / "m.pt", weights_only=True)
     assert payload["eol_rule"] == "threshold"
     assert len(payload["calibration"]["names"]) == 19  # round(0.35 * 55) HUST cells held out of training
+
+
+def test_calibration_split_sizes():
+    from batterytwin.degradation.train import calibration_split
+
+    flags = calibration_split(41, 0.35, 0, 9)
+    assert flags.sum() == 14 and flags.dtype == bool           # round(0.35 * 41)
+    np.testing.assert_array_equal(flags, calibration_split(41, 0.35, 0, 9))  # seeded
+    assert not np.array_equal(flags, calibration_split(41, 0.35, 1, 9))
+    assert calibration_split(12, 0.35, 0, 9).sum() == 0      # 4 < 9: too few to calibrate, all cells train
+    assert calibration_split(12, 0.35, 0, 1).sum() == 4
+    assert calibration_split(10, 0.9, 0, 1).sum() == 8       # at least 2 cells stay in training

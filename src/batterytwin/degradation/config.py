@@ -58,6 +58,9 @@ class TrainConfig(Section):
     calibration_fraction: float = Field(
         0.35, ge=0, lt=1, description="training cells held out of training to calibrate the life interval "
         "(split conformal); 0: raw sampled interval, not calibrated")
+    calibration_min_cells: int = Field(
+        9, ge=1, description="hold calibration cells out only if there are at least this many (9: the fewest "
+        "that calibrate a 90 % interval); fewer: every cell trains and the raw sampled interval is used")
 
     @model_validator(mode="after")
     def _levels(self) -> "TrainConfig":

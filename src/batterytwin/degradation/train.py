@@ -55,14 +55,15 @@ def build_net(cfg: TrainConfig, condition_shape: tuple[int, int], basis_dim: int
                           cfg.variance_feature)
 
 
-def calibration_split(n: int, fraction: float, seed: int) -> np.ndarray:
+def calibration_split(n: int, fraction: float, seed: int, min_cells: int = 1) -> np.ndarray:
     """Flags [n] of the training cells held out for conformal calibration (seeded permutation).
 
-    ``round(fraction * n)`` cells, at least 1 when ``fraction > 0``, and at least 2 cells left to train.
+    ``round(fraction * n)`` cells, at least 2 cells left to train; none when that is below ``min_cells``
+    (too few to calibrate: better to train on them).
     """
     k = min(int(round(fraction * n)), n - 2)
-    if fraction > 0:
-        k = max(k, 1 if n >= 3 else 0)
+    if k < max(int(min_cells), 1):
+        k = 0
     flags = np.zeros(n, bool)
     if k > 0:
         flags[np.random.default_rng([int(seed), 7]).permutation(n)[:k]] = True
@@ -140,7 +141,7 @@ def train_model(cs: CurveSet, cfg: TrainConfig, checkpoint: Path | None = None, 
     if not dist.is_initialized():
         raise RuntimeError("train_model needs torch.distributed: call init_torch_distributed first")
     all_cells = cs
-    calib = calibration_split(len(cs), cfg.calibration_fraction, cfg.seed)
+    calib = calibration_split(len(cs), cfg.calibration_fraction, cfg.seed, cfg.calibration_min_cells)
     cs = all_cells.subset(np.flatnonzero(~calib))
     x0_np, w_np, basis = encode_targets(cs, cfg)
     q_scale = float(np.std(cs.qmatrix)) or 1.0
