@@ -44,7 +44,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--splits", default="MATR1,MATR2,HUST,SNL,CRUH,CRUSH")
     p.add_argument("--select", action="store_true", help="only cross-validate on matr_1_train (model choice)")
     p.add_argument("--folds", type=int, default=4, help="cross-validation folds (HUST, SNL, CRUH, CRUSH)")
-    p.add_argument("--steps", type=int, default=1000, help="training steps per model")
+    p.add_argument("--steps", type=int, default=500, help="training steps per model (500: chosen by --select)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--prediction", default="eps", choices=["eps", "x0", "v"])

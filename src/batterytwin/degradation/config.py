@@ -21,7 +21,7 @@ NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # names that become paths (results/degra
 class TrainConfig(Section):
     """Hyper-parameters of the model and of its training (plain values: saved in checkpoints and models)."""
 
-    steps: int = Field(3000, ge=1, description="optimiser steps")
+    steps: int = Field(500, ge=1, description="optimiser steps (500: chosen by cross-validation on matr_1_train, docs/degradation.md)")
     batch_size: int = Field(32, ge=1, description="global batch (divided evenly over the ranks)")
     lr: float = Field(1e-3, gt=0, description="AdamW learning rate")
     warmup: int = Field(100, ge=0, description="linear learning-rate warm-up steps")
