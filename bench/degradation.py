@@ -17,7 +17,7 @@ under DiffBatt's own convention (every cell scored; non-crossing full records at
 ancestral sampling (all T steps) against DDIM on the same MATR1 cells. Writes
 ``bench/results/degradation-<date>.json``.
 
-    python bench/degradation.py                         # the whole bench (about 20 min on 1 CPU core)
+    python bench/degradation.py                         # the whole bench (about 6 CPU minutes, 1 thread)
     python bench/degradation.py --splits MATR1,MATR2 --steps 3000
     python bench/degradation.py --select --prediction eps    # model choice by CV on matr_1_train
 """
@@ -54,7 +54,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--samples", type=int, default=32, help="sampled curves per cell")
     p.add_argument("--ddim-steps", type=int, default=20)
-    p.add_argument("--ancestral-cells", type=int, default=8, help="MATR1 cells for the sampler timing (0: skip)")
+    p.add_argument("--ancestral-cells", type=int, default=42, help="MATR1 cells for the sampler timing (0: skip)")
     p.add_argument("--ancestral-samples", type=int, default=8)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=None, help="JSON path (default bench/results/degradation-<date>.json)")
