@@ -1,146 +1,210 @@
-"""Benchmark of the degradation stage on the real DiffBatt splits (MATR1, MATR2).
+"""Benchmark of the degradation stage on every real split: MATR1, MATR2, HUST, SNL, CRUH, CRUSH.
 
-Trains the diffusion model on ``matr_1_train`` (MATR1 and MATR2 share it), then for MATR1
-(``matr_1_test``) and MATR2 (``matr_2_test``) prints the RUL RMSE of the model (median of the
-sampled lives, DDIM) and of the two baselines fitted in the same run (Severson variance model,
-random forest), next to DiffBatt's published numbers (88 and 235 cycles), with the empirical
-coverage of the 90 % intervals. Then it times ancestral sampling (all T = 1000 steps) against DDIM
-on the same MATR1 cells and samples, and prints curves/s, the speed-up and both RUL RMSEs.
+- MATR1 / MATR2: one model trained on ``matr_1_train`` (both share it), scored on ``matr_1_test`` /
+  ``matr_2_test`` (rule ``end_of_record``: cycle life = record length).
+- HUST, SNL, CRUH, CRUSH: their test splits are not shipped, so ``--folds``-fold cross-validation over
+  the cells of the train files (scikit-learn ``KFold``, shuffled, seeded); every cell is scored once by a
+  model that did not see it, and the metrics are computed on the pooled out-of-fold predictions (rule
+  ``threshold``, 80 %). CRUSH is built here as CRUH + SNL (CALCE, RWTH, UL-PUR, HNEI + Sandia, DiffBatt's
+  CRUSH groups), on the first 20 early cycles of the capacity matrix (SNL has 20 rows).
+- ``--select``: the same cross-validation on ``matr_1_train`` only (model choice without the test files).
 
-End-of-life rule: MATR records end at end of life, so cycle life = valid_len * 10 (end of record),
-for the truth and for every sampled curve (its predicted record length); RUL RMSE = cycle-life RMSE.
+Per split: RUL RMSE of the model (median of the sampled lives) and of the baselines fitted in the
+same run on the same training cells (Severson variance model, random forest, mean life), DiffBatt's
+published RMSE, the coverage of the conformally calibrated 90 % interval, the censoring figures
+(censored cells predicted below their known lower bound, censoring-aware RMSE, C-index) and the RMSE
+under DiffBatt's own convention (every cell scored; non-crossing full records at 2560 cycles). Then
+ancestral sampling (all T steps) against DDIM on the same MATR1 cells. Writes
+``bench/results/degradation-<date>.json``.
 
-Default run: CPU-sized (a few minutes of training); ``--steps``, ``--samples``, ``--widths`` ...
-for longer runs. ``--model`` reuses a trained model file (skips training).
-
-    python bench/degradation.py                       # default, short
-    python bench/degradation.py --steps 20000 --samples 64 --ancestral-cells 42
-    python bench/degradation.py --model bench/out/degradation_matr.pt     # re-evaluate only
+    python bench/degradation.py                         # the whole bench (about 6 CPU minutes, 1 thread)
+    python bench/degradation.py --splits MATR1,MATR2 --steps 3000
+    python bench/degradation.py --select --prediction eps    # model choice by CV on matr_1_train
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PUBLISHED = {"MATR1": 88.0, "MATR2": 235.0}  # DiffBatt RUL RMSE (cycles), Eivazi et al. 2024
-SPLITS = {"MATR1": "matr_1_test.npz", "MATR2": "matr_2_test.npz"}
+PUBLISHED = {"MATR1": 88.0, "MATR2": 235.0, "HUST": 368.0, "SNL": 125.0, "CRUH": 119.0, "CRUSH": 294.0}
+CV_FILES = {"HUST": ["hust_train.npz"], "SNL": ["snl_train.npz"], "CRUH": ["cruh_train.npz"],
+            "CRUSH": ["cruh_train.npz", "snl_train.npz"], "MATR-CV": ["matr_1_train.npz"]}
 
 
 def parse() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data-dir", default=os.environ.get("BATTERYTWIN_DIFFBATT", str(ROOT.parent / "shared/data/diffbatt")),
-                   help="directory of the DiffBatt .npz splits")
-    p.add_argument("--steps", type=int, default=3000, help="training steps")
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data-dir", default=str(ROOT / "data/cycling"), help="directory of the DiffBatt .npz splits")
+    p.add_argument("--splits", default="MATR1,MATR2,HUST,SNL,CRUH,CRUSH")
+    p.add_argument("--select", action="store_true", help="only cross-validate on matr_1_train (model choice)")
+    p.add_argument("--folds", type=int, default=4, help="cross-validation folds (HUST, SNL, CRUH, CRUSH)")
+    p.add_argument("--steps", type=int, default=500, help="training steps per model (500: chosen by --select)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--widths", default="32,64,64")
+    p.add_argument("--prediction", default="eps", choices=["eps", "x0", "v"])
+    p.add_argument("--representation", default="basis", choices=["basis", "unet"])
+    p.add_argument("--no-variance-feature", action="store_true")
+    p.add_argument("--train-json", default="{}", help="further degradation.train keys as JSON")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--samples", type=int, default=16, help="sampled curves per test cell (intervals)")
-    p.add_argument("--ddim-steps", type=int, default=50)
-    p.add_argument("--guidance", type=float, default=1.0)
-    p.add_argument("--ancestral-cells", type=int, default=4,
-                   help="MATR1 cells for the ancestral vs DDIM timing (0: skip it)")
-    p.add_argument("--ancestral-samples", type=int, default=8, help="samples per cell for that timing")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared machine)")
-    p.add_argument("--model", default=None, help="use this trained model file instead of training")
-    p.add_argument("--save-model", default=str(ROOT / "bench/out/degradation_matr.pt"))
-    p.add_argument("--out", default=str(ROOT / "bench/out/degradation.json"))
+    p.add_argument("--samples", type=int, default=32, help="sampled curves per cell")
+    p.add_argument("--ddim-steps", type=int, default=20)
+    p.add_argument("--ancestral-cells", type=int, default=42, help="MATR1 cells for the sampler timing (0: skip)")
+    p.add_argument("--ancestral-samples", type=int, default=8)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default=None, help="JSON path (default bench/results/degradation-<date>.json)")
     return p.parse_args()
+
+
+def crush(sets):
+    """CRUH (first 20 early cycles) + SNL as one set."""
+    from batterytwin.degradation.data import CurveSet, concat
+
+    rows = min(s.qmatrix.shape[1] for s in sets)
+    cut = [CurveSet(s.soh, s.valid_len, s.qmatrix[:, :rows], s.cycles_per_point, s.eol_rule, s.names, s.source,
+                    s.excluded) for s in sets]
+    return concat(cut)
+
+
+def pooled_metrics(arrays: dict, soh_true, valid_len, cpp: int, threshold: float = 80.0) -> dict:
+    """Metrics of (pooled) prediction arrays, the same definitions as predict.evaluate."""
+    import numpy as np
+
+    from batterytwin.degradation.evaluate import censoring_scores, coverage, diffbatt_life, rmse
+
+    a = {k: np.asarray(v, float) for k, v in arrays.items()}
+    cens = a["censored"].astype(bool)
+    keep = ~cens
+    db_true = diffbatt_life(soh_true, valid_len, cpp, threshold)
+    out = {"n_cells": int(len(cens)), "n_evaluated": int(keep.sum()), "n_censored": int(cens.sum())}
+    for name, key in (("model", "life_pred"), ("variance_model", "life_variance"), ("random_forest", "life_forest"),
+                      ("mean_life", "life_mean")):
+        out[name] = {"rul_rmse_cycles": rmse(a[key], a["life_true"], keep),
+                     "censoring": censoring_scores(a[key], a["life_true"], cens),
+                     "diffbatt_convention_rmse_cycles": rmse(a["life_pred_diffbatt"] if key == "life_pred" else a[key],
+                                                             db_true)}
+    out["model"]["interval_coverage"] = coverage(a["life_lo"], a["life_hi"], a["life_true"], keep)
+    finite = keep & np.isfinite(a["life_hi"])
+    out["model"]["mean_interval_width_cycles"] = float(np.mean((a["life_hi"] - a["life_lo"])[finite])) \
+        if finite.any() else float("nan")
+    return out
 
 
 def main() -> int:
     args = parse()
     import numpy as np
     import torch
+    from sklearn.model_selection import KFold
 
+    from batterytwin.degradation.config import SampleSettings, TrainConfig
     from batterytwin.degradation.data import load_npz_split
-    from batterytwin.degradation.config import SampleSettings
     from batterytwin.degradation.predict import evaluate
-    from batterytwin.degradation.train import TrainConfig, load_model, train_model
+    from batterytwin.degradation.train import net_from_payload, train_model
     from batterytwin.distributed import get_world, init_torch_distributed
 
-    data_dir = Path(args.data_dir)
-    if not (data_dir / "matr_1_train.npz").is_file():
-        print(f"bench/degradation.py: no DiffBatt splits in {data_dir} (give --data-dir): skipped")
-        return 0
     torch.set_num_threads(args.threads)
     world = get_world()
-    train = load_npz_split(data_dir / "matr_1_train.npz")
-    report: dict = {"rule": "end_of_record: cycle life = valid_len * 10 (MATR); RUL RMSE = cycle-life RMSE",
-                    "train_cells": len(train), "steps": args.steps}
-    if args.model:
-        net, payload = load_model(args.model)
-        report["train_wall_s"] = None
-    else:
-        device = init_torch_distributed(world, "cpu")
-        cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                          widths=[int(w) for w in args.widths.split(",")],
-                          checkpoint_every=max(args.steps, 1))
-        cfg.attention = [False] + [True] * (len(cfg.widths) - 1)
-        t0, c0 = time.perf_counter(), time.process_time()
-        res = train_model(train, cfg, None, world, device, log_every=max(1, args.steps // 10))
-        report["train_wall_s"], report["train_cpu_s"] = time.perf_counter() - t0, time.process_time() - c0
-        Path(args.save_model).parent.mkdir(parents=True, exist_ok=True)
-        torch.save(res.payload, args.save_model)
-        net, payload = load_model(args.save_model)
-        print(f"trained {args.steps} steps on {len(train)} MATR cells: {report['train_wall_s']:.0f} s wall, "
-              f"{report['train_cpu_s']:.0f} s CPU")
+    device = init_torch_distributed(world, "cpu")
+    data = Path(args.data_dir)
+    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                      prediction=args.prediction, representation=args.representation,
+                      variance_feature=not args.no_variance_feature, checkpoint_every=max(args.steps, 1),
+                      **json.loads(args.train_json))
+    st = SampleSettings(samples=args.samples, ddim_steps=args.ddim_steps, seed=args.seed)
+    report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "command": " ".join(sys.argv), "train_config": cfg.model_dump(), "sample": st.model_dump(),
+              "folds": args.folds, "threads": args.threads, "splits": {}}
+    cpu_train = 0.0
+    wall0 = time.perf_counter()
 
-    rows = []
-    st = SampleSettings(samples=args.samples, sampler="ddim", ddim_steps=args.ddim_steps, guidance=args.guidance,
-                        seed=args.seed)
-    for name, fname in SPLITS.items():
-        test = load_npz_split(data_dir / fname)
-        _, m = evaluate(net, payload, test, st, world=world)
-        rows.append((name, m))
-        report[name] = m
-    print()
-    print(f"RUL RMSE in cycles (rule: {report['rule']})")
-    print(f"{'split':6} {'cells':>5} {'model':>7} {'DiffBatt':>8} {'ratio':>6} {'variance':>8} {'forest':>7} "
-          f"{'mean':>6} {'cover90':>7} {'curveRMSE%':>10}")
-    for name, m in rows:
-        r = m["model"]["rul_rmse_cycles"]
-        print(f"{name:6} {m['n_evaluated']:5d} {r:7.1f} {PUBLISHED[name]:8.0f} {r / PUBLISHED[name]:6.2f} "
-              f"{m['variance_model']['rul_rmse_cycles']:8.1f} {m['random_forest']['rul_rmse_cycles']:7.1f} "
-              f"{m['mean_curve']['rul_rmse_cycles']:6.1f} {m['model']['interval_coverage']:7.2f} "
-              f"{m['model']['soh_curve_rmse_percent']:10.2f}")
+    def train(cs):
+        nonlocal cpu_train
+        c0 = time.process_time()
+        res = train_model(cs, cfg, None, world, device, log_every=10 ** 9)
+        cpu_train += time.process_time() - c0
+        return net_from_payload(res.payload), res.payload
 
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2, default=float) + "\n")
-    if args.ancestral_cells <= 0:
-        print(f"\nwritten {args.out}")
-        return 0
-    # Ancestral (T steps) vs DDIM on the same cells and samples.
-    test = load_npz_split(data_dir / SPLITS["MATR1"]).subset(np.arange(min(args.ancestral_cells, 42)))
-    timing = {}
-    for sampler in ("ancestral", "ddim"):
-        s = SampleSettings(samples=args.ancestral_samples, sampler=sampler, ddim_steps=args.ddim_steps,
-                           guidance=args.guidance, seed=args.seed)
-        _, m = evaluate(net, payload, test, s, world=world)
-        wall = m["sampling"]["sampling_rank_seconds"]  # the sampling loop only (not the baselines' fit)
-        timing[sampler] = {"curves": m["sampling"]["curves"], "wall_s": wall,
-                           "curves_per_s": m["sampling"]["curves"] / wall,
-                           "rul_rmse_cycles": m["model"]["rul_rmse_cycles"],
-                           "coverage": m["model"]["interval_coverage"]}
-    speedup = timing["ddim"]["curves_per_s"] / timing["ancestral"]["curves_per_s"]
-    report["sampler_timing"] = {**timing, "ddim_speedup": speedup, "cells": len(test),
-                                "samples_per_cell": args.ancestral_samples, "ddim_steps": args.ddim_steps,
-                                "threads": args.threads}
-    print()
-    print(f"sampling on {len(test)} MATR1 cells x {args.ancestral_samples} samples ({args.threads} thread(s)):")
-    for k, v in timing.items():
-        label = "ancestral (1000 steps)" if k == "ancestral" else f"DDIM ({args.ddim_steps} steps)"
-        print(f"  {label:22} {v['curves_per_s']:8.2f} curves/s   RUL RMSE {v['rul_rmse_cycles']:7.1f} cycles")
-    print(f"  DDIM speed-up vs ancestral: {speedup:.1f}x")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2, default=float) + "\n")
-    print(f"\nwritten {args.out}")
+    names = ["MATR-CV"] if args.select else [s for s in args.splits.split(",") if s]
+    matr_model = None
+    for name in names:
+        t0 = time.perf_counter()
+        if name in ("MATR1", "MATR2"):
+            if matr_model is None:
+                matr_model = train(load_npz_split(data / "matr_1_train.npz"))
+            test = load_npz_split(data / ("matr_1_test.npz" if name == "MATR1" else "matr_2_test.npz"))
+            arrays, m = evaluate(*matr_model, test, st, world=world)
+            res = {**pooled_metrics(arrays, test.soh, test.valid_len, test.cycles_per_point),
+                   "interval": m["interval"], "eol_rule": m["eol_rule"], "excluded_cells": m["excluded_cells"],
+                   "roughness_soh_per_10_cycles": {"samples": m["model"]["sample_roughness_soh_per_10_cycles"],
+                                                   "data": m["data_roughness_soh_per_10_cycles"]},
+                   "variance_rows_cycles": m["variance_model"]["cycles"], "protocol": "train file -> test file"}
+        else:
+            sets = [load_npz_split(data / f) for f in CV_FILES[name]]
+            cs = crush(sets) if name == "CRUSH" else sets[0]
+            kf = KFold(args.folds, shuffle=True, random_state=args.seed)
+            pooled, intervals, rough = {}, [], []
+            order = np.empty(0, int)
+            for tr_idx, te_idx in kf.split(np.arange(len(cs))):
+                net, payload = train(cs.subset(tr_idx))
+                arrays, m = evaluate(net, payload, cs.subset(te_idx), st, world=world)
+                for k in ("life_pred", "life_lo", "life_hi", "life_true", "censored", "life_variance", "life_forest",
+                          "life_mean", "life_pred_diffbatt"):
+                    pooled.setdefault(k, []).append(arrays[k])
+                intervals.append(m["interval"])
+                rough.append(m["model"]["sample_roughness_soh_per_10_cycles"])
+                order = np.concatenate([order, te_idx])
+            arrays = {k: np.concatenate(v) for k, v in pooled.items()}
+            res = {**pooled_metrics(arrays, cs.soh[order], cs.valid_len[order], cs.cycles_per_point),
+                   "interval_per_fold": intervals, "eol_rule": cs.eol_rule, "excluded_cells": cs.excluded,
+                   "roughness_soh_per_10_cycles": {"samples": float(np.median(rough)),
+                                                   "data": float(np.median(np.abs(np.diff(cs.soh, axis=1))[
+                                                       np.isfinite(np.diff(cs.soh, axis=1))]) * 10 / cs.cycles_per_point)},
+                   "protocol": f"{args.folds}-fold CV over the cells of {'+'.join(CV_FILES[name])}"
+                               + (" (first 20 early cycles)" if name == "CRUSH" else "")}
+        res["published_diffbatt"] = PUBLISHED.get(name)
+        res["wall_s"] = time.perf_counter() - t0
+        report["splits"][name] = res
+        m = res["model"]
+        beats = m["rul_rmse_cycles"] < min(res["variance_model"]["rul_rmse_cycles"], res["random_forest"]["rul_rmse_cycles"])
+        print(f"{name:7} cells {res['n_cells']:3d} (cens {res['n_censored']:2d}) model {m['rul_rmse_cycles']:6.0f}  "
+              f"var {res['variance_model']['rul_rmse_cycles']:6.0f}  rf {res['random_forest']['rul_rmse_cycles']:6.0f}  "
+              f"mean {res['mean_life']['rul_rmse_cycles']:6.0f}  DiffBatt {PUBLISHED.get(name) or float('nan'):5.0f}  "
+              f"beats-baselines {beats!s:5}  cov90 {m['interval_coverage']:.2f}  "
+              f"cens<bound {m['censoring']['n_censored_pred_below_bound']}/{m['censoring']['n_censored']}  "
+              f"C {m['censoring']['c_index']:.2f}  DiffBatt-conv {m['diffbatt_convention_rmse_cycles']:6.0f}  "
+              f"({res['wall_s']:.0f} s)", flush=True)
+
+    if matr_model is not None and args.ancestral_cells > 0:
+        test = load_npz_split(data / "matr_1_test.npz").subset(np.arange(min(args.ancestral_cells, 42)))
+        timing = {}
+        for sampler in ("ancestral", "ddim"):
+            s = SampleSettings(samples=args.ancestral_samples, sampler=sampler, ddim_steps=args.ddim_steps,
+                               seed=args.seed)
+            _, m = evaluate(*matr_model, test, s, world=world)
+            wall = m["sampling"]["sampling_rank_seconds"]
+            timing[sampler] = {"curves": m["sampling"]["curves"], "wall_s": wall,
+                               "curves_per_s": m["sampling"]["curves"] / wall,
+                               "rul_rmse_cycles": m["model"]["rul_rmse_cycles"]}
+        timing["ddim_speedup"] = timing["ddim"]["curves_per_s"] / timing["ancestral"]["curves_per_s"]
+        timing.update(cells=len(test), samples_per_cell=args.ancestral_samples, ddim_steps=args.ddim_steps)
+        report["sampler_timing"] = timing
+        print(f"sampling {len(test)} MATR1 cells x {args.ancestral_samples}: ancestral {timing['ancestral']['curves_per_s']:.1f} "
+              f"curves/s (RMSE {timing['ancestral']['rul_rmse_cycles']:.0f}), DDIM-{args.ddim_steps} "
+              f"{timing['ddim']['curves_per_s']:.1f} curves/s (RMSE {timing['ddim']['rul_rmse_cycles']:.0f}): "
+              f"{timing['ddim_speedup']:.1f}x")
+    report["train_cpu_s"] = cpu_train
+    report["train_cpu_min"] = cpu_train / 60
+    report["wall_s"] = time.perf_counter() - wall0
+    out = Path(args.out or ROOT / f"bench/results/degradation-{datetime.date.today().isoformat()}"
+               f"{'-select' if args.select else ''}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2, default=float) + "\n")
+    print(f"training {cpu_train / 60:.1f} CPU min, total {report['wall_s'] / 60:.1f} min wall; written {out}")
     return 0
 
 

@@ -222,7 +222,7 @@ def test_corrupted_copy_of_a_data_file_is_a_checksum_error(tmp_path):
     shutil.copy(CYCLING / "SHA256SUMS", d)
     shutil.copy(CYCLING / "snl_train.npz", d)
     cs = load_npz_split(d / "snl_train.npz")  # intact copy: loads, checksum verified
-    assert len(cs) == 40 and cs.qmatrix.shape[1:] == (20, 100)
+    assert len(cs) == 37 and len(cs.excluded) == 3 and cs.qmatrix.shape[1:] == (20, 100)  # 3 all-zero matrices
     raw = bytearray((d / "snl_train.npz").read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     (d / "snl_train.npz").write_bytes(bytes(raw))

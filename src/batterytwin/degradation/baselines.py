@@ -16,15 +16,34 @@ import numpy as np
 
 
 def variance_rows(rows: int) -> tuple[int, int]:
-    """(lo, hi) rows of the capacity matrix for the variance feature: cycles 10 and 100 when R = 100."""
+    """(lo, hi) 0-based rows of the capacity matrix for the variance feature (row k = cycle k + 1).
+
+    Severson's Q_100 - Q_10 on a 100-row matrix: rows (9, 99). With fewer rows the late cycle is the
+    last one and the early cycle stays cycle 10: rows (9, R - 1), i.e. Q_20 - Q_10 on the 20-row SNL
+    matrices (whose rows 0-4 sit before a step in the records, so an earlier row would measure the
+    step, not the fade); below 11 rows, rows (R - 2, R - 1). Reported in the metrics as
+    ``variance_model.cycles``.
+    """
     return min(9, max(rows - 2, 0)), rows - 1
 
 
 def variance_feature(qmatrix: np.ndarray) -> np.ndarray:
-    """log10 of the variance over voltage of Q_hi(V) - Q_lo(V): qmatrix [n, R, V] -> [n]."""
+    """log10 of the variance over voltage of Q_hi(V) - Q_lo(V): qmatrix [n, R, V] -> [n].
+
+    Raises:
+        InputError: a cell whose two rows are identical (e.g. an all-zero capacity matrix): its feature
+            would be log10(0); the loaders leave such cells out, so this names an unusable input.
+    """
+    from ..errors import InputError
+
     lo, hi = variance_rows(qmatrix.shape[1])
     dq = np.asarray(qmatrix[:, hi, :], np.float64) - np.asarray(qmatrix[:, lo, :], np.float64)
-    return np.log10(np.var(dq, axis=1) + 1e-18)
+    var = np.var(dq, axis=1)
+    if np.any(var <= 0):
+        bad = np.flatnonzero(var <= 0)
+        raise InputError(f"variance baseline: cell(s) {bad.tolist()[:10]} have identical capacity-matrix rows "
+                         f"{lo} and {hi} (all-zero capacity matrix?): no variance feature")
+    return np.log10(var)
 
 
 class VarianceModel:

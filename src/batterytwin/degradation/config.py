@@ -21,7 +21,7 @@ NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # names that become paths (results/degra
 class TrainConfig(Section):
     """Hyper-parameters of the model and of its training (plain values: saved in checkpoints and models)."""
 
-    steps: int = Field(3000, ge=1, description="optimiser steps")
+    steps: int = Field(500, ge=1, description="optimiser steps (500: chosen by cross-validation on matr_1_train, docs/degradation.md)")
     batch_size: int = Field(32, ge=1, description="global batch (divided evenly over the ranks)")
     lr: float = Field(1e-3, gt=0, description="AdamW learning rate")
     warmup: int = Field(100, ge=0, description="linear learning-rate warm-up steps")
@@ -44,6 +44,23 @@ class TrainConfig(Section):
     cond_heads: int = Field(4, ge=1, description="attention heads of the condition encoder")
     patch: int = Field(4, ge=1, description="curve points per U-Net input patch")
     rows_per_token: int = Field(5, ge=1, description="capacity-matrix rows per transformer token")
+    variance_feature: bool = Field(
+        True, description="add the variance baseline's log-variance feature (standardised) to the transformer's "
+        "condition vector")
+    representation: Literal["basis", "unet"] = Field(
+        "basis", description="basis: diffusion over the PCA coefficients of the curves + log record length "
+        "(smooth, monotone samples; an MLP denoiser); unet: over the curve points (1-D U-Net)")
+    prediction: Literal["eps", "x0", "v"] = Field("eps", description="network target: noise, clean curve or v")
+    basis_components: int = Field(8, ge=1, description="basis: principal components of the curves")
+    monotone: bool = Field(True, description="basis: decoded curves never rise (running minimum)")
+    mlp_width: int = Field(256, ge=8, description="basis: width of the MLP denoiser")
+    mlp_blocks: int = Field(3, ge=1, description="basis: residual blocks of the MLP denoiser")
+    calibration_fraction: float = Field(
+        0.35, ge=0, lt=1, description="training cells held out of training to calibrate the life interval "
+        "(split conformal); 0: raw sampled interval, not calibrated")
+    calibration_min_cells: int = Field(
+        9, ge=1, description="hold calibration cells out only if there are at least this many (9: the fewest "
+        "that calibrate a 90 % interval); fewer: every cell trains and the raw sampled interval is used")
 
     @model_validator(mode="after")
     def _levels(self) -> "TrainConfig":

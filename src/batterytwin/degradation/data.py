@@ -45,6 +45,7 @@ class CurveSet:
     eol_rule: str = "threshold"
     names: list[str] = field(default_factory=list)
     source: str = ""
+    excluded: list[str] = field(default_factory=list)  # cells the loader left out, with the reason
 
     def __post_init__(self) -> None:
         self.soh = np.asarray(self.soh, dtype=np.float32)
@@ -89,7 +90,7 @@ class CurveSet:
     def subset(self, index: Sequence[int] | np.ndarray) -> "CurveSet":
         index = np.asarray(index, dtype=np.int64)
         return CurveSet(self.soh[index], self.valid_len[index], self.qmatrix[index], self.cycles_per_point,
-                        self.eol_rule, [self.names[i] for i in index], self.source)
+                        self.eol_rule, [self.names[i] for i in index], self.source, list(self.excluded))
 
     def check_compatible(self, curve_length: int, condition_shape: Sequence[int], cycles_per_point: int,
                          what: str = "model") -> None:
@@ -120,7 +121,25 @@ def concat(sets: Sequence[CurveSet]) -> CurveSet:
     return CurveSet(np.concatenate([s.soh for s in sets]), np.concatenate([s.valid_len for s in sets]),
                     np.concatenate([s.qmatrix for s in sets]), first.cycles_per_point, first.eol_rule,
                     [f"{Path(s.source).name}:{n}" for s in sets for n in s.names],
-                    "+".join(s.source for s in sets))
+                    "+".join(s.source for s in sets), [e for s in sets for e in s.excluded])
+
+
+def drop_empty_conditions(cs: CurveSet) -> CurveSet:
+    """Leave out cells whose capacity matrix is all zeros (no early-cycle information: three SNL cells),
+    named in ``excluded`` with the reason, and logged. Every cell empty is an error (empty dataset)."""
+    import logging
+
+    empty = np.all(cs.qmatrix == 0, axis=(1, 2))
+    if not empty.any():
+        return cs
+    if empty.all():
+        raise InputError(f"{cs.source}: every capacity matrix is all zeros (no condition): empty dataset")
+    names = [cs.names[i] for i in np.flatnonzero(empty)]
+    logging.getLogger(__name__).warning("%s: %d cell(s) with an all-zero capacity matrix left out: %s", cs.source,
+                                        len(names), ", ".join(names))
+    out = cs.subset(np.flatnonzero(~empty))
+    out.excluded = list(cs.excluded) + [f"{n}: capacity matrix all zeros" for n in names]
+    return out
 
 
 def default_eol_rule(path: os.PathLike | str) -> str:
@@ -191,8 +210,8 @@ def load_npz_split(path: os.PathLike | str, eol_rule: str | None = None) -> Curv
     valid = arrays["valid_len"].astype(np.int64)
     if soh.ndim == 2:  # NaN padding is the contract; make it so even if the file padded otherwise
         soh = np.where(np.arange(soh.shape[1])[None, :] < valid[:, None], soh, np.nan)
-    return CurveSet(soh, valid, arrays["qmatrix"], cpp, eol_rule or default_eol_rule(p),
-                    [f"{p.stem}[{i}]" for i in range(len(soh))], str(p))
+    return drop_empty_conditions(CurveSet(soh, valid, arrays["qmatrix"], cpp, eol_rule or default_eol_rule(p),
+                                          [f"{p.stem}[{i}]" for i in range(len(soh))], str(p)))
 
 
 def resample_curve(cycles: np.ndarray, soh: np.ndarray, curve_length: int,
@@ -356,7 +375,8 @@ def load_user_dir(path: os.PathLike | str, curve_length: int = 256, cycles_per_p
     if len(shapes) > 1:
         raise InputError(f"{d}: cells have different capacity-matrix shapes {sorted(shapes)} (capacity matrix "
                          f"shape mismatch: set n_early and use one voltage grid)")
-    return CurveSet(np.stack(curves), np.asarray(lens), np.stack(qs), cycles_per_point, eol_rule, names, str(d))
+    return drop_empty_conditions(CurveSet(np.stack(curves), np.asarray(lens), np.stack(qs), cycles_per_point,
+                                          eol_rule, names, str(d)))
 
 
 # ---------------------------------------------------------------- model encoding

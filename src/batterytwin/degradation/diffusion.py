@@ -21,6 +21,8 @@ import torch
 
 from .nets import DegradationNet
 
+PREDICTIONS = ("eps", "x0", "v")
+
 
 def make_betas(timesteps: int, schedule: str = "cosine") -> np.ndarray:
     """Noise schedule beta_1..beta_T (float64 [T]): ``"cosine"`` or ``"linear"`` (1e-4 .. 0.02)."""
@@ -40,10 +42,16 @@ class Diffusion:
     Args:
         timesteps: T (1000 as in DDPM/DiffBatt).
         schedule: ``"cosine"`` or ``"linear"``.
+        prediction: what the network outputs: ``"eps"`` (the noise, Ho et al. 2020), ``"x0"`` (the clean
+            curve) or ``"v"`` (``sqrt(abar) eps - sqrt(1 - abar) x0``, Salimans & Ho 2022); the loss is the
+            masked squared error of that target, and the samplers convert it to (x0, eps).
     """
 
-    def __init__(self, timesteps: int = 1000, schedule: str = "cosine"):
+    def __init__(self, timesteps: int = 1000, schedule: str = "cosine", prediction: str = "eps"):
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"unknown prediction {prediction!r} (one of {PREDICTIONS})")
         self.T = int(timesteps)
+        self.prediction = prediction
         betas = make_betas(self.T, schedule)
         abar = np.cumprod(1.0 - betas)
         abar_prev = np.append(1.0, abar[:-1])
@@ -59,18 +67,26 @@ class Diffusion:
         """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise; x0, noise [B, C, L], t [B] (0-based)."""
         return self._at(self.abar.sqrt(), t, x0) * x0 + self._at((1 - self.abar).sqrt(), t, x0) * noise
 
+    def target(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The training target of the network output for ``prediction``."""
+        if self.prediction == "eps":
+            return noise
+        if self.prediction == "x0":
+            return x0
+        return self._at(self.abar.sqrt(), t, x0) * noise - self._at((1 - self.abar).sqrt(), t, x0) * x0
+
     def loss_sum(self, net: DegradationNet, x0: torch.Tensor, weight: torch.Tensor, q: torch.Tensor,
                  t: torch.Tensor, noise: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
-        """Sum over the batch of ``weight * (eps_theta - eps)^2`` (divide by the global weight sum).
+        """Sum over the batch of ``weight * (output - target)^2`` (divide by the global weight sum).
 
         The caller normalises by the weight total of the *global* batch, so that DDP's gradient
         average over ranks equals the single-process gradient of the same global batch.
         """
         c = net.encode_condition(q, drop)
-        eps = net(self.q_sample(x0, t, noise), t, c)
-        return (weight * (eps - noise) ** 2).sum()
+        out = net(self.q_sample(x0, t, noise), t, c)
+        return (weight * (out - self.target(x0, t, noise)) ** 2).sum()
 
-    def _eps(self, net: DegradationNet, x: torch.Tensor, t: int, c: torch.Tensor, c_null: torch.Tensor,
+    def _out(self, net: DegradationNet, x: torch.Tensor, t: int, c: torch.Tensor, c_null: torch.Tensor,
              guidance: float) -> torch.Tensor:
         tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
         if guidance == 1.0:
@@ -78,17 +94,26 @@ class Diffusion:
         if guidance == 0.0:
             return net(x, tt, c_null)
         both = net(torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([c, c_null]))
-        eps_c, eps_u = both.chunk(2)
-        return eps_u + guidance * (eps_c - eps_u)
+        out_c, out_u = both.chunk(2)  # every parametrisation is affine in eps at fixed x_t: same guidance
+        return out_u + guidance * (out_c - out_u)
 
-    def _x0(self, x: torch.Tensor, eps: torch.Tensor, t: int, clip: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Predicted x0 from (x_t, eps), clipped per channel to ``clip`` [C, 2] (lo, hi); eps made consistent.
+    def _x0(self, x: torch.Tensor, out: torch.Tensor, t: int, clip: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x0, eps) from (x_t, network output), x0 clipped per channel to ``clip`` [C, 2] (lo, hi); eps made
+        consistent with the clipped x0.
 
         Why clip: near t = T, sqrt(abar_t) is ~1e-3 and x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)
         amplifies any error in eps; the data range bounds it (Ho et al. 2020 clip to [-1, 1]).
         """
         abar = float(self.abar[t])
-        x0 = (x - math.sqrt(1 - abar) * eps) / math.sqrt(abar)
+        a, b = math.sqrt(abar), math.sqrt(1 - abar)
+        if self.prediction == "eps":
+            eps = out
+            x0 = (x - b * eps) / a
+        elif self.prediction == "x0":
+            x0 = out
+            eps = (x - a * x0) / b
+        else:  # v
+            x0, eps = a * x - b * out, b * x + a * out
         if clip is None:
             return x0, eps
         lo, hi = clip[:, 0].view(1, -1, 1).to(x), clip[:, 1].view(1, -1, 1).to(x)
@@ -107,7 +132,7 @@ class Diffusion:
         c, c_null = net.encode_condition(q), net.null_condition(q.shape[0])
         x = torch.randn(shape, generator=generator, device=dev)
         for t in range(self.T - 1, -1, -1):
-            x0, _ = self._x0(x, self._eps(net, x, t, c, c_null, guidance), t, clip)
+            x0, _ = self._x0(x, self._out(net, x, t, c, c_null, guidance), t, clip)
             beta, abar, abar_prev = float(self.betas[t]), float(self.abar[t]), float(self.abar_prev[t])
             c1 = beta * math.sqrt(abar_prev) / (1 - abar)
             c2 = (1 - abar_prev) * math.sqrt(1 - beta) / (1 - abar)
@@ -129,7 +154,7 @@ class Diffusion:
         ts = np.unique(np.linspace(0, self.T - 1, max(1, min(int(steps), self.T))).round().astype(int))[::-1]
         x = torch.randn(shape, generator=generator, device=dev)
         for i, t in enumerate(ts):
-            x0, eps = self._x0(x, self._eps(net, x, int(t), c, c_null, guidance), int(t), clip)
+            x0, eps = self._x0(x, self._out(net, x, int(t), c, c_null, guidance), int(t), clip)
             abar = float(self.abar[t])
             abar_prev = float(self.abar[ts[i + 1]]) if i + 1 < len(ts) else 1.0
             sigma = eta * math.sqrt((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev))

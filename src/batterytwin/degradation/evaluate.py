@@ -105,3 +105,88 @@ def mean_curve_predictor(train_soh: np.ndarray, train_len: np.ndarray, n: int) -
         mean = np.nanmean(train_soh, axis=0)
     mean = mean_sample_curve(mean[None, None, :])[0]
     return np.repeat(mean[None], n, axis=0), np.full(n, int(np.median(train_len)))
+
+
+# ---------------------------------------------------------------- DiffBatt's convention
+def diffbatt_life(soh: np.ndarray, length: np.ndarray, cycles_per_point: int, threshold: float = 80.0) -> np.ndarray:
+    """Cycle life as DiffBatt scores it: the curve is padded with 0 % after its record, life is the first
+    point with SOH <= ``threshold`` (so a record that ends above it ends its life), and a full-length curve
+    that never crosses is scored at ``L * cycles_per_point`` (2560 cycles for the splits). No cell is
+    censored: every cell is scored. soh [..., L], length [...] -> life [...] float64 cycles."""
+    soh = np.asarray(soh, np.float64)
+    L = soh.shape[-1]
+    padded = np.where(np.arange(L) < np.asarray(length)[..., None], np.nan_to_num(soh, nan=0.0), 0.0)
+    below = padded <= threshold
+    return np.where(below.any(axis=-1), np.argmax(below, axis=-1), L) * float(cycles_per_point)
+
+
+# ---------------------------------------------------------------- censoring
+def censoring_scores(pred: np.ndarray, true: np.ndarray, censored: np.ndarray,
+                     keep: np.ndarray | None = None) -> dict:
+    """What the RUL RMSE (uncensored cells only) does not see, over the cells flagged ``keep``.
+
+    For a censored cell ``true`` is a lower bound of its life: a prediction below it is an error of
+    ``bound - pred`` cycles, one above it is not known to be wrong. Returns:
+
+    - ``n_censored``, ``n_censored_pred_below_bound``;
+    - ``censored_shortfall_rmse_cycles``: RMSE of ``max(bound - pred, 0)`` over the censored cells;
+    - ``censoring_aware_rmse_cycles``: over every kept cell, error ``pred - true`` for uncensored cells
+      and ``max(bound - pred, 0)`` for censored ones;
+    - ``c_index``: Harrell's concordance of the predicted lives with the (censored) true lives.
+    """
+    pred, true = np.asarray(pred, float), np.asarray(true, float)
+    censored = np.asarray(censored, bool)
+    keep = np.ones(pred.shape, bool) if keep is None else np.asarray(keep, bool)
+    cens = keep & censored
+    short = np.maximum(true - pred, 0.0)
+    err = np.where(censored, short, pred - true)
+    return {"n_censored": int(cens.sum()),
+            "n_censored_pred_below_bound": int((cens & (pred < true)).sum()),
+            "censored_shortfall_rmse_cycles": rmse(short, np.zeros_like(short), cens),
+            "censoring_aware_rmse_cycles": rmse(err, np.zeros_like(err), keep),
+            "c_index": concordance_index(true[keep], pred[keep], ~censored[keep])}
+
+
+def concordance_index(time: np.ndarray, pred: np.ndarray, event: np.ndarray) -> float:
+    """Harrell's C-index for right-censored lives (numpy; neither scikit-survival nor lifelines is installed).
+
+    A pair (i, j) is comparable when ``time[i] < time[j]`` and cell i's end of life was observed
+    (``event[i]``); it is concordant when ``pred[i] < pred[j]``, half-concordant when the predictions tie.
+    Pairs with tied times are not compared. C = (concordant + 0.5 ties) / comparable; NaN with no
+    comparable pair. Higher predicted life = longer life (no sign flip).
+    """
+    time, pred = np.asarray(time, float), np.asarray(pred, float)
+    event = np.asarray(event, bool)
+    comparable = (time[:, None] < time[None, :]) & event[:, None]
+    n = comparable.sum()
+    if n == 0:
+        return float("nan")
+    conc = (pred[:, None] < pred[None, :]) & comparable
+    ties = (pred[:, None] == pred[None, :]) & comparable
+    return float((conc.sum() + 0.5 * ties.sum()) / n)
+
+
+# ---------------------------------------------------------------- conformal intervals
+def conformal_quantile(scores: np.ndarray, level: float) -> float:
+    """Split-conformal quantile of calibration scores: the ``ceil((n + 1) level)``-th smallest of the ``n``
+    scores (numpy; no conformal library is installed), i.e. ``np.quantile(scores, ceil((n+1) level) / n,
+    method="higher")``. Infinite when ``ceil((n + 1) level) > n`` (too few calibration cells for the level)."""
+    s = np.sort(np.asarray(scores, float))
+    n = len(s)
+    k = int(np.ceil((n + 1) * level))
+    return float(s[k - 1]) if 1 <= k <= n else float("inf")
+
+
+def cqr_scores(lo: np.ndarray, hi: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """Conformalized-quantile-regression scores (Romano et al. 2019) in log10 life:
+    ``max(log lo - log y, log y - log hi)``; lives in cycles (> 0)."""
+    ly = np.log10(np.maximum(np.asarray(true, float), 1.0))
+    return np.maximum(np.log10(np.maximum(lo, 1.0)) - ly, ly - np.log10(np.maximum(hi, 1.0)))
+
+
+def conformal_interval(lo: np.ndarray, hi: np.ndarray, q: float) -> tuple[np.ndarray, np.ndarray]:
+    """The CQR interval ``[lo / 10**q, hi * 10**q]`` (q from :func:`conformal_quantile`; q < 0 shrinks it)."""
+    if not np.isfinite(q):
+        return np.zeros_like(np.asarray(lo, float)), np.full_like(np.asarray(hi, float), np.inf)
+    f = 10.0 ** q
+    return np.asarray(lo, float) / f, np.asarray(hi, float) * f

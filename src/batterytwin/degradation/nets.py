@@ -86,8 +86,17 @@ class ConditionEncoder(nn.Module):
     """
 
     def __init__(self, rows: int, voltages: int, dim: int = 64, layers: int = 2, heads: int = 4,
-                 out_dim: int = 128, rows_per_token: int = 5):
+                 out_dim: int = 128, rows_per_token: int = 5, variance_feature: bool = False):
         super().__init__()
+        # Optional second path: Severson's log-variance feature of two rows (baselines.variance_rows),
+        # standardised by training-set statistics (buffers, set by set_feature_scaling), through a dense layer.
+        self.var_rows = None
+        if variance_feature:
+            from .baselines import variance_rows
+
+            self.var_rows = variance_rows(rows)
+            self.var_embed = nn.Sequential(nn.Linear(1, out_dim), nn.SiLU(), nn.Linear(out_dim, out_dim))
+            self.register_buffer("var_stats", torch.tensor([0.0, 1.0]))
         self.rpt = max(1, int(rows_per_token))
         self.tokens = -(-rows // self.rpt)
         self.embed = nn.Linear(voltages * self.rpt, dim)
@@ -104,7 +113,22 @@ class ConditionEncoder(nn.Module):
         if pad:  # repeat the last early cycle to fill the last token
             q = torch.cat([q, q[:, -1:].expand(b, pad, v)], dim=1)
         h = self.encoder(self.embed(q.reshape(b, self.tokens, self.rpt * v)) + self.pos)
-        return self.out(h.mean(dim=1))
+        out = self.out(h.mean(dim=1))
+        if self.var_rows is not None:
+            out = out + self.var_embed(((self.log_variance(q) - self.var_stats[0]) / self.var_stats[1])[:, None])
+        return out
+
+    def log_variance(self, q: torch.Tensor) -> torch.Tensor:
+        """log10 var_V(q[:, hi] - q[:, lo]) [B] (the variance baseline's feature, in the scaled units of q)."""
+        lo, hi = self.var_rows
+        return torch.log10(torch.var(q[:, hi] - q[:, lo], dim=1, unbiased=False).clamp_min(1e-30))
+
+    @torch.no_grad()
+    def set_feature_scaling(self, q: torch.Tensor) -> None:
+        """Standardise the variance feature by its mean and std over the training matrices q [n, R, V]."""
+        if self.var_rows is not None:
+            f = self.log_variance(q)
+            self.var_stats.copy_(torch.stack([f.mean(), f.std().clamp_min(1e-3)]))
 
 
 class UNet1d(nn.Module):
@@ -179,25 +203,60 @@ class UNet1d(nn.Module):
         return self.out(h)
 
 
+class CoefMLP(nn.Module):
+    """Residual MLP over the basis coefficients of a curve: x [B, 1, D], emb [B, E] -> [B, 1, D].
+
+    ``blocks`` pre-norm residual blocks (LayerNorm, FiLM by the embedding, SiLU, Linear); the output
+    layer starts at zero, like the U-Net's.
+    """
+
+    def __init__(self, dim: int, width: int = 256, blocks: int = 3, emb_dim: int = 128):
+        super().__init__()
+        self.inp = nn.Linear(dim, width)
+        self.norms = nn.ModuleList(nn.LayerNorm(width) for _ in range(blocks))
+        self.films = nn.ModuleList(nn.Linear(emb_dim, 2 * width) for _ in range(blocks))
+        self.lins = nn.ModuleList(nn.Linear(width, width) for _ in range(blocks))
+        self.out = nn.Sequential(nn.LayerNorm(width), nn.SiLU(), nn.Linear(width, dim))
+        nn.init.zeros_(self.out[-1].weight)
+        nn.init.zeros_(self.out[-1].bias)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.inp(x[:, 0])
+        e = F.silu(emb)
+        for norm, film, lin in zip(self.norms, self.films, self.lins):
+            scale, shift = film(e).chunk(2, dim=1)
+            h = h + lin(F.silu(norm(h) * (1 + scale) + shift))
+        return self.out(h)[:, None, :]
+
+
 class DegradationNet(nn.Module):
-    """Conditional noise predictor: UNet1d + ConditionEncoder + time MLP + a null condition for CFG.
+    """Conditional denoiser: a backbone + ConditionEncoder + time MLP + a null condition for CFG.
+
+    Backbones: ``"unet"`` (:class:`UNet1d` over the curve points, ``curve_channels`` = 2: SOH and
+    end-of-record indicator) or ``"mlp"`` (:class:`CoefMLP` over ``basis_dim`` basis coefficients,
+    see :mod:`.basis`).
 
     Args:
-        curve_channels: channels of a curve (2: SOH and end-of-record indicator).
         condition_shape: (rows, voltages) of the capacity matrix.
     """
 
     def __init__(self, curve_channels: int = 2, condition_shape: Sequence[int] = (100, 100),
                  widths: Sequence[int] = (32, 64, 64), attention: Sequence[bool] = (False, True, True),
                  blocks: int = 1, emb_dim: int = 128, cond_dim: int = 64, cond_layers: int = 2, cond_heads: int = 4,
-                 patch: int = 4, rows_per_token: int = 5):
+                 patch: int = 4, rows_per_token: int = 5, backbone: str = "unet", basis_dim: int = 0,
+                 mlp_width: int = 256, mlp_blocks: int = 3, variance_feature: bool = False):
         super().__init__()
         self.emb_dim = emb_dim
         self.time_mlp = nn.Sequential(nn.Linear(emb_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.cond = ConditionEncoder(int(condition_shape[0]), int(condition_shape[1]), cond_dim, cond_layers,
-                                     cond_heads, emb_dim, rows_per_token)
+                                     cond_heads, emb_dim, rows_per_token, variance_feature)
         self.null_cond = nn.Parameter(torch.zeros(1, emb_dim))
-        self.unet = UNet1d(curve_channels, widths, attention, blocks, emb_dim, patch)
+        if backbone == "mlp":
+            self.unet = CoefMLP(int(basis_dim), mlp_width, mlp_blocks, emb_dim)
+        elif backbone == "unet":
+            self.unet = UNet1d(curve_channels, widths, attention, blocks, emb_dim, patch)
+        else:
+            raise ValueError(f"unknown backbone {backbone!r} (unet or mlp)")
 
     def encode_condition(self, q: torch.Tensor, drop: torch.Tensor | None = None) -> torch.Tensor:
         """q [B, R, V] -> [B, emb_dim]; rows where ``drop`` [B] is True get the null condition."""
@@ -210,6 +269,7 @@ class DegradationNet(nn.Module):
         return self.null_cond.expand(batch, -1)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        """x [B, C, L] noisy curves, t [B] steps, c [B, emb_dim] condition -> noise estimate [B, C, L]."""
+        """x [B, C, L] noisy curves (or [B, 1, D] coefficients), t [B] steps, c [B, emb_dim] -> model output
+        (noise, x0 or v estimate, see :class:`~.diffusion.Diffusion`), same shape as x."""
         emb = self.time_mlp(timestep_embedding(t, self.emb_dim)) + c
         return self.unet(x, emb)

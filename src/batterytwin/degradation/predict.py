@@ -4,8 +4,10 @@ Output store ``degradation.zarr`` (zarr v3 group; ``n`` cells, ``S`` samples, ``
 
 - ``soh_samples`` float32 [n, S, L]: sampled curves (percent; NaN after each sample's predicted end).
 - ``soh_pred`` float32 [n, L]: mean sampled curve; ``soh_true`` float32 [n, L] (NaN after the record).
-- ``life_samples`` float32 [n, S]; ``life_pred`` (median), ``life_lo``, ``life_hi`` (central interval),
-  ``life_true``, ``life_variance``, ``life_forest`` (baselines) float32 [n]; ``censored`` int8 [n];
+- ``life_samples`` float32 [n, S]; ``life_pred`` (median), ``life_lo``, ``life_hi`` (the central interval,
+  conformally calibrated when the model holds calibration cells: metrics ``interval``),
+  ``life_true``, ``life_variance``, ``life_forest``, ``life_mean`` (baselines) float32 [n]; ``life_pred_diffbatt``
+  (median sampled life under DiffBatt's convention, :func:`~.evaluate.diffbatt_life`); ``censored`` int8 [n];
   ``evaluated`` int8 [n] (1: held-out cell counted in the metrics).
 - ``synthetic_soh`` float32 [m, L]: curves generated without a condition (augmentation), if asked.
 
@@ -28,10 +30,13 @@ from ..distributed import World, get_world
 from ..store import atomic_output, provenance, write_json
 from .baselines import ForestModel, VarianceModel
 from .config import SampleSettings
+from ..errors import InputError
+from .basis import CurveBasis, roughness
 from .data import CurveSet, decode_curves
 from .diffusion import Diffusion
-from .evaluate import (coverage, curve_rmse, cycle_life, interval_summary, mean_curve_predictor, mean_sample_curve,
-                       rmse)
+from .evaluate import (censoring_scores, conformal_interval, conformal_quantile, coverage, cqr_scores, curve_rmse,
+                       cycle_life, diffbatt_life, interval_summary, mean_curve_predictor, mean_sample_curve, rmse)
+from .baselines import variance_rows
 from .nets import DegradationNet
 
 log = logging.getLogger(__name__)
@@ -45,23 +50,34 @@ def sample_curves(net: DegradationNet, payload: dict, qmatrix: np.ndarray, st: S
         qmatrix: [n, R, V] raw capacity matrices (scaled here by the training ``q_scale``).
         cell_offset: global index of the first cell (seeds depend on the global cell, not the rank).
     Returns:
-        x float32 [n, S, 2, L] in model units (decode with :func:`~.data.decode_curves`).
+        x float32 [n, S, C, L'] in model units (decode with :func:`decode`): [n, S, 2, L] curves for the
+        U-Net, [n, S, 1, D] basis coefficients for the basis model.
     """
     device = device or torch.device("cpu")
     cfg = payload["config"]
-    diffusion = Diffusion(cfg["timesteps"], cfg["schedule"])
-    L, S = int(payload["curve_length"]), int(st.samples)
+    diffusion = Diffusion(cfg["timesteps"], cfg["schedule"], cfg.get("prediction", "eps"))
+    basis = payload.get("basis")
+    C, L = (1, len(basis["components"]) + 1) if basis else (2, int(payload["curve_length"]))
+    S = int(st.samples)
     q = torch.from_numpy(np.asarray(qmatrix, np.float32) / float(payload["q_scale"])).to(device)
     clip = torch.as_tensor(payload["x0_range"], dtype=torch.float32) if "x0_range" in payload else None
-    out = np.empty((len(q), S, 2, L), np.float32)
+    out = np.empty((len(q), S, C, L), np.float32)
     per_call = max(1, st.batch // S)  # cells per network call
     for c0 in range(0, len(q), per_call):
         cells = range(c0, min(c0 + per_call, len(q)))
         g = torch.Generator(device=device).manual_seed(int(st.seed) * 1_000_003 + cell_offset + c0)
         qq = q[list(cells)].repeat_interleave(S, dim=0)
-        x = _sample(diffusion, net, qq, (len(qq), 2, L), st, g, clip)
-        out[c0:c0 + len(cells)] = x.reshape(len(cells), S, 2, L).cpu().numpy()
+        x = _sample(diffusion, net, qq, (len(qq), C, L), st, g, clip)
+        out[c0:c0 + len(cells)] = x.reshape(len(cells), S, C, L).cpu().numpy()
     return out
+
+
+def decode(payload: dict, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Model samples [..., C, L'] -> (soh [..., L] percent, NaN after the predicted end; length [...])."""
+    if payload.get("basis"):
+        return CurveBasis.from_payload(payload["basis"]).decode(x)
+    cfg = payload["config"]
+    return decode_curves(x, cfg["soh_center"], cfg["soh_scale"])
 
 
 def _sample(diffusion: Diffusion, net: DegradationNet, q: torch.Tensor, shape, st: SampleSettings, g,
@@ -77,8 +93,7 @@ def generate_unconditional(net: DegradationNet, payload: dict, n: int, st: Sampl
     cond_shape = tuple(payload["condition_shape"])
     st0 = st.model_copy(update={"samples": 1, "guidance": 0.0, "seed": st.seed + 7919})
     x = sample_curves(net, payload, np.zeros((n, *cond_shape), np.float32), st0, device)[:, 0]
-    cfg = payload["config"]
-    return decode_curves(x, cfg["soh_center"], cfg["soh_scale"])[0]
+    return decode(payload, x)[0]
 
 
 def _train_lives(payload: dict, rule: str, threshold: float) -> tuple[np.ndarray, np.ndarray]:
@@ -106,8 +121,76 @@ def fit_baselines(payload: dict, rule: str, threshold: float, seed: int) -> tupl
 
 
 def _var_x(q_rows: np.ndarray) -> np.ndarray:
-    """Variance feature from the two stored rows [n, 2, V] (lo, hi)."""
-    return np.log10(np.var(q_rows[:, 1].astype(np.float64) - q_rows[:, 0], axis=1) + 1e-18)
+    """Variance feature from the two stored rows [n, 2, V] (lo, hi): :func:`~.baselines.variance_feature`."""
+    from .baselines import variance_feature
+
+    return variance_feature(q_rows)
+
+
+def check_rule(payload: dict, cs: CurveSet) -> None:
+    """The end-of-life rule is part of the model (stored at training): test data read by another rule is an error."""
+    rule = payload.get("eol_rule")
+    if rule is not None and rule != cs.eol_rule:
+        raise InputError(f"{cs.source or 'test data'}: end-of-life rule {cs.eol_rule!r} differs from the model's "
+                         f"{rule!r} (trained on {payload.get('source', '?')}); use data of the model's rule or set "
+                         f"degradation.eol_rule to {rule!r}")
+
+
+def _sample_all(net: DegradationNet, payload: dict, qmatrix: np.ndarray, st: SampleSettings, world: World,
+                device, offset: int = 0) -> tuple[np.ndarray, float]:
+    """Sample every cell, cells shared out over the ranks in fixed chunks (seeds depend on the chunk, not on
+    the rank): (x [n, S, C, L'], rank-seconds summed over ranks)."""
+    n = len(qmatrix)
+    per_call = max(1, st.batch // max(1, st.samples))
+    chunks = [(c0, min(c0 + per_call, n)) for c0 in range(0, n, per_call)]
+    t0 = time.perf_counter()
+    parts = {}
+    for k in world.my_items(len(chunks)):
+        a, b = chunks[k]
+        parts[a] = sample_curves(net, payload, qmatrix[a:b], st, device, cell_offset=offset + a)
+    seconds = world.allreduce_sum(time.perf_counter() - t0)
+    gathered = {}
+    for d in world.allgather(parts):
+        gathered.update(d)
+    return np.concatenate([gathered[a] for a, _ in chunks]), seconds
+
+
+CALIBRATION_OFFSET = 1_000_000  # seed offset of the calibration cells (never a test cell's chunk)
+
+
+def calibrate(net: DegradationNet, payload: dict, st: SampleSettings, rule: str, world: World, device) -> dict:
+    """Split-conformal calibration of the life interval on the model file's calibration cells.
+
+    The calibration cells were held out of training (``calibration_fraction``); they are sampled here
+    with the same sampler settings as the test cells; their CQR scores (:func:`~.evaluate.cqr_scores`,
+    log10 life, uncensored cells only: a censored life has no exact score) give the finite-sample quantile
+    ``q`` (:func:`~.evaluate.conformal_quantile`) that widens (or narrows) every sampled interval.
+    Returns a dict with ``q`` (None when not calibrated), ``n_cal`` and ``reason``.
+    """
+    cal = payload.get("calibration") or {}
+    n_cal = len(cal.get("names", []))
+    out = {"method": "split conformal, CQR scores on log10 life (Romano et al. 2019), finite-sample quantile "
+                     "ceil((n+1)(level))/n (numpy)", "level": st.level, "n_calibration_cells": n_cal,
+           "q_log10": None, "calibrated": False}
+    if n_cal == 0:
+        out["reason"] = "no calibration cells (calibration_fraction 0 or too few training cells): raw sampled interval"
+        return out
+    x, _ = _sample_all(net, payload, cal["qmatrix"].numpy(), st, world, device, CALIBRATION_OFFSET)
+    soh_s, len_s = decode(payload, x)
+    life_s, _ = cycle_life(soh_s, len_s, rule, payload["cycles_per_point"], st.threshold)
+    summ = interval_summary(life_s, st.level)
+    life, cens = cycle_life(cal["soh"].numpy(), cal["valid_len"].numpy(), rule, payload["cycles_per_point"],
+                            st.threshold)
+    scores = cqr_scores(summ["lo"][~cens], summ["hi"][~cens], life[~cens])
+    q = conformal_quantile(scores, st.level)
+    out.update(n_scored=int(len(scores)), n_censored=int(cens.sum()),
+               raw_coverage=float(np.mean(scores <= 0)) if len(scores) else float("nan"))
+    if not np.isfinite(q):
+        out["reason"] = (f"{len(scores)} uncensored calibration cells are too few for level {st.level} "
+                         f"(need ceil((n+1) level) <= n): raw sampled interval")
+        return out
+    out.update(q_log10=q, calibrated=True)
+    return out
 
 
 def evaluate(net: DegradationNet, payload: dict, cs: CurveSet, st: SampleSettings, evaluated: np.ndarray | None = None,
@@ -120,27 +203,22 @@ def evaluate(net: DegradationNet, payload: dict, cs: CurveSet, st: SampleSetting
         (arrays for the store, metrics dict).
     """
     world = world or get_world()
-    cfg = payload["config"]
     cs.check_compatible(payload["curve_length"], payload["condition_shape"], payload["cycles_per_point"])
+    check_rule(payload, cs)
     n = len(cs)
     evaluated = np.ones(n, bool) if evaluated is None else np.asarray(evaluated, bool)
-    # Fixed chunks of cells, dealt round robin to ranks: seeds depend on the chunk, not on the rank.
-    per_call = max(1, st.batch // max(1, st.samples))
-    chunks = [(c0, min(c0 + per_call, n)) for c0 in range(0, n, per_call)]
-    t0 = time.perf_counter()
-    parts = {}
-    for k in world.my_items(len(chunks)):
-        a, b = chunks[k]
-        parts[a] = sample_curves(net, payload, cs.qmatrix[a:b], st, device, cell_offset=a)
-    seconds = world.allreduce_sum(time.perf_counter() - t0)
-    gathered = {}
-    for d in world.allgather(parts):
-        gathered.update(d)
-    x = np.concatenate([gathered[a] for a, _ in chunks])              # [n, S, 2, L]
-    soh_s, len_s = decode_curves(x, cfg["soh_center"], cfg["soh_scale"])
+    x, seconds = _sample_all(net, payload, cs.qmatrix, st, world, device)
+    soh_s, len_s = decode(payload, x)
     rule, cpp = cs.eol_rule, cs.cycles_per_point
     life_s, _ = cycle_life(soh_s, len_s, rule, cpp, st.threshold)
     summ = interval_summary(life_s, st.level)
+    conformal = calibrate(net, payload, st, rule, world, device)
+    if conformal["calibrated"]:
+        lo, hi = conformal_interval(summ["lo"], summ["hi"], conformal["q_log10"])
+        # q < 0 narrows the sampled interval: keep the point prediction inside (only widens: coverage holds)
+        lo, hi = np.minimum(lo, summ["median"]), np.maximum(hi, summ["median"])
+    else:
+        lo, hi = summ["lo"], summ["hi"]
     life_true, censored = cycle_life(cs.soh, cs.valid_len, rule, cpp, st.threshold)
     soh_pred = mean_sample_curve(soh_s)
     keep = evaluated & ~censored
@@ -151,33 +229,51 @@ def evaluate(net: DegradationNet, payload: dict, cs: CurveSet, st: SampleSetting
     tr = payload["train"]
     mean_soh, _ = mean_curve_predictor(tr["soh"].numpy(), tr["valid_len"].numpy(), n)
     mean_life = np.full(n, float(np.mean(train_life)) if len(train_life) else np.nan)
+    # DiffBatt's convention: padded curves, first point <= threshold, full-length non-crossing at L * cpp
+    db_true = diffbatt_life(cs.soh, cs.valid_len, cpp, st.threshold)
+    db_model = np.median(diffbatt_life(soh_s, len_s, cpp, st.threshold), axis=1)
     n_curves = n * st.samples
+    lo_row, hi_row = variance_rows(cs.qmatrix.shape[1])
     metrics = {
         "eol_rule": rule, "threshold_percent": st.threshold, "cycles_per_point": cpp,
         "n_cells": int(n), "n_evaluated": int(keep.sum()), "n_censored": int((evaluated & censored).sum()),
+        "excluded_cells": list(getattr(cs, "excluded", [])),
         "interval_level": st.level,
         "model": {
             "rul_rmse_cycles": rmse(summ["median"], life_true, keep),
             "soh_curve_rmse_percent": curve_rmse(soh_pred[evaluated], cs.soh[evaluated], cs.valid_len[evaluated]),
-            "interval_coverage": coverage(summ["lo"], summ["hi"], life_true, keep),
-            "mean_interval_width_cycles": float(np.mean((summ["hi"] - summ["lo"])[keep])) if keep.any() else float("nan"),
+            "interval_coverage": coverage(lo, hi, life_true, keep),
+            "raw_interval_coverage": coverage(summ["lo"], summ["hi"], life_true, keep),
+            "mean_interval_width_cycles": float(np.mean((hi - lo)[keep])) if keep.any() else float("nan"),
+            "censoring": censoring_scores(summ["median"], life_true, censored, evaluated),
+            "diffbatt_convention_rmse_cycles": rmse(db_model, db_true, evaluated),
+            "sample_roughness_soh_per_10_cycles": roughness(soh_s[evaluated], cpp),
         },
-        "variance_model": {"rul_rmse_cycles": rmse(life_var, life_true, keep)},
-        "random_forest": {"rul_rmse_cycles": rmse(life_rf, life_true, keep)},
+        "interval": conformal,
+        "variance_model": {"rul_rmse_cycles": rmse(life_var, life_true, keep),
+                           "rows": [lo_row, hi_row], "cycles": [lo_row + 1, hi_row + 1],
+                           "censoring": censoring_scores(life_var, life_true, censored, evaluated),
+                           "diffbatt_convention_rmse_cycles": rmse(life_var, db_true, evaluated)},
+        "random_forest": {"rul_rmse_cycles": rmse(life_rf, life_true, keep),
+                          "censoring": censoring_scores(life_rf, life_true, censored, evaluated),
+                          "diffbatt_convention_rmse_cycles": rmse(life_rf, db_true, evaluated)},
         "mean_curve": {"rul_rmse_cycles": rmse(mean_life, life_true, keep),
                        "soh_curve_rmse_percent": curve_rmse(mean_soh[evaluated], cs.soh[evaluated],
-                                                            cs.valid_len[evaluated])},
-        "sampling": {"sampler": st.sampler, "steps": st.ddim_steps if st.sampler == "ddim" else int(cfg["timesteps"]),
+                                                            cs.valid_len[evaluated]),
+                       "diffbatt_convention_rmse_cycles": rmse(mean_life, db_true, evaluated)},
+        "data_roughness_soh_per_10_cycles": roughness(cs.soh[evaluated], cpp),
+        "sampling": {"sampler": st.sampler, "steps": st.ddim_steps if st.sampler == "ddim" else int(payload["config"]["timesteps"]),
                      "guidance": st.guidance, "samples_per_cell": st.samples, "curves": n_curves,
                      "sampling_rank_seconds": seconds, "curves_per_second_per_rank": n_curves / max(seconds, 1e-9)},
     }
     arrays = {
         "soh_samples": soh_s.astype(np.float32), "life_samples": life_s.astype(np.float32),
         "soh_pred": soh_pred.astype(np.float32), "soh_true": cs.soh.astype(np.float32),
-        "life_pred": summ["median"].astype(np.float32), "life_lo": summ["lo"].astype(np.float32),
-        "life_hi": summ["hi"].astype(np.float32), "life_true": life_true.astype(np.float32),
+        "life_pred": summ["median"].astype(np.float32), "life_lo": np.asarray(lo, np.float32),
+        "life_hi": np.asarray(hi, np.float32), "life_true": life_true.astype(np.float32),
         "life_variance": np.asarray(life_var, np.float32), "life_forest": np.asarray(life_rf, np.float32),
         "censored": censored.astype(np.int8), "evaluated": evaluated.astype(np.int8),
+        "life_mean": mean_life.astype(np.float32), "life_pred_diffbatt": db_model.astype(np.float32),
     }
     return arrays, metrics
 

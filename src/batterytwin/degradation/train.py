@@ -39,17 +39,45 @@ from ..training import (Checkpoint, StopFlag, check_loss, ema_decay, ema_model, 
                         warmup_cosine, wrap_ddp)
 from .baselines import forest_features, variance_rows
 from .config import TrainConfig
+from .basis import CurveBasis
 from .data import CurveSet, encode_curves
 from .diffusion import Diffusion
 from .nets import DegradationNet
 
 log = logging.getLogger(__name__)
-FORMAT = "batterytwin.degradation/1"
+FORMAT = "batterytwin.degradation/2"  # /2: representation, basis, calibration cells
 
 
-def build_net(cfg: TrainConfig, condition_shape: tuple[int, int]) -> DegradationNet:
+def build_net(cfg: TrainConfig, condition_shape: tuple[int, int], basis_dim: int = 0) -> DegradationNet:
     return DegradationNet(2, condition_shape, cfg.widths, cfg.attention, cfg.blocks, cfg.emb_dim, cfg.cond_dim,
-                          cfg.cond_layers, cfg.cond_heads, cfg.patch, cfg.rows_per_token)
+                          cfg.cond_layers, cfg.cond_heads, cfg.patch, cfg.rows_per_token,
+                          "mlp" if cfg.representation == "basis" else "unet", basis_dim, cfg.mlp_width, cfg.mlp_blocks,
+                          cfg.variance_feature)
+
+
+def calibration_split(n: int, fraction: float, seed: int, min_cells: int = 1) -> np.ndarray:
+    """Flags [n] of the training cells held out for conformal calibration (seeded permutation).
+
+    ``round(fraction * n)`` cells, at least 2 cells left to train; none when that is below ``min_cells``
+    (too few to calibrate: better to train on them).
+    """
+    k = min(int(round(fraction * n)), n - 2)
+    if k < max(int(min_cells), 1):
+        k = 0
+    flags = np.zeros(n, bool)
+    if k > 0:
+        flags[np.random.default_rng([int(seed), 7]).permutation(n)[:k]] = True
+    return flags
+
+
+def encode_targets(cs: CurveSet, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray, CurveBasis | None]:
+    """Training targets x0 [n, C, L'] and loss weights of ``cs`` in the model's representation (+ basis)."""
+    if cfg.representation == "basis":
+        basis = CurveBasis.fit(cs.soh, cs.valid_len, cfg.basis_components, cfg.monotone)
+        x0 = basis.encode(cs.soh, cs.valid_len)
+        return x0, np.ones_like(x0), basis
+    x0, w = encode_curves(cs.soh, cs.valid_len, cfg.soh_center, cfg.soh_scale)
+    return x0, w, None
 
 
 class _LossModule(nn.Module):
@@ -112,21 +140,25 @@ def train_model(cs: CurveSet, cfg: TrainConfig, checkpoint: Path | None = None, 
     cfg.check(world.size)
     if not dist.is_initialized():
         raise RuntimeError("train_model needs torch.distributed: call init_torch_distributed first")
-    x0_np, w_np = encode_curves(cs.soh, cs.valid_len, cfg.soh_center, cfg.soh_scale)
+    all_cells = cs
+    calib = calibration_split(len(cs), cfg.calibration_fraction, cfg.seed, cfg.calibration_min_cells)
+    cs = all_cells.subset(np.flatnonzero(~calib))
+    x0_np, w_np, basis = encode_targets(cs, cfg)
     q_scale = float(np.std(cs.qmatrix)) or 1.0
     x0 = torch.from_numpy(x0_np).to(device)
     w = torch.from_numpy(w_np).to(device)
     q = torch.from_numpy(cs.qmatrix / q_scale).to(device)
     n, shape = len(cs), tuple(x0.shape[1:])
     factor = cfg.patch * 2 ** (len(cfg.widths) - 1)
-    if shape[-1] % factor:
+    if cfg.representation == "unet" and shape[-1] % factor:
         raise InputError(f"curve length {shape[-1]} must be divisible by {factor} "
                          f"(patch {cfg.patch}, U-Net with {len(cfg.widths)} levels)")
 
     torch.manual_seed(cfg.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
-    net = build_net(cfg, cs.condition_shape).to(device)
+    net = build_net(cfg, cs.condition_shape, basis.dim if basis else 0).to(device)
+    net.cond.set_feature_scaling(q)  # a function of the training data: the same on every rank
     ema = ema_model(net)
-    model = wrap_ddp(_LossModule(net, Diffusion(cfg.timesteps, cfg.schedule)), device)
+    model = wrap_ddp(_LossModule(net, Diffusion(cfg.timesteps, cfg.schedule, cfg.prediction)), device)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = warmup_cosine(opt, cfg.steps, cfg.warmup, 1.0)  # min_ratio 1: warm-up, then constant
     ckpt = Checkpoint(checkpoint, data_fingerprint(cs, cfg),
@@ -173,7 +205,7 @@ def train_model(cs: CurveSet, cfg: TrainConfig, checkpoint: Path | None = None, 
     if interrupted:
         return TrainResult(None, True, step, history)
     ckpt.save(step, history=history)
-    payload = model_payload(cs, cfg, ema.module, q_scale, history, x0_np, w_np)
+    payload = model_payload(all_cells, calib, cfg, ema.module, q_scale, history, x0_np, w_np, basis)
     return TrainResult(payload, False, step, history)
 
 
@@ -188,10 +220,13 @@ def x0_range(x0: np.ndarray, weight: np.ndarray, margin: float = 0.25) -> list[l
     return out
 
 
-def model_payload(cs: CurveSet, cfg: TrainConfig, ema: nn.Module, q_scale: float, history: list,
-                  x0: np.ndarray, weight: np.ndarray) -> dict:
-    """The model file: EMA weights, settings, and the training data summaries the baselines need."""
+def model_payload(cs: CurveSet, calib: np.ndarray, cfg: TrainConfig, ema: nn.Module, q_scale: float, history: list,
+                  x0: np.ndarray, weight: np.ndarray, basis: CurveBasis | None = None) -> dict:
+    """The model file: EMA weights, settings, the end-of-life rule, the curve basis, the calibration cells
+    (``calib`` flags over ``cs``: held out of training, scored at prediction time for the conformal interval)
+    and the training data summaries the baselines need (every cell of ``cs``)."""
     lo, hi = variance_rows(cs.qmatrix.shape[1])
+    cal = np.flatnonzero(calib)
     return {
         "format": FORMAT,
         "config": cfg.model_dump(),
@@ -204,7 +239,14 @@ def model_payload(cs: CurveSet, cfg: TrainConfig, ema: nn.Module, q_scale: float
         "x0_range": x0_range(x0, weight),  # channel 0: SOH; channel 1: end-of-record indicator in [-1, 1]
         "history": history,
         "source": cs.source,
-        "n_train": len(cs),
+        "n_train": int(len(cs) - len(cal)),
+        "basis": basis.to_payload() if basis is not None else None,
+        "calibration": {
+            "soh": torch.from_numpy(cs.soh[cal].copy()),
+            "valid_len": torch.from_numpy(cs.valid_len[cal].copy()),
+            "qmatrix": torch.from_numpy(cs.qmatrix[cal].copy()),
+            "names": [cs.names[i] for i in cal],
+        },
         # Baselines are refitted at prediction time from these (no pickled estimators in files).
         "train": {
             "soh": torch.from_numpy(cs.soh.copy()),
@@ -218,7 +260,13 @@ def model_payload(cs: CurveSet, cfg: TrainConfig, ema: nn.Module, q_scale: float
 def load_model(path: os.PathLike | str, device: torch.device | None = None) -> tuple[DegradationNet, dict]:
     """Read a model file written by ``train-degradation`` (``weights_only=True``): (EMA net in eval mode, payload)."""
     payload = load_model_file(path, FORMAT, "degradation model")
+    return net_from_payload(payload).to(device or torch.device("cpu")), payload
+
+
+def net_from_payload(payload: dict) -> DegradationNet:
+    """The EMA network of a model file's content (eval mode, on the CPU)."""
     cfg = TrainConfig.from_dict(payload["config"])
-    net = build_net(cfg, tuple(payload["condition_shape"]))
+    basis = payload.get("basis")
+    net = build_net(cfg, tuple(payload["condition_shape"]), len(basis["components"]) + 1 if basis else 0)
     net.load_state_dict(payload["state_dict"])
-    return net.to(device or torch.device("cpu")).eval(), payload
+    return net.eval()
