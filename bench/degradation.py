@@ -63,7 +63,7 @@ def parse() -> argparse.Namespace:
 
 def crush(sets):
     """CRUH (first 20 early cycles) + SNL as one set."""
-    from batterytwin.degradation.data import CurveSet, concat
+    from batterytwin.cycling.curves import CurveSet, concat
 
     rows = min(s.qmatrix.shape[1] for s in sets)
     cut = [CurveSet(s.soh, s.valid_len, s.qmatrix[:, :rows], s.cycles_per_point, s.eol_rule, s.names, s.source,
@@ -75,7 +75,8 @@ def pooled_metrics(arrays: dict, soh_true, valid_len, cpp: int, threshold: float
     """Metrics of (pooled) prediction arrays, the same definitions as predict.evaluate."""
     import numpy as np
 
-    from batterytwin.degradation.evaluate import censoring_scores, coverage, diffbatt_life, rmse
+    from batterytwin.cycling.life import diffbatt_life
+    from batterytwin.cycling.scores import censoring_scores, coverage, rmse
 
     a = {k: np.asarray(v, float) for k, v in arrays.items()}
     cens = a["censored"].astype(bool)
@@ -102,7 +103,7 @@ def main() -> int:
     from sklearn.model_selection import KFold
 
     from batterytwin.degradation.config import SampleSettings, TrainConfig
-    from batterytwin.degradation.data import load_npz_split
+    from batterytwin.cycling.loaders import load_npz_split
     from batterytwin.degradation.predict import evaluate
     from batterytwin.degradation.train import net_from_payload, train_model
     from batterytwin.distributed import get_world, init_torch_distributed

@@ -71,7 +71,8 @@ def main() -> int:
             test = load_cells([os.path.join(args.data_dir, test_f)], [], settings) if test_f else None
             if test is None:
                 train, test = None, train
-            diff = read_diffusion(diffusion[split], len(test.cs)) if split in diffusion else None
+            diff = (read_diffusion(diffusion[split], len(test.cs), test.cs.eol_rule, settings.threshold)
+                    if split in diffusion else None)
             t0 = time.perf_counter()
             res = run_evaluation(train, test, settings, diff)
             m = res["metrics"]

@@ -20,8 +20,9 @@ import pytest
 torch = pytest.importorskip("torch") if __name__ != "__main__" else __import__("torch")
 
 from batterytwin.contracts import SWEEP_SCHEMA  # noqa: E402
-from batterytwin.degradation import baselines, data, evaluate  # noqa: E402
-from batterytwin.degradation.data import CurveSet  # noqa: E402
+from batterytwin.cycling import curves, life, loaders  # noqa: E402
+from batterytwin.cycling.curves import CurveSet  # noqa: E402
+from batterytwin.degradation import data  # noqa: E402
 from batterytwin.errors import InputError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -187,28 +188,6 @@ def test_samplers_reproduce_a_known_gaussian(sampler, steps, tol):
     assert abs(float(x.std()) - 0.3) < tol
 
 
-def test_cycle_life_rules_and_variance_baseline():
-    soh = np.array([[100, 95, 85, 81, np.nan, np.nan],      # MATR-like: stopped above 80
-                    [100, 90, 82, 79, 70, np.nan],          # crosses at point 3
-                    [100, 99, 98, 97, 96, 95]], float)       # no crossing, full length: censored
-    length = np.array([4, 5, 6])
-    life, cens = evaluate.cycle_life(soh, length, "end_of_record", 10)
-    np.testing.assert_array_equal(life, [40, 50, 60])
-    np.testing.assert_array_equal(cens, [False, False, True])
-    life, cens = evaluate.cycle_life(soh, length, "threshold", 10)
-    np.testing.assert_array_equal(life, [40, 30, 60])
-    np.testing.assert_array_equal(cens, [True, False, True])
-    # the variance model recovers an exact log-linear law
-    rng = np.random.default_rng(0)
-    q = np.zeros((20, 100, 30))
-    amp = rng.uniform(0.01, 0.1, 20)
-    q[:, 99] = amp[:, None] * rng.normal(size=(20, 30))
-    life = 10 ** (1.0 - 0.5 * baselines.variance_feature(q))
-    m = baselines.VarianceModel().fit(q, life)
-    np.testing.assert_allclose(m.coef_, [-0.5, 1.0], atol=1e-8)
-    assert evaluate.coverage(np.array([0, 5]), np.array([10, 6]), np.array([5, 7])) == 0.5
-
-
 # ------------------------------------------------------------------ loaders and bad input
 def test_loaders_sweep_npz_user(tmp_path):
     n, cycles, early, volts = 4, 300, 10, 12
@@ -228,11 +207,11 @@ def test_loaders_sweep_npz_user(tmp_path):
     ref = synthetic_cells(3, 4)
     np.savez(tmp_path / "matr_x.npz", soh=ref.soh, valid_len=ref.valid_len.astype(np.int32), qmatrix=ref.qmatrix,
              cycles_per_point=np.int32(10))
-    cs = data.load_npz_split(tmp_path / "matr_x.npz")
+    cs = loaders.load_npz_split(tmp_path / "matr_x.npz")
     assert cs.eol_rule == "end_of_record" and len(cs) == 3
 
     write_user_dir(ref, tmp_path / "user")
-    cs = data.load_user_dir(tmp_path / "user", curve_length=L_TINY, cycles_per_point=CPP)
+    cs = loaders.load_user_dir(tmp_path / "user", curve_length=L_TINY, cycles_per_point=CPP)
     np.testing.assert_array_equal(cs.valid_len, ref.valid_len)
     inside = np.arange(L_TINY)[None] < ref.valid_len[:, None]
     np.testing.assert_allclose(cs.soh[inside], ref.soh[inside], atol=1e-4)
@@ -247,13 +226,13 @@ def test_bad_inputs(tmp_path):
     # capacity matrix shape mismatch between datasets
     other = synthetic_cells(3, 6, rows=8)
     with pytest.raises(InputError, match="capacity matrix shape mismatch"):
-        data.concat([ref, other])
+        curves.concat([ref, other])
     # empty datasets
     with pytest.raises(InputError, match="empty dataset"):
-        data.concat([])
+        curves.concat([])
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="empty dataset"):
-        data.load_user_dir(tmp_path / "empty")
+        loaders.load_user_dir(tmp_path / "empty")
     with pytest.raises(InputError, match="empty dataset"):
         CurveSet(np.zeros((0, 8)), np.zeros(0), np.zeros((0, 2, 2)))
     soh = np.full((2, 50), 100.0)
@@ -264,15 +243,15 @@ def test_bad_inputs(tmp_path):
     write_user_dir(ref, tmp_path / "u1")
     np.savez(tmp_path / "u1" / "c1.qv.npz", voltage_V=np.linspace(3.6, 2.0, 9), capacity_Ah=np.zeros((10, 9)))
     with pytest.raises(InputError, match="capacity matrix shape mismatch"):
-        data.load_user_dir(tmp_path / "u1", curve_length=L_TINY)
+        loaders.load_user_dir(tmp_path / "u1", curve_length=L_TINY)
     (tmp_path / "u1" / "c1.qv.npz").unlink()
     with pytest.raises(InputError, match="no matching c1.qv"):
-        data.load_user_dir(tmp_path / "u1", curve_length=L_TINY)
+        loaders.load_user_dir(tmp_path / "u1", curve_length=L_TINY)
     # a pickled object array is refused, not unpickled
     np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     os.replace(tmp_path / "obj.npy", tmp_path / "obj.npz")
     with pytest.raises(InputError):
-        data.load_npz_split(tmp_path / "obj.npz")
+        loaders.load_npz_split(tmp_path / "obj.npz")
     # NaN inside a record
     bad = ref.soh.copy()
     bad[0, 1] = np.nan
@@ -342,7 +321,8 @@ def test_tiny_model_beats_mean_curve(process_group):
 
 @pytest.mark.mpi
 def test_ddp_two_ranks_equal_one(tmp_path):
-    """k steps with the same global batch: 2 ranks (gloo over mpiexec) == 1 rank, to 1e-5."""
+    """k steps with the same global batch: 2 ranks (gloo over mpiexec) == 1 rank, to 1e-5; the same
+    calibration cells and training summaries in both model files."""
     cs = synthetic_cells(12, 9)
     write_user_dir(cs, tmp_path / "cells")
     mpiexec = Path(sys.executable).parent / "mpiexec"
@@ -354,7 +334,8 @@ def test_ddp_two_ranks_equal_one(tmp_path):
                "--checkpoint", str(tmp_path / f"ck{n}.pt"), "--threads", "1", "--device", "cpu",
                "--steps", "4", "--batch-size", "8", "--seed", "5", "--config-json", json.dumps({"train": {
                    "timesteps": 100, "widths": [16, 16], "attention": [False, True], "emb_dim": 32, "cond_dim": 16,
-                   "cond_layers": 1, "cond_heads": 2, "patch": 2, "rows_per_token": 2, "p_uncond": 0.3}})]
+                   "cond_layers": 1, "cond_heads": 2, "patch": 2, "rows_per_token": 2, "p_uncond": 0.3,
+                   "calibration_min_cells": 1}})]
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=tmp_path)
         assert r.returncode == 0, r.stderr[-3000:]
         outs[n] = torch.load(tmp_path / f"ck{n}.pt", weights_only=True)
@@ -372,11 +353,19 @@ def test_ddp_two_ranks_equal_one(tmp_path):
     assert g["soh_samples"].shape == (12, 3, L_TINY) and g["synthetic_soh"].shape == (2, L_TINY)
     order = [cs.names.index(n) for n in g.attrs["cell_names"]]  # the loader reads cells in file-name order
     np.testing.assert_array_equal(g["life_true"][...],
-                                  evaluate.cycle_life(cs.soh, cs.valid_len, "threshold", CPP)[0][order])
+                                  life.cycle_life(cs.soh, cs.valid_len, "threshold", CPP)[0][order])
     metrics = json.loads((tmp_path / "pred.json").read_text())
     assert metrics["n_cells"] == 12 and metrics["sampling"]["curves"] == 36
     assert g.attrs["metrics"]["n_cells"] == 12
     assert outs[1]["step"] == outs[2]["step"] == 4
+    # the calibration cells are a function of the seed alone: the same on 1 and 2 ranks, and the ones
+    # cycling.split.calibration_split draws (round(0.35 * 12) = 4 of the cells, read in file-name order)
+    from batterytwin.cycling.split import calibration_split
+
+    files = [torch.load(tmp_path / f"model{n}.pt", weights_only=True) for n in (1, 2)]
+    expected = [sorted(cs.names)[i] for i in np.flatnonzero(calibration_split(12, 0.35, 5, 1))]
+    assert files[0]["calibration"]["names"] == files[1]["calibration"]["names"] == expected
+    torch.testing.assert_close(files[0]["train"]["qmatrix"], files[1]["train"]["qmatrix"], rtol=0, atol=0)
     for part in ("net", "ema"):
         for k, v in outs[1][part].items():
             torch.testing.assert_close(outs[2][part][k], v, rtol=0, atol=1e-5)

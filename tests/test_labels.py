@@ -215,7 +215,7 @@ def test_shipped_cycling_data_matches_its_checksums():
 
 
 def test_corrupted_copy_of_a_data_file_is_a_checksum_error(tmp_path):
-    from batterytwin.degradation.data import load_npz_split
+    from batterytwin.cycling.loaders import load_npz_split
 
     d = tmp_path / "cycling"
     d.mkdir()

@@ -11,7 +11,7 @@ import json
 import numpy as np
 import pytest
 
-from batterytwin.degradation.data import CurveSet
+from batterytwin.cycling.curves import CurveSet
 from batterytwin.errors import InputError
 from batterytwin.twin import physics
 from batterytwin.twin.config import TwinConfig

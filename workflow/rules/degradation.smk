@@ -21,7 +21,7 @@ if not os.path.isabs(DEG_REAL_DIR) and not os.path.isdir(DEG_REAL_DIR):
     _in_repo = os.path.join(workflow.basedir, DEG_REAL_DIR)
     DEG_REAL_DIR = _in_repo if os.path.isdir(_in_repo) else DEG_REAL_DIR
 if DEG_REAL_ON:  # enabled and absent (or corrupt) is an error, not a silent skip
-    from batterytwin.degradation.data import verify_checksum
+    from batterytwin.cycling.loaders import verify_checksum
 
     if not os.path.isdir(DEG_REAL_DIR):
         sys.exit(

@@ -34,7 +34,9 @@ def _load(args, cfg: DegradationConfig, for_training: bool):
     import numpy as np
 
     from ..errors import InputError
-    from .data import concat, held_out, load_npz_split, load_sweep, load_user_dir
+    from ..cycling.curves import concat
+    from ..cycling.loaders import load_npz_split, load_user_dir
+    from .data import held_out, load_sweep
 
     sets, flags = [], []
     for path in args.sweep:

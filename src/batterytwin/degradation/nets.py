@@ -92,7 +92,7 @@ class ConditionEncoder(nn.Module):
         # standardised by training-set statistics (buffers, set by set_feature_scaling), through a dense layer.
         self.var_rows = None
         if variance_feature:
-            from .baselines import variance_rows
+            from ..cycling.baselines import variance_rows
 
             self.var_rows = variance_rows(rows)
             self.var_embed = nn.Sequential(nn.Linear(1, out_dim), nn.SiLU(), nn.Linear(out_dim, out_dim))

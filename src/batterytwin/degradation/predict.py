@@ -7,7 +7,7 @@ Output store ``degradation.zarr`` (zarr v3 group; ``n`` cells, ``S`` samples, ``
 - ``life_samples`` float32 [n, S]; ``life_pred`` (median), ``life_lo``, ``life_hi`` (the central interval,
   conformally calibrated when the model holds calibration cells: metrics ``interval``),
   ``life_true``, ``life_variance``, ``life_forest``, ``life_mean`` (baselines) float32 [n]; ``life_pred_diffbatt``
-  (median sampled life under DiffBatt's convention, :func:`~.evaluate.diffbatt_life`); ``censored`` int8 [n];
+  (median sampled life under DiffBatt's convention, :func:`batterytwin.cycling.life.diffbatt_life`); ``censored`` int8 [n];
   ``evaluated`` int8 [n] (1: held-out cell counted in the metrics).
 - ``synthetic_soh`` float32 [m, L]: curves generated without a condition (augmentation), if asked.
 
@@ -20,23 +20,24 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from ..contracts import json_safe
+from ..cycling.baselines import ForestModel, fit_baselines as fit_life_baselines, forest_grid, variance_rows
+from ..cycling.conformal import conformal_interval, conformal_quantile, interval_scores
+from ..cycling.curves import CurveSet, mean_sample_curve
+from ..cycling.life import cycle_life, diffbatt_life
+from ..cycling.scores import censoring_scores, coverage, curve_rmse, interval_summary, rmse
+from ..cycling.store import write_store
 from ..distributed import World, get_world
-from ..store import atomic_output, provenance, write_json
-from .baselines import ForestModel, VarianceModel
-from .config import SampleSettings
 from ..errors import InputError
+from ..store import provenance, write_json
 from .basis import CurveBasis, roughness
-from .data import CurveSet, decode_curves
+from .config import SampleSettings
+from .data import decode_curves
 from .diffusion import Diffusion
-from .evaluate import (censoring_scores, conformal_interval, conformal_quantile, coverage, cqr_scores, curve_rmse,
-                       cycle_life, diffbatt_life, interval_summary, mean_curve_predictor, mean_sample_curve, rmse)
-from .baselines import variance_rows
 from .nets import DegradationNet
 
 log = logging.getLogger(__name__)
@@ -96,35 +97,43 @@ def generate_unconditional(net: DegradationNet, payload: dict, n: int, st: Sampl
     return decode(payload, x)[0]
 
 
-def _train_lives(payload: dict, rule: str, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+def training_cells(payload: dict, rule: str, threshold: float) -> dict[str, np.ndarray]:
+    """The model file's training cells (every cell of the training set, calibration cells included):
+    ``soh`` [n, L], ``valid_len`` [n], ``qmatrix`` [n, R, V] (float32; absent in model files written before
+    issue 25) and their ``life`` [n] and ``censored`` [n] under ``rule`` -- what any baseline or life
+    predictor needs to be refitted through its ``.fit``."""
     tr = payload["train"]
-    life, cens = cycle_life(tr["soh"].numpy(), tr["valid_len"].numpy(), rule, payload["cycles_per_point"], threshold)
-    return life, cens
+    out = {"soh": tr["soh"].numpy(), "valid_len": tr["valid_len"].numpy()}
+    if "qmatrix" in tr:
+        out["qmatrix"] = tr["qmatrix"].numpy()
+    out["life"], out["censored"] = cycle_life(out["soh"], out["valid_len"], rule, payload["cycles_per_point"],
+                                              threshold)
+    return out
 
 
-def fit_baselines(payload: dict, rule: str, threshold: float, seed: int) -> tuple[VarianceModel, ForestModel, np.ndarray]:
-    """Fit both baselines on the model file's training summaries (uncensored cells only)."""
-    life, cens = _train_lives(payload, rule, threshold)
-    keep = ~cens
-    if keep.sum() < 2:
-        return None, None, life[keep]
+def fit_baselines(payload: dict, rule: str, threshold: float, seed: int) -> dict:
+    """The baselines of :func:`batterytwin.cycling.baselines.fit_baselines`, fitted through ``.fit`` on the
+    model file's training cells (uncensored cells only): name -> fitted model.
+
+    Model files written before issue 25 hold only the two capacity-matrix rows of the variance feature
+    (``q_variance_rows``) and the forest's grid of it (``forest_x``): each baseline is fitted on its own
+    part (the same fit, since the features are the same); a predictor that needs the whole capacity
+    matrix needs the model retrained.
+    """
+    cells = training_cells(payload, rule, threshold)
+    life, cens, soh, vl = cells["life"], cells["censored"], cells["soh"], cells["valid_len"]
+    if "qmatrix" in cells:
+        return fit_life_baselines(cells["qmatrix"], life, cens, seed, soh, vl)
+    log.warning("%s: model file without train.qmatrix (written before issue 25): baselines refitted from "
+                "q_variance_rows and forest_x; retrain it for predictors that need the whole capacity matrix",
+                payload.get("source", "model"))
     tr = payload["train"]
-    qv = tr["q_variance_rows"].numpy()
-    var = VarianceModel()
-    var.coef_ = np.polyfit(_var_x(qv[keep]), np.log10(np.maximum(life[keep], 1.0)), 1)
-    forest = ForestModel(seed=seed)
-    from sklearn.ensemble import RandomForestRegressor
-
-    forest.model_ = RandomForestRegressor(n_estimators=forest.n_estimators, random_state=seed, n_jobs=1)
-    forest.model_.fit(tr["forest_x"].numpy()[keep], life[keep])
-    return var, forest, life[keep]
-
-
-def _var_x(q_rows: np.ndarray) -> np.ndarray:
-    """Variance feature from the two stored rows [n, 2, V] (lo, hi): :func:`~.baselines.variance_feature`."""
-    from .baselines import variance_feature
-
-    return variance_feature(q_rows)
+    models = fit_life_baselines(tr["q_variance_rows"].numpy(), life, cens, seed, soh, vl)  # rows (lo, hi) = (0, 1)
+    if "random_forest" in models:
+        r, v = forest_grid(*payload["condition_shape"])
+        grid_q = tr["forest_x"].numpy().reshape(len(soh), len(r), len(v))  # forest_features is idempotent on it
+        models["random_forest"] = ForestModel(seed=seed).fit(grid_q, life, cens)
+    return models
 
 
 def check_rule(payload: dict, cs: CurveSet) -> None:
@@ -169,9 +178,9 @@ def calibrate(net: DegradationNet, payload: dict, st: SampleSettings, rule: str,
     """
     cal = payload.get("calibration") or {}
     n_cal = len(cal.get("names", []))
-    out = {"method": "split conformal, CQR scores on log10 life (Romano et al. 2019), finite-sample quantile "
-                     "ceil((n+1)(level))/n (numpy)", "level": st.level, "n_calibration_cells": n_cal,
-           "q_log10": None, "calibrated": False}
+    out = {"method": "split conformal, CQR scores on ln life (Romano et al. 2019), finite-sample quantile "
+                     "ceil((n+1)(level))/n (numpy, batterytwin.cycling.conformal)", "level": st.level,
+           "n_calibration_cells": n_cal, "q_ln": None, "calibrated": False}
     if n_cal == 0:
         out["reason"] = "no calibration cells (calibration_fraction 0 or too few training cells): raw sampled interval"
         return out
@@ -181,7 +190,7 @@ def calibrate(net: DegradationNet, payload: dict, st: SampleSettings, rule: str,
     summ = interval_summary(life_s, st.level)
     life, cens = cycle_life(cal["soh"].numpy(), cal["valid_len"].numpy(), rule, payload["cycles_per_point"],
                             st.threshold)
-    scores = cqr_scores(summ["lo"][~cens], summ["hi"][~cens], life[~cens])
+    scores = interval_scores(summ["lo"][~cens], summ["hi"][~cens], life[~cens])
     q = conformal_quantile(scores, st.level)
     out.update(n_scored=int(len(scores)), n_censored=int(cens.sum()),
                raw_coverage=float(np.mean(scores <= 0)) if len(scores) else float("nan"))
@@ -189,7 +198,7 @@ def calibrate(net: DegradationNet, payload: dict, st: SampleSettings, rule: str,
         out["reason"] = (f"{len(scores)} uncensored calibration cells are too few for level {st.level} "
                          f"(need ceil((n+1) level) <= n): raw sampled interval")
         return out
-    out.update(q_log10=q, calibrated=True)
+    out.update(q_ln=q, calibrated=True)
     return out
 
 
@@ -214,7 +223,7 @@ def evaluate(net: DegradationNet, payload: dict, cs: CurveSet, st: SampleSetting
     summ = interval_summary(life_s, st.level)
     conformal = calibrate(net, payload, st, rule, world, device)
     if conformal["calibrated"]:
-        lo, hi = conformal_interval(summ["lo"], summ["hi"], conformal["q_log10"])
+        lo, hi = conformal_interval(summ["lo"], summ["hi"], conformal["q_ln"])
         # q < 0 narrows the sampled interval: keep the point prediction inside (only widens: coverage holds)
         lo, hi = np.minimum(lo, summ["median"]), np.maximum(hi, summ["median"])
     else:
@@ -223,15 +232,22 @@ def evaluate(net: DegradationNet, payload: dict, cs: CurveSet, st: SampleSetting
     soh_pred = mean_sample_curve(soh_s)
     keep = evaluated & ~censored
 
-    var, forest, train_life = fit_baselines(payload, rule, st.threshold, st.seed)
-    life_var = var.predict(cs.qmatrix) if var is not None else np.full(n, np.nan)
-    life_rf = forest.predict(cs.qmatrix) if forest is not None else np.full(n, np.nan)
-    tr = payload["train"]
-    mean_soh, _ = mean_curve_predictor(tr["soh"].numpy(), tr["valid_len"].numpy(), n)
-    mean_life = np.full(n, float(np.mean(train_life)) if len(train_life) else np.nan)
     # DiffBatt's convention: padded curves, first point <= threshold, full-length non-crossing at L * cpp
     db_true = diffbatt_life(cs.soh, cs.valid_len, cpp, st.threshold)
     db_model = np.median(diffbatt_life(soh_s, len_s, cpp, st.threshold), axis=1)
+
+    # Point predictors of life fitted on the model file's training cells (fit_baselines; a new predictor
+    # is fitted the same way from training_cells(payload, ...)) and scored on the same cells: life_scores.
+    baselines = fit_baselines(payload, rule, st.threshold, st.seed)
+    lives = {name: (baselines[name].predict(cs.qmatrix) if name in baselines else np.full(n, np.nan))
+             for name in ("variance_model", "random_forest", "mean_curve")}
+    mean_soh, _ = baselines["mean_curve"].predict_curves(n)
+
+    def life_scores(pred: np.ndarray) -> dict:
+        return {"rul_rmse_cycles": rmse(pred, life_true, keep),
+                "censoring": censoring_scores(pred, life_true, censored, evaluated),
+                "diffbatt_convention_rmse_cycles": rmse(pred, db_true, evaluated)}
+
     n_curves = n * st.samples
     lo_row, hi_row = variance_rows(cs.qmatrix.shape[1])
     metrics = {
@@ -250,17 +266,13 @@ def evaluate(net: DegradationNet, payload: dict, cs: CurveSet, st: SampleSetting
             "sample_roughness_soh_per_10_cycles": roughness(soh_s[evaluated], cpp),
         },
         "interval": conformal,
-        "variance_model": {"rul_rmse_cycles": rmse(life_var, life_true, keep),
-                           "rows": [lo_row, hi_row], "cycles": [lo_row + 1, hi_row + 1],
-                           "censoring": censoring_scores(life_var, life_true, censored, evaluated),
-                           "diffbatt_convention_rmse_cycles": rmse(life_var, db_true, evaluated)},
-        "random_forest": {"rul_rmse_cycles": rmse(life_rf, life_true, keep),
-                          "censoring": censoring_scores(life_rf, life_true, censored, evaluated),
-                          "diffbatt_convention_rmse_cycles": rmse(life_rf, db_true, evaluated)},
-        "mean_curve": {"rul_rmse_cycles": rmse(mean_life, life_true, keep),
+        "variance_model": {**life_scores(lives["variance_model"]),
+                           "rows": [lo_row, hi_row], "cycles": [lo_row + 1, hi_row + 1]},
+        "random_forest": life_scores(lives["random_forest"]),
+        "mean_curve": {"rul_rmse_cycles": rmse(lives["mean_curve"], life_true, keep),
                        "soh_curve_rmse_percent": curve_rmse(mean_soh[evaluated], cs.soh[evaluated],
                                                             cs.valid_len[evaluated]),
-                       "diffbatt_convention_rmse_cycles": rmse(mean_life, db_true, evaluated)},
+                       "diffbatt_convention_rmse_cycles": rmse(lives["mean_curve"], db_true, evaluated)},
         "data_roughness_soh_per_10_cycles": roughness(cs.soh[evaluated], cpp),
         "sampling": {"sampler": st.sampler, "steps": st.ddim_steps if st.sampler == "ddim" else int(payload["config"]["timesteps"]),
                      "guidance": st.guidance, "samples_per_cell": st.samples, "curves": n_curves,
@@ -271,31 +283,12 @@ def evaluate(net: DegradationNet, payload: dict, cs: CurveSet, st: SampleSetting
         "soh_pred": soh_pred.astype(np.float32), "soh_true": cs.soh.astype(np.float32),
         "life_pred": summ["median"].astype(np.float32), "life_lo": np.asarray(lo, np.float32),
         "life_hi": np.asarray(hi, np.float32), "life_true": life_true.astype(np.float32),
-        "life_variance": np.asarray(life_var, np.float32), "life_forest": np.asarray(life_rf, np.float32),
+        "life_variance": np.asarray(lives["variance_model"], np.float32),
+        "life_forest": np.asarray(lives["random_forest"], np.float32),
         "censored": censored.astype(np.int8), "evaluated": evaluated.astype(np.int8),
-        "life_mean": mean_life.astype(np.float32), "life_pred_diffbatt": db_model.astype(np.float32),
+        "life_mean": np.asarray(lives["mean_curve"], np.float32), "life_pred_diffbatt": db_model.astype(np.float32),
     }
     return arrays, metrics
-
-
-def write_store(path: Path, arrays: dict[str, np.ndarray], attrs: dict[str, Any], world: World | None = None) -> None:
-    """Write the prediction store atomically (rank 0 writes; every rank waits for the rename)."""
-    import zarr
-
-    world = world or get_world()
-    with atomic_output(path, world) as tmp:
-        if world.is_root:
-            g = zarr.open_group(str(tmp), mode="w", zarr_format=3, attributes=attrs)
-            for name, a in arrays.items():
-                arr = g.create_array(name, shape=a.shape, dtype=a.dtype, chunks=_chunks(a.shape),
-                                     fill_value=np.nan if a.dtype.kind == "f" else 0)
-                arr[...] = a
-        world.barrier()
-
-
-def _chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
-    # one chunk of up to 64 cells x whole trailing axes: cells are the unit of reading
-    return (max(1, min(shape[0], 64)), *shape[1:]) if shape else ()
 
 
 def run_prediction(model_path: Path, cs: CurveSet, out: Path, metrics_path: Path | None, st: SampleSettings,

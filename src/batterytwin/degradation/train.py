@@ -33,14 +33,16 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..cycling.baselines import forest_features, variance_rows
+from ..cycling.curves import CurveSet
+from ..cycling.split import calibration_split
 from ..distributed import World, get_world
 from ..errors import InputError
 from ..training import (Checkpoint, StopFlag, check_loss, ema_decay, ema_model, load_model_file, update_ema,
                         warmup_cosine, wrap_ddp)
-from .baselines import forest_features, variance_rows
 from .config import TrainConfig
 from .basis import CurveBasis
-from .data import CurveSet, encode_curves
+from .data import encode_curves
 from .diffusion import Diffusion
 from .nets import DegradationNet
 
@@ -53,21 +55,6 @@ def build_net(cfg: TrainConfig, condition_shape: tuple[int, int], basis_dim: int
                           cfg.cond_layers, cfg.cond_heads, cfg.patch, cfg.rows_per_token,
                           "mlp" if cfg.representation == "basis" else "unet", basis_dim, cfg.mlp_width, cfg.mlp_blocks,
                           cfg.variance_feature)
-
-
-def calibration_split(n: int, fraction: float, seed: int, min_cells: int = 1) -> np.ndarray:
-    """Flags [n] of the training cells held out for conformal calibration (seeded permutation).
-
-    ``round(fraction * n)`` cells, at least 2 cells left to train; none when that is below ``min_cells``
-    (too few to calibrate: better to train on them).
-    """
-    k = min(int(round(fraction * n)), n - 2)
-    if k < max(int(min_cells), 1):
-        k = 0
-    flags = np.zeros(n, bool)
-    if k > 0:
-        flags[np.random.default_rng([int(seed), 7]).permutation(n)[:k]] = True
-    return flags
 
 
 def encode_targets(cs: CurveSet, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray, CurveBasis | None]:
@@ -247,10 +234,13 @@ def model_payload(cs: CurveSet, calib: np.ndarray, cfg: TrainConfig, ema: nn.Mod
             "qmatrix": torch.from_numpy(cs.qmatrix[cal].copy()),
             "names": [cs.names[i] for i in cal],
         },
-        # Baselines are refitted at prediction time from these (no pickled estimators in files).
+        # Baselines (and any life predictor) are refitted at prediction time through their .fit from
+        # these (no pickled estimators in files): the full capacity matrices of every cell of ``cs``;
+        # q_variance_rows and forest_x are kept so that older readers still find them.
         "train": {
             "soh": torch.from_numpy(cs.soh.copy()),
             "valid_len": torch.from_numpy(cs.valid_len.copy()),
+            "qmatrix": torch.from_numpy(np.ascontiguousarray(cs.qmatrix, np.float32).copy()),
             "q_variance_rows": torch.from_numpy(cs.qmatrix[:, [lo, hi], :].copy()),
             "forest_x": torch.from_numpy(forest_features(cs.qmatrix).astype(np.float32)),
         },

@@ -30,7 +30,8 @@ def _stress(path: Path, n: int, use: bool) -> np.ndarray:
 
 def load_cells(npz: list[str], user_dirs: list[str], settings: TwinConfig):
     """The cells of ``npz`` splits and/or generic-format directories (docs/degradation.md), concatenated."""
-    from ..degradation.data import concat, load_npz_split, load_user_dir
+    from ..cycling.curves import concat
+    from ..cycling.loaders import load_npz_split, load_user_dir
     from .driver import Cells
 
     sets, stress = [], []
@@ -48,15 +49,12 @@ def load_cells(npz: list[str], user_dirs: list[str], settings: TwinConfig):
     return Cells(cs, np.concatenate(stress))
 
 
-def read_diffusion(path: str, n: int) -> dict:
-    """Life predictions of the diffusion model's store of the same evaluation (aligned by cell)."""
-    from ..contracts import open_group
+def read_diffusion(path: str, n: int, eol_rule: str, threshold: float) -> dict:
+    """Life predictions of the diffusion model's store of the same evaluation (aligned by cell), after
+    checking that the store read the lives by the same end-of-life rule and threshold (one line, exit 2)."""
+    from ..cycling.store import read_lives
 
-    g = open_group(path, "degradation prediction store", arrays=("life_pred", "life_lo", "life_hi"))
-    out = {f"life_{k}": np.asarray(g[f"life_{k}"][:], np.float64) for k in ("pred", "lo", "hi")}
-    if len(out["life_pred"]) != n:
-        raise InputError(f"{path}: {len(out['life_pred'])} cells, the test split has {n} (another evaluation?)")
-    return out
+    return read_lives(path, n, eol_rule, threshold)
 
 
 def run_twin(args) -> int:
@@ -75,7 +73,8 @@ def run_twin(args) -> int:
     if train is not None and train.cs.eol_rule != test.cs.eol_rule:
         raise InputError(f"{test.cs.source}: end-of-life rule {test.cs.eol_rule!r} differs from the training cells' "
                          f"({train.cs.eol_rule!r}): set twin.eol_rule")
-    diffusion = read_diffusion(args.diffusion, len(test.cs)) if args.diffusion else None
+    diffusion = (read_diffusion(args.diffusion, len(test.cs), test.cs.eol_rule, settings.threshold)
+                 if args.diffusion else None)
     result = run_evaluation(train, test, settings, diffusion, Path(args.checkpoint) if args.checkpoint else None)
     if result.get("interrupted"):
         return preempted("twin", result["step"], settings.correction.steps, args.checkpoint, get_world())

@@ -5,7 +5,7 @@ with inputs that describe the situation, not the cell's identity:
 
 - the physics prediction at the cycle (SOH percent, scaled), the cycle number (/1000);
 - the cell's early-cycle features: the Severson variance feature ``log10 var(Q100 - Q10)`` of the
-  capacity matrix (:func:`batterytwin.degradation.baselines.variance_feature`), the mean and the
+  capacity matrix (:func:`batterytwin.cycling.baselines.variance_feature`), the mean and the
   minimum of ``Q_hi - Q_lo``, and the fitted physics parameters.
 
 Inputs are standardised with the training means/SDs (kept with the weights). Training goes through
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..degradation.baselines import variance_feature, variance_rows
+from ..cycling.baselines import variance_feature, variance_rows
 
 log = logging.getLogger(__name__)
 

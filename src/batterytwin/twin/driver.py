@@ -33,12 +33,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..degradation.baselines import ForestModel, VarianceModel
-from ..degradation.data import CurveSet
-from ..degradation.evaluate import coverage, cycle_life, rmse
+from ..cycling.baselines import fit_baselines
+from ..cycling.conformal import conformal_interval, conformal_quantile, interval_scores
+from ..cycling.curves import CurveSet
+from ..cycling.life import cycle_life, eol_level, first_crossing
+from ..cycling.scores import coverage, rmse
+from ..cycling.split import calibration_subset
 from ..errors import InputError
 from .correction import Correction, cell_features, point_inputs, train_correction
-from .forecast import conformal_quantile, eol_level, first_crossing, log_interval_scores, widen
 from .physics import FitResult, draw_params, fit_cell, make_model
 
 log = logging.getLogger(__name__)
@@ -202,9 +204,7 @@ def forecast_split(train: Cells, test: Cells, settings, checkpoint=None, model=N
     usable = np.flatnonzero(fits_tr.status == OK)
     if len(usable) < 4:
         raise InputError(f"{train.cs.source}: {len(usable)} training cells with a fit, the twin needs at least 4")
-    perm = np.random.default_rng(settings.seed).permutation(usable)
-    n_cal = max(2, int(round(settings.calibration_fraction * len(usable))))
-    cal, proper = np.sort(perm[:n_cal]), np.sort(perm[n_cal:])
+    cal, proper = calibration_subset(usable, settings.calibration_fraction, settings.seed)
     corr, t_train = None, 0.0
     if settings.correction_enabled:
         x, y = correction_data(phys_tr, fits_tr, train, proper, k_fit)
@@ -223,8 +223,8 @@ def forecast_split(train: Cells, test: Cells, settings, checkpoint=None, model=N
     life_cal, cens_cal = cycle_life(train.cs.soh[cal], train.cs.valid_len[cal], rule, cpp, settings.threshold)
     ok_cal = ~cens_cal & np.isfinite(fc_cal["life_hybrid"])
     seen = float((k_fit - 1) * cpp)
-    q_life = conformal_quantile(log_interval_scores(fc_cal["life_hybrid_lo"][ok_cal], fc_cal["life_hybrid_hi"][ok_cal],
-                                                    life_cal[ok_cal], seen), settings.level)
+    q_life = conformal_quantile(interval_scores(fc_cal["life_hybrid_lo"][ok_cal], fc_cal["life_hybrid_hi"][ok_cal],
+                                                life_cal[ok_cal], seen), settings.level)
     res = []
     for j, i in enumerate(cal):
         n = min(int(train.cs.valid_len[i]), H)
@@ -237,20 +237,17 @@ def forecast_split(train: Cells, test: Cells, settings, checkpoint=None, model=N
     q_curve_used = q_curve if np.isfinite(q_curve) else 0.0
 
     out = forecast_cells(model, fits_te, test, np.arange(len(test.cs)), corr, H, k_fit, level_eol, settings, rng)
-    out["life_hybrid_lo"], out["life_hybrid_hi"] = widen(out["life_hybrid_lo"], out["life_hybrid_hi"], q_life_used, seen)
+    out["life_hybrid_lo"], out["life_hybrid_hi"] = conformal_interval(out["life_hybrid_lo"], out["life_hybrid_hi"],
+                                                                      q_life_used, seen)
     out["soh_hybrid_lo"] = out["soh_hybrid_lo"] - q_curve_used
     out["soh_hybrid_hi"] = out["soh_hybrid_hi"] + q_curve_used
 
     # baselines on the same cells and rule, refitted on the training cells
     life_tr, cens_tr = cycle_life(train.cs.soh, train.cs.valid_len, rule, cpp, settings.threshold)
-    keep_tr = ~cens_tr
-    n_te = len(test.cs)
-    if keep_tr.sum() >= 2 and train.cs.condition_shape == test.cs.condition_shape:
-        out["life_variance"] = VarianceModel().fit(train.cs.qmatrix[keep_tr], life_tr[keep_tr]).predict(test.cs.qmatrix)
-        out["life_forest"] = ForestModel(seed=settings.seed).fit(train.cs.qmatrix[keep_tr],
-                                                                  life_tr[keep_tr]).predict(test.cs.qmatrix)
-    else:
-        out["life_variance"] = out["life_forest"] = np.full(n_te, np.nan)
+    same_shape = train.cs.condition_shape == test.cs.condition_shape
+    base = fit_baselines(train.cs.qmatrix, life_tr, cens_tr, settings.seed) if same_shape else {}
+    for key, name in (("life_variance", "variance_model"), ("life_forest", "random_forest")):
+        out[key] = base[name].predict(test.cs.qmatrix) if name in base else np.full(len(test.cs), np.nan)
     out["params"] = np.stack([r.params for r in fits_te.results])
     out["param_sd"] = np.stack([np.sqrt(np.clip(np.diag(r.cov), 0, None)) for r in fits_te.results])
     out["fit_seconds"] = np.array([r.seconds for r in fits_te.results])
@@ -366,7 +363,7 @@ def time_series(run: dict, test: Cells, settings) -> dict[str, np.ndarray]:
         rows["series_lo"].append(lo - run["q_curve"])
         rows["series_hi"].append(hi + run["q_curve"])
         rows["series_life"].append(lives[0])
-        l_lo, l_hi = widen(*np.quantile(lives, q), run["q_life"], float((end - 1) * cpp))
+        l_lo, l_hi = conformal_interval(*np.quantile(lives, q), run["q_life"], float((end - 1) * cpp))
         rows["series_life_lo"].append(l_lo)
         rows["series_life_hi"].append(l_hi)
         p_lives, _ = first_crossing(phys, run["level_eol"], end, cpp)
@@ -458,7 +455,7 @@ def run_evaluation(train: Cells | None, test: Cells, settings, diffusion: dict |
 def write_outputs(result: dict, test: CurveSet, out: Path, metrics_path: Path | None, params: dict) -> None:
     """The store (``out``) and the metrics JSON of one evaluation."""
     from ..contracts import json_safe
-    from ..degradation.predict import write_store
+    from ..cycling.store import write_store
     from ..distributed import World
     from ..store import provenance, write_json
 
