@@ -102,11 +102,23 @@ def test_file_samples_get_only_their_own_defaults(tmp_path):
     ({"samples": {"../x": {"source": "synthetic"}}}, "samples.../x: name must match", "^[A-Za-z0-9]"),
     ({"degradation": {"real_data": {"evaluations": {"a/b": {"train_set": "m", "test": "t.npz"}}}}},
      "degradation.real_data.evaluations.a/b: name must match", "^[A-Za-z0-9]"),
+    # one end-of-life rule, threshold and data directory for the diffusion model and the twin (issue 25)
+    ({"twin": {"eol_rule": "threshold"}}, "twin.eol_rule", "differs from degradation.eol_rule None"),
+    ({"twin": {"threshold": 75}}, "twin.threshold", "differs from the degradation real-data threshold 80"),
+    ({"degradation": {"real_data": {"sample": {"threshold": 70}}}}, "twin.threshold", "threshold 70"),
+    ({"twin": {"data_dir": "elsewhere"}}, "twin.data_dir", "differs from degradation.real_data.dir"),
 ])
 def test_a_bad_config_is_one_line_naming_the_key(bad, key, problem):
     with pytest.raises(InputError) as err:
         complete_config(deep_merge(BASE, bad))
     assert key in str(err.value) and problem in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_twin_may_repeat_the_degradation_end_of_life_settings():
+    same = {"degradation": {"eol_rule": "threshold", "sample": {"threshold": 75}},
+            "twin": {"eol_rule": "threshold", "threshold": 75, "data_dir": BASE["degradation"]["real_data"]["dir"]}}
+    done = complete_config(deep_merge(BASE, same))
+    assert done["twin"]["threshold"] == 75 and done["twin"]["eol_rule"] == "threshold"
 
 
 def test_snakemake_names_the_bad_key_in_one_line(tmp_path):

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, StringConstraints
+from pydantic import Field, StringConstraints, model_validator
 
 from .cellsim.config import CellsimConfig
 from .config import Section, validate_settings
@@ -77,6 +77,25 @@ class PipelineConfig(Section):
     degradation: DegradationConfig = Field(default_factory=DegradationConfig, description="degradation model")
     twin: TwinConfig = Field(default_factory=TwinConfig, description="hybrid digital twin of real cells")
     report: ReportConfig = Field(default_factory=ReportConfig, description="report figures")
+
+    @model_validator(mode="after")
+    def _one_end_of_life_rule(self) -> "PipelineConfig":
+        """The diffusion model and the twin score the same real cells against each other: one end-of-life
+        rule, one threshold and one data directory (``twin`` may leave them to ``degradation``, or repeat
+        them; it may not differ)."""
+        deg, twin = self.degradation, self.twin
+        if twin.eol_rule != deg.eol_rule:
+            raise ValueError(f"twin.eol_rule: {twin.eol_rule!r} differs from degradation.eol_rule {deg.eol_rule!r} "
+                             "(one end-of-life rule for both stages)")
+        threshold = deg.real_data.sample.get("threshold", deg.sample.threshold)
+        if not isinstance(threshold, (int, float)) or float(threshold) != float(twin.threshold):
+            raise ValueError(f"twin.threshold: {twin.threshold:g} differs from the degradation real-data threshold "
+                             f"{threshold!r} (degradation.real_data.sample.threshold, else degradation.sample.threshold): "
+                             "one end-of-life threshold for both stages")
+        if twin.data_dir is not None and twin.data_dir != deg.real_data.dir:
+            raise ValueError(f"twin.data_dir: {twin.data_dir!r} differs from degradation.real_data.dir "
+                             f"{deg.real_data.dir!r} (one data directory for both stages: leave twin.data_dir null)")
+        return self
 
 
 def complete_config(config: dict[str, Any], where: str = "config") -> dict[str, Any]:

@@ -11,10 +11,11 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from ..config import Section, validate_settings
+from ..cycling.life import DEFAULT_THRESHOLD
+from ..cycling.loaders import SHIPPED_DATA
 from ..errors import InputError
 
 Device = Literal["auto", "cpu", "cuda"]
-SHIPPED_DATA = "data/cycling"  # the DiffBatt splits shipped in the repository (data/cycling/README.md)
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # names that become paths (results/degradation_real/<name>.zarr)
 
 
@@ -98,7 +99,8 @@ class SampleSettings(Section):
     seed: int = Field(0, ge=0, description="sampling seed")
     batch: int = Field(512, ge=1, description="curves per network call")
     level: float = Field(0.9, gt=0, lt=1, description="central prediction interval")
-    threshold: float = Field(80.0, gt=0, lt=100, description="SOH percent of the threshold end-of-life rule")
+    threshold: float = Field(DEFAULT_THRESHOLD, gt=0, lt=100, description="SOH percent of the threshold end-of-life "
+                             "rule (the twin's twin.threshold must equal it: checked in the workflow config)")
     synthetic: int = Field(0, ge=0, description="also generate this many unconditional curves")
     threads: int = Field(0, ge=0, description="torch CPU threads per rank (0: torch default)")
     device: Device = Field("auto", description="torch device")

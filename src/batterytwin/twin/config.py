@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from ..config import Section
+from ..cycling.life import DEFAULT_THRESHOLD
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
@@ -75,7 +76,8 @@ class TwinConfig(Section):
     fit_cycles: int = Field(100, ge=2, description="early cycles observed and fitted per cell")
     min_fit_points: int = Field(4, ge=3, description="curve points the fit needs inside fit_cycles (fewer: "
                                 "the cell is excluded and recorded)")
-    threshold: float = Field(80.0, gt=0, lt=100, description="SOH percent of the threshold end-of-life rule")
+    threshold: float = Field(DEFAULT_THRESHOLD, gt=0, lt=100, description="SOH percent of the threshold end-of-life "
+                             "rule (equal to degradation's real-data sample.threshold: checked in the workflow config)")
     eol_rule: Literal["end_of_record", "threshold"] | None = Field(
         None, description="end-of-life rule; null: end_of_record for MATR splits, threshold otherwise")
     horizon_cycles: int | None = Field(None, ge=1, description="forecast horizon (null: the curve length)")
