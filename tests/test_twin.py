@@ -264,3 +264,25 @@ def test_a_failed_pybamm_run_drops_its_grid_point(monkeypatch):
     assert "injected" in next(iter(model.failed_runs.values()))
     fit = fit_cell(model, curve[0], 100 * (curve[1] - 1e-3 * 1.0 * np.arange(5)))
     assert fit.ok and fit.params[1] == pytest.approx(-15.0, abs=0.05)
+
+
+@pytest.mark.parametrize("attrs, message", [({"eol_rule": "end_of_record", "threshold_percent": 80.0},
+                                             "end-of-life rule 'end_of_record'"),
+                                            ({"eol_rule": "threshold", "threshold_percent": 85.0},
+                                             "threshold 85.0 %"),
+                                            ({"threshold_percent": 80.0}, "end-of-life rule None")])
+def test_cli_diffusion_store_of_another_rule_is_one_line_exit_2(tmp_path, cli, attrs, message):
+    """The twin compares with a diffusion store only when the store read the lives by the same end-of-life
+    rule and threshold, not only the same number of cells."""
+    from batterytwin.cycling.store import write_store
+    from batterytwin.distributed import World
+
+    cs, _, _ = _truth(8, np.random.default_rng(2))
+    np.savez(tmp_path / "test.npz", soh=cs.soh, valid_len=cs.valid_len.astype(np.int32), qmatrix=cs.qmatrix,
+             cycles_per_point=np.int64(CPP))
+    lives = {k: np.full(8, 500.0, np.float32) for k in ("life_pred", "life_lo", "life_hi")}
+    write_store(tmp_path / "d.zarr", lives, attrs, World())
+    code, err = cli("twin", "--train", tmp_path / "test.npz", "--test", tmp_path / "test.npz", "--diffusion",
+                    tmp_path / "d.zarr", "--out", tmp_path / "t.zarr")
+    assert code == 2 and message in err and str(tmp_path / "d.zarr") in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "t.zarr").exists()
