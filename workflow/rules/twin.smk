@@ -8,7 +8,7 @@ import json
 import os
 
 TWIN = config["twin"]
-TWIN_DIR = TWIN["data_dir"] or DEG_REAL_DIR
+TWIN_DIR = DEG_REAL_DIR  # twin.data_dir is null or equal to it (checked by the workflow config)
 _twin_unknown = sorted(set(TWIN["evaluations"] or []) - set(DEG_REAL["evaluations"]))
 if _twin_unknown:
     raise ValueError(f"config: twin.evaluations: {_twin_unknown} not in degradation.real_data.evaluations")

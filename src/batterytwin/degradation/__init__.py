@@ -2,13 +2,13 @@
 
 Modules (pure core first, drivers last):
 
-- :mod:`.data`: :class:`~.data.CurveSet` (SOH curves + early-cycle capacity matrices) and its
-  loaders: ``sweep.zarr`` (cellsim), DiffBatt ``.npz`` splits, the generic user format (CSV/NPZ).
+- :mod:`.data`: cellsim ``sweep.zarr`` as a curve set (``load_sweep``, the seeded held-out split) and
+  the network's curve encoding. Curve sets, the real-data loaders (DiffBatt ``.npz``, the generic user
+  format), the end-of-life rule, scores, conformal calibration and the baselines are
+  :mod:`batterytwin.cycling`, shared with the twin (nothing is imported from :mod:`batterytwin.twin`).
 - :mod:`.nets`: 1-D residual U-Net with attention, time embedding, transformer condition encoder.
 - :mod:`.diffusion`: noise schedule, masked denoising loss, ancestral and DDIM samplers with
   classifier-free guidance.
-- :mod:`.evaluate`: end-of-life/RUL rule, RMSE, prediction intervals and coverage.
-- :mod:`.baselines`: Severson "variance" linear model and a random forest on the capacity matrix.
 - :mod:`.train`: DDP training driver (checkpoint/resume, signals, EMA).
 - :mod:`.predict`: inference driver (samples, intervals, metrics, synthetic curves -> store).
 - :mod:`.cli`: ``batterytwin train-degradation`` and ``batterytwin predict-degradation``.
