@@ -34,7 +34,7 @@ def default_eol_rule(path: os.PathLike | str) -> str:
 
 
 def cycle_life(soh: np.ndarray, length: np.ndarray, rule: str, cycles_per_point: int,
-               threshold: float = 80.0) -> tuple[np.ndarray, np.ndarray]:
+               threshold: float = DEFAULT_THRESHOLD) -> tuple[np.ndarray, np.ndarray]:
     """Cycle life of curves under ``rule``.
 
     Args:
@@ -75,7 +75,8 @@ def eol_level(rule: str, threshold: float, train_soh: np.ndarray, train_len: np.
     return float(np.median(last[~full] if (~full).any() else last))
 
 
-def diffbatt_life(soh: np.ndarray, length: np.ndarray, cycles_per_point: int, threshold: float = 80.0) -> np.ndarray:
+def diffbatt_life(soh: np.ndarray, length: np.ndarray, cycles_per_point: int,
+                  threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
     """Cycle life as DiffBatt scores it: the curve is padded with 0 % after its record, life is the first
     point with SOH <= ``threshold`` (so a record that ends above it ends its life), and a full-length curve
     that never crosses is scored at ``L * cycles_per_point`` (2560 cycles for the splits). No cell is
