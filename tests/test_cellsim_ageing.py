@@ -58,8 +58,8 @@ def test_demo_fade_equals_plain_pybamm(tmp_path):
 def test_demo_range_reaches_end_of_life_in_part(tmp_path):
     """The demo's cycles, stop rule and SEI rate range: the fast end crosses 80 % SOH, the slow end not;
     the degradation stage's loader and threshold rule see one end of life and one censored cell."""
-    from batterytwin.degradation.data import load_sweep
     from batterytwin.cycling.life import cycle_life
+    from batterytwin.degradation.data import load_sweep
 
     cfg = demo_section()
     axis = cfg["sweep"]["axes"][SEI_K]
