@@ -307,16 +307,104 @@ def test_tiny_model_beats_mean_curve(process_group):
                          "ema_decay": 0.99, "widths": [32, 32], "emb_dim": 64, "cond_dim": 32})
     res = train_model(train_cs, cfg, None, world, dev)
     net = net_from_payload(res.payload)
-    arrays, m = evaluate_set(net, res.payload, test_cs, SampleSettings(samples=8, ddim_steps=20, batch=256),
-                             world=world)
+    st = SampleSettings(samples=8, ddim_steps=20, batch=256, life_model={"members": list(SMALL_STACK)})
+    arrays, m = evaluate_set(net, res.payload, test_cs, st, world=world)
     print(json.dumps(m, indent=1))
     assert m["n_evaluated"] == 16
-    # the conformal interval (22 calibration cells held out of the 64) holds the point prediction
-    assert m["interval"]["calibrated"] and m["interval"]["n_calibration_cells"] == 22
+    # the diffusion model: the conformal interval (22 calibration cells held out of the 64) holds the median
+    d = m["diffusion"]
+    assert d["name"] == "diffusion" and m["interval"]["calibrated"] and m["interval"]["n_calibration_cells"] == 22
     assert np.all(arrays["life_lo"] <= arrays["life_pred"]) and np.all(arrays["life_pred"] <= arrays["life_hi"])
     # measured when written: curve 2.3 vs 4.3 %, RUL 13 vs 35 cycles
-    assert m["model"]["soh_curve_rmse_percent"] < 0.75 * m["mean_curve"]["soh_curve_rmse_percent"]
+    assert d["soh_curve_rmse_percent"] < 0.75 * m["mean_curve"]["soh_curve_rmse_percent"]
+    assert d["rul_rmse_cycles"] < 0.6 * m["mean_curve"]["rul_rmse_cycles"]
+    # the default predictor: the stack fitted on the model file's 64 training cells, scored on the same cells
+    check_stack_metrics(m, arrays)
     assert m["model"]["rul_rmse_cycles"] < 0.6 * m["mean_curve"]["rul_rmse_cycles"]
+
+
+SMALL_STACK = ("variance", "ridge")  # a stack that fits in a fraction of a second (the full one: test_life_model)
+
+
+def check_stack_metrics(m: dict, arrays: dict) -> None:
+    """``model`` is the stack and says what it stacks; its figures are those of the ``life_stack`` arrays;
+    ``best_point_predictor`` is the lowest RUL RMSE of the same JSON."""
+    from batterytwin.cycling.scores import coverage, rmse
+    from batterytwin.degradation.predict import POINT_PREDICTORS
+
+    model = m["model"]
+    assert model["name"] == "stack" and "reason" not in model and m["predictor"] == "stack"
+    assert set(model["members"]) == set(SMALL_STACK) and model["contains_baselines"] == ["variance"]
+    for member in model["members"].values():  # each member's test score beside its weight
+        assert member["weight"] >= 0 and np.isfinite(member["rul_rmse_cycles"]) and member["cv_rul_rmse_cycles"] > 0
+    keep = np.asarray(arrays["evaluated"], bool) & ~np.asarray(arrays["censored"], bool)
+    assert model["rul_rmse_cycles"] == pytest.approx(rmse(arrays["life_stack"].astype(float), arrays["life_true"], keep),
+                                                     rel=1e-5)
+    assert model["interval_coverage"] == coverage(arrays["life_stack_lo"], arrays["life_stack_hi"], arrays["life_true"],
+                                                  keep)
+    assert np.all(arrays["life_stack_lo"] <= arrays["life_stack"]) and np.all(arrays["life_stack"] <= arrays["life_stack_hi"])
+    assert model["rul_rmse_cycles"] != m["diffusion"]["rul_rmse_cycles"]
+    rmses = {k: m[k]["rul_rmse_cycles"] for k in POINT_PREDICTORS}
+    assert m["best_point_predictor"] == min(rmses, key=rmses.get)
+
+
+def test_best_point_predictor_is_the_lowest_finite_rmse():
+    from batterytwin.degradation.predict import best_point_predictor
+
+    def metrics(**rmse):
+        return {k: {"rul_rmse_cycles": v} for k, v in rmse.items()}
+
+    assert best_point_predictor(metrics(model=90.0, diffusion=120.0, variance_model=80.0, random_forest=85.0,
+                                        mean_curve=300.0)) == "variance_model"
+    # the fallback (model == diffusion): the tie goes to "model"; NaN and null (nothing scored) never win
+    assert best_point_predictor(metrics(model=70.0, diffusion=70.0, variance_model=float("nan"), random_forest=None,
+                                        mean_curve=75.0)) == "model"
+    assert best_point_predictor(metrics(model=float("nan"), diffusion=float("nan"), variance_model=float("nan"),
+                                        random_forest=float("nan"), mean_curve=float("nan"))) is None
+
+
+def test_default_predictor_falls_back_to_the_diffusion_model_with_a_reason(process_group, caplog):
+    """Too few uncensored training cells, or a model file without train.qmatrix (before issue 25): ``model``
+    is the diffusion model's figures with ``name: diffusion`` and the reason, logged at WARNING; asked for
+    (predictor: diffusion) it says so and warns of nothing. With enough cells the stack is the model."""
+    import logging
+
+    from batterytwin.degradation.config import SampleSettings
+    from batterytwin.degradation.predict import evaluate as evaluate_set
+    from batterytwin.degradation.train import TrainConfig, net_from_payload, train_model
+
+    world, dev = process_group
+    cfg = TrainConfig(**{**TINY, "steps": 2, "calibration_min_cells": 100})  # every cell trains: no calibration
+    test_cs = synthetic_cells(4, 2)
+    st = SampleSettings(samples=2, ddim_steps=2, life_model={"members": list(SMALL_STACK)})
+
+    def run(payload, settings=st):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="batterytwin.degradation.predict"):
+            arrays, m = evaluate_set(net_from_payload(payload), payload, test_cs, settings, world=world)
+        warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "default RUL" in r.getMessage()]
+        return arrays, m, warned
+
+    def fell_back(arrays, m):
+        assert m["model"] == {**m["diffusion"], "reason": m["model"]["reason"]} and m["model"]["name"] == "diffusion"
+        assert "life_stack" not in arrays and m["best_point_predictor"] != "diffusion"  # the tie goes to "model"
+        return m["model"]["reason"]
+
+    few = train_model(synthetic_cells(5, 1), cfg, None, world, dev).payload
+    arrays, m, warned = run(few)
+    assert "5 uncensored training cell(s)" in fell_back(arrays, m) and len(warned) == 1 and "5 uncensored" in warned[0]
+
+    enough = train_model(synthetic_cells(8, 1), cfg, None, world, dev).payload
+    old = {**enough, "train": {k: v for k, v in enough["train"].items() if k != "qmatrix"}}
+    arrays, m, warned = run(old)
+    assert "without train.qmatrix" in fell_back(arrays, m) and len(warned) == 1
+
+    arrays, m, warned = run(enough, st.model_copy(update={"predictor": "diffusion"}))
+    assert "predictor: diffusion" in fell_back(arrays, m) and not warned and m["predictor"] == "diffusion"
+
+    arrays, m, warned = run(enough)
+    assert m["model"]["name"] == "stack" and not warned and m["model"]["life_model"]["n_train_cells"] == 8
+    check_stack_metrics(m, arrays)
 
 
 @pytest.mark.mpi
@@ -344,12 +432,27 @@ def test_ddp_two_ranks_equal_one(tmp_path):
            "--model", str(tmp_path / "model2.pt"), "--user-dir", str(tmp_path / "cells"), "--curve-length",
            str(L_TINY), "--out", str(tmp_path / "pred.zarr"), "--metrics", str(tmp_path / "pred.json"),
            "--samples", "3", "--ddim-steps", "4", "--batch", "6", "--synthetic", "2", "--threads", "1",
-           "--device", "cpu"]
+           "--device", "cpu", "--config-json", json.dumps({"sample": {"life_model": {"members": list(SMALL_STACK)}}})]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    brief = json.loads(r.stdout.strip().splitlines()[-1])  # the console summary names the default predictor
+    assert brief["predictor"] == "stack" and brief["best_point_predictor"]
+    # the same on 1 rank: the same stack, intervals, diffusion lives and metrics
+    one = list(cmd)
+    one[2] = "1"  # mpiexec -n 1
+    one[one.index("--out") + 1], one[one.index("--metrics") + 1] = str(tmp_path / "pred1.zarr"), str(tmp_path / "pred1.json")
+    r = subprocess.run(one, capture_output=True, text=True, timeout=240, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     import zarr
 
     g = zarr.open_group(str(tmp_path / "pred.zarr"), mode="r")
+    g1 = zarr.open_group(str(tmp_path / "pred1.zarr"), mode="r")
+    for k in ("life_stack", "life_stack_lo", "life_stack_hi", "life_pred", "life_lo", "life_hi"):
+        np.testing.assert_array_equal(g[k][...], g1[k][...], err_msg=k)
+    m2, m1 = (json.loads((tmp_path / f).read_text()) for f in ("pred.json", "pred1.json"))
+    for k in ("model", "diffusion", "best_point_predictor", "variance_model", "random_forest"):
+        assert m2[k] == m1[k], k
+    assert m2["model"]["name"] == "stack" and set(m2["model"]["members"]) == set(SMALL_STACK)
     assert g["soh_samples"].shape == (12, 3, L_TINY) and g["synthetic_soh"].shape == (2, L_TINY)
     order = [cs.names.index(n) for n in g.attrs["cell_names"]]  # the loader reads cells in file-name order
     np.testing.assert_array_equal(g["life_true"][...],

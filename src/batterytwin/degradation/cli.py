@@ -128,13 +128,18 @@ def run_predict(args) -> int:
                              flags, sample.synthetic, params, device, world)
     if world.is_root:
         m = metrics
-        log.info("RUL RMSE (cycles): model %.1f, variance model %.1f, random forest %.1f, mean curve %.1f; "
-                 "%d%% interval coverage %.2f (%d cells, %d censored)", m["model"]["rul_rmse_cycles"],
-                 m["variance_model"]["rul_rmse_cycles"], m["random_forest"]["rul_rmse_cycles"],
-                 m["mean_curve"]["rul_rmse_cycles"], round(100 * sample.level), m["model"]["interval_coverage"],
+        log.info("RUL RMSE (cycles): model (%s) %.1f, diffusion %.1f, variance model %.1f, random forest %.1f, "
+                 "mean curve %.1f; best point predictor %s; %d%% interval coverage: model %.2f, diffusion %.2f "
+                 "(%d cells, %d censored)", m["model"]["name"], m["model"]["rul_rmse_cycles"],
+                 m["diffusion"]["rul_rmse_cycles"], m["variance_model"]["rul_rmse_cycles"],
+                 m["random_forest"]["rul_rmse_cycles"], m["mean_curve"]["rul_rmse_cycles"], m["best_point_predictor"],
+                 round(100 * sample.level), m["model"]["interval_coverage"], m["diffusion"]["interval_coverage"],
                  m["n_evaluated"], m["n_censored"])
-        brief = {"rul_rmse_cycles": m["model"]["rul_rmse_cycles"], "interval_coverage": m["model"]["interval_coverage"]}
-        print(json.dumps({k: (v if v == v else None) for k, v in brief.items()}))  # NaN -> null
+        brief = {"predictor": m["model"]["name"], "rul_rmse_cycles": m["model"]["rul_rmse_cycles"],
+                 "interval_coverage": m["model"]["interval_coverage"],
+                 "diffusion_rul_rmse_cycles": m["diffusion"]["rul_rmse_cycles"],
+                 "best_point_predictor": m["best_point_predictor"]}
+        print(json.dumps({k: (None if isinstance(v, float) and v != v else v) for k, v in brief.items()}))  # NaN -> null
     return 0
 
 
@@ -162,8 +167,10 @@ def register(subparsers) -> None:
         help="sample SOH curves, cycle-life intervals and metrics (with baselines) from a trained model",
         description="Sample many SOH curves per cell from a trained degradation model, derive cycle life "
                     "(see docs/degradation.md for the end-of-life rule), its median and central interval, "
-                    "and score them (RUL RMSE, SOH-curve RMSE, interval coverage) next to the Severson "
-                    "variance model, a random forest and the mean-curve predictor fitted in the same run. "
+                    "and score them (RUL RMSE, SOH-curve RMSE, interval coverage) next to the default RUL "
+                    "predictor (degradation.sample.predictor: a cross-validated stack of regressors fitted on the "
+                    "model file's training cells), the Severson variance model, a random forest and the "
+                    "mean-curve predictor fitted in the same run. "
                     "Writes a zarr store and a metrics JSON. Cells are shared out over MPI ranks.",
 )
     _data_args(q)
@@ -174,5 +181,6 @@ def register(subparsers) -> None:
         **DATA_FLAGS, "--samples": "sample.samples", "--sampler": "sample.sampler",
         "--ddim-steps": "sample.ddim_steps", "--guidance": "sample.guidance", "--seed": "sample.seed",
         "--batch": "sample.batch", "--level": "sample.level", "--threshold": "sample.threshold",
-        "--synthetic": "sample.synthetic", "--device": "sample.device", "--threads": "sample.threads"})
+        "--synthetic": "sample.synthetic", "--device": "sample.device", "--threads": "sample.threads",
+        "--predictor": "sample.predictor"})
     q.set_defaults(func=run_predict)

@@ -89,8 +89,30 @@ class TrainSettings(TrainConfig):
     device: Device = Field("auto", description="torch device")
 
 
+class LifeModelSettings(Section):
+    """``degradation.sample.life_model``: the stack of :class:`batterytwin.cycling.life_model.LifeModel`.
+
+    Its defaults live in ``cycling/life_model.py`` (null here: that default), so the stack is tuned in one place.
+    """
+
+    members: list[Annotated[str, Field(min_length=1)]] | None = Field(
+        None, min_length=1, description="stacked regressors, names of batterytwin.cycling.life_model.MEMBERS "
+        "(variance, forest, extra_trees, boosting, ridge, residual); null: all of them")
+    folds: int | None = Field(None, ge=2, description="cross-validation folds of the stack weights and its "
+                              "cross-conformal interval; null: LifeModel's default (5)")
+
+
 class SampleSettings(Section):
     """Sampling, intervals and scoring of ``predict-degradation``."""
+
+    predictor: Literal["stack", "diffusion"] = Field(
+        "stack", description="the default RUL predictor, metrics entry 'model': stack (LifeModel, a cross-validated "
+        "stack of regressors on the capacity matrix of the model file's training cells, cross-conformal interval; "
+        "falls back to the diffusion model, with a stated reason, for model files without train.qmatrix or too "
+        "few uncensored training cells) or diffusion (the median of the sampled lives); the diffusion model is "
+        "always scored as 'diffusion'")
+    life_model: LifeModelSettings = Field(default_factory=LifeModelSettings,
+                                          description="the stack (predictor: stack)")
 
     samples: int = Field(32, ge=1, description="sampled curves per cell")
     sampler: Literal["ddim", "ancestral"] = Field("ddim", description="ddim (few steps) or ancestral (T steps)")

@@ -8,11 +8,22 @@ Output store ``degradation.zarr`` (zarr v3 group; ``n`` cells, ``S`` samples, ``
   conformally calibrated when the model holds calibration cells: metrics ``interval``),
   ``life_true``, ``life_variance``, ``life_forest``, ``life_mean`` (baselines) float32 [n]; ``life_pred_diffbatt``
   (median sampled life under DiffBatt's convention, :func:`batterytwin.cycling.life.diffbatt_life`); ``censored`` int8 [n];
-  ``evaluated`` int8 [n] (1: held-out cell counted in the metrics).
+  ``evaluated`` int8 [n] (1: held-out cell counted in the metrics). ``life_*`` without a suffix are the
+  diffusion model's (the twin reads them as such).
+- ``life_stack``, ``life_stack_lo``, ``life_stack_hi`` float32 [n]: the default RUL predictor
+  (:class:`~batterytwin.cycling.life_model.LifeModel`, metrics ``model`` with ``name: stack``) and its
+  cross-conformal interval; absent when the stack was not fitted (metrics ``model.name: diffusion``).
 - ``synthetic_soh`` float32 [m, L]: curves generated without a condition (augmentation), if asked.
 
 Attributes: provenance, ``eol_rule``, ``cycles_per_point``, ``threshold``, ``interval_level``, the
 sampler settings, ``cell_names`` and ``metrics`` (also written as JSON beside the store).
+
+Metrics: ``model`` is the default RUL predictor (``degradation.sample.predictor``): the stack
+(``name: stack``; its members with weight, cross-validated and test RMSE) or, when it cannot be fitted
+or is not asked for, the diffusion model's figures (``name: diffusion`` with a ``reason``). ``diffusion``
+is always the diffusion model (curve RMSE, calibrated interval, roughness, its RUL RMSE); the baselines
+``variance_model``, ``random_forest``, ``mean_curve``; ``best_point_predictor`` names the entry of
+:data:`POINT_PREDICTORS` with the lowest ``rul_rmse_cycles``.
 """
 
 from __future__ import annotations
@@ -41,6 +52,7 @@ from .diffusion import Diffusion
 from .nets import DegradationNet
 
 log = logging.getLogger(__name__)
+POINT_PREDICTORS = ("model", "diffusion", "variance_model", "random_forest", "mean_curve")  # metrics entries ranked
 
 
 def sample_curves(net: DegradationNet, payload: dict, qmatrix: np.ndarray, st: SampleSettings,
@@ -134,6 +146,43 @@ def fit_baselines(payload: dict, rule: str, threshold: float, seed: int) -> dict
         grid_q = tr["forest_x"].numpy().reshape(len(soh), len(r), len(v))  # forest_features is idempotent on it
         models["random_forest"] = ForestModel(seed=seed).fit(grid_q, life, cens)
     return models
+
+
+def fit_life_model(payload: dict, rule: str, st: SampleSettings):
+    """The stack (:class:`~batterytwin.cycling.life_model.LifeModel`) fitted on the model file's training
+    cells, seeded from the sampling seed: (model, None), or (None, why not) when ``st.predictor`` is
+    ``diffusion``, the model file holds no ``train.qmatrix`` (written before issue 25) or too few
+    uncensored training cells."""
+    if st.predictor == "diffusion":
+        return None, "degradation.sample.predictor: diffusion"
+    from ..cycling.life_model import MEMBERS, MIN_CELLS, LifeModel
+
+    cells = training_cells(payload, rule, st.threshold)
+    source = payload.get("source", "model")
+    if "qmatrix" not in cells:
+        return None, (f"{source}: model file without train.qmatrix (written before issue 25): the stack needs the "
+                      f"training cells' capacity matrices; retrain the model")
+    n_ok = int((~cells["censored"]).sum())
+    if n_ok < MIN_CELLS:
+        return None, (f"{source}: {n_ok} uncensored training cell(s) (of {len(cells['life'])}), the stack needs at "
+                      f"least {MIN_CELLS}")
+    lm = st.life_model
+    members = tuple(lm.members) if lm.members is not None else MEMBERS
+    unknown = [m for m in members if m not in MEMBERS]
+    if unknown:
+        raise InputError(f"degradation.sample.life_model.members: unknown {unknown} (one of {', '.join(MEMBERS)})")
+    kw = {"folds": lm.folds} if lm.folds is not None else {}
+    model = LifeModel(members=members, level=st.level, seed=st.seed, **kw)
+    return model.fit(cells["qmatrix"], cells["life"], cells["censored"]), None
+
+
+def best_point_predictor(metrics: dict) -> str | None:
+    """The entry of :data:`POINT_PREDICTORS` with the lowest finite ``rul_rmse_cycles`` (the first on a tie:
+    ``model`` before ``diffusion``); None when none is finite (no uncensored evaluated cell)."""
+    scored = [(metrics[k]["rul_rmse_cycles"], i, k) for i, k in enumerate(POINT_PREDICTORS)
+              if k in metrics and isinstance(metrics[k].get("rul_rmse_cycles"), (int, float))
+              and np.isfinite(metrics[k]["rul_rmse_cycles"])]
+    return min(scored)[2] if scored else None
 
 
 def check_rule(payload: dict, cs: CurveSet) -> None:
@@ -248,6 +297,38 @@ def evaluate(net: DegradationNet, payload: dict, cs: CurveSet, st: SampleSetting
                 "censoring": censoring_scores(pred, life_true, censored, evaluated),
                 "diffbatt_convention_rmse_cycles": rmse(pred, db_true, evaluated)}
 
+    diffusion = {
+        "name": "diffusion",
+        "rul_rmse_cycles": rmse(summ["median"], life_true, keep),
+        "soh_curve_rmse_percent": curve_rmse(soh_pred[evaluated], cs.soh[evaluated], cs.valid_len[evaluated]),
+        "interval_coverage": coverage(lo, hi, life_true, keep),
+        "raw_interval_coverage": coverage(summ["lo"], summ["hi"], life_true, keep),
+        "mean_interval_width_cycles": float(np.mean((hi - lo)[keep])) if keep.any() else float("nan"),
+        "censoring": censoring_scores(summ["median"], life_true, censored, evaluated),
+        "diffbatt_convention_rmse_cycles": rmse(db_model, db_true, evaluated),
+        "sample_roughness_soh_per_10_cycles": roughness(soh_s[evaluated], cpp),
+    }
+    # The default RUL predictor (metrics "model"): the stack, else the diffusion model with the reason
+    stack, reason = fit_life_model(payload, rule, st)
+    stack_arrays = {}
+    if stack is None:
+        if st.predictor != "diffusion":
+            log.warning("default RUL predictor: the diffusion model, not the stack: %s", reason)
+        model = {**diffusion, "reason": reason}
+    else:
+        point, s_lo, s_hi = stack.predict_interval(cs.qmatrix)
+        desc = stack.describe()
+        member_lives = stack.predict_members(cs.qmatrix)
+        members = {k: {**v, "rul_rmse_cycles": rmse(member_lives[k], life_true, keep)}  # beside weight and CV RMSE
+                   for k, v in desc["members"].items()}
+        model = {"name": "stack", **life_scores(point),
+                 "interval_coverage": coverage(s_lo, s_hi, life_true, keep),
+                 "mean_interval_width_cycles": float(np.mean((s_hi - s_lo)[keep])) if keep.any() else float("nan"),
+                 "contains_baselines": desc.get("contains_baselines", []), "members": members,
+                 "life_model": {k: v for k, v in desc.items() if k != "members"}}
+        stack_arrays = {"life_stack": np.asarray(point, np.float32), "life_stack_lo": np.asarray(s_lo, np.float32),
+                        "life_stack_hi": np.asarray(s_hi, np.float32)}
+
     n_curves = n * st.samples
     lo_row, hi_row = variance_rows(cs.qmatrix.shape[1])
     metrics = {
@@ -255,16 +336,9 @@ def evaluate(net: DegradationNet, payload: dict, cs: CurveSet, st: SampleSetting
         "n_cells": int(n), "n_evaluated": int(keep.sum()), "n_censored": int((evaluated & censored).sum()),
         "excluded_cells": list(getattr(cs, "excluded", [])),
         "interval_level": st.level,
-        "model": {
-            "rul_rmse_cycles": rmse(summ["median"], life_true, keep),
-            "soh_curve_rmse_percent": curve_rmse(soh_pred[evaluated], cs.soh[evaluated], cs.valid_len[evaluated]),
-            "interval_coverage": coverage(lo, hi, life_true, keep),
-            "raw_interval_coverage": coverage(summ["lo"], summ["hi"], life_true, keep),
-            "mean_interval_width_cycles": float(np.mean((hi - lo)[keep])) if keep.any() else float("nan"),
-            "censoring": censoring_scores(summ["median"], life_true, censored, evaluated),
-            "diffbatt_convention_rmse_cycles": rmse(db_model, db_true, evaluated),
-            "sample_roughness_soh_per_10_cycles": roughness(soh_s[evaluated], cpp),
-        },
+        "predictor": st.predictor,
+        "model": model,
+        "diffusion": diffusion,
         "interval": conformal,
         "variance_model": {**life_scores(lives["variance_model"]),
                            "rows": [lo_row, hi_row], "cycles": [lo_row + 1, hi_row + 1]},
@@ -278,6 +352,7 @@ def evaluate(net: DegradationNet, payload: dict, cs: CurveSet, st: SampleSetting
                      "guidance": st.guidance, "samples_per_cell": st.samples, "curves": n_curves,
                      "sampling_rank_seconds": seconds, "curves_per_second_per_rank": n_curves / max(seconds, 1e-9)},
     }
+    metrics["best_point_predictor"] = best_point_predictor(metrics)
     arrays = {
         "soh_samples": soh_s.astype(np.float32), "life_samples": life_s.astype(np.float32),
         "soh_pred": soh_pred.astype(np.float32), "soh_true": cs.soh.astype(np.float32),
@@ -287,6 +362,7 @@ def evaluate(net: DegradationNet, payload: dict, cs: CurveSet, st: SampleSetting
         "life_forest": np.asarray(lives["random_forest"], np.float32),
         "censored": censored.astype(np.int8), "evaluated": evaluated.astype(np.int8),
         "life_mean": np.asarray(lives["mean_curve"], np.float32), "life_pred_diffbatt": db_model.astype(np.float32),
+        **stack_arrays,
     }
     return arrays, metrics
 
@@ -311,7 +387,7 @@ def run_prediction(model_path: Path, cs: CurveSet, out: Path, metrics_path: Path
     metrics["data"] = cs.source
     attrs = {**provenance("degradation", params or {}), "eol_rule": cs.eol_rule,
              "cycles_per_point": int(cs.cycles_per_point), "threshold_percent": st.threshold,
-             "interval_level": st.level, "sampler": st.__dict__, "cell_names": list(cs.names),
+             "interval_level": st.level, "sampler": st.model_dump(), "cell_names": list(cs.names),
              "metrics": metrics}
     write_store(out, arrays, json_safe(attrs), world)
     if metrics_path is not None and world.is_root:
