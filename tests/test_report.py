@@ -271,11 +271,23 @@ def test_degradation_intervals_are_sample_quantiles(samples, tmp_path):
             np.testing.assert_allclose(d["lo"], np.nanquantile(samp, 0.05, axis=0), equal_nan=True)
         np.testing.assert_allclose(d["true"], deg["soh_true"][i])
     _png(fig, tmp_path / "d.png")
+    # the RUL figure draws the default predictor (the stack), and beside it every point predictor's score,
+    # the best one named, the stack's members with weight and RMSE
     rul = degradation.plot_rul(path)
     np.testing.assert_array_equal(rul.points[0], deg["life_true"])
-    np.testing.assert_array_equal(rul.points[1], deg["life_pred"])
-    assert rul.axes[0].get_title() == "RUL RMSE 13.5 cycles; coverage 88%"
+    np.testing.assert_array_equal(rul.points[1], deg["life_stack"])
+    assert rul.predictor == "stack"
+    assert rul.axes[0].get_title() == "stack (default predictor); RUL RMSE 10.5 cycles; coverage 100%"
+    text = rul.axes[1].texts[0].get_text()
+    assert "best point predictor: random forest" in text and "* random forest" in text
+    assert "diffusion model          14" in text and "contains the baselines: variance" in text
+    assert [ln.split()[0] for ln in text.splitlines() if ln.startswith("  ") and "0." in ln] == ["ridge", "variance"]
     _png(rul, tmp_path / "r.png")
+    # a store written before issue 25: "model" is the diffusion model, drawn from life_pred
+    old = inputs.write_degradation(tmp_path / "old.zarr", 1, stack=False)
+    rul = degradation.plot_rul(tmp_path / "old.zarr")
+    np.testing.assert_array_equal(rul.points[1], old["life_pred"])
+    assert rul.predictor == "diffusion" and rul.axes[0].get_title() == "diffusion model; RUL RMSE 13.5 cycles; coverage 88%"
 
 
 def test_ome_export_reads_back_with_ome_zarr_reader(tmp_path):

@@ -169,8 +169,11 @@ def write_sweep(path: Path, seed: int = 0, n_cycles: int = 12) -> dict[str, np.n
     return arrays
 
 
-def write_degradation(path: Path, seed: int = 0, n: int = 8, samples: int = 16, length: int = 40) -> dict:
-    """degradation.zarr as batterytwin.degradation.predict writes it (n cells, S samples, L points)."""
+def write_degradation(path: Path, seed: int = 0, n: int = 8, samples: int = 16, length: int = 40,
+                      stack: bool = True) -> dict:
+    """degradation.zarr as batterytwin.degradation.predict writes it (n cells, S samples, L points); with
+    ``stack`` the default predictor is the stack (``life_stack*``, metrics ``model.name: stack``), else the
+    store is one written before issue 25 (``model`` is the diffusion model)."""
     rng = np.random.default_rng(seed)
     cyc = np.arange(length) * 10.0
     rate = 0.04 + 0.02 * rng.random(n)
@@ -189,11 +192,21 @@ def write_degradation(path: Path, seed: int = 0, n: int = 8, samples: int = 16, 
         "life_hi": np.quantile(life_s, 0.95, axis=1).astype(np.float32),
         "censored": (np.arange(n) == 1).astype(np.int8), "evaluated": (np.arange(n) % 2 == 1).astype(np.int8),
     }
+    diffusion = {"rul_rmse_cycles": 12.5 + seed, "interval_coverage": 0.875, "soh_curve_rmse_percent": 0.4}
+    metrics = {"model": diffusion}
+    if stack:
+        arrays["life_stack"] = (life_true * (1 + 0.05 * rng.standard_normal(n))).astype(np.float32)
+        arrays["life_stack_lo"], arrays["life_stack_hi"] = arrays["life_stack"] * 0.8, arrays["life_stack"] * 1.25
+        metrics = {"model": {"name": "stack", "rul_rmse_cycles": 9.5 + seed, "interval_coverage": 1.0,
+                             "contains_baselines": ["variance"],
+                             "members": {"variance": {"weight": 0.25, "rul_rmse_cycles": 11.0},
+                                         "ridge": {"weight": 0.75, "rul_rmse_cycles": 10.0}}},
+                   "diffusion": {"name": "diffusion", **diffusion},
+                   "variance_model": {"rul_rmse_cycles": 11.0}, "random_forest": {"rul_rmse_cycles": 8.0 + seed},
+                   "mean_curve": {"rul_rmse_cycles": 30.0}, "best_point_predictor": "random_forest"}
     g = zarr.open_group(str(path), mode="w", zarr_format=3, attributes={
         "cycles_per_point": 10, "interval_level": 0.9, "threshold_percent": 80.0,
-        "cell_names": [f"cell{i}" for i in range(n)],
-        "metrics": {"model": {"rul_rmse_cycles": 12.5 + seed, "interval_coverage": 0.875,
-                              "soh_curve_rmse_percent": 0.4}}})
+        "cell_names": [f"cell{i}" for i in range(n)], "metrics": metrics})
     for k, v in arrays.items():
         g.create_array(k, data=v)
     return arrays

@@ -1,10 +1,14 @@
-"""Degradation-model figures: sampled SOH curves with their interval against the truth, and
-predicted vs true cycle life (RUL).
+"""Degradation-model figures: sampled SOH curves with their interval against the truth (the diffusion
+model), and predicted vs true cycle life (RUL) of the default RUL predictor with every point
+predictor's score and the best one named.
 
 Input: ``degradation.zarr`` written by ``batterytwin.degradation.predict`` -- arrays
 ``soh_samples`` [n, S, L], ``soh_pred``/``soh_true`` [n, L], ``life_pred``/``life_lo``/``life_hi``/
-``life_true`` [n], ``censored``/``evaluated`` int8 [n]; attributes ``cycles_per_point``,
-``interval_level``, ``threshold_percent``, ``cell_names``, ``metrics``. Only the cells drawn are read.
+``life_true`` [n] (the diffusion model), ``life_stack``/``_lo``/``_hi`` [n] (the stack, when it is the
+default predictor), ``censored``/``evaluated`` int8 [n]; attributes ``cycles_per_point``,
+``interval_level``, ``threshold_percent``, ``cell_names``, ``metrics`` (``model``: the default
+predictor, ``diffusion``, the baselines, ``best_point_predictor``; stores written before issue 25 hold
+only ``model``, the diffusion model). Only the cells drawn are read.
 """
 
 from __future__ import annotations
@@ -84,16 +88,69 @@ def plot_predictions(path: os.PathLike | str, max_cells: int = 6):
         for r in range(nrow):
             axes[r * ncol].set_ylabel("SOH (%)")
         axes[0].legend(loc="lower left")
-        m = attrs.get("metrics", {}).get("model", {})
+        metrics = attrs.get("metrics", {})
+        m = metrics.get("diffusion", metrics.get("model", {}))  # before issue 25: "model" was the diffusion model
         extra = (f"; SOH-curve RMSE {m['soh_curve_rmse_percent']:.2f} %"
                  if isinstance(m.get("soh_curve_rmse_percent"), (int, float)) else "")
-        fig.suptitle(f"degradation model: sampled SOH curves vs truth ({len(cells)} cells){extra}")
+        fig.suptitle(f"diffusion model: sampled SOH curves vs truth ({len(cells)} cells){extra}")
     fig.drawn = drawn
     return fig
 
 
+LABELS = {"diffusion": "diffusion model", "variance_model": "variance model", "random_forest": "random forest",
+          "mean_curve": "mean curve", "stack": "stack"}
+RANKED = ("model", "diffusion", "variance_model", "random_forest", "mean_curve")  # predict.POINT_PREDICTORS
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def default_predictor(g, metrics: dict) -> tuple[str, str, str, str]:
+    """(name of the default RUL predictor, its point / lo / hi array names) of a store: the stack's
+    ``life_stack*`` when the metrics' ``model`` is the stack, else the diffusion model's ``life_*``."""
+    name = metrics.get("model", {}).get("name", "diffusion")
+    if name == "stack" and "life_stack" in g:
+        return "stack", "life_stack", "life_stack_lo", "life_stack_hi"
+    return "diffusion", "life_pred", "life_lo", "life_hi"
+
+
+def score_lines(metrics: dict) -> list[str]:
+    """The text beside the RUL figure: every point predictor's RUL RMSE, the best one marked, and the
+    stacked members with their weight and their own RMSE (the stack contains the baselines it names)."""
+    m = metrics.get("model", {})
+    name = m.get("name", "diffusion")
+    best = metrics.get("best_point_predictor")
+    lines = ["RUL RMSE (cycles), held-out", "uncensored cells:"]
+    for key in RANKED:
+        if key not in metrics or (key == "diffusion" and name == "diffusion"):
+            continue  # the fallback: "model" is the diffusion model
+        v = metrics[key].get("rul_rmse_cycles")
+        label = f"{LABELS.get(name, name)} (default)" if key == "model" else LABELS[key]
+        lines.append(f"{'*' if key == best else ' '} {label:<20} {v:6.0f}" if _number(v) else f"  {label:<20}    n/a")
+    if best is not None:
+        who = f"{LABELS.get(name, name)} (default)" if best == "model" else LABELS.get(best, best)
+        lines += ["", f"best point predictor: {who}"]
+    members = m.get("members") or {}
+    if members:
+        lines += ["", "stack members: weight, RMSE"]
+        for k, v in sorted(members.items(), key=lambda kv: -kv[1].get("weight", 0)):
+            r = v.get("rul_rmse_cycles")
+            lines.append(f"  {k:<18} {v.get('weight', float('nan')):4.2f} {r:6.0f}" if _number(r)
+                         else f"  {k:<18} {v.get('weight', float('nan')):4.2f}    n/a")
+        if m.get("contains_baselines"):
+            lines.append(f"  (contains the baselines: {', '.join(m['contains_baselines'])})")
+    if m.get("reason"):
+        import textwrap
+
+        lines += ["", "default predictor is the diffusion", "model:"] + textwrap.wrap(str(m["reason"]), 34)
+    return lines
+
+
 def plot_rul(path: os.PathLike | str):
-    """Predicted (median, with the ``interval_level`` interval) vs true cycle life, every cell.
+    """Predicted (with the ``interval_level`` interval) vs true cycle life of the default RUL predictor
+    (metrics ``model``: the stack, or the diffusion model's median), every cell; beside it every point
+    predictor's RUL RMSE with the best one named, and the stack's members with weight and RMSE.
 
     Censored cells (truth only a lower bound) are drawn hollow; the RMSE and interval coverage in
     the title are those of the store's ``metrics`` (computed by the degradation stage on the
@@ -101,17 +158,19 @@ def plot_rul(path: os.PathLike | str):
     """
     g = open_predictions(path)
     attrs = dict(g.attrs)
+    metrics = attrs.get("metrics", {})
     level = float(attrs.get("interval_level", 0.9))
+    name, k_pred, k_lo, k_hi = default_predictor(g, metrics)
     true = np.asarray(g["life_true"][:], dtype=np.float64)
-    pred = np.asarray(g["life_pred"][:], dtype=np.float64)
-    lo = np.asarray(g["life_lo"][:], dtype=np.float64)
-    hi = np.asarray(g["life_hi"][:], dtype=np.float64)
+    pred = np.asarray(g[k_pred][:], dtype=np.float64)
+    lo = np.asarray(g[k_lo][:], dtype=np.float64)
+    hi = np.asarray(g[k_hi][:], dtype=np.float64)
     n = true.size
     censored = _flags(g, "censored", n, 0)
     evaluated = _flags(g, "evaluated", n, 1)
     with style.paper_style():
-        fig = style.new_figure(style.SINGLE_COLUMN_IN, 3.2)
-        ax = fig.subplots()
+        fig = style.new_figure(style.DOUBLE_COLUMN_IN, 3.4)
+        ax, side = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.15, 1]})
         groups = [("held out", evaluated & ~censored, "#0072B2", "o", "full"),
                   ("held out, censored", evaluated & censored, "#0072B2", "o", "none"),
                   ("training", ~evaluated, "0.55", "s", "full")]
@@ -131,17 +190,21 @@ def plot_rul(path: os.PathLike | str):
         ax.set_ylim(*lims)
         ax.set_aspect("equal")
         ax.set_xlabel("true cycle life (cycles)")
-        ax.set_ylabel(f"predicted cycle life (median, {level:.0%} interval)")
+        what = "stack" if name == "stack" else "median"
+        ax.set_ylabel(f"predicted cycle life ({what}, {level:.0%} interval)")
         ax.legend(loc="upper left")
-        metrics = attrs.get("metrics", {})
         m: dict[str, Any] = metrics.get("model", {})
-        parts = []
-        if isinstance(m.get("rul_rmse_cycles"), (int, float)):
+        parts = [f"{LABELS[name]}" + (" (default predictor)" if "name" in m else "")]
+        if _number(m.get("rul_rmse_cycles")):
             parts.append(f"RUL RMSE {m['rul_rmse_cycles']:.1f} cycles")
-        if isinstance(m.get("interval_coverage"), (int, float)):
+        if _number(m.get("interval_coverage")):
             parts.append(f"coverage {m['interval_coverage']:.0%}")
-        if not parts and metrics.get("n_evaluated") == 0:
+        if len(parts) == 1 and metrics.get("n_evaluated") == 0:
             parts.append(f"no uncensored held-out cell ({metrics.get('n_censored', '?')} censored): no RUL RMSE")
-        ax.set_title("; ".join(parts) if parts else "predicted vs true life", fontsize=7)
+        ax.set_title("; ".join(parts), fontsize=7)
+        side.set_axis_off()
+        side.text(0.0, 1.0, "\n".join(score_lines(metrics)), transform=side.transAxes, va="top", ha="left",
+                  family="monospace", fontsize=6.5)
     fig.points = (true, pred)
+    fig.predictor = name
     return fig
