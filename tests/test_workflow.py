@@ -99,10 +99,18 @@ def test_whole_chain_on_a_tiny_phantom(tmp_path):
     lo, mid, hi = (np.asarray(deg[k][:]) for k in ("life_lo", "life_pred", "life_hi"))
     finite = np.isfinite(lo) & np.isfinite(hi)
     assert finite.any() and (lo[finite] <= mid[finite]).all() and (mid[finite] <= hi[finite]).all()
-    assert (sample / "degradation.json").exists()
-    # the shipped real MATR split was scored next to DiffBatt's published value
+    # the sweep's few conditions: the default predictor is the stack, or the diffusion model with the reason
+    swept = json.loads((sample / "degradation.json").read_text())
+    assert swept["diffusion"]["name"] == "diffusion"
+    assert swept["model"]["name"] == "stack" or swept["model"]["reason"]
+    # the shipped real MATR split: the default predictor is the stack fitted on matr_1_train's 41 cells, the
+    # diffusion model is scored beside it, and the best point predictor is the lowest RMSE of the same JSON
     scored = json.loads((results / "degradation_real" / "matr1.json").read_text())
-    assert scored, "empty real-data evaluation"
+    assert scored["model"]["name"] == "stack" and scored["model"]["members"] and scored["diffusion"]["soh_curve_rmse_percent"]
+    assert "life_stack" in zarr.open_group(str(results / "degradation_real" / "matr1.zarr"), mode="r")
+    rmses = {k: scored[k]["rul_rmse_cycles"] for k in ("model", "diffusion", "variance_model", "random_forest",
+                                                       "mean_curve")}
+    assert scored["best_point_predictor"] == min(rmses, key=rmses.get)
 
     # report: every figure the workflow promises is a non-empty PNG
     figures = sorted(results.rglob("figures/*.png"))
