@@ -134,10 +134,11 @@ def score_lines(metrics: dict) -> list[str]:
     members = m.get("members") or {}
     if members:
         lines += ["", "stack members: weight, RMSE"]
+        w = max(len(k) for k in members)
         for k, v in sorted(members.items(), key=lambda kv: -kv[1].get("weight", 0)):
             r = v.get("rul_rmse_cycles")
-            lines.append(f"  {k:<18} {v.get('weight', float('nan')):4.2f} {r:6.0f}" if _number(r)
-                         else f"  {k:<18} {v.get('weight', float('nan')):4.2f}    n/a")
+            lines.append(f"  {k:<{w}} {v.get('weight', float('nan')):4.2f} {r:6.0f}" if _number(r)
+                         else f"  {k:<{w}} {v.get('weight', float('nan')):4.2f}    n/a")
         if m.get("contains_baselines"):
             lines.append(f"  (contains the baselines: {', '.join(m['contains_baselines'])})")
     if m.get("reason"):
