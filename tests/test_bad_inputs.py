@@ -299,6 +299,9 @@ CASES = [
     Case("predict-degradation-samples-0", _predict("--samples", "0"), "samples"),
     Case("predict-degradation-level-1.5", _predict("--level", "1.5"), "level"),
     Case("predict-degradation-missing-data", _predict(), "none.npz"),
+    Case("predict-degradation-predictor-unknown", _predict("--predictor", "forest"), "predictor"),
+    Case("predict-degradation-stack-member-unknown",
+         _predict("--config-json", '{"sample": {"life_model": {"members": ["variance", "lstm"]}}}'), "lstm"),
     Case("predict-degradation-checkpoint-as-model", lambda b, t: [
         "predict-degradation", "--npz", REPO / "data/cycling/matr_1_test.npz", "--model", b.ckpt_model,
         "--out", t / "out.zarr", "--samples", "2"], "checkpoint"),

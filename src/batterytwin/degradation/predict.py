@@ -155,7 +155,7 @@ def fit_life_model(payload: dict, rule: str, st: SampleSettings):
     uncensored training cells."""
     if st.predictor == "diffusion":
         return None, "degradation.sample.predictor: diffusion"
-    from ..cycling.life_model import MEMBERS, MIN_CELLS, LifeModel
+    from ..cycling.life_model import MIN_CELLS, LifeModel
 
     cells = training_cells(payload, rule, st.threshold)
     source = payload.get("source", "model")
@@ -167,13 +167,22 @@ def fit_life_model(payload: dict, rule: str, st: SampleSettings):
         return None, (f"{source}: {n_ok} uncensored training cell(s) (of {len(cells['life'])}), the stack needs at "
                       f"least {MIN_CELLS}")
     lm = st.life_model
-    members = tuple(lm.members) if lm.members is not None else MEMBERS
+    kw = {"folds": lm.folds} if lm.folds is not None else {}
+    model = LifeModel(members=life_model_members(st), level=st.level, seed=st.seed, **kw)
+    return model.fit(cells["qmatrix"], cells["life"], cells["censored"]), None
+
+
+def life_model_members(st: SampleSettings) -> tuple[str, ...]:
+    """The stack's members (``degradation.sample.life_model.members``; null: every one of ``MEMBERS``);
+    a name that is not a member is a one-line InputError naming the key (checked before any work)."""
+    from ..cycling.life_model import MEMBERS
+
+    members = tuple(st.life_model.members) if st.life_model.members is not None else MEMBERS
     unknown = [m for m in members if m not in MEMBERS]
     if unknown:
-        raise InputError(f"degradation.sample.life_model.members: unknown {unknown} (one of {', '.join(MEMBERS)})")
-    kw = {"folds": lm.folds} if lm.folds is not None else {}
-    model = LifeModel(members=members, level=st.level, seed=st.seed, **kw)
-    return model.fit(cells["qmatrix"], cells["life"], cells["censored"]), None
+        raise InputError(f"degradation.sample.life_model.members: unknown member(s) {', '.join(unknown)} "
+                         f"(one of {', '.join(MEMBERS)})")
+    return members
 
 
 def best_point_predictor(metrics: dict) -> str | None:
