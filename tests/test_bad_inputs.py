@@ -302,6 +302,8 @@ CASES = [
     Case("predict-degradation-predictor-unknown", _predict("--predictor", "forest"), "predictor"),
     Case("predict-degradation-stack-member-unknown",
          _predict("--config-json", '{"sample": {"life_model": {"members": ["variance", "lstm"]}}}'), "lstm"),
+    Case("predict-degradation-stack-combine-unknown",
+         _predict("--config-json", '{"sample": {"life_model": {"combine": "vote"}}}'), "combine"),
     Case("predict-degradation-checkpoint-as-model", lambda b, t: [
         "predict-degradation", "--npz", REPO / "data/cycling/matr_1_test.npz", "--model", b.ckpt_model,
         "--out", t / "out.zarr", "--samples", "2"], "checkpoint"),

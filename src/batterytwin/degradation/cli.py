@@ -114,12 +114,12 @@ def run_predict(args) -> int:
     import numpy as np
 
     from ..distributed import select_device
-    from .predict import life_model_members, run_prediction
+    from .predict import life_model_settings, run_prediction
 
     settings = settings_from_args(args, DegradationConfig, "degradation")
     sample = settings.sample
     if sample.predictor == "stack":
-        life_model_members(sample)  # an unknown member: one line before any work
+        life_model_settings(sample)  # an unknown member: one line before any work
     world, cs, flags = _start(args, settings, sample.threads, for_training=False)
     if args.sweep and not flags.any():
         flags = np.ones(len(cs), bool)  # nothing held out: score every condition

@@ -92,13 +92,17 @@ class TrainSettings(TrainConfig):
 class LifeModelSettings(Section):
     """``degradation.sample.life_model``: the stack of :class:`batterytwin.cycling.life_model.LifeModel`.
 
-    Its defaults live in ``cycling/life_model.py`` (null here: that default), so the stack is tuned in one place.
+    Its defaults live in ``cycling/life_model.py`` (null here: that default), so the stack is tuned in one
+    place; names are checked against that module when ``predict-degradation`` starts.
     """
 
     members: list[Annotated[str, Field(min_length=1)]] | None = Field(
-        None, min_length=1, description="stacked regressors, names of batterytwin.cycling.life_model.MEMBERS "
-        "(variance, forest, extra_trees, boosting, ridge, residual); null: all of them")
-    folds: int | None = Field(None, ge=2, description="cross-validation folds of the stack weights and its "
+        None, min_length=1, description="regressors of the stack, distinct names of "
+        "batterytwin.cycling.life_model.AVAILABLE (variance, forest, extra_trees, boosting, ridge, residual, "
+        "*_cycles variants); null: LifeModel's default (life_model.MEMBERS)")
+    combine: str | None = Field(None, min_length=1, description="how the members' log lives are weighted, one of "
+                                "life_model.COMBINE (mean, stack, shrunk); null: LifeModel's default")
+    folds: int | None = Field(None, ge=2, description="cross-validation folds of the weights and of the "
                               "cross-conformal interval; null: LifeModel's default (5)")
 
 

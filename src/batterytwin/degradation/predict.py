@@ -166,23 +166,32 @@ def fit_life_model(payload: dict, rule: str, st: SampleSettings):
     if n_ok < MIN_CELLS:
         return None, (f"{source}: {n_ok} uncensored training cell(s) (of {len(cells['life'])}), the stack needs at "
                       f"least {MIN_CELLS}")
-    lm = st.life_model
-    kw = {"folds": lm.folds} if lm.folds is not None else {}
-    model = LifeModel(members=life_model_members(st), level=st.level, seed=st.seed, **kw)
+    model = LifeModel(**life_model_settings(st), level=st.level, seed=st.seed)
     return model.fit(cells["qmatrix"], cells["life"], cells["censored"]), None
 
 
-def life_model_members(st: SampleSettings) -> tuple[str, ...]:
-    """The stack's members (``degradation.sample.life_model.members``; null: every one of ``MEMBERS``);
-    a name that is not a member is a one-line InputError naming the key (checked before any work)."""
-    from ..cycling.life_model import MEMBERS
+def life_model_settings(st: SampleSettings) -> dict:
+    """The keyword arguments of ``LifeModel`` set in ``degradation.sample.life_model`` (null: LifeModel's
+    default): ``members`` (names of ``life_model.AVAILABLE``), ``folds``, ``combine``; a name it does not
+    know is a one-line InputError naming the key (checked before any work)."""
+    from ..cycling import life_model
 
-    members = tuple(st.life_model.members) if st.life_model.members is not None else MEMBERS
-    unknown = [m for m in members if m not in MEMBERS]
-    if unknown:
-        raise InputError(f"degradation.sample.life_model.members: unknown member(s) {', '.join(unknown)} "
-                         f"(one of {', '.join(MEMBERS)})")
-    return members
+    lm, out = st.life_model, {}
+    known = getattr(life_model, "AVAILABLE", life_model.MEMBERS)
+    if lm.members is not None:
+        unknown = [m for m in lm.members if m not in known]
+        if unknown or len(set(lm.members)) != len(lm.members):
+            raise InputError(f"degradation.sample.life_model.members: {', '.join(unknown) or 'a repeated name'} "
+                             f"(distinct names of {', '.join(known)})")
+        out["members"] = tuple(lm.members)
+    if lm.combine is not None:
+        combine = getattr(life_model, "COMBINE", ())
+        if lm.combine not in combine:
+            raise InputError(f"degradation.sample.life_model.combine: {lm.combine!r} (one of {', '.join(combine)})")
+        out["combine"] = lm.combine
+    if lm.folds is not None:
+        out["folds"] = lm.folds
+    return out
 
 
 def best_point_predictor(metrics: dict) -> str | None:
