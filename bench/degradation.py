@@ -29,7 +29,7 @@ against DDIM on the same MATR1 cells. Writes ``bench/results/degradation-<date>.
 Rerun it whenever ``cycling/life_model.py`` or ``cycling/features.py`` change (the stack's figures
 here are those of the committed code), niced, one thread, from the repository root:
 
-    nice -n 19 env OMP_NUM_THREADS=1 python bench/degradation.py --steps 500   # the whole bench (~25 CPU min)
+    nice -n 19 env OMP_NUM_THREADS=1 python bench/degradation.py --steps 500   # the whole bench (~5 min wall, 1 thread)
     python bench/degradation.py --splits MATR1,MATR2 --steps 3000
     python bench/degradation.py --select --prediction eps    # model choice by CV on matr_1_train
 """
@@ -154,6 +154,20 @@ def default_predictor(folds: list[dict]) -> dict:
     return out
 
 
+def code_version() -> dict:
+    """The commit the bench ran on, and whether the life model's files differed from it (a rerun is due
+    whenever they change)."""
+    import subprocess
+
+    def git(*a):
+        r = subprocess.run(["git", *a], capture_output=True, text=True, cwd=ROOT)
+        return r.stdout.strip() if r.returncode == 0 else None
+
+    files = ["src/batterytwin/cycling/life_model.py", "src/batterytwin/cycling/features.py"]
+    return {"commit": git("rev-parse", "HEAD"), "life_model_last_commit": git("log", "-1", "--format=%H", "--", *files),
+            "life_model_files_modified": bool(git("status", "--porcelain", "--", *files))}
+
+
 def summary(splits: dict) -> dict:
     """For the default predictor (``model``) and the diffusion model: on how many scored splits each beats
     both baselines and DiffBatt's published RMSE ("k of n"), the 90 % coverage per split, and the best
@@ -193,7 +207,7 @@ def main() -> int:
                       **json.loads(args.train_json))
     st = SampleSettings(samples=args.samples, ddim_steps=args.ddim_steps, seed=args.seed)
     report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "command": " ".join(sys.argv), "train_config": cfg.model_dump(), "sample": st.model_dump(),
+              "command": " ".join(sys.argv), "code": code_version(), "train_config": cfg.model_dump(), "sample": st.model_dump(),
               "folds": args.folds, "threads": args.threads, "splits": {}}
     cpu_train = 0.0
     wall0 = time.perf_counter()
