@@ -280,7 +280,7 @@ def test_degradation_intervals_are_sample_quantiles(samples, tmp_path):
     assert rul.axes[0].get_title() == "stack (default predictor); RUL RMSE 10.5 cycles; coverage 100%"
     text = rul.axes[1].texts[0].get_text()
     assert "best point predictor: random forest" in text and "* random forest" in text
-    assert "diffusion model          14" in text and "contains the baselines: variance" in text
+    assert "diffusion model                14" in text and "contains the baselines: variance" in text
     assert [ln.split()[0] for ln in text.splitlines() if ln.startswith("  ") and "0." in ln] == ["ridge", "variance"]
     _png(rul, tmp_path / "r.png")
     # a store written before issue 25: "model" is the diffusion model, drawn from life_pred

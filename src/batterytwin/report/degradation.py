@@ -127,7 +127,7 @@ def score_lines(metrics: dict) -> list[str]:
             continue  # the fallback: "model" is the diffusion model
         v = metrics[key].get("rul_rmse_cycles")
         label = f"{LABELS.get(name, name)} (default)" if key == "model" else LABELS[key]
-        lines.append(f"{'*' if key == best else ' '} {label:<20} {v:6.0f}" if _number(v) else f"  {label:<20}    n/a")
+        lines.append(f"{'*' if key == best else ' '} {label:<26} {v:6.0f}" if _number(v) else f"  {label:<26}    n/a")
     if best is not None:
         who = f"{LABELS.get(name, name)} (default)" if best == "model" else LABELS.get(best, best)
         lines += ["", f"best point predictor: {who}"]
@@ -144,7 +144,8 @@ def score_lines(metrics: dict) -> list[str]:
     if m.get("reason"):
         import textwrap
 
-        lines += ["", "default predictor is the diffusion", "model:"] + textwrap.wrap(str(m["reason"]), 34)
+        lines += ["", "default predictor is the diffusion model:"] + textwrap.wrap(str(m["reason"]), 44,
+                                                                                break_long_words=False)
     return lines
 
 
