@@ -288,6 +288,15 @@ def test_degradation_intervals_are_sample_quantiles(samples, tmp_path):
     rul = degradation.plot_rul(tmp_path / "old.zarr")
     np.testing.assert_array_equal(rul.points[1], old["life_pred"])
     assert rul.predictor == "diffusion" and rul.axes[0].get_title() == "diffusion model; RUL RMSE 13.5 cycles; coverage 88%"
+    # the fallback: the diffusion model is the default predictor, and the figure gives the reason
+    g = zarr.open_group(str(tmp_path / "old.zarr"), mode="r+")
+    diffusion = {**g.attrs["metrics"]["model"], "name": "diffusion"}
+    g.attrs["metrics"] = {"model": {**diffusion, "reason": "m.pt: 3 uncensored training cell(s) (of 7), the stack "
+                                    "needs at least 6"}, "diffusion": diffusion, "best_point_predictor": "model"}
+    rul = degradation.plot_rul(tmp_path / "old.zarr")
+    text = rul.axes[1].texts[0].get_text()
+    assert rul.predictor == "diffusion" and rul.axes[0].get_title().startswith("diffusion model (default predictor);")
+    assert "best point predictor: diffusion model (default)" in text and "3 uncensored training" in text
 
 
 def test_ome_export_reads_back_with_ome_zarr_reader(tmp_path):
