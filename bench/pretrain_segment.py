@@ -39,7 +39,7 @@ RECIPE = {
     "model": {"arch": "unet", "channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 1},
     "train": {
         "steps": 18000, "batch_size": 4, "patch_size": [32, 32, 32], "lr": 0.004, "warmup_steps": 200,
-        "min_lr_ratio": 0.02, "class_weights": [1, 1, 1, 1, 4, 1], "class_balance": 1.0, "seed": 2024,
+        "min_lr_ratio": 0.02, "class_weights": [1, 1, 1, 1, 10, 1], "class_balance": 1.0, "seed": 2024,
         "checkpoint_every": 100, "val_every": 10**9, "val_fraction": 0.0, "init_from": None,
         "randomise": {"fraction": 1.0, "volume_size": [48, 48, 48], "patches_per_volume": 4},
     },
@@ -48,11 +48,14 @@ RECIPE = {
 EVAL_VOLUMES = [(901, 1.0e4), (902, 1.0e4), (903, 3.0e3), (904, 3.0e4), (905, 1.0e4)]
 
 
-def recipe_config(steps: int | None = None, work: str | None = None, threads: int = 1, device: str = "auto") -> dict:
-    """The merged ``segment`` config of the recipe (``steps``, ``work``, ``threads`` and ``device`` overridden)."""
+def recipe_config(steps: int | None = None, work: str | None = None, threads: int = 1, device: str = "auto",
+                  workers: int = 0) -> dict:
+    """The merged ``segment`` config of the recipe (``steps``, ``work``, ``threads``, ``device`` and the
+    DataLoader ``workers`` overridden; only ``steps`` changes the weights)."""
     from batterytwin.segment.config import merge_config
 
     user = copy.deepcopy(RECIPE)
+    user["train"]["num_workers"] = int(workers)
     if steps is not None:
         user["train"]["steps"] = int(steps)
     user["train"]["threads"] = int(threads)
@@ -62,12 +65,28 @@ def recipe_config(steps: int | None = None, work: str | None = None, threads: in
     return merge_config(user)
 
 
-def pretrain(work: Path, steps: int | None, threads: int, device: str, resume: str) -> int:
+def pretrain(work: Path, steps: int | None, threads: int, device: str, resume: str, workers: int = 0) -> int:
     from batterytwin.segment.train import train
 
-    cfg = recipe_config(steps, str(work), threads, device)
+    cfg = recipe_config(steps, str(work), threads, device, workers)
     work.mkdir(parents=True, exist_ok=True)
     return train(cfg, [], str(work / "model.pt"), str(work / "metrics.json"), resume=resume)
+
+
+def throughput(work: Path, out: Path) -> dict:
+    """Training throughput of a finished run (``--throughput-out``; bench/gpu.sh's pretraining line)."""
+    m = json.loads((work / "metrics.json").read_text())
+    t = RECIPE["train"]
+    rec = {"steps": m["steps"], "wall_s": m["wall_s"], "steps_per_s": m["steps"] / m["wall_s"],
+           "train_voxels_per_s": m["train_voxels_per_s"], "device": m["device"], "batch_size": t["batch_size"],
+           "patch_size": t["patch_size"], "model": RECIPE["model"],
+           "cells_per_s": m["steps"] * t["batch_size"] / t["randomise"]["patches_per_volume"] / m["wall_s"],
+           "recipe_steps": t["steps"], "recipe_hours_at_this_rate": t["steps"] / (m["steps"] / m["wall_s"]) / 3600}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(rec, indent=1) + "\n")
+    print(f"pretraining: {rec['steps_per_s']:.2f} steps/s on {rec['device']} ({rec['train_voxels_per_s']:.3g} voxel/s); "
+          f"the recipe's {t['steps']} steps: {rec['recipe_hours_at_this_rate']:.2f} h")
+    return rec
 
 
 def export(checkpoint: Path, out: Path) -> Path:
@@ -165,6 +184,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     ap.add_argument("--resume", default="auto", choices=("auto", "yes", "no"))
+    ap.add_argument("--workers", type=int, default=0, help="DataLoader workers (cell generation; not the weights)")
+    ap.add_argument("--throughput-out", type=Path, help="after the run, write its steps/s here (JSON)")
     ap.add_argument("--eval", metavar="MODEL", help="score a model file, 'pretrained' or a checkpoint instead")
     ap.add_argument("--out", type=Path, help="--eval: write the JSON here")
     ap.add_argument("--export", metavar="CHECKPOINT", type=Path, help="write a model file (--out) from a checkpoint")
@@ -193,7 +214,9 @@ def main(argv=None) -> int:
         if args.ship:
             ship(args.ship)
             return 0
-        code = pretrain(args.work, args.steps, args.threads, args.device, args.resume)
+        code = pretrain(args.work, args.steps, args.threads, args.device, args.resume, args.workers)
+        if code == 0 and args.throughput_out:
+            throughput(args.work, args.throughput_out)
         if code == 0 and args.steps is None:  # the full recipe: its model becomes the shipped one
             ship(args.work / "model.pt")
         return code
