@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO))
 RECIPE = {
     "model": {"arch": "unet", "channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 1},
     "train": {
-        "steps": 18000, "batch_size": 4, "patch_size": [32, 32, 32], "lr": 0.004, "warmup_steps": 200,
+        "steps": 11000, "batch_size": 4, "patch_size": [32, 32, 32], "lr": 0.004, "warmup_steps": 200,
         "min_lr_ratio": 0.02, "class_weights": [1, 1, 1, 1, 10, 1], "class_balance": 1.0, "seed": 2024,
         "checkpoint_every": 100, "val_every": 10**9, "val_fraction": 0.0, "init_from": None,
         "randomise": {"fraction": 1.0, "volume_size": [48, 48, 48], "patches_per_volume": 4},

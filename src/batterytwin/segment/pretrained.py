@@ -26,7 +26,7 @@ from ..errors import InputError
 NAME = "pretrained"
 ENV = "BATTERYTWIN_PRETRAINED"
 FILE = Path(__file__).resolve().parent / "weights" / "batterynet.pt"
-SHA256 = "e291268418589c66103f1fa12da19ba0f23076237653f0e8367807d68952eb19"
+SHA256 = "4e20e4c3bb87eca0a333338ca718ea66746888a3a3a32dd2ba0b2a7640edbb32"
 
 
 def shipped_file() -> Path:
