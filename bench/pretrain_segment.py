@@ -7,7 +7,7 @@ no label store), every random choice from ``train.seed``. It checkpoints every
 (``--resume auto``), and on SIGUSR1/SIGTERM writes a checkpoint and exits 75. On CUDA the harness
 trains with bf16 autocast (``--device cuda``); nothing else changes.
 
-    python bench/pretrain_segment.py                       # the shipped model (hours on one CPU core)
+    python bench/pretrain_segment.py                       # the shipped model (about an hour on one CPU thread)
     python bench/pretrain_segment.py --steps 20 --work /tmp/pt   # a smoke run
     python bench/pretrain_segment.py --eval work/pretrain/checkpoint.pt   # zero-shot scores of a checkpoint
     python bench/pretrain_segment.py --eval pretrained --out bench/results/pretrained_zeroshot.json
