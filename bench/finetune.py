@@ -98,7 +98,7 @@ def main(argv=None) -> int:
         root = Path(tmp)
         phantoms = [write_pair(root, f"phantom{s}", *make_phantom((48, 48, 48), seed=s)) for s in (0, 1)]
         pre_cfg = copy.deepcopy(base)
-        pre_cfg["train"].update(steps=pre_steps, val_fraction=0.0, checkpoint_dir=str(root / "ck_pre"))
+        pre_cfg["train"].update(steps=pre_steps, val_fraction=0.0, checkpoint_dir=str(root / "ck_pre"), init_from=None)
         t = time.perf_counter()
         train(pre_cfg, phantoms, str(root / "pretrained.pt"), str(root / "pretrained.json"), resume="no")
         result["pretrain"]["wall_s"] = round(time.perf_counter() - t, 1)

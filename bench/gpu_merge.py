@@ -15,7 +15,7 @@ import platform
 import time
 from pathlib import Path
 
-STEPS = ("nlm", "walk", "unet", "ddim", "chain")
+STEPS = ("nlm", "walk", "unet", "ddim", "chain", "pretrain")
 LOG_TAIL = 40  # lines
 
 

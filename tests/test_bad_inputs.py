@@ -34,7 +34,7 @@ from batterytwin.ingest.phantom import make_phantom
 from .conftest import REPO
 
 TINY_SEG = {"model": {"channels": [4, 8], "strides": [2], "num_res_units": 1},
-            "train": {"steps": 2, "batch_size": 2, "patch_size": [16, 16, 16], "warmup_steps": 1,
+            "train": {"steps": 2, "batch_size": 2, "patch_size": [16, 16, 16], "warmup_steps": 1, "init_from": None,
                       "val_every": 2, "checkpoint_every": 1, "threads": 1}}
 LOG_LINE = re.compile(r"^\d\d:\d\d:\d\d (DEBUG|INFO|WARNING) ")
 REPORT = os.environ.get("BT_BAD_INPUT_REPORT")

@@ -136,7 +136,7 @@ def test_train_seg_killed_then_resumed_equals_uninterrupted(tmp_path: Path) -> N
             store.create_volume(t, data.shape, data.dtype, store.volume_attrs("phantom", 0.5, **extra),
                                 chunk=8, shard=8)[...] = data
     tiny = {"model": {"channels": [4, 8], "strides": [2], "num_res_units": 1},
-            "train": {"steps": 16, "batch_size": 2, "patch_size": [16, 16, 16], "warmup_steps": 2,
+            "train": {"steps": 16, "batch_size": 2, "patch_size": [16, 16, 16], "warmup_steps": 2, "init_from": None,
                       "val_every": 100, "checkpoint_every": 2, "threads": 1, "lr": 0.01}}
 
     def argv(model: Path, ckpt: Path) -> list:
@@ -197,7 +197,8 @@ def test_segment_killed_then_rerun_equals_uninterrupted(tmp_path: Path) -> None:
     vol, labp = _labelled_pair(tmp_path, (24, 24, 24), seed=7)
     model = tmp_path / "model.pt"
     tiny = {"model": {"channels": [4, 8], "strides": [2], "num_res_units": 1},
-            "train": {"steps": 2, "batch_size": 2, "patch_size": [16, 16, 16], "warmup_steps": 1, "threads": 1}}
+            "train": {"steps": 2, "batch_size": 2, "patch_size": [16, 16, 16], "warmup_steps": 1, "threads": 1,
+                      "init_from": None}}
     assert main(["-q", "train-seg", "--volume", str(vol), "--labels", str(labp), "--model-out", str(model),
                  "--metrics-out", str(tmp_path / "m.json"), "--checkpoint-dir", str(tmp_path / "ck"),
                  "--config-json", json.dumps(tiny)]) == 0

@@ -243,7 +243,7 @@ SPARSE_TRAIN = {
     "model": {"arch": "unet", "channels": [8, 16, 32], "strides": [2, 2], "num_res_units": 1},
     "train": {"steps": 300, "batch_size": 2, "patch_size": [24, 24, 24], "lr": 0.005, "warmup_steps": 5,
               "val_every": 300, "checkpoint_every": 1000, "seed": 0, "val_axis": "y",
-              "class_weights": [1, 1, 1, 1, 10, 1]},
+              "class_weights": [1, 1, 1, 1, 10, 1], "init_from": None},
 }
 
 

@@ -30,7 +30,7 @@ from .conftest import BIN, REPO, mpiexec
 # a tiny network so that DDP/resume/inference checks take seconds on a shared CPU; half of its patches
 # come from domain-randomised cells, so 2 ranks == 1 rank and resume == uninterrupted cover both streams
 TINY = {"model": {"channels": [4, 8], "strides": [2], "num_res_units": 1},
-        "train": {"steps": 16, "batch_size": 4, "patch_size": [16, 16, 16], "warmup_steps": 2,
+        "train": {"steps": 16, "batch_size": 4, "patch_size": [16, 16, 16], "warmup_steps": 2, "init_from": None,
                   "val_every": 8, "checkpoint_every": 2, "threads": 1, "lr": 0.01,
                   "randomise": {"fraction": 0.5, "volume_size": [24, 24, 24], "patches_per_volume": 3}}}
 
@@ -261,7 +261,7 @@ def test_bad_inputs_are_input_errors(tmp_path, cli):
     _, lab_small = write_stores(tmp_path / "s", (24, 24, 16), seed=5)
     base = ["train-seg", "--volume", str(vol), "--model-out", str(tmp_path / "m.pt"),
             "--metrics-out", str(tmp_path / "m.json"), "--checkpoint-dir", str(tmp_path / "ck"),
-            "--config-json", json.dumps({"model": TINY["model"], "train": {"patch_size": 16, "steps": 1}})]
+            "--config-json", json.dumps({"model": TINY["model"], "train": {"patch_size": 16, "steps": 1, "init_from": None}})]
     code, err = cli(*base, "--labels", str(lab_small))
     assert code == 2 and "differs from the volume shape" in err
     # class ids beyond the configured classes
@@ -271,11 +271,11 @@ def test_bad_inputs_are_input_errors(tmp_path, cli):
     code, err = cli(*base, "--labels", str(lab_bad))
     assert code == 2 and "unknown label id(s) [9]" in err
     # patch larger than the volume
-    big = ["--config-json", json.dumps({"model": TINY["model"], "train": {"patch_size": 32, "steps": 1}})]
+    big = ["--config-json", json.dumps({"model": TINY["model"], "train": {"patch_size": 32, "steps": 1, "init_from": None}})]
     code, err = cli(*base[:-2], *big, "--labels", str(lab))
     assert code == 2 and "larger than the volume" in err
     # patch not a multiple of the network's down-sampling
-    odd = ["--config-json", json.dumps({"model": TINY["model"], "train": {"patch_size": 15, "steps": 1}})]
+    odd = ["--config-json", json.dumps({"model": TINY["model"], "train": {"patch_size": 15, "steps": 1, "init_from": None}})]
     code, err = cli(*base[:-2], *odd, "--labels", str(lab))
     assert code == 2 and "multiple of 2" in err
     # resume demanded but no checkpoint

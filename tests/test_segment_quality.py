@@ -22,7 +22,7 @@ from .test_segment import write_stores
 
 QUALITY = {"model": {"channels": [8, 16, 32, 64], "strides": [2, 2, 2], "num_res_units": 1},
            "train": {"steps": 200, "batch_size": 2, "patch_size": [32, 32, 32], "lr": 0.005, "warmup_steps": 10,
-                     "val_every": 1000, "checkpoint_every": 1000, "threads": 1,
+                     "val_every": 1000, "checkpoint_every": 1000, "threads": 1, "init_from": None,
                      "class_weights": [1, 1, 1, 1, 10, 1]}}  # weighted CE for the rare class (as batteryNET)
 # measured with QUALITY (torch 2.13 CPU, 1 thread): per class [0.493 0.968 0.982 0.943 0.03 0.998]
 MEASURED_MEAN_DICE = 0.736

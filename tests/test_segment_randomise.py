@@ -153,7 +153,7 @@ def test_tversky_term_is_monai_and_ignores_unlabelled_voxels():
 GENERALISE = {"model": {"channels": [8, 16, 32], "strides": [2, 2], "num_res_units": 1},
               "train": {"steps": 1200, "batch_size": 4, "patch_size": [24, 24, 24], "lr": 0.01,
                         "warmup_steps": 10, "class_weights": [1, 1, 1, 1, 10, 1], "threads": 1,
-                        "val_every": 10**6, "checkpoint_every": 10**6,
+                        "val_every": 10**6, "checkpoint_every": 10**6, "init_from": None,
                         "randomise": {"fraction": 1.0, "volume_size": [32, 32, 32], "patches_per_volume": 8}}}
 MEASURED_MEAN_DICE = 0.695  # 1200 steps, torch CPU, 1 thread (multi-Otsu with oracle mapping: 0.638)
 

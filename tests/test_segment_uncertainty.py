@@ -111,7 +111,7 @@ def test_ece_and_precision_recall_match_independent_implementations():
 # --------------------------------------------------------------------------- trained models on ctforward volumes
 SMALL = {"channels": [8, 16, 32], "strides": [2, 2], "num_res_units": 1}
 TRAIN = {"batch_size": 4, "patch_size": [16, 16, 16], "warmup_steps": 5, "val_every": 1000,
-         "checkpoint_every": 1000, "threads": 1, "lr": 0.01}
+         "checkpoint_every": 1000, "threads": 1, "lr": 0.01, "init_from": None}
 
 
 def write_pair(root: Path, name: str, image: np.ndarray, labels: np.ndarray) -> tuple[Path, Path]:

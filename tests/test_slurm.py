@@ -222,7 +222,7 @@ segment:
   uncertainty: false
   model: {{channels: [4, 8], strides: [2], num_res_units: 0}}
   train: {{steps: {TRAIN_STEPS}, batch_size: 2, patch_size: 16, checkpoint_every: 10, val_every: 100000,
-          warmup_steps: 2, threads: 1}}
+          warmup_steps: 2, threads: 1, init_from: null}}
 """
 # The rules the preemption test needs, from the repository's rule files (rule all of the real
 # Snakefile is the whole pipeline; this keeps the test to the training job).

@@ -124,8 +124,8 @@ if _SCALING_BENCH is not None:
         output="results/figures/scaling.png", subcategory="bench/chain.py", log="logs/report/scaling.log",
         input=lambda w: {"bench": str(_SCALING_BENCH)}, message="Figure: scaling of each stage (bench/chain.py)",
         args=lambda w, input: ["scaling", input.bench])
-if globals().get("SEGMENT_METHOD", "network") == "gmm":
-    REPORT_RULES.pop("report_training")  # segment.method: gmm trains no network
+if globals().get("SEGMENT_METHOD", "network") in ("gmm", "pretrained"):
+    REPORT_RULES.pop("report_training")  # segment.method: gmm or pretrained trains no network
 for _row in REPORT_RULES.values():
     _row.setdefault("output", f"results/{{sample}}/figures/{_row.get('fig')}.png")
 

@@ -3,6 +3,8 @@
 # (+ uncertainty.zarr). Input per sample: denoised.zarr (segment.input: denoised) or volume.zarr.
 import json
 
+from batterytwin.segment.pretrained import is_pretrained, shipped_file
+
 SEG = config["segment"]
 SEGMENT_UNCERTAINTY = bool(SEG["uncertainty"])
 SEGMENT_INPUT = "denoised.zarr" if SEG["input"] == "denoised" else "volume.zarr"
@@ -56,8 +58,10 @@ rule train_seg:
     input:
         volumes=SEGMENT_VOLUME_INPUTS,
         labels=SEGMENT_LABEL_INPUTS,
-        # segment.train.init_from: fine-tuning starts from that model (a changed file retrains)
-        **({"init_from": SEG["train"]["init_from"]} if SEG["train"].get("init_from") else {}),
+        # segment.train.init_from: fine-tuning starts from that model (a changed file retrains); the name
+        # "pretrained" is the shipped batteryNET (train-seg resolves the name and checks its digest)
+        **({"init_from": str(shipped_file()) if is_pretrained(SEG["train"]["init_from"]) else SEG["train"]["init_from"]}
+           if SEG["train"].get("init_from") else {}),
     output:
         model="results/models/segment/model.pt",
         metrics="results/models/segment/metrics.json",
@@ -83,7 +87,8 @@ rule train_seg:
 # the output layout of a label store: segment.infer.chunk/shard, else the run's store settings
 _SEGMENT_INFER = dict(SEG["infer"], chunk=SEG["infer"]["chunk"] or config["store"]["chunk"],
                       shard=SEG["infer"]["shard"] or config["store"]["shard"])
-# segment.method: network -> the trained model's sliding window; gmm -> label-free (no training)
+# segment.method: network -> the trained model's sliding window; pretrained -> the shipped batteryNET's
+# (zero-shot: no training rule); gmm -> label-free (no training)
 _SEGMENT_GMM_CFG = json.dumps({"infer": _SEGMENT_INFER, "method": "gmm", "gmm": SEG["gmm"]})
 
 
@@ -91,17 +96,19 @@ rule segment:
     input:
         volume=f"results/{{sample}}/{SEGMENT_INPUT}",
         **({"model": rules.train_seg.output.model} if SEGMENT_METHOD == "network" else {}),
+        **({"model": str(shipped_file())} if SEGMENT_METHOD == "pretrained" else {}),
     output:
         labels=directory("results/{sample}/labels.zarr"),
         **({"uncertainty": directory("results/{sample}/uncertainty.zarr")} if SEGMENT_UNCERTAINTY else {}),
     params:
         cfg=_SEGMENT_GMM_CFG if SEGMENT_METHOD == "gmm" else json.dumps({"infer": _SEGMENT_INFER}),
-        model=lambda w, input: ["--model", input.model] if SEGMENT_METHOD == "network" else [],
+        model=lambda w, input: ["--model", input.model] if SEGMENT_METHOD == "network"
+        else ["--model", "pretrained"] if SEGMENT_METHOD == "pretrained" else [],
         uncertainty=lambda w, output: ["--uncertainty", output.uncertainty] if SEGMENT_UNCERTAINTY else [],
     log:
         "logs/{sample}/segment.log",
     message:
-        f"Segment {{wildcards.sample}} ({{input.volume}}) with {'the trained model' if SEGMENT_METHOD == 'network' else 'a Gaussian mixture (label-free)'}"
+        f"Segment {{wildcards.sample}} ({{input.volume}}) with {dict(network='the trained model', pretrained='the shipped batteryNET (zero-shot)').get(SEGMENT_METHOD, 'a Gaussian mixture (label-free)')}"
     conda:
         "../../envs/gpu.yaml"
     threads: THREADS("segment")

@@ -53,7 +53,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "or class-posterior (gmm) entropy in nats."),
 )
     q.add_argument("--input", required=True, metavar="ZARR", help="volume store to segment (denoised.zarr or volume.zarr)")
-    q.add_argument("--model", metavar="PT", help="model.pt written by train-seg (method network only)")
+    q.add_argument("--model", metavar="PT", help="model.pt written by train-seg, or 'pretrained' (the shipped "
+                   "batteryNET, docs/models.md; the default of --method pretrained); not with --method gmm")
     q.add_argument("--output", required=True, metavar="ZARR", help="output label store (labels.zarr)")
     q.add_argument("--uncertainty", metavar="ZARR", help="optional output store of the entropy (float16): softmax entropy, or with "
                         "infer.uncertainty_method mc_dropout the entropy of the mean of MC-dropout passes")
@@ -90,7 +91,9 @@ def run_segment(args: argparse.Namespace) -> int:
         return 0
     from .infer import segment_volume
 
-    if not args.model:
-        raise InputError("--model: required with segment.method network (or give --method gmm)")
-    segment_volume(args.input, args.model, args.output, args.uncertainty, settings.infer.model_dump())
+    model = args.model or ("pretrained" if settings.method == "pretrained" else None)
+    if not model:
+        raise InputError("--model: required with segment.method network (a model.pt, or 'pretrained' for the shipped "
+                         "batteryNET; or give --method gmm)")
+    segment_volume(args.input, model, args.output, args.uncertainty, settings.infer.model_dump())
     return 0

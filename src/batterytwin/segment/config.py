@@ -35,7 +35,7 @@ class ModelSettings(Section):
     arch: Literal["unet", "segresnet", "swinunetr"] = Field("unet", description="network architecture")
     channels: list[Annotated[int, Field(ge=1)]] = Field([16, 32, 64, 128], description="unet: channels per level")
     strides: list[Annotated[int, Field(ge=1)]] = Field([2, 2, 2], description="unet: down-sampling per level")
-    num_res_units: int = Field(2, ge=0, description="unet: residual units per block")
+    num_res_units: int = Field(1, ge=0, description="unet: residual units per block")
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout probability (needed by infer.uncertainty_method "
                            "mc_dropout; unet: after every convolution)")
     init_filters: int = Field(16, ge=1, description="segresnet: filters of the first level")
@@ -180,8 +180,12 @@ class TrainSettings(Section):
     device: Device = Field("auto", description="auto: one GPU per local rank if CUDA is visible, else CPU")
     amp: bool = Field(True, description="bf16 autocast on GPU (never on CPU)")
     threads: int = Field(0, ge=0, description="torch CPU threads per rank; 0 = torch default")
-    init_from: str | None = Field(None, description="model.pt to start from (fine-tuning, e.g. on the sparse hand "
-                                  "labels of a scan): same architecture and classes; null = random weights")
+    init_from: str | None = Field("pretrained", description="model to start from (fine-tuning, e.g. on the sparse "
+                                  "hand labels of a scan): 'pretrained' = the shipped batteryNET (docs/models.md), or "
+                                  "a model.pt path; same architecture as segment.model; null = random weights")
+    new_head: bool = Field(True, description="with init_from: when the training classes differ from the model's, "
+                           "keep its encoder and decoder body and start a new output head; false: such a class set "
+                           "is an error")
 
     _patch = field_validator("patch_size", mode="before")(_triple)
 
@@ -252,9 +256,10 @@ class SegmentConfig(Section):
     """The ``segment`` section: pipeline wiring, network, training and inference."""
 
     input: Literal["denoised", "volume"] = Field("denoised", description="which store of each sample is segmented")
-    method: Literal["network", "gmm"] = Field("network", description="network: the trained batteryNET model; "
-                                              "gmm: label-free Gaussian mixture + morphological clean-up (no "
-                                              "training)")
+    method: Literal["network", "pretrained", "gmm"] = Field(
+        "network", description="network: the batteryNET trained (fine-tuned) by the workflow; pretrained: the "
+        "shipped batteryNET as it is (zero-shot, no training); gmm: label-free Gaussian mixture + morphological "
+        "clean-up (no training)")
     pseudo_labels: Literal["none", "gmm"] = Field("none", description="gmm: training samples without labels "
                                                   "train on their GMM label store (results/{sample}/gmm_labels.zarr)")
     train_samples: list[str] = Field([], description="samples to train on; [] = samples with role train/both "

@@ -37,6 +37,7 @@ from ..progress import progress
 from ..training import set_threads
 from .data import intensity_range
 from .model import check_patch, enable_dropout
+from .pretrained import is_pretrained, resolve_model
 from .train import load_model
 from .window import entropy, gaussian_weight, meets, predict_region, window_extent
 
@@ -75,6 +76,7 @@ def segment_volume(input_path: str, model_path: str, labels_out: str, uncertaint
     t0 = time.time()
     set_threads(world, int(infer_cfg["threads"]))
     device = select_device(world, infer_cfg["device"])
+    model_path = resolve_model(model_path) if is_pretrained(model_path) else model_path
     net, meta = load_model(model_path, device)
     n_classes = int(meta["n_classes"])
     roi = list(infer_cfg.get("patch_size") or meta["patch_size"])
@@ -108,7 +110,8 @@ def segment_volume(input_path: str, model_path: str, labels_out: str, uncertaint
     recorded = {"uncertainty_method": method, **({"mc_samples": mc[1], "mc_seed": mc[0]} if mc else {})}
     label_attrs = store.volume_attrs("segment", vol.voxel_size_um, params, source,
                                      classes=dict(meta["classes"]), ignore_label=IGNORE_LABEL, method="network",
-                                     **recorded)
+                                     # the model's start: the shipped batteryNET with its head kept or a new one
+                                     **({"model_init": meta["init"]} if meta.get("init") else {}), **recorded)
     chunk = int(infer_cfg.get("chunk") or store.DEFAULT_CHUNK)
     shard = int(infer_cfg.get("shard") or store.DEFAULT_SHARD)
     weight = gaussian_weight(roi, float(infer_cfg.get("sigma_scale", 0.125)), device)

@@ -108,7 +108,9 @@ def _run_key(cfg: dict, inputs: Sequence[TrainInput], val: Sequence[TrainInput],
              "inputs": [[os.path.abspath(i.volume), os.path.abspath(i.labels)] for i in inputs],
              "val": [[os.path.abspath(i.volume), os.path.abspath(i.labels)] for i in val]}
     if cfg["train"].get("init_from"):  # another starting model under the same name is another run
-        ident["init_from_sha256"] = store.sha256_files([cfg["train"]["init_from"]])
+        from .pretrained import resolve_model
+
+        ident["init_from_sha256"] = store.sha256_files([resolve_model(cfg["train"]["init_from"])])
     return store.params_sha256(ident)
 
 
@@ -217,8 +219,8 @@ def train(cfg: dict, inputs: Sequence[TrainInput], model_out: str, metrics_out: 
     device = init_torch_distributed(world, t_cfg["device"])
     amp = bool(t_cfg["amp"]) and device.type == "cuda"
     net = build_model(m_cfg, n_classes)
-    if t_cfg.get("init_from"):
-        init_weights(net, t_cfg["init_from"], classes)
+    init = init_weights(net, t_cfg["init_from"], classes, m_cfg, bool(t_cfg["new_head"])) \
+        if t_cfg.get("init_from") else None
     net = net.to(device)
     if device.type == "cuda":
         net = net.to(memory_format=torch.channels_last_3d)
@@ -313,7 +315,7 @@ def train(cfg: dict, inputs: Sequence[TrainInput], model_out: str, metrics_out: 
                    "model": m_cfg, "classes": {str(k): v for k, v in classes.items()}, "n_classes": n_classes,
                    "patch_size": list(patch), "normalisation": "percentile_1_99", "train": json.loads(
                        json.dumps({k: v for k, v in t_cfg.items()})), "step": steps,
-                   "ignore_label": IGNORE_LABEL}
+                   "ignore_label": IGNORE_LABEL, "init": init}
         save_atomic(payload, model_out)
         final = val_hist[-1] if val_hist else None
         metrics = {
@@ -341,26 +343,64 @@ def train(cfg: dict, inputs: Sequence[TrainInput], model_out: str, metrics_out: 
     return 0
 
 
-def init_weights(net: torch.nn.Module, path: str, classes: dict[int, str]) -> None:
+ARCH_KEYS = ("arch", "channels", "strides", "num_res_units", "init_filters", "feature_size")
+
+
+def head_keys(model_cfg: dict[str, Any], n_classes: int) -> set[str]:
+    """Names of the weights that depend on the number of classes (the output head of the network)."""
+    a = build_model(model_cfg, n_classes).state_dict()
+    b = build_model(model_cfg, n_classes + 1).state_dict()
+    return {k for k in a if a[k].shape != b[k].shape}
+
+
+def init_weights(net: torch.nn.Module, path: str, classes: dict[int, str], model_cfg: dict[str, Any],
+                 new_head: bool = True) -> dict[str, Any]:
     """Start ``net`` from the weights of the model file ``path`` (``segment.train.init_from``: fine-tuning).
 
+    ``path`` may be the name ``pretrained`` (the shipped batteryNET, digest checked). When the
+    training classes equal the model's (ids and names), every weight is loaded. Otherwise, with
+    ``new_head``, the encoder and the decoder body are loaded and the output head (the weights whose
+    shape depends on the number of classes) keeps its fresh initialisation.
+
+    Returns:
+        what the model file records of its start: ``{"from", "sha256", "step", "head": "kept" | "new",
+        "base_classes"}``.
     Raises:
-        InputError: the file is not a segmentation model, its classes differ from the training
-            labels' or its weights do not fit ``net`` (another architecture; dropout may differ).
+        InputError: the file is not a segmentation model, its architecture differs from
+            ``model_cfg``, or its classes differ from the training labels' without ``new_head``.
     """
+    from .pretrained import file_sha256, resolve_model
+
     where = f"segment.train.init_from: {path}"
-    meta = load_model_file(path, FORMAT, "segmentation model")
+    file = resolve_model(path)
+    meta = load_model_file(file, FORMAT, "segmentation model")
+    theirs_cfg = {k: meta["model"].get(k) for k in ARCH_KEYS if k in meta["model"]}
+    ours_cfg = {k: model_cfg.get(k) for k in theirs_cfg}
+    if theirs_cfg != ours_cfg:
+        raise InputError(f"{where}: the model is {theirs_cfg}, segment.model is {ours_cfg}: set segment.model to "
+                         "the model's architecture, or init_from: null to train from random weights")
     theirs = {int(k): v for k, v in meta["classes"].items()}
-    if theirs != dict(classes):
+    same = theirs == dict(classes)
+    if not same and not new_head:
         raise InputError(f"{where}: the model's classes {theirs} differ from those of the training labels "
-                         f"{dict(classes)}")
+                         f"{dict(classes)} (set segment.train.new_head: true to keep its encoder and start a new "
+                         "output head)")
+    state = meta["state_dict"]
+    if not same:
+        head = head_keys(meta["model"], int(meta["n_classes"]))
+        own = net.state_dict()
+        state = {k: v for k, v in state.items() if k not in head}
+        state.update({k: own[k] for k in head if k in own})
     try:
-        net.load_state_dict(meta["state_dict"])
+        net.load_state_dict(state)
     except RuntimeError as exc:
         text = " ".join(str(exc).split())[:200]
         raise InputError(f"{where}: its weights do not fit segment.model (same arch, channels, strides and "
                          f"num_res_units needed): {text}") from None
-    log.info("starting from the weights of %s (trained %s steps)", path, meta.get("step"))
+    log.info("starting from the weights of %s (trained %s steps; %s)", file, meta.get("step"),
+             "all weights" if same else f"new output head for the classes {dict(classes)}")
+    return {"from": str(path), "sha256": file_sha256(file), "step": meta.get("step"),
+            "head": "kept" if same else "new", "base_classes": {str(k): v for k, v in theirs.items()}}
 
 
 def load_model(path: str, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict]:
@@ -370,6 +410,9 @@ def load_model(path: str, device: torch.device | str = "cpu") -> tuple[torch.nn.
         InputError: the file is missing, is not a batterytwin segmentation model, or does not
             match its own architecture description.
     """
+    from .pretrained import resolve_model
+
+    path = resolve_model(path)  # the name "pretrained": the shipped file, digest checked
     meta = load_model_file(path, FORMAT, "segmentation model")
     net = build_model(meta["model"], int(meta["n_classes"]))
     try:
