@@ -42,7 +42,7 @@ from batterytwin.segment.data import intensity_range  # noqa: E402
 from batterytwin.segment.train import TrainInput, load_model, train  # noqa: E402
 from batterytwin.segment.window import predict_region  # noqa: E402
 from tests import electrode  # noqa: E402
-from tests.ctforward import forward_volume, sparse_labels  # noqa: E402
+from tests.ctforward import dice_per_class, forward_volume, sparse_labels  # noqa: E402
 
 
 def write_pair(root: Path, name: str, image: np.ndarray, labels: np.ndarray, classes: dict) -> TrainInput:
@@ -67,15 +67,6 @@ def segment_array(model: Path, image: np.ndarray) -> tuple[np.ndarray, float]:
         probs = predict_region(net, image, tuple(slice(0, n) for n in image.shape), meta["patch_size"],
                                int(meta["n_classes"]), lambda x: (x - lo) / (hi - lo))
     return probs.argmax(0).numpy().astype(np.uint8), time.perf_counter() - t
-
-
-def dice(pred, truth, mask, classes) -> dict[str, float]:
-    out = {}
-    for k, name in classes.items():
-        a, b = pred[mask] == k, truth[mask] == k
-        den = a.sum() + b.sum()
-        out[name] = float(2 * (a & b).sum() / den) if den else float("nan")
-    return out
 
 
 def pore_tau(labels: np.ndarray) -> list[float | None]:
@@ -108,7 +99,7 @@ def run_scan(root: Path, name: str, image, truth, classes, args) -> dict:
         train(cfg, [pair], str(model), str(root / f"{name}_{start}.json"), resume="no")
         wall, cpu = time.perf_counter() - t, time.process_time() - c
         pred, infer_s = segment_array(model, image)
-        d = dice(pred, truth, hidden, classes)
+        d = dice_per_class(pred, truth, hidden, classes)
         run = {"train_wall_s": round(wall, 1), "train_cpu_s": round(cpu, 1), "dice": d,
                "mean_dice": float(np.nanmean(list(d.values()))), "infer_mvox_per_s": round(image.size / infer_s / 1e6, 4)}
         if name == "electrode":

@@ -282,12 +282,14 @@ def write_sparse_labels(labels: np.ndarray, path, n_slices: int = 4, axis: int =
     return idx
 
 
-def dice_per_class(pred: np.ndarray, truth: np.ndarray, mask: np.ndarray | None = None) -> dict[str, float]:
-    """Dice per class name on the voxels of ``mask`` (all voxels if None); NaN where a class is absent."""
+def dice_per_class(pred: np.ndarray, truth: np.ndarray, mask: np.ndarray | None = None,
+                   classes: dict[int, str] = CLASSES) -> dict[str, float]:
+    """Dice per class name (``classes``: id -> name) on the voxels of ``mask`` (all voxels if None); NaN
+    where a class is absent."""
     if mask is not None:
         pred, truth = pred[mask], truth[mask]
     out = {}
-    for k, name in CLASSES.items():
+    for k, name in classes.items():
         a, b = pred == k, truth == k
         denom = a.sum() + b.sum()
         out[name] = float(2 * (a & b).sum() / denom) if denom else float("nan")

@@ -53,15 +53,3 @@ def electrode_volume(shape=(48, 48, 48), seed: int = 0, photons: float = 1.0e4, 
     """``(image float32, labels uint8)``: the electrode imaged by radon -> Poisson -> FBP."""
     labels = electrode_labels(shape, seed, **geometry)
     return scan(labels, seed, ForwardParams(attenuation=dict(ATTENUATION), photons=photons)), labels
-
-
-def dice(pred: np.ndarray, truth: np.ndarray, mask: np.ndarray | None = None) -> dict[str, float]:
-    """Dice per electrode class on the voxels of ``mask``."""
-    if mask is not None:
-        pred, truth = pred[mask], truth[mask]
-    out = {}
-    for k, name in CLASSES.items():
-        a, b = pred == k, truth == k
-        den = a.sum() + b.sum()
-        out[name] = float(2 * (a & b).sum() / den) if den else float("nan")
-    return out
