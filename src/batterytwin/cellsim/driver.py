@@ -111,14 +111,16 @@ def prepare(microstructure: str, cfg: dict[str, Any]):
 
     Returns:
         ``(pv, applied, design, run_cfg, cell)``; ``cell``: ``cell_form``, ``cell_form_reason``,
-        ``transport`` and the ``balance`` record (stored in ``sweep.zarr`` and ``sweep.json``).
+        ``transport``, the ``balance`` record and ``microstructure_warnings`` (measurements the
+        parameter set's values replaced; stored in ``sweep.zarr`` and ``sweep.json``).
     """
     design = make_design(cfg["sweep"])
     ms = read_microstructure(microstructure)
     form, reason = resolve_cell_form(cfg["cell_form"], ms)
     log.info("cellsim: cell form %s (%s), transport %s", form, reason, cfg["transport"])
     options = _model_options(cfg, form)
-    subs = microstructure_substitutions(ms, str(microstructure), cfg["transport"])
+    ms_warnings: list[str] = []  # untrusted tau, missing regions: recorded in sweep.zarr/sweep.json
+    subs = microstructure_substitutions(ms, str(microstructure), cfg["transport"], ms_warnings)
     overrides = dict(cfg["parameters"])
     from .params import load_parameter_set
 
@@ -135,7 +137,7 @@ def prepare(microstructure: str, cfg: dict[str, Any]):
         applied.extend(add_lithium_metal_counter_electrode(pv))
         applied.append(charge_half_cell(pv, cfg["protocol"]["upper_voltage_V"]))
     cell = {"cell_form": form, "cell_form_reason": reason, "transport": cfg["transport"],
-            "balance": _cell_balance(cfg, form, pv, ms, applied)}
+            "balance": _cell_balance(cfg, form, pv, ms, applied), "microstructure_warnings": ms_warnings}
     grid = _voltage_grid(cfg, pv)
     p = cfg["protocol"]
     run_cfg = CellRunConfig(

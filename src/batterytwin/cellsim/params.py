@@ -139,6 +139,48 @@ def add_tortuosity_equivalents(pv, names=None) -> list[Substitution]:
     return out
 
 
+# -- which measured through-plane tau PyBaMM may trust (docs/cellsim.md, "Trusted tortuosity") ----------
+# A region's tau stands in for the parameter set's only when the walk converged, the region percolates
+# along z, and the value is plausible: tau_z at most MAX_TAU_RATIO x the region's in-plane tau (an
+# electrode's through-plane/in-plane anisotropy is below ~2; a blocked interface slice gives 10+), or,
+# without an in-plane value, at most MAX_TAU_RATIO x the Bruggeman tau eps^-1/2 of its electrolyte
+# fraction; and within TAUFACTOR_TOLERANCE of TauFactor's solve of the same slab where one is recorded.
+# Otherwise the set's value is kept and a warning is recorded (sweep.json "microstructure_warnings").
+MAX_TAU_RATIO = 3.0
+TAUFACTOR_TOLERANCE = 0.10
+
+
+def untrusted_tortuosity(block: dict[str, Any], where: str) -> str | None:
+    """Why the through-plane tau of a ``cell.<region>`` block must not reach PyBaMM, or None when it may.
+
+    A block without a measured tau (and without a measured Bruggeman exponent) is untrusted too: the
+    set's transport is kept, and the caller records why.
+    """
+    tau = _number(block.get("tortuosity_electrolyte"), f"{where}.tortuosity_electrolyte")
+    if tau is None:
+        if block.get("bruggeman") is not None or block.get("bruggeman_flag"):
+            return None  # an exponent measured without a tau (older files), or flagged undetermined
+        why = block.get("flag") or "not measured"
+        return f"no through-plane tortuosity ({why})"
+    if block.get("tortuosity_converged") is False:
+        std = block.get("tortuosity_electrolyte_std")
+        return f"through-plane tau {tau:.4g}" + (f" +/- {std:.2g}" if isinstance(std, (int, float)) else "") + \
+            " did not converge (random walk budget spent)"
+    inplane = _number(block.get("tortuosity_in_plane"), f"{where}.tortuosity_in_plane")
+    eps = _number(block.get("electrolyte_volume_fraction"), f"{where}.electrolyte_volume_fraction")
+    if inplane is not None and tau > MAX_TAU_RATIO * inplane:
+        return (f"through-plane tau {tau:.4g} > {MAX_TAU_RATIO:g} x the in-plane tau {inplane:.4g} "
+                "(implausible: a blocked interface slice?)")
+    if inplane is None and eps is not None and 0 < eps <= 1 and tau > MAX_TAU_RATIO * eps ** -0.5:
+        return (f"through-plane tau {tau:.4g} > {MAX_TAU_RATIO:g} x the Bruggeman tau eps^-1/2 = "
+                f"{eps ** -0.5:.4g} of eps = {eps:.4g} (implausible)")
+    ref = _number(block.get("tortuosity_taufactor"), f"{where}.tortuosity_taufactor")
+    if ref is not None and ref > 0 and abs(tau / ref - 1) > TAUFACTOR_TOLERANCE:
+        return (f"through-plane tau {tau:.4g} differs from TauFactor's {ref:.4g} on the same slab by "
+                f"{100 * (tau / ref - 1):+.0f} % (> {100 * TAUFACTOR_TOLERANCE:.0f} %)")
+    return None
+
+
 def read_microstructure(path: str) -> dict[str, Any]:
     """Read ``microstructure.json`` and check its schema and ``cell`` block."""
     ms = read_json(path, "microstructure file", schema=MICROSTRUCTURE_SCHEMA)
@@ -160,8 +202,14 @@ def _number(value: Any, where: str) -> float | None:
 
 
 def microstructure_substitutions(ms: dict[str, Any], path: str = "microstructure.json",
-                                 transport: str = "bruggeman") -> list[Substitution]:
+                                 transport: str = "bruggeman", warnings: list[str] | None = None
+                                 ) -> list[Substitution]:
     """The PyBaMM parameters the measured cell geometry replaces (unmeasured values are skipped).
+
+    A region's through-plane tau (and the Bruggeman exponent from it) is used only when
+    :func:`untrusted_tortuosity` finds nothing wrong; otherwise, and for a missing region, the
+    parameter set keeps its value and a one-line reason is logged as a WARNING and appended to
+    ``warnings`` (cellsim records them in ``sweep.json`` as ``microstructure_warnings``).
 
     Args:
         ms: the parsed ``microstructure.json`` (schema ``batterytwin.microstructure/1``).
@@ -175,10 +223,18 @@ def microstructure_substitutions(ms: dict[str, Any], path: str = "microstructure
     """
     cell = ms["cell"]
     subs: list[Substitution] = []
+    warned = warnings if warnings is not None else []
+
+    def warn(message: str) -> None:
+        log.warning("%s", message)
+        warned.append(message)
+
     for region, table in (("positive_electrode", _POSITIVE), ("separator", _SEPARATOR)):
         block = cell.get(region)
         if block is None:
-            log.warning("%s: cell.%s missing: keeping the parameter set's values", path, region)
+            why = cell.get("separator_flag" if region == "separator" else "flag")
+            warn(f"{path}: cell.{region} missing" + (f" ({why})" if why else "")
+                 + ": keeping the parameter set's values")
             continue
         if not isinstance(block, dict):
             raise InputError(f"{path}: cell.{region} must be an object")
@@ -193,6 +249,11 @@ def microstructure_substitutions(ms: dict[str, Any], path: str = "microstructure
             if key.endswith("_um") and x <= 0:
                 raise InputError(f"{where}: must be > 0 micrometres, got {x}")
             subs.append(Substitution(name, x / scale, f"{path}: cell.{region}.{key}"))
+        problem = untrusted_tortuosity(block, f"{path}: cell.{region}")
+        if problem is not None:
+            kept = _TORTUOSITY[region] if transport == "tortuosity_factor" else _BRUGGEMAN[region]
+            warn(f"{path}: cell.{region}: {problem}: keeping the parameter set's {kept!r}")
+            continue
         if transport == "tortuosity_factor":
             sub = _tortuosity_substitution(block, region, path)
             if sub is not None:

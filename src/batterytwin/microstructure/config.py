@@ -73,6 +73,13 @@ class MicrostructureConfig(Section):
     redeposited_phase: str = Field("redeposited_lithium", description="redeposited lithium (dendrites, agglomerates)")
     layer_min_fraction: float = Field(0.01, ge=0, le=1, description="a z slice belongs to a layer when the class "
                                       "covers at least this fraction of it")
+    layer_relative_fraction: float = Field(0.3, ge=0, le=1, description="cell regions: a class's layer is the "
+                                           "longest run of z slices where it covers at least this share of its "
+                                           "largest slice fraction (and layer_min_fraction); stray voxels do not "
+                                           "move a boundary")
+    transport_trim_fraction: float = Field(0.5, ge=0, le=1, description="cell regions: boundary slices whose "
+                                           "electrolyte fraction is below this share of the region's median are "
+                                           "left out of the through-plane walk (0: keep all slices that hold any)")
     surface_area: bool = Field(True, description="interface areas by marching cubes")
     absent_phase: Literal["error", "skip"] = Field("error", description="a configured phase with no voxel: stop "
                                                    "with an error, or record tau null with a flag")

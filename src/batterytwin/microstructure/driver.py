@@ -11,109 +11,31 @@ outputs atomically.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..contracts import MICROSTRUCTURE_SCHEMA, bruggeman, json_safe
+from ..contracts import MICROSTRUCTURE_SCHEMA, json_safe
 from ..distributed import World, get_world
 from ..errors import InputError
 from ..store import atomic_output, check_labels, open_volume, provenance, read_json, write_json
 from . import stats
 from .clusters import AXES
-from .config import MicrostructureConfig, WalkSettings
+from .config import MicrostructureConfig
+from .regions import _public, cell_block, slice_counts
+from .regions import undetermined_bruggeman as _undetermined_bruggeman  # noqa: F401 (tests use the old name)
 from .tortuosity import walk_tortuosity
 
 log = logging.getLogger(__name__)
 
 
-# A Bruggeman exponent less certain than this is reported as null (cellsim then keeps its default).
-BRUGGEMAN_MAX_STD = 0.5
-
-
-def _undetermined_bruggeman(b: float | None, b_std: float | None, eps: float) -> str | None:
-    """Why a measured Bruggeman exponent is not usable, or None when it is.
-
-    Near eps = 1, ln(eps) ~ 0 turns the walk's statistical error in tau into any b at all.
-    """
-    if b is None or (b > 0 and (b_std is None or b_std <= BRUGGEMAN_MAX_STD)):
-        return None
-    return (f"undetermined: b = {b:.3g} +/- {b_std:.2g} at eps = {eps:.4f} "
-            "(eps near 1 fixes no exponent); the parameter set keeps its value")
-
-
-def _public(tort: dict) -> dict:
-    return {k: v for k, v in tort.items() if not k.startswith("_")}
-
-
-def _region_walk(mask: np.ndarray, params: WalkSettings, vs, world, ck, where: str) -> tuple[dict | None, str | None]:
-    try:
-        return walk_tortuosity(mask, params, vs, world, ck, where=where), None
-    except InputError as exc:  # a thin or empty region: the value is missing, not the whole run
-        return None, str(exc)
-
-
-def _cell_block(labels, ids, p: MicrostructureConfig, vs, world, ck, msd) -> dict[str, Any]:
-    vz = float(vs[0])
-    elec = ids[p.electrolyte_phase]
-    cell: dict[str, Any] = {"stacking_axis": "z", "electrolyte_phase": p.electrolyte_phase}
-    pe = stats.layer_ranges(labels, ids[p.active_phase], p.layer_min_fraction) if p.active_phase in ids else None
-    an = stats.layer_ranges(labels, ids[p.anode_phase], p.layer_min_fraction) if p.anode_phase in ids else None
-    regions = {}
-    if pe is None:
-        cell["flag"] = f"no {p.active_phase} in the volume: positive electrode not found"
-    else:
-        regions["positive_electrode"] = pe
-        sep_stop = an[0] if an is not None and an[0] > pe[1] else None
-        if sep_stop is None:
-            cell["separator_flag"] = f"no {p.anode_phase} above the positive electrode: separator not found"
-        else:
-            regions["separator"] = (pe[1], sep_stop)
-    for name in ("positive_electrode", "separator"):
-        if name not in regions:
-            cell[name] = None
-            continue
-        z0, z1 = regions[name]
-        sub = labels[z0:z1]
-        eps = float((sub == elec).mean())
-        rec: dict[str, Any] = {"z_range": [z0, z1], "thickness_um": (z1 - z0) * vz,
-                               "electrolyte_volume_fraction": eps}
-        if name == "positive_electrode":
-            rec["active_material_volume_fraction"] = float((sub == ids[p.active_phase]).mean())
-            rec["porosity_void"] = float((sub == ids["pore"]).mean()) if "pore" in ids else 0.0
-            part = stats.particle_stats(sub == ids[p.active_phase], vs)
-            rec["particle_radius_um"] = part["mean_radius_um"]
-        tort, err = _region_walk(sub == elec, p.walk, vs, world, ck, f"cell.{name}.{p.electrolyte_phase}")
-        tau = tort["axes"]["z"]["tau"] if tort else None
-        rec["tortuosity_electrolyte"] = tau
-        rec["tortuosity_electrolyte_std"] = tort["axes"]["z"]["tau_std"] if tort else None
-        rec["tortuosity_converged"] = tort["axes"]["z"].get("converged") if tort else None
-        rec["bruggeman"] = bruggeman(eps, tau)
-        # d b = -(d tau / tau) / ln(eps): large when eps is near 1 (a dense separator)
-        std = rec["tortuosity_electrolyte_std"]
-        rec["bruggeman_std"] = (abs(std / tau / math.log(eps)) if rec["bruggeman"] is not None and std is not None
-                                else None)
-        flag = _undetermined_bruggeman(rec["bruggeman"], rec["bruggeman_std"], eps)
-        if flag:
-            rec["bruggeman"], rec["bruggeman_flag"] = None, flag
-        if tort is None:
-            rec["flag"] = err
-        elif tau is None:
-            rec["flag"] = tort["axes"]["z"].get("flag")
-        if tort is not None:
-            rec["tortuosity_detail"] = _public(tort)
-            msd[f"{name}.{p.electrolyte_phase}"] = tort
-        cell[name] = rec
-    return cell
-
-
-def crosscheck(mask: np.ndarray, tort: dict, max_voxels: int, world: World, where: str) -> dict[str, Any]:
+def crosscheck(mask: np.ndarray, tort: dict, max_voxels: int, world: World, where: str,
+               axes=AXES) -> dict[str, Any]:
     """TauFactor's steady-state tau (Cooper et al., SoftwareX 2016) next to the walk's, per axis.
 
-    Solved on rank 0 for every percolating axis (the same phase, the same convention) and
+    Solved on rank 0 for every percolating axis of ``axes`` (the same phase, the same convention) and
     broadcast; each walk axis gains ``tau_taufactor`` and ``walk_minus_taufactor_rel``. Volumes
     above ``max_voxels`` are skipped with a flag (the solve's cost grows with the volume).
     """
@@ -125,7 +47,7 @@ def crosscheck(mask: np.ndarray, tort: dict, max_voxels: int, world: World, wher
     if world.is_root:
         t0 = time.perf_counter()
         out = {"taus": {a: (taufactor_tau(mask, i) if tort["axes"][a]["percolating"] else None)
-                        for i, a in enumerate(AXES)}}
+                        for i, a in enumerate(AXES) if a in axes}}
         out["wall_time_s"] = time.perf_counter() - t0
     out = world.bcast(out)
     for a, ref in out["taus"].items():
@@ -179,7 +101,7 @@ def measure(labels: np.ndarray, classes: dict[int, str], voxel_size_um, p: Micro
         tortuosity[name] = _public(tort)
         msd[f"volume.{name}"] = tort
     ck = Path(checkpoint_dir) / "walks" if checkpoint_dir else None
-    cell = _cell_block(labels, ids, p, vs, world, ck, msd)
+    cell = cell_block(slice_counts(labels), lambda z0, z1, c: labels[z0:z1] == c, ids, p, vs, world, ck, msd)
     record: dict[str, Any] = {"schema": MICROSTRUCTURE_SCHEMA, "voxel_size_um": vs, "shape": list(labels.shape),
                               "classes": {str(c): n for c, n in sorted(classes.items())},
                               "volume_fractions": stats.volume_fractions(labels, classes),

@@ -133,13 +133,18 @@ def _num(x: Any) -> str:
 
 
 def cell_parameter_rows(attrs: dict) -> list[list[str]]:
-    """The cell-parameter table of a sweep: cell form, transport, N/P balance, substitutions.
+    """The cell-parameter table of a sweep: warnings, cell form, transport, N/P balance, substitutions.
 
-    Rows ``[quantity, value, source]`` from the ``sweep.zarr`` attributes ``cell_form``,
+    Rows ``[quantity, value, source]`` from the ``sweep.zarr`` attributes ``microstructure_warnings``
+    (first, in the warning colour: measurements the parameter set's values replaced), ``cell_form``,
     ``transport``, ``balance`` and ``substitutions`` (cellsim; docs/cellsim.md). Empty for
     sweeps written before these attributes existed.
     """
     rows: list[list[str]] = []
+    for w in attrs.get("microstructure_warnings") or []:  # first: a measurement PyBaMM did not get
+        region = next((r for r in ("positive_electrode", "separator") if f"cell.{r}" in str(w)), "microstructure")
+        why = str(w).split(f"cell.{region}")[-1].lstrip(": ").split(": keeping")[0]
+        rows.append(["WARNING", why[:70], f"{region}: parameter set's value kept"])
     if attrs.get("cell_form"):
         rows.append(["cell form", str(attrs["cell_form"]), str(attrs.get("cell_form_reason", ""))[:60]])
     if attrs.get("transport"):
