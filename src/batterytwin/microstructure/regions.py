@@ -155,7 +155,11 @@ def _taufactor(mask: np.ndarray, tort: dict, p: MicrostructureConfig, world: Wor
     if not tort["axes"]["z"]["percolating"] or (mask.size > p.crosscheck_max_voxels and not p.crosscheck_taufactor):
         return
     try:
-        tort["taufactor"] = crosscheck(mask, tort, p.crosscheck_max_voxels, world, where, axes=("z",))
+        res = crosscheck(mask, tort, p.crosscheck_max_voxels, world, where, axes=("z",))
+        log.info("%s: TauFactor z tau %s in %.2f s", where, tort["axes"]["z"].get("tau_taufactor"),
+                 res.get("wall_time_s", 0.0))
+        res.pop("wall_time_s", None)  # the record stays the same on a rerun from checkpoints
+        tort["taufactor"] = res
     except InputError as exc:  # taufactor not installed: required only when asked for
         if p.crosscheck_taufactor:
             raise
