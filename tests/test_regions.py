@@ -219,4 +219,7 @@ def test_warning_reaches_the_sweep_record_and_the_report_table(tmp_path):
     b_set = pybamm.ParameterValues("OKane2022")[B_PE]
     assert pv[T_PE] == pytest.approx(tortuosity_from_bruggeman(0.44, b_set), rel=1e-12)  # the set's b at eps
     rows = cell_parameter_rows({**cell, "substitutions": {}})
-    assert rows[0][0] == "WARNING" and "did not converge" in rows[0][1] and rows[0][2].startswith("positive_electrode")
+    warn = [r for r in rows if r[0] == "WARNING"]
+    assert rows[:len(warn)] == warn and warn[0][1] == "electrode"  # first, naming the region
+    assert "tau 28 +/- 0.02 did not converge" in " ".join(r[2] for r in warn)
+    assert "cell form" in [r[0] for r in rows]

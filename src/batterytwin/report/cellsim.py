@@ -9,6 +9,7 @@ Input: ``sweep.zarr`` (cellsim; see docs/interfaces.md): arrays ``inputs`` [n, k
 from __future__ import annotations
 
 import os
+import textwrap
 from dataclasses import dataclass
 from typing import Any
 
@@ -143,8 +144,9 @@ def cell_parameter_rows(attrs: dict) -> list[list[str]]:
     rows: list[list[str]] = []
     for w in attrs.get("microstructure_warnings") or []:  # first: a measurement PyBaMM did not get
         region = next((r for r in ("positive_electrode", "separator") if f"cell.{r}" in str(w)), "microstructure")
-        why = str(w).split(f"cell.{region}")[-1].lstrip(": ").split(": keeping")[0]
-        rows.append(["WARNING", why[:70], f"{region}: parameter set's value kept"])
+        why = str(w).split(f"cell.{region}")[-1].lstrip(": ").split(": keeping")[0] + ": the set's value kept"
+        for i, part in enumerate(textwrap.wrap(why, 54)[:4]):  # the "from" column, over a few rows
+            rows.append(["WARNING", region.replace("positive_", "") if i == 0 else "", part])
     if attrs.get("cell_form"):
         rows.append(["cell form", str(attrs["cell_form"]), str(attrs.get("cell_form_reason", ""))[:60]])
     if attrs.get("transport"):
