@@ -232,6 +232,8 @@ def cell_block(counts: np.ndarray, region_mask: RegionMask, ids: dict[str, int],
     cell: dict[str, Any] = {"stacking_axis": "z", "electrolyte_phase": p.electrolyte_phase}
     regions, flags = find_regions(counts, ids, p)
     cell.update(flags)
+    for flag in flags.values():  # cellsim records it again where it keeps the parameter set's values
+        log.warning("cell block: %s", flag)
     for name in ("positive_electrode", "separator"):
         if name not in regions:
             cell[name] = None
