@@ -117,8 +117,8 @@ class RateCapability(Section):
     sensitivity_c_rate: float = Field(3.0, gt=0, description="C-rate of the sensitivity table (added to "
                                       "c_rates if missing)")
     perturbations: Perturbations = Field(default_factory=Perturbations, description="sensitivity factors")
-    var_pts: dict[str, int] | None = Field({"x_n": 10, "x_s": 5, "x_p": 10, "r_n": 10, "r_p": 10},
-                                           description="PyBaMM mesh points (null: PyBaMM's defaults)")
+    var_pts: dict[str, int] | None = Field(None, description="PyBaMM mesh points (null: PyBaMM's defaults; "
+                                           "the builds, not the mesh, dominate the cost)")
 
     _rates = field_validator("c_rates", "charge_c_rates")(_positive_rates)
 

@@ -2,8 +2,10 @@
 
 Steps: resolve the config (defaults below), substitute the measured microstructure into the
 parameter set, build the design, skip conditions already in ``work/{sample}/cellsim/``, run the
-others over the MPI ranks (dynamic load balancing, one model build per rank), then rank 0
-assembles every condition into ``sweep.zarr`` and ``sweep.json`` atomically.
+others over the MPI ranks (dynamic load balancing, one model build per rank; with ``compile``
+rank 0 compiles once for the job, :func:`compile_once`), run the rate experiment if enabled
+(:mod:`.rate`), then rank 0 assembles every condition into ``sweep.zarr`` and ``sweep.json``
+atomically.
 
 Example::
 

@@ -315,21 +315,43 @@ class CellRunner:
 AOT_CACHE_ENV = "PYBAMM_CASADI_AOT_CACHE"
 
 
+def cpu_tag() -> str:
+    """A short tag of this node's CPU type (architecture, model name, flags): PyBaMM compiles
+    with ``-march=native``, so a library may only be loaded on the CPU type that built it."""
+    import hashlib
+    import platform
+
+    lines = []
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("model name", "flags", "Features", "CPU part")):
+                    lines.append(line.strip())
+                elif not line.strip() and lines:
+                    break  # the first processor's block is enough
+    except OSError:
+        pass
+    blob = "\n".join([platform.machine(), platform.processor(), *lines])
+    return f"{platform.machine()}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
+
+
 @contextlib.contextmanager
 def aot_cache(directory):
-    """PyBaMM's AOT cache (compiled ``compile`` libraries) in ``directory`` for the block.
+    """PyBaMM's AOT cache (the ``compile`` libraries) in ``directory/<cpu tag>`` for the block.
 
-    A directory of the job (on the shared file system) lets every rank, on any node, load the
-    libraries rank 0 compiled. A cache the user chose (``$PYBAMM_CASADI_AOT_CACHE``) is kept;
-    ``directory`` None changes nothing. Yields the cache directory in use (or None).
+    A directory of the job (on the shared file system) lets every rank, on any node of the same
+    CPU type (:func:`cpu_tag`), load the libraries rank 0 compiled, and a rerun finds them. A
+    cache the user chose (``$PYBAMM_CASADI_AOT_CACHE``) is kept; ``directory`` None changes
+    nothing. Yields the cache directory in use (or None).
     """
     if directory is None or os.environ.get(AOT_CACHE_ENV):
         yield os.environ.get(AOT_CACHE_ENV) if directory is not None else None
         return
-    os.makedirs(directory, exist_ok=True)
-    os.environ[AOT_CACHE_ENV] = str(directory)
+    path = os.path.join(str(directory), cpu_tag())
+    os.makedirs(path, exist_ok=True)
+    os.environ[AOT_CACHE_ENV] = path
     try:
-        yield str(directory)
+        yield path
     finally:
         os.environ.pop(AOT_CACHE_ENV, None)
 
