@@ -83,6 +83,22 @@ def test_resume_reads_checkpoints(rate, caplog):
     assert "0 to run" in caplog.text
 
 
+def test_variants_perturb_the_measurement_or_say_why_not(tmp_path):
+    from batterytwin.cellsim.rate import variants
+
+    ms = read_microstructure(str(write_microstructure(tmp_path / "m.json", eps=0.95, tau=None)))
+    ms["cell"]["positive_electrode"]["bruggeman"] = 1.5
+    rcfg = resolve_config({})["rate_capability"]
+    items, notes = variants(ms, rcfg)
+    names = [v["name"] for v in items]
+    assert names == ["measured", "parameter_set", "porosity x0.9", "thickness x0.9", "thickness x1.1"]
+    assert any("tortuosity x0.8" in n and "not measured" in n for n in notes)
+    assert any("porosity x1.1" in n and "not a volume fraction" in n for n in notes)
+    pert = items[2]["ms"]["cell"]["positive_electrode"]
+    assert pert["electrolyte_volume_fraction"] == pytest.approx(0.855) and pert["bruggeman"] == 1.5  # no tau: b kept
+    assert ms["cell"]["positive_electrode"]["electrolyte_volume_fraction"] == 0.95  # the original untouched
+
+
 def test_bad_rate_settings():
     from batterytwin.errors import InputError
 

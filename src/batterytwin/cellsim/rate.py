@@ -150,7 +150,14 @@ def run_variant(item: dict[str, Any], source: str, cfg: dict[str, Any], rates: l
     rcfg = cfg["rate_capability"]
     where = source if item["quantity"] is None else f"{source} ({item['name']})"
     fresh = {**cfg, "model_options": dict(rcfg["model_options"])}  # not the sweep's ageing options
-    pv, _, options, cell = cell_parameters(item["ms"], where, fresh, measured=item["measured"])
+    try:
+        pv, _, options, cell = cell_parameters(item["ms"], where, fresh, measured=item["measured"])
+    except InputError as exc:
+        if item["quantity"] is None:  # the measured cell itself: the sweep reported it already
+            raise
+        # a perturbed electrode the substitutions refuse (e.g. N/P out of range): noted, not fatal
+        return {"name": item["name"], "capacity_Ah": [float("nan")] * len(rates),
+                "messages": [f"not simulated: {exc}"], "wall_time_s": time.perf_counter() - t0}
     v_min = float(cfg["protocol"]["lower_voltage_V"] or pv["Lower voltage cut-off [V]"])
     v_max = float(cfg["protocol"]["upper_voltage_V"] or pv["Upper voltage cut-off [V]"])
     messages: list[str] = []
@@ -209,6 +216,10 @@ def _solve_rates(pv, options, rcfg, solver_kw, rates, kind, v_min, v_max, messag
 
 def assemble(items, results, notes, rcfg, rates) -> dict[str, Any]:
     """The ``rate_capability`` block from the variants' results (rank 0)."""
+    for r in results:  # JSON null (a failed solve) -> NaN
+        for key in ("capacity_Ah", "plated_capacity_Ah", "charged_capacity_Ah"):
+            if key in r:
+                r[key] = [float("nan") if q is None else float(q) for q in r[key]]
     by_name = {r["name"]: r for r in results}
     measured = by_name["measured"]
     k = rates.index(float(rcfg["sensitivity_c_rate"]))
