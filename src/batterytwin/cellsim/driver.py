@@ -255,19 +255,19 @@ def simulate(microstructure: str, out_zarr: str, out_json: str, work_dir: str,
     return world.bcast(summary)
 
 
-def compile_once(world: World, make_runner, condition: dict[str, float]) -> CellRunner:
+def compile_once(world: World, make_runner, condition: dict[str, float]) -> CellRunner | None:
     """With ``compile``: rank 0 builds the model and compiles it (a discarded first cycle of
     ``condition`` sets up every step, :meth:`~.runner.CellRunner.warm_up`) while the other ranks
-    wait; then they build theirs, which load rank 0's libraries from the AOT cache instead of
-    compiling them again: one compile per job, not per rank. Call on every rank (inside
-    :func:`~.runner.aot_cache`)."""
+    wait; then they build theirs when they get a condition, and load rank 0's libraries from
+    the AOT cache instead of compiling them again: one compile per job, not per rank. Call on
+    every rank (inside :func:`~.runner.aot_cache`); returns rank 0's runner (None elsewhere)."""
     runner = None
     if world.is_root:
         runner = make_runner()
         log.info("compiled the model on rank 0 in %.1f s (the other ranks wait)",
                  runner.warm_up(condition))
     quiet_barrier(world)
-    return runner if runner is not None else make_runner()
+    return runner
 
 
 def _assemble(tmp: Path, paths, design: Design, applied, cfg, run_cfg: CellRunConfig,

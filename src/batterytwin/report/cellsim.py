@@ -1,4 +1,4 @@
-"""PyBaMM sweep figures: discharge voltage curves and capacity fade, coloured by condition.
+"""PyBaMM sweep figures: discharge voltage curves and capacity fade, coloured by condition; rate capability.
 
 Input: ``sweep.zarr`` (cellsim; see docs/interfaces.md): arrays ``inputs`` [n, k], ``status`` [n],
 ``soh`` [n, cycles], ``qv_capacity_Ah`` [n, n_early, V]; attributes ``input_names``,
