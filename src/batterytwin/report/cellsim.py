@@ -222,9 +222,11 @@ def rate_sensitivity_rows(block: dict) -> list[list[str]]:
 
 
 def plot_rate_capability(path: os.PathLike | str):
-    """Discharge capacity vs C-rate of the measured electrode against the parameter set's (and the
-    perturbed electrodes, thin), plated lithium vs charge C-rate, and the sensitivity table at
-    ``sensitivity.c_rate`` (attribute ``rate_capability`` of ``sweep.zarr``; docs/cellsim.md)."""
+    """Discharge capacity vs C-rate (percent of the lowest C-rate's, so that cells of different
+    size compare; absolute values in the legend) of the measured electrode against the parameter
+    set's (and the perturbed electrodes, thin), plated lithium (percent of the charge) vs charge
+    C-rate, and the sensitivity table at ``sensitivity.c_rate`` (absolute capacities; attribute
+    ``rate_capability`` of ``sweep.zarr``; docs/cellsim.md)."""
     g = open_group(path, "sweep store", arrays=("status",), schema=SWEEP_SCHEMA)
     block = dict(g.attrs).get("rate_capability")
     if not block:
@@ -240,28 +242,36 @@ def plot_rate_capability(path: os.PathLike | str):
         fig = style.new_figure(style.DOUBLE_COLUMN_IN, 2.6 + table_h)
         grid = fig.add_gridspec(2 if rows else 1, 2, height_ratios=[2.6, table_h] if rows else None)
         ax = fig.add_subplot(grid[0, 0])
+        k0 = int(np.argmin(rates))
+
+        def retention(q):  # percent of the lowest C-rate's capacity: cells of any size compare
+            q = np.asarray(q, dtype=np.float64)
+            return 100.0 * q / q[k0] if q[k0] > 0 else np.full_like(q, np.nan)
+
         for name, q in caps.items():
             if name not in main:
-                ax.plot(rates, np.asarray(q, dtype=np.float64), color="#999999", lw=0.6, alpha=0.7)
+                ax.plot(rates, retention(q), color="#999999", lw=0.6, alpha=0.7)
         for name, (label, colour, marker) in main.items():
             if name in caps:
-                ax.plot(rates, np.asarray(caps[name], dtype=np.float64), color=colour, marker=marker, ms=3,
-                        lw=1.2, label=label)
+                ax.plot(rates, retention(caps[name]), color=colour, marker=marker, ms=3, lw=1.2,
+                        label=f"{label} ({_num(caps[name][k0])} Ah at {rates[k0]:g}C)")
         ax.plot([], [], color="#999999", lw=0.6, label="tau / porosity / thickness perturbed")
         ax.set_xscale("log")
         ax.set_xlabel("discharge C-rate")
-        ax.set_ylabel("discharge capacity (Ah)")
+        ax.set_ylabel(f"capacity (% of {rates[k0]:g}C)")
         ax.set_title(f"capacity vs C-rate ({block.get('model', '')})")
         ax.legend(fontsize=6)
         ax2 = fig.add_subplot(grid[0, 1])
         if plating:
             cr = np.asarray(plating["c_rates"], dtype=np.float64)
+            charged = plating.get("charged_capacity_Ah") or {}
             for name, (label, colour, marker) in main.items():
-                if name in plating["plated_capacity_Ah"]:
-                    ax2.plot(cr, 1e3 * np.asarray(plating["plated_capacity_Ah"][name], dtype=np.float64),
-                             color=colour, marker=marker, ms=3, lw=1.2, label=label)
+                if name in plating["plated_capacity_Ah"] and name in charged:
+                    share = 100.0 * np.asarray(plating["plated_capacity_Ah"][name], dtype=np.float64) \
+                        / np.asarray(charged[name], dtype=np.float64)
+                    ax2.plot(cr, share, color=colour, marker=marker, ms=3, lw=1.2, label=label)
             ax2.set_xlabel("charge C-rate (CC-CV from SOC 0)")
-            ax2.set_ylabel("plated lithium (mAh)")
+            ax2.set_ylabel("plated lithium (% of the charge)")
             ax2.set_title(f"lithium plating ({plating['option'].get('lithium plating')})")
             ax2.legend(fontsize=6)
         else:
