@@ -13,7 +13,9 @@ seconds: on a shared machine the CPU ratio is the per-core figure), the 1 -> R r
 the largest relative difference between the capacities of the two. The pipeline compiles its
 model to C (``cellsim.compile``) into a fresh, empty AOT cache for each timed run, so the
 compile time is inside its figures; ``--warm`` adds a 1-rank run on the filled cache (what a
-rerun or another sample with the same parameters costs).
+rerun or another sample with the same parameters costs). Each run also counts its compiles: ``gcc``
+is a wrapper that logs the calling process, so ``compiles`` / ``compiling_processes`` show one
+compile per job (rank 0 compiles, the other ranks load its libraries; issue 27).
 
 Writes ``bench/results/cellsim-<date>.json`` (one entry per cycle count, merged into the file of
 the day; ``--out`` to change).
@@ -70,14 +72,16 @@ def config(n: int, cycles: int, model: str) -> dict:
 
 
 def run_pipeline(tmp: Path, ranks: int, cfg_path: Path, ms_path: Path, tag: str,
-                 cache: Path) -> tuple[float, float, float, Path]:
+                 cache: Path) -> tuple[float, float, float, Path, dict]:
     """Wall time end to end, CPU seconds of all ranks, wall time of the sweep phase (builds and
-    solves, as logged by rank 0), and the output path. ``cache``: PyBaMM's AOT cache directory."""
+    solves, as logged by rank 0), the output path and the compile count (``gcc`` runs and the
+    processes that ran them). ``cache``: PyBaMM's AOT cache directory."""
     out = tmp / f"sweep_{tag}.zarr"
     cmd = [str(BIN / "mpiexec"), "-n", str(ranks), str(BIN / "batterytwin"), "simulate",
            "-i", str(ms_path), "-o", str(out), "--summary", str(tmp / f"sweep_{tag}.json"),
            "--work-dir", str(tmp / f"work_{tag}"), "--config", str(cfg_path)]
-    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    wrap, log = _gcc_wrapper(tmp, tag)
+    env = dict(os.environ, PATH=f"{wrap}{os.pathsep}{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
                PYBAMM_CASADI_AOT_CACHE=str(cache))
     t0, cpu0 = time.perf_counter(), _children_cpu()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -85,7 +89,22 @@ def run_pipeline(tmp: Path, ranks: int, cfg_path: Path, ms_path: Path, tag: str,
     if proc.returncode != 0:
         sys.exit(f"pipeline failed:\n{proc.stderr[-3000:]}")
     phase = re.search(r"sweep phase: .* in ([0-9.]+) s", proc.stderr)
-    return wall, cpu, float(phase.group(1)) if phase else math.nan, out
+    calls = [line.split()[0] for line in (log.read_text().splitlines() if log.exists() else []) if "-shared" in line]
+    compiles = {"compiles": len(calls), "compiling_processes": len(set(calls))}
+    return wall, cpu, float(phase.group(1)) if phase else math.nan, out, compiles
+
+
+def _gcc_wrapper(tmp: Path, tag: str) -> tuple[Path, Path]:
+    """A ``gcc`` that logs its parent process (the rank) and runs the real one."""
+    import shutil
+
+    wrap, log = tmp / f"gcc_{tag}", tmp / f"gcc_{tag}.log"
+    wrap.mkdir(exist_ok=True)
+    real = shutil.which("gcc")
+    if real:
+        (wrap / "gcc").write_text(f'#!/bin/sh\necho "$PPID $*" >> {log}\nexec {real} "$@"\n')
+        (wrap / "gcc").chmod(0o755)
+    return wrap, log
 
 
 def _children_cpu() -> float:
@@ -138,32 +157,34 @@ def bench_one(args, cycles: int) -> dict:
         cfg_path.write_text(json.dumps({"cellsim": cfg}))
         print(f"cellsim bench: {n} conditions x {cycles} cycles, {args.model} + SEI, "
               f"{os.cpu_count()} cores visible, load average {rec['load_avg_start']:.1f}", flush=True)
-        wall1, cpu1, phase1, out1 = run_pipeline(tmp, 1, cfg_path, ms_path, "1", tmp / "aot_1")
+        wall1, cpu1, phase1, out1, comp1 = run_pipeline(tmp, 1, cfg_path, ms_path, "1", tmp / "aot_1")
         g = zarr.open_group(str(out1), mode="r")
         names, values = list(g.attrs["input_names"]), g["inputs"][...]
         caps1, status = g["capacity_Ah"][...], g["status"][...]
         print(f"pipeline 1 rank : {wall1:7.1f} s wall end to end ({phase1:.1f} s sweep phase), {cpu1:7.1f} CPU s: "
               f"{n / (wall1 / 3600):8.1f} conditions/h/core (wall), {n / (cpu1 / 3600):8.1f} per CPU-hour "
               f"({int(np.sum(status == 1))} ok)", flush=True)
-        wallr, cpur, phaser, outr = run_pipeline(tmp, args.ranks, cfg_path, ms_path, str(args.ranks),
-                                                 tmp / f"aot_{args.ranks}")
+        wallr, cpur, phaser, outr, compr = run_pipeline(tmp, args.ranks, cfg_path, ms_path, str(args.ranks),
+                                                        tmp / f"aot_{args.ranks}")
         capsr = zarr.open_group(str(outr), mode="r")["capacity_Ah"][...]
         same = bool(np.allclose(capsr, caps1, rtol=1e-9, equal_nan=True))
         print(f"pipeline {args.ranks} ranks: {wallr:7.1f} s wall end to end ({phaser:.1f} s sweep phase), "
               f"{cpur:7.1f} CPU s: {n / (wallr / 3600) / args.ranks:8.1f} conditions/h/core (wall), "
               f"{n / (cpur / 3600):8.1f} per CPU-hour; same results as 1 rank: {same}", flush=True)
         print(f"speed-up 1 -> {args.ranks} ranks: {wall1 / wallr:.2f}x end to end, {phase1 / phaser:.2f}x sweep "
-              f"phase (goal >= 1.8x); CPU work {cpur / cpu1:.2f}x of 1 rank", flush=True)
-        rec["pipeline_1"] = {"wall_s": wall1, "cpu_s": cpu1, "sweep_phase_s": phase1, "ok": int(np.sum(status == 1))}
+              f"phase (goal >= 1.8x); CPU work {cpur / cpu1:.2f}x of 1 rank; compiles: 1 rank {comp1['compiles']}, "
+              f"{args.ranks} ranks {compr['compiles']} in {compr['compiling_processes']} process(es)", flush=True)
+        rec["pipeline_1"] = {"wall_s": wall1, "cpu_s": cpu1, "sweep_phase_s": phase1, "ok": int(np.sum(status == 1)),
+                             **comp1}
         rec[f"pipeline_{args.ranks}"] = {"wall_s": wallr, "cpu_s": cpur, "sweep_phase_s": phaser,
-                                         "same_as_1_rank": same}
+                                         "same_as_1_rank": same, **compr}
         rec["speedup_ranks_wall"] = wall1 / wallr
         rec["speedup_ranks_sweep_phase"] = phase1 / phaser
         if args.warm:
-            wallw, cpuw, phasew, _ = run_pipeline(tmp, 1, cfg_path, ms_path, "warm", tmp / "aot_1")
+            wallw, cpuw, phasew, _, compw = run_pipeline(tmp, 1, cfg_path, ms_path, "warm", tmp / "aot_1")
             print(f"pipeline 1 rank, warm AOT cache: {wallw:7.1f} s wall end to end ({phasew:.1f} s sweep phase), "
                   f"{cpuw:7.1f} CPU s", flush=True)
-            rec["pipeline_1_warm"] = {"wall_s": wallw, "cpu_s": cpuw, "sweep_phase_s": phasew}
+            rec["pipeline_1_warm"] = {"wall_s": wallw, "cpu_s": cpuw, "sweep_phase_s": phasew, **compw}
         if args.skip_naive:
             return rec
         walln, cpun, capsn = run_naive(cfg, names, values)

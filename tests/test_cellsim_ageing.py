@@ -21,8 +21,10 @@ EOL = 80.0  # the degradation stage's threshold end-of-life rule (degradation.sa
 
 
 def demo_section() -> dict:
-    """The ``cellsim`` section ``make demo`` runs."""
-    return yaml.safe_load((ROOT / "config.yaml").read_text())["cellsim"]
+    """The ``cellsim`` section ``make demo`` runs (its ageing sweep: the rate experiment is
+    tested in test_cellsim_rate.py)."""
+    cfg = yaml.safe_load((ROOT / "config.yaml").read_text())["cellsim"]
+    return dict(cfg, rate_capability={"enabled": False})
 
 
 def phantom_like(path: Path) -> Path:

@@ -124,6 +124,11 @@ if _SCALING_BENCH is not None:
         output="results/figures/scaling.png", subcategory="bench/chain.py", log="logs/report/scaling.log",
         input=lambda w: {"bench": str(_SCALING_BENCH)}, message="Figure: scaling of each stage (bench/chain.py)",
         args=lambda w, input: ["scaling", input.bench])
+if ((config.get("cellsim") or {}).get("rate_capability") or {}).get("enabled"):
+    REPORT_RULES["report_rate"] = dict(stage="cellsim", fig="cellsim_rate", label="capacity vs C-rate",
+        input=_sample({"sweep": "sweep.zarr"}, truth=False),
+        message="Figure: rate capability and plating of {wildcards.sample}",
+        args=lambda w, input: ["rate", input.sweep])
 if globals().get("SEGMENT_METHOD", "network") in ("gmm", "pretrained"):
     REPORT_RULES.pop("report_training")  # segment.method: gmm or pretrained trains no network
 for _row in REPORT_RULES.values():

@@ -71,6 +71,58 @@ class Balance(Section):
         return value
 
 
+PLATING = ("irreversible", "reversible", "partially reversible")
+
+
+def _positive_rates(value: list[float]) -> list[float]:
+    if any(not (c > 0 and c < 1e3) for c in value):
+        raise ValueError("C-rates must be in (0, 1000)")
+    return value
+
+
+class Perturbations(Section):
+    """Factors on the measured positive electrode for the rate experiment's sensitivity (1.0 is
+    the measured electrode itself, always run)."""
+
+    tortuosity: list[float] = Field([0.8, 1.2], description="factors on the measured tau (held: porosity)")
+    porosity: list[float] = Field([0.9, 1.1], description="factors on the measured electrolyte volume "
+                                  "fraction (held: tau)")
+    thickness: list[float] = Field([0.9, 1.1], description="factors on the measured thickness (the "
+                                   "negative electrode is balanced to it like the measured one)")
+
+    @field_validator("tortuosity", "porosity", "thickness")
+    @classmethod
+    def _factors(cls, value: list[float]) -> list[float]:
+        if any(not f > 0 for f in value):
+            raise ValueError("factors must be > 0")
+        return value
+
+
+class RateCapability(Section):
+    """Rate capability (discharge capacity vs C-rate) and fast-charge lithium plating of the
+    fresh cell, for the measured electrode, the parameter set's own and perturbations of the
+    measured tau, porosity and thickness (docs/cellsim.md)."""
+
+    enabled: bool = Field(False, description="run the rate experiment (results: sweep.json rate_capability)")
+    model: Literal[MODELS] = Field("DFN", description="PyBaMM model (DFN: valid at high C-rates)")
+    model_options: dict[str, Any] = Field({}, description="PyBaMM options of the fresh cell (not the sweep's "
+                                          "ageing ones; cell_form/transport add theirs, the charges 'lithium plating')")
+    c_rates: list[float] = Field([0.1, 0.5, 1.0, 2.0, 3.0, 5.0], min_length=1,
+                                 description="constant-current discharges from SOC 1 to the lower cut-off")
+    charge_c_rates: list[float] = Field([0.5, 1.0, 2.0, 3.0], description="CC-CV charges from SOC 0 "
+                                        "with lithium plating (empty: no plating runs)")
+    plating: Literal[PLATING] = Field("irreversible", description="PyBaMM option 'lithium plating' of the "
+                                      "charges (plating parameters: OKane2022)")
+    cv_cutoff_c_rate: float = Field(0.05, gt=0, description="CV phase of the charges ends below this C-rate")
+    sensitivity_c_rate: float = Field(3.0, gt=0, description="C-rate of the sensitivity table (added to "
+                                      "c_rates if missing)")
+    perturbations: Perturbations = Field(default_factory=Perturbations, description="sensitivity factors")
+    var_pts: dict[str, int] | None = Field(None, description="PyBaMM mesh points (null: PyBaMM's defaults; "
+                                           "the builds, not the mesh, dominate the cost)")
+
+    _rates = field_validator("c_rates", "charge_c_rates")(_positive_rates)
+
+
 class CellsimConfig(Section):
     """The ``cellsim`` section."""
 
@@ -100,6 +152,8 @@ class CellsimConfig(Section):
                           "(PyBaMM IDAKLU option compile: gcc -O3, cached in PyBaMM's AOT cache; ~2x faster "
                           "cycling for a one-off compile of tens of seconds; casadi's interpreter if no compiler)")
     var_pts: dict[str, int] | None = Field(None, description="PyBaMM mesh points per spatial variable")
+    rate_capability: RateCapability = Field(default_factory=RateCapability,
+                                            description="rate capability and fast-charge plating experiment")
 
     @model_validator(mode="before")
     @classmethod

@@ -2,8 +2,10 @@
 
 Steps: resolve the config (defaults below), substitute the measured microstructure into the
 parameter set, build the design, skip conditions already in ``work/{sample}/cellsim/``, run the
-others over the MPI ranks (dynamic load balancing, one model build per rank), then rank 0
-assembles every condition into ``sweep.zarr`` and ``sweep.json`` atomically.
+others over the MPI ranks (dynamic load balancing, one model build per rank; with ``compile``
+rank 0 compiles once for the job, :func:`compile_once`), run the rate experiment if enabled
+(:mod:`.rate`), then rank 0 assembles every condition into ``sweep.zarr`` and ``sweep.json``
+atomically.
 
 Example::
 
@@ -24,7 +26,7 @@ from ..config import validate_settings
 from ..contracts import STATUS_NAMES, STATUS_OK, SWEEP_SCHEMA
 from ..distributed import World, get_world
 from ..errors import InputError
-from ..store import atomic_output, params_sha256, provenance, write_json
+from ..store import atomic_output, json_safe, params_sha256, provenance, write_json
 from . import checkpoint
 from .design import OPERATING, Design, make_design
 from .dispatch import dynamic_items, quiet_barrier
@@ -33,7 +35,8 @@ from .config import CellsimConfig
 from .params import (Substitution, add_lithium_metal_counter_electrode, build_parameter_values,
                      charge_half_cell, check_parameter_name, microstructure_substitutions,
                      read_microstructure)
-from .runner import CellRunConfig, CellRunner, soh_percent
+from .rate import run_rate_capability
+from .runner import CellRunConfig, CellRunner, aot_cache, soh_percent
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +109,37 @@ def _cell_balance(cfg: dict[str, Any], form: str, pv, ms: dict[str, Any], applie
     return rec
 
 
+def cell_parameters(ms: dict[str, Any], source: str, cfg: dict[str, Any],
+                    overrides: dict[str, Any] | None = None, measured: bool = True):
+    """The cell's parameter values from a parsed ``microstructure.json`` (all ranks).
+
+    Args:
+        ms: the parsed microstructure (its ``classes`` pick the cell form, its ``cell`` block the
+            substitutions); ``measured`` False keeps the parameter set's own electrode.
+        source: shown in messages and recorded as the source of each substitution.
+        overrides: ``{PyBaMM name: number}`` applied last (default ``cellsim.parameters``).
+
+    Returns:
+        ``(pv, applied, options, cell)``: parameter values, substitutions, the model options
+        ``cell_form``/``transport`` imply, and the ``cell`` record (form, transport, balance).
+    """
+    form, reason = resolve_cell_form(cfg["cell_form"], ms)
+    options = _model_options(cfg, form)
+    ms_warnings: list[str] = []  # untrusted tau, missing regions: recorded in sweep.zarr/sweep.json
+    subs = microstructure_substitutions(ms, source, cfg["transport"], ms_warnings) if measured else []
+    pv, applied = build_parameter_values(cfg["parameter_set"], subs,
+                                         dict(cfg["parameters"]) if overrides is None else overrides,
+                                         rescale_capacity=bool(cfg["rescale_nominal_capacity"]),
+                                         transport=cfg["transport"])
+    if form == "lithium_metal":
+        applied.extend(add_lithium_metal_counter_electrode(pv))
+        applied.append(charge_half_cell(pv, cfg["protocol"]["upper_voltage_V"]))
+    cell = {"cell_form": form, "cell_form_reason": reason, "transport": cfg["transport"],
+            "balance": _cell_balance(cfg, form, pv, ms if measured else {"cell": {}}, applied),
+            "microstructure_warnings": ms_warnings}
+    return pv, applied, options, cell
+
+
 def prepare(microstructure: str, cfg: dict[str, Any]):
     """Parameter values (with substitutions), the design and the run settings (all ranks).
 
@@ -116,11 +150,6 @@ def prepare(microstructure: str, cfg: dict[str, Any]):
     """
     design = make_design(cfg["sweep"])
     ms = read_microstructure(microstructure)
-    form, reason = resolve_cell_form(cfg["cell_form"], ms)
-    log.info("cellsim: cell form %s (%s), transport %s", form, reason, cfg["transport"])
-    options = _model_options(cfg, form)
-    ms_warnings: list[str] = []  # untrusted tau, missing regions: recorded in sweep.zarr/sweep.json
-    subs = microstructure_substitutions(ms, str(microstructure), cfg["transport"], ms_warnings)
     overrides = dict(cfg["parameters"])
     from .params import load_parameter_set
 
@@ -130,14 +159,9 @@ def prepare(microstructure: str, cfg: dict[str, Any]):
             check_parameter_name(names_pv, name, "cellsim.sweep.axes")
             if name not in design.varied:  # fixed axis: a plain override
                 overrides[name] = float(design.values[0, design.names.index(name)])
-    pv, applied = build_parameter_values(cfg["parameter_set"], subs, overrides,
-                                         rescale_capacity=bool(cfg["rescale_nominal_capacity"]),
-                                         transport=cfg["transport"])
-    if form == "lithium_metal":
-        applied.extend(add_lithium_metal_counter_electrode(pv))
-        applied.append(charge_half_cell(pv, cfg["protocol"]["upper_voltage_V"]))
-    cell = {"cell_form": form, "cell_form_reason": reason, "transport": cfg["transport"],
-            "balance": _cell_balance(cfg, form, pv, ms, applied), "microstructure_warnings": ms_warnings}
+    pv, applied, options, cell = cell_parameters(ms, str(microstructure), cfg, overrides)
+    log.info("cellsim: cell form %s (%s), transport %s", cell["cell_form"], cell["cell_form_reason"],
+             cfg["transport"])
     grid = _voltage_grid(cfg, pv)
     p = cfg["protocol"]
     run_cfg = CellRunConfig(
@@ -197,34 +221,60 @@ def simulate(microstructure: str, out_zarr: str, out_json: str, work_dir: str,
     else:
         todo = None
     todo = world.bcast(todo)
-    runner = None
+
+    def make_runner() -> CellRunner:
+        return CellRunner(pv, run_cfg, design.names, design.varied,
+                          min_c_rate=float(design.values[:, :2].min()))
+
     t0 = time.perf_counter()
     n_mine = 0
-    for i in dynamic_items(world, todo):
-        if runner is None:
-            runner = CellRunner(pv, run_cfg, design.names, design.varied,
-                                min_c_rate=float(design.values[:, :2].min()))
-        result = runner.run(design.condition(i), time_limit_s=time_limit)
-        checkpoint.save_result(paths[i], result, design.names, design.values[i], time_limit)
-        n_mine += 1
-        log.log(logging.INFO if result.status == STATUS_OK else logging.WARNING,
-                "condition %d: %s, %s (%.1f s)", i, STATUS_NAMES[result.status], result.message,
-                result.wall_time_s)
+    with aot_cache(Path(work_dir) / "aot" if run_cfg.compile else None):
+        runner = compile_once(world, make_runner, design.condition(todo[0])) \
+            if run_cfg.compile and todo else None
+        for i in dynamic_items(world, todo):
+            if runner is None:
+                runner = make_runner()
+            result = runner.run(design.condition(i), time_limit_s=time_limit)
+            checkpoint.save_result(paths[i], result, design.names, design.values[i], time_limit)
+            n_mine += 1
+            log.log(logging.INFO if result.status == STATUS_OK else logging.WARNING,
+                    "condition %d: %s, %s (%.1f s)", i, STATUS_NAMES[result.status], result.message,
+                    result.wall_time_s)
     log.info("rank %d ran %d condition(s) in %.1f s", world.rank, n_mine, time.perf_counter() - t0)
     quiet_barrier(world)
     log.info("sweep phase: %d condition(s) on %d rank(s) in %.2f s", len(todo), world.size,
              time.perf_counter() - t0)
+    rate = None
+    if cfg["rate_capability"]["enabled"]:
+        t1 = time.perf_counter()
+        rate = run_rate_capability(microstructure, cfg, work_dir, world)
+        log.info("rate capability phase: %.1f s", time.perf_counter() - t1)
     summary = None
     with atomic_output(out_zarr, world) as tmp:
         if world.is_root:
-            summary = _assemble(tmp, paths, design, applied, cfg, run_cfg, cell)
+            summary = _assemble(tmp, paths, design, applied, cfg, run_cfg, cell, rate)
     if world.is_root:
         write_json(out_json, summary)
     return world.bcast(summary)
 
 
+def compile_once(world: World, make_runner, condition: dict[str, float]) -> CellRunner | None:
+    """With ``compile``: rank 0 builds the model and compiles it (a discarded first cycle of
+    ``condition`` sets up every step, :meth:`~.runner.CellRunner.warm_up`) while the other ranks
+    wait; then they build theirs when they get a condition, and load rank 0's libraries from
+    the AOT cache instead of compiling them again: one compile per job, not per rank. Call on
+    every rank (inside :func:`~.runner.aot_cache`); returns rank 0's runner (None elsewhere)."""
+    runner = None
+    if world.is_root:
+        runner = make_runner()
+        log.info("compiled the model on rank 0 in %.1f s (the other ranks wait)",
+                 runner.warm_up(condition))
+    quiet_barrier(world)
+    return runner
+
+
 def _assemble(tmp: Path, paths, design: Design, applied, cfg, run_cfg: CellRunConfig,
-              cell: dict[str, Any]) -> dict[str, Any]:
+              cell: dict[str, Any], rate: dict[str, Any] | None = None) -> dict[str, Any]:
     import zarr
 
     n, n_cyc, n_early, n_v = len(design), run_cfg.n_cycles, run_cfg.n_early, len(run_cfg.voltage_grid)
@@ -253,6 +303,8 @@ def _assemble(tmp: Path, paths, design: Design, applied, cfg, run_cfg: CellRunCo
         "protocol": cfg["protocol"], "status_codes": {str(k): v for k, v in STATUS_NAMES.items()},
         "sweep": cfg["sweep"],
     }
+    if rate is not None:  # small (tens of numbers): the report's rate figure reads it from here
+        attrs["rate_capability"] = json_safe(rate)
     group = zarr.open_group(str(tmp), mode="w", zarr_format=3, attributes=attrs)
     rows = max(1, min(n, 4096))
     arrays = {
@@ -273,4 +325,5 @@ def _assemble(tmp: Path, paths, design: Design, applied, cfg, run_cfg: CellRunCo
     return {"schema": SWEEP_SCHEMA, "producer": prov["producer"], "created": prov["created"],
             "parameter_set": cfg["parameter_set"], "model": cfg["model"],
             "model_options": run_cfg.options, **cell, "input_names": design.names, "n_conditions": n, "counts": counts,
-            "substitutions": substitutions, "conditions": conditions}
+            "substitutions": substitutions, "conditions": conditions,
+            **({"rate_capability": rate} if rate is not None else {})}

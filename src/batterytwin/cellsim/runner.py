@@ -29,7 +29,9 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -249,6 +251,25 @@ class CellRunner:
     # -- run -------------------------------------------------------------------------------
     _monitor = None
 
+    def warm_up(self, condition: dict[str, float]) -> float:
+        """Build, then run the first cycle of ``condition`` and discard it: every step of the
+        protocol is set up once, so with ``compile`` every library of the model is compiled
+        (and on disk in the AOT cache) when this returns. Returns the seconds it took."""
+        import pybamm
+
+        t0 = time.perf_counter()
+        if not self._built:
+            self.build(condition)
+        mon = _Monitor(self, None, stop_after=2)  # two PyBaMM "cycles" = one protocol cycle
+        self._monitor = mon
+        try:
+            self.sim.solve(inputs=self._inputs(condition), save_at_cycles=[1], callbacks=[mon])
+        except (_Stop, pybamm.SolverError, ValueError, ArithmeticError, RuntimeError):
+            pass  # a failing condition still set up the steps it reached; the run records it
+        finally:
+            self._monitor = None
+        return time.perf_counter() - t0
+
     def run(self, condition: dict[str, float], time_limit_s: float | None = None) -> ConditionResult:
         """Simulate one condition; solver failures and time limits are recorded, not raised."""
         import pybamm
@@ -291,6 +312,50 @@ class CellRunner:
         return ConditionResult(caps, qv, status, message, done, wall)
 
 
+AOT_CACHE_ENV = "PYBAMM_CASADI_AOT_CACHE"
+
+
+def cpu_tag() -> str:
+    """A short tag of this node's CPU type (architecture, model name, flags): PyBaMM compiles
+    with ``-march=native``, so a library may only be loaded on the CPU type that built it."""
+    import hashlib
+    import platform
+
+    lines = []
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("model name", "flags", "Features", "CPU part")):
+                    lines.append(line.strip())
+                elif not line.strip() and lines:
+                    break  # the first processor's block is enough
+    except OSError:
+        pass
+    blob = "\n".join([platform.machine(), platform.processor(), *lines])
+    return f"{platform.machine()}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
+
+
+@contextlib.contextmanager
+def aot_cache(directory):
+    """PyBaMM's AOT cache (the ``compile`` libraries) in ``directory/<cpu tag>`` for the block.
+
+    A directory of the job (on the shared file system) lets every rank, on any node of the same
+    CPU type (:func:`cpu_tag`), load the libraries rank 0 compiled, and a rerun finds them. A
+    cache the user chose (``$PYBAMM_CASADI_AOT_CACHE``) is kept; ``directory`` None changes
+    nothing. Yields the cache directory in use (or None).
+    """
+    if directory is None or os.environ.get(AOT_CACHE_ENV):
+        yield os.environ.get(AOT_CACHE_ENV) if directory is not None else None
+        return
+    path = os.path.join(str(directory), cpu_tag())
+    os.makedirs(path, exist_ok=True)
+    os.environ[AOT_CACHE_ENV] = path
+    try:
+        yield path
+    finally:
+        os.environ.pop(AOT_CACHE_ENV, None)
+
+
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())[:500]
 
@@ -310,8 +375,9 @@ def make_model(name: str, options: dict[str, Any] | None):
 class _Monitor:
     """PyBaMM callback: per-cycle discharge capacity, early Q(V), time limit, SOH stop."""
 
-    def __init__(self, runner: CellRunner, time_limit_s: float | None):
+    def __init__(self, runner: CellRunner, time_limit_s: float | None, stop_after: int | None = None):
         self.runner = runner
+        self.stop_after = stop_after  # PyBaMM cycles (warm-up)
         self.deadline = None if not time_limit_s else time.perf_counter() + float(time_limit_s)
         self.time_limit_s = time_limit_s
         self.capacities: list[float] = []
@@ -347,6 +413,8 @@ class _Monitor:
     def on_experiment_end(self, logs): pass
 
     def on_cycle_end(self, logs):
+        if self.stop_after and logs["cycle number"][0] >= self.stop_after:
+            raise _Stop(STATUS_OK, "warm-up done")
         if self.skipped_discharge is not None:  # the cell cannot discharge: stop here
             raise _Stop(STATUS_FAILED, self.skipped_discharge)
         if logs["cycle number"][0] % 2 == 1:  # odd PyBaMM "cycles" are the discharge halves

@@ -1,4 +1,4 @@
-"""PyBaMM sweep figures: discharge voltage curves and capacity fade, coloured by condition.
+"""PyBaMM sweep figures: discharge voltage curves and capacity fade, coloured by condition; rate capability.
 
 Input: ``sweep.zarr`` (cellsim; see docs/interfaces.md): arrays ``inputs`` [n, k], ``status`` [n],
 ``soh`` [n, cycles], ``qv_capacity_Ah`` [n, n_early, V]; attributes ``input_names``,
@@ -213,4 +213,81 @@ def plot_capacity_fade(path: os.PathLike | str, max_conditions: int = 64):
                      + (")" if all(sw.status == STATUS_OK) else "; x: run stopped)"))
     fig.soh = soh
     fig.cell_rows = rows
+    return fig
+
+
+def rate_sensitivity_rows(block: dict) -> list[list[str]]:
+    """The sensitivity table of a rate block: ``[quantity, factor, value, capacity (Ah), dQ/dx]``."""
+    sens = block.get("sensitivity") or {}
+    deriv = sens.get("derivatives") or {}
+    rows = []
+    for r in sens.get("rows") or []:
+        d = deriv.get(r["quantity"]) if r["factor"] == 1.0 else None
+        rows.append([r["quantity"], f"x{r['factor']:g}", _num(r.get("value")), _num(r.get("capacity_Ah")),
+                     f"{_num(d['dQ_dx'])} {d['unit']} (elasticity {_num(d.get('elasticity'))})" if d else ""])
+    return rows
+
+
+def plot_rate_capability(path: os.PathLike | str):
+    """Discharge capacity vs C-rate (percent of the lowest C-rate's, so that cells of different
+    size compare; absolute values in the legend) of the measured electrode against the parameter
+    set's (and the perturbed electrodes, thin), plated lithium (percent of the charge) vs charge
+    C-rate, and the sensitivity table at ``sensitivity.c_rate`` (absolute capacities; attribute
+    ``rate_capability`` of ``sweep.zarr``; docs/cellsim.md)."""
+    g = open_group(path, "sweep store", arrays=("status",), schema=SWEEP_SCHEMA)
+    block = dict(g.attrs).get("rate_capability")
+    if not block:
+        raise InputError(f"{path}: no rate_capability results (enable cellsim.rate_capability and rerun simulate)")
+    rates = np.asarray(block["c_rates"], dtype=np.float64)
+    caps = block["capacity_Ah"]
+    plating = block.get("plating")
+    rows = rate_sensitivity_rows(block)
+    table_h = 0.15 * (len(rows) + 2) if rows else 0.0
+    main = {"measured": ("measured electrode", "#0072B2", "o"),
+            "parameter_set": ("parameter set's electrode", "#D55E00", "s")}
+    with style.paper_style():
+        fig = style.new_figure(style.DOUBLE_COLUMN_IN, 2.6 + table_h)
+        grid = fig.add_gridspec(2 if rows else 1, 2, height_ratios=[2.6, table_h] if rows else None)
+        ax = fig.add_subplot(grid[0, 0])
+        k0 = int(np.argmin(rates))
+
+        def retention(q):  # percent of the lowest C-rate's capacity: cells of any size compare
+            q = np.asarray(q, dtype=np.float64)
+            return 100.0 * q / q[k0] if q[k0] > 0 else np.full_like(q, np.nan)
+
+        for name, q in caps.items():
+            if name not in main:
+                ax.plot(rates, retention(q), color="#999999", lw=0.6, alpha=0.7)
+        for name, (label, colour, marker) in main.items():
+            if name in caps:
+                ax.plot(rates, retention(caps[name]), color=colour, marker=marker, ms=3, lw=1.2,
+                        label=f"{label} ({_num(caps[name][k0])} Ah at {rates[k0]:g}C)")
+        ax.plot([], [], color="#999999", lw=0.6, label="tau / porosity / thickness perturbed")
+        ax.set_xscale("log")
+        ax.set_xlabel("discharge C-rate")
+        ax.set_ylabel(f"capacity (% of {rates[k0]:g}C)")
+        ax.set_title(f"capacity vs C-rate ({block.get('model', '')})")
+        ax.legend(fontsize=6)
+        ax2 = fig.add_subplot(grid[0, 1])
+        if plating:
+            cr = np.asarray(plating["c_rates"], dtype=np.float64)
+            charged = plating.get("charged_capacity_Ah") or {}
+            for name, (label, colour, marker) in main.items():
+                if name in plating["plated_capacity_Ah"] and name in charged:
+                    share = 100.0 * np.asarray(plating["plated_capacity_Ah"][name], dtype=np.float64) \
+                        / np.asarray(charged[name], dtype=np.float64)
+                    ax2.plot(cr, share, color=colour, marker=marker, ms=3, lw=1.2, label=label)
+            ax2.set_xlabel("charge C-rate (CC-CV from SOC 0)")
+            ax2.set_ylabel("plated lithium (% of the charge)")
+            ax2.set_title(f"lithium plating ({plating['option'].get('lithium plating')})")
+            ax2.legend(fontsize=6)
+        else:
+            ax2.set_axis_off()
+            ax2.text(0.5, 0.5, "no plating runs", transform=ax2.transAxes, ha="center")
+        if rows:
+            style.table(fig.add_subplot(grid[1, :]), rows,
+                        ["perturbed", "factor", "value", f"capacity at {block['sensitivity']['c_rate']:g}C (Ah)",
+                         "dQ/dx (central difference)"],
+                        col_widths=[0.14, 0.08, 0.12, 0.2, 0.46], fontsize=6)
+    fig.rate_rows = rows
     return fig

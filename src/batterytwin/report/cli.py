@@ -95,6 +95,12 @@ def register(subparsers) -> None:
                        help="conditions drawn (spread over the sweep)")
         p.set_defaults(func=func)
 
+    p = _figure_parser(sub, "rate", "capacity vs C-rate, plating and tau sensitivity of the fresh cell",
+                       "Discharge capacity vs C-rate (measured electrode vs the parameter set's), plated "
+                       "lithium vs charge C-rate, and the sensitivity table (cellsim.rate_capability).")
+    p.add_argument("sweep", metavar="ZARR", help="sweep.zarr (simulated with cellsim.rate_capability enabled)")
+    p.set_defaults(func=run_rate)
+
     p = _figure_parser(sub, "degradation", "degradation-model SOH predictions with intervals vs truth",
                        "Sampled SOH curves per cell: mean, central interval (interval_level) and the truth.")
     p.add_argument("predictions", metavar="ZARR", help="degradation.zarr")
@@ -206,6 +212,12 @@ def run_fade(args: argparse.Namespace) -> None:
     from .cellsim import plot_capacity_fade
 
     _save(plot_capacity_fade(args.sweep, args.max_conditions), args)
+
+
+def run_rate(args: argparse.Namespace) -> None:
+    from .cellsim import plot_rate_capability
+
+    _save(plot_rate_capability(args.sweep), args)
 
 
 def run_degradation(args: argparse.Namespace) -> None:
