@@ -68,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser(_command(argv))
     args = parser.parse_args(argv)
     setup_logging(args.verbose, args.quiet)
+    stored = sys.modules.get("batterytwin.store")
+    if stored is not None:
+        stored._opened.clear()  # a corrupt read is blamed on a store this command opened
     try:
         try:
             code = args.func(args)

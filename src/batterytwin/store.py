@@ -346,8 +346,9 @@ def verify_store(root: os.PathLike | str, checksums: bool = False, what: str = "
     """Check store ``root`` against its manifest; return the number of files checked.
 
     Every listed file must exist with its size (cheap: one ``stat`` each); with ``checksums`` its
-    CRC-32 must match too (reads every byte). A store without a manifest (written before manifests
-    existed) is accepted with a warning.
+    CRC-32 must match too (reads every byte). A store without a manifest is refused when its group
+    attribute ``manifest`` says it was committed with one, else (written before manifests existed, or
+    not by a stage) accepted with a warning.
 
     Raises:
         InputError: one line naming the first missing, resized or changed file (and how many more).
@@ -355,6 +356,9 @@ def verify_store(root: os.PathLike | str, checksums: bool = False, what: str = "
     root = Path(root)
     mpath = root / MANIFEST
     if not mpath.is_file():
+        if _marked(root):  # committed with a manifest: its loss may hide lost files
+            raise InputError(f"{mpath}: missing (the {what} was committed with one: files may be gone); "
+                             "re-run the stage that wrote it")
         if (root / "zarr.json").is_file() and str(root) not in _warned:
             _warned.add(str(root))
             log.warning("%s: no %s (written before manifests, or by another tool): completeness not checked",
@@ -382,6 +386,14 @@ def verify_store(root: os.PathLike | str, checksums: bool = False, what: str = "
         more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
         raise InputError(problems[0] + more)
     return len(entries)
+
+
+def _marked(root: Path) -> bool:
+    """Whether the group attributes say that a manifest was written at commit."""
+    try:
+        return bool(json.loads((root / "zarr.json").read_text()).get("attributes", {}).get(MANIFEST_ATTR))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def check_finite(vol: "Volume", world: World | None = None) -> None:
