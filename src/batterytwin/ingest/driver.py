@@ -182,9 +182,13 @@ class _RunningStats:
             self.s2 += float(np.dot(p.ravel(), p.ravel()))
         self.lo, self.hi = min(self.lo, float(block.min())), max(self.hi, float(block.max()))
 
-    def result(self) -> dict[str, float]:
-        mean = self.s / self.n
-        return {"min": self.lo, "max": self.hi, "mean": mean, "std": math.sqrt(max(self.s2 / self.n - mean**2, 0.0))}
+    def result(self) -> dict[str, float | None]:
+        """Min, max, mean, std; a value beyond float64 (|x| near 1e154 and up squared) is None, not a crash."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            mean = np.float64(self.s) / self.n
+            var = np.float64(self.s2) / self.n - mean * mean
+            std = np.sqrt(max(var, 0.0)) if np.isfinite(var) else np.float64("nan")
+        return store.json_safe({"min": self.lo, "max": self.hi, "mean": mean, "std": std})
 
 
 def write_phantom(params: PhantomParams, volume: Path | str, clean: Path | str | None = None,

@@ -160,6 +160,14 @@ class MultipageTiffReader:
         s = self._series
         axes, shape = s.axes, tuple(s.shape)
         page_axes = s.keyframe.axes
+        self._whole = None
+        if not axes.endswith(page_axes):  # tifffile's shaped series of a volume with a y or x extent of 1
+            if len(shape) != 3 or any(a not in ZLIKE + "YX" for a in axes) or channel is not None \
+                    or timepoint is not None:
+                raise InputError(f"{self.path}: series of axes {axes} (shape {list(shape)}) does not lay out as "
+                                 "z slices of 2-D pages")
+            self._pages, self.shape, self._sample, self._whole = list(range(len(s.pages))), shape, None, False
+            return
         lead_axes, lead_shape = axes[: len(axes) - len(page_axes)], shape[: len(axes) - len(page_axes)]
         if page_axes not in ("YX", "YXS"):
             raise InputError(f"{self.path}: pages of axes {page_axes!r} (shape {list(s.keyframe.shape)}) are not "
@@ -201,6 +209,9 @@ class MultipageTiffReader:
         self.shape = (nz, *s.keyframe.shape[:2])
 
     def read(self, z0: int, z1: int) -> np.ndarray:
+        if self._whole is not None:  # a degenerate shaped series (small): read it whole, as tifffile shapes it
+            with tiff_strict(self.path):
+                return self._series.asarray().reshape(self.shape)[z0:z1].astype(self.dtype, copy=False)
         with tiff_strict(self.path):
             planes = [self._series.pages[k].asarray() for k in self._pages[z0:z1]]
         if self._sample is not None:
