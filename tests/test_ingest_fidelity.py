@@ -235,16 +235,22 @@ def test_fifo_folder_and_binary_inputs_are_refused_without_hanging(capsys, tmp_p
         "fifo-config": ["denoise", "x.zarr", str(tmp_path / "o4.zarr"), "--config", str(_fifo(tmp_path, "c.yaml"))],
         "binary-config": ["denoise", "x.zarr", str(tmp_path / "o5.zarr"), "--config", str(cfg)],
         "folder-config": ["denoise", "x.zarr", str(tmp_path / "o6.zarr"), "--config", str(tmp_path)],
+        "fifo-store": ["microstructure", "--labels", str(_fifo(tmp_path, "l.zarr")), "--output",
+                       str(tmp_path / "o7.json"), "--msd", str(tmp_path / "o7.npz")],
     }
+    for kind, value in (("fifo", str(_fifo(tmp_path, "m.json"))), ("folder", str(tmp_path)), ("binary", str(cfg))):
+        stage_cases[f"{kind}-i"] = ["simulate", "-i", value, "-o", str(tmp_path / "o8.zarr"), "--summary",
+                                    str(tmp_path / "o8.json"), "--work-dir", str(tmp_path / "w")]
     argvs = {k: ["ingest", *v] for k, v in cases.items()} | stage_cases
     expect = {"fifo-input": "named pipe", "fifo-raw": "named pipe", "folder-npy": "is a folder",
-              "fifo-config": "named pipe", "binary-config": "binary file", "folder-config": "is a folder"}
+              "fifo-config": "named pipe", "binary-config": "binary file", "folder-config": "is a folder",
+              "fifo-store": "named pipe", "fifo-i": "named pipe", "folder-i": "is a folder", "binary-i": "binary file"}
     for name, argv in argvs.items():
         proc = subprocess.run([sys.executable, "-m", "batterytwin.cli", "-q", *argv], capture_output=True,
                               text=True, timeout=60, env={**os.environ, "OMP_NUM_THREADS": "1"})
         lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
         assert proc.returncode == 2 and len(lines) == 1 and expect[name] in lines[0], (name, proc.stderr)
-        assert not list(tmp_path.glob("o*.zarr*"))
+        assert not list(tmp_path.glob("o*.zarr*")) and not list(tmp_path.glob("o*.json"))
 
 
 # ------------------------------------------------------------------------------ the output filesystem

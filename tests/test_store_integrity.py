@@ -32,7 +32,14 @@ def stores(tmp_path_factory) -> dict[str, Path]:
     code = main(["-q", "phantom", str(root / "volume.zarr"), "--labels", str(root / "labels.zarr"),
                  "--shape", *map(str, SHAPE), "--chunk", "8", "--shard", "16", "--seed", "5"])
     assert code == 0
-    return {"image": root / "volume.zarr", "labels": root / "labels.zarr"}
+    sparse = root / "sparse_labels.zarr"  # its last shard is all ignore (255): never written
+    lab = store.open_volume(root / "labels.zarr")
+    data = lab.array[:]
+    data[16:, 16:, 16:] = 255
+    with store.atomic_output(sparse) as t:
+        store.create_volume(t, SHAPE, "uint8", lab.attrs, chunk=8, shard=16)[...] = data
+    assert len(_shards(sparse)) == 7
+    return {"image": root / "volume.zarr", "labels": root / "labels.zarr", "sparse": sparse}
 
 
 def _shards(p: Path) -> list[Path]:
@@ -97,7 +104,7 @@ CORRUPTIONS: list[tuple[str, str, Callable[[Path], None], str, str]] = [
     ("bit-flip-first-shard-start", "image", lambda p: _flip(p, 0, 0.0), "denoise", "0/c/0/0/0"),
     ("bit-flip-mid-shard", "image", lambda p: _flip(p, 3, 0.4, 5), "segment", "first bad chunk"),
     ("bit-flip-shard-index", "image", lambda p: _flip(p, 5, 1.0, 7), "denoise", "0/c/"),
-    ("bit-flip-labels", "labels", lambda p: _flip(p, 2, 0.3, 1), "microstructure", "first bad chunk"),
+    ("bit-flip-labels", "labels", lambda p: _flip(p, 2, 0.3, 1), "microstructure", "0/c/0/1/0"),
     ("dtype-edited", "image", lambda p: _edit_meta(p, _set("data_type", value="int32")), "denoise", "data_type"),
     ("shape-edited", "image", lambda p: _edit_meta(p, _set("shape", value=[32, 32, 31])), "segment", "shape"),
     ("shard-shape-edited", "image", lambda p: _edit_meta(p, _set("chunk_grid", "configuration", "chunk_shape",
@@ -117,7 +124,41 @@ CORRUPTIONS: list[tuple[str, str, Callable[[Path], None], str, str]] = [
     ("shard-deleted-manifest-no-files", "image", lambda p: _delete_shard_and_manifest(p, "no-files"), "denoise",
      store.MANIFEST),
     ("label-shard-deleted", "labels", lambda p: _shards(p)[1].unlink(), "microstructure", "missing"),
+    ("shards-swapped", "image", lambda p: _swap(_shards(p)[0], _shards(p)[7]), "denoise", "0/c/"),
+    ("shard-from-other-store", "labels", lambda p: _replace_from(p, "image"), "microstructure", "0/c/"),
+    ("shard-added", "sparse", lambda p: _add_shard(p), "microstructure", "0/c/1/1/1: not part of the committed"),
 ]
+
+
+def _swap(a: Path, b: Path) -> None:
+    da, db = a.read_bytes(), b.read_bytes()
+    a.write_bytes(db)
+    b.write_bytes(da)
+
+
+def _replace_from(p: Path, other: str) -> None:
+    """A label shard overwritten by a valid shard of another label store of the same layout."""
+    from batterytwin.ingest.phantom import make_phantom
+
+    _, lab = make_phantom(SHAPE, seed=9)
+    src = p.parent / "other_labels.zarr"
+    attrs = store.volume_attrs("t", 0.5, classes={"0": "pore"}, ignore_label=255)
+    with store.atomic_output(src) as t:
+        store.create_volume(t, SHAPE, "uint8", attrs, chunk=8, shard=16)[...] = lab
+    target = _shards(p)[3]
+    target.write_bytes((src / target.relative_to(p)).read_bytes())
+
+
+def _add_shard(p: Path) -> None:
+    """A shard file where the committed store had none (an all-ignore region): it would be read."""
+    present = _shards(p)
+    for idx in np.ndindex(2, 2, 2):
+        q = p / "0" / "c" / "/".join(map(str, idx))
+        if q not in present:
+            q.parent.mkdir(parents=True, exist_ok=True)
+            q.write_bytes(present[0].read_bytes())
+            return
+    raise AssertionError("no free shard position in the fixture")
 
 
 def _argv(stage: str, inp: Path, out: Path) -> list[str]:
@@ -133,6 +174,7 @@ def test_corrupt_store_is_refused_by_the_stage(stores, tmp_path, capsys, name, w
     from batterytwin.cli import main
 
     inp = shutil.copytree(stores[which], tmp_path / f"{which}.zarr")
+    assert store.open_volume(inp)  # intact before the corruption
     corrupt(inp)
     before = _digest(inp)
     out = tmp_path / ("out.json" if stage == "microstructure" else "out.zarr")

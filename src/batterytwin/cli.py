@@ -73,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         stored._opened.clear()  # a corrupt read is blamed on a store this command opened
     try:
         try:
+            from .inputfile import refuse_special_files
+
+            refuse_special_files(v for k, v in vars(args).items() if k not in ("func", "parser"))
             code = args.func(args)
         except (InputError, KeyboardInterrupt):
             raise

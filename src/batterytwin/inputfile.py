@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
+from typing import Any, Iterable
 
 from .errors import InputError
 
@@ -31,6 +32,24 @@ def regular_file(path: os.PathLike | str, what: str = "input file") -> Path:
         kind = "a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a device or socket"
         raise InputError(f"{p}: is {kind}, not a regular file; the {what} must be a file")
     return p
+
+
+def refuse_special_files(values: Iterable[Any]) -> None:
+    """Refuse any of ``values`` (command-line arguments) that names an existing file that is neither a
+    regular file nor a folder: a named pipe or device would block the command forever or stream junk."""
+    for v in values:
+        if isinstance(v, (list, tuple)):
+            refuse_special_files(v)
+            continue
+        if not isinstance(v, (str, os.PathLike)) or len(str(v)) > 4096 or not str(v):
+            continue
+        try:
+            mode = os.stat(v).st_mode
+        except (OSError, ValueError):
+            continue
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            kind = "a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a device or socket"
+            raise InputError(f"{v}: is {kind}, not a regular file or folder; give a file")
 
 
 def read_text(path: os.PathLike | str, what: str = "text file") -> str:

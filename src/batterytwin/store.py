@@ -312,6 +312,17 @@ def _crc32(path: Path, block: int = 1 << 22) -> int:
     return crc
 
 
+TAIL = 4096  # bytes: a shard's index (and its CRC-32C) is at its end
+
+
+def _tail_crc32(path: Path) -> int:
+    """CRC-32 of a file's last :data:`TAIL` bytes: a shard's index, read on every open (cheap), so a shard
+    file swapped for another valid one, or a copy of another store's, is refused."""
+    with open(path, "rb") as f:
+        f.seek(max(0, os.fstat(f.fileno()).st_size - TAIL))
+        return zlib.crc32(f.read(TAIL))
+
+
 def _store_files(root: Path) -> list[Path]:
     return sorted(q for q in root.rglob("*") if q.is_file() and q.name != MANIFEST)
 
@@ -327,7 +338,8 @@ def write_manifest(root: os.PathLike | str, world: World | None = None) -> dict[
     root = Path(root)
     world = world or World()
     names = world.bcast([q.relative_to(root).as_posix() for q in _store_files(root)] if world.is_root else None)
-    mine = {names[i]: {"size": (root / names[i]).stat().st_size, "crc32": _crc32(root / names[i])}
+    mine = {names[i]: {"size": (root / names[i]).stat().st_size, "crc32": _crc32(root / names[i]),
+                       "tail_crc32": _tail_crc32(root / names[i])}
             for i in world.my_items(len(names))}
     parts = world.allgather(mine) if world.size > 1 else [mine]
     if not world.is_root:
@@ -364,14 +376,20 @@ def verify_store(root: os.PathLike | str, checksums: bool = False, what: str = "
             log.warning("%s: no %s (written before manifests, or by another tool): completeness not checked",
                         root, MANIFEST)
         return 0
+    from .integrity import check_metadata, manifest_digest
+
     try:
         manifest = json.loads(mpath.read_text())
         files = manifest["files"]
-        entries = [(name, int(e["size"]), int(e["crc32"])) for name, e in files.items()]
+        entries = [(name, int(e["size"]), int(e["crc32"]), e.get("tail_crc32")) for name, e in files.items()]
     except Exception as exc:
         raise InputError(f"{mpath}: corrupt manifest ({_one_line(exc)})") from None
+    sealed = manifest.get("schema") != "batterytwin.manifest/1"  # /2 on: digest, records, shard tails
+    if sealed and manifest.get("digest") != manifest_digest(manifest):
+        raise InputError(f"{mpath}: the manifest was edited or is corrupt (its digest does not match); "
+                         "re-run the stage that wrote the store")
     problems = []
-    for name, size, crc in entries:
+    for name, size, crc, tail in entries:
         q = root / name
         try:
             actual = q.stat().st_size
@@ -382,9 +400,18 @@ def verify_store(root: os.PathLike | str, checksums: bool = False, what: str = "
             problems.append(f"{q}: size {actual} bytes, manifest says {size} (truncated or replaced file)")
         elif checksums and _crc32(q) != crc:
             problems.append(f"{q}: CRC-32 differs from the manifest (corrupt file)")
+        elif not checksums and tail is not None and not name.endswith("zarr.json") and _tail_crc32(q) != int(tail):
+            problems.append(f"{q}: its shard index differs from the manifest's (a replaced or swapped shard file)")
     if problems:
         more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
         raise InputError(problems[0] + more)
+    if sealed:
+        check_metadata(root, manifest)
+        extra = sorted(set(q.relative_to(root).as_posix() for q in _store_files(root)) - set(files))
+        if extra:
+            more = f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""
+            raise InputError(f"{root / extra[0]}: not part of the committed {what} (added after commit, its data "
+                             f"would be read){more}; remove it or re-run the stage that wrote the store")
     return len(entries)
 
 
@@ -700,20 +727,27 @@ def write_json(path: os.PathLike | str, obj: Any) -> None:
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temporary_name(final)
-    with open(tmp, "w") as f:
-        json.dump(json_safe(obj), f, indent=2, sort_keys=False, allow_nan=False)
-        f.write("\n")
-    os.replace(tmp, final)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(json_safe(obj), f, indent=2, sort_keys=False, allow_nan=False)
+            f.write("\n")
+        os.replace(tmp, final)
+    except BaseException:  # a full disk: no half-written temporary left behind
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def read_json(path: os.PathLike | str, what: str = "JSON file", schema: str | None = None) -> Any:
     """Read a JSON output of an earlier stage, with a clear error when missing, corrupt or (with
     ``schema``, a ``batterytwin.contracts`` id) not an object of that schema."""
+    from .inputfile import read_text
+
     p = Path(path)
     if not p.exists():
         raise InputError(f"{p}: no such {what}")
     try:
-        obj = json.loads(p.read_text())
+        obj = json.loads(read_text(p, what))  # a folder, a FIFO or a binary file: one line
     except json.JSONDecodeError as exc:
         raise InputError(f"{p}: not valid JSON ({exc})") from None
     if schema is not None and (not isinstance(obj, dict) or obj.get("schema") != schema):

@@ -242,7 +242,11 @@ class Hdf5Reader:
         self.dtype = check_numeric(self._data.dtype, f"{self.path}:{dataset}")
 
     def read(self, z0: int, z1: int) -> np.ndarray:
-        return np.asarray(self._data[z0:z1])
+        try:
+            return np.asarray(self._data[z0:z1])
+        except (OSError, ValueError) as exc:  # a truncated or corrupt dataset
+            raise InputError(f"{self.path}: corrupt or truncated HDF5 data in slices {z0}..{z1 - 1} "
+                             f"({' '.join(str(exc).split())})") from None
 
 
 class NpyReader:
