@@ -260,6 +260,11 @@ def test_unwritable_output_is_one_line_naming_it(capsys, tmp_path):
     out = Path("/proc/out.zarr")  # a filesystem nobody may write, not even root
     code, err = _ingest(capsys, src, out)
     assert code == 2 and len(err) == 1 and str(out) in err[0] and "(E" in err[0], err
+    blocker = tmp_path / "file.txt"  # the output's folder is a file
+    blocker.write_text("x")
+    code, err = _ingest(capsys, src, blocker / "out.zarr")
+    assert code == 2 and len(err) == 1 and str(blocker) in err[0] and "(E" in err[0], err
+    assert blocker.read_text() == "x"
 
 
 @pytest.mark.parametrize("err_no", [errno.ENOSPC, errno.EROFS, errno.EDQUOT])

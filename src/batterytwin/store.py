@@ -726,6 +726,7 @@ def write_json(path: os.PathLike | str, obj: Any) -> None:
     Call on one rank."""
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(final)
     tmp = _temporary_name(final)
     try:
         with open(tmp, "w") as f:
