@@ -74,10 +74,10 @@ def tiff_strict(where: os.PathLike | str) -> Iterator[None]:
 
 def _check_extent(page, size: int, where: Path) -> None:
     """Refuse a page whose pixel data lies (partly) past the end of the file: a truncated TIFF."""
-    ends = [int(o) + int(c) for o, c in zip(page.dataoffsets, page.databytecounts)]
-    if not ends or max(ends) > size or any(int(c) == 0 for c in page.databytecounts):
+    ends = [int(o) + int(c) for o, c in zip(page.dataoffsets, page.databytecounts) if int(c) > 0]
+    if ends and max(ends) > size:  # (empty tiles, byte count 0, are legal: they read as zeros)
         raise InputError(f"{where}: truncated TIFF: the data of page {page.index} ends past the end of the file "
-                         f"({size} bytes) or is missing")
+                         f"({size} bytes)")
 
 
 ZLIKE = "ZQI"  # axes that are slices of the volume: Z, unknown (Q), image sequence (I)
