@@ -401,10 +401,9 @@ def test_manifest_is_written_and_checked(base: Base, tmp_path: Path, caplog) -> 
     assert manifest["schema"] == store.MANIFEST_SCHEMA and "0/zarr.json" in manifest["files"]
     assert store.verify_store(base.vol, checksums=True) == len(manifest["files"])
     older = copy_store(base.vol, tmp_path / "older.zarr")
-    (older / store.MANIFEST).unlink()  # a store from before manifests: opens, with a warning
-    with caplog.at_level("WARNING"):
-        assert store.open_volume(older).shape == (32, 32, 32)
-    assert "no batterytwin.manifest.json" in caplog.text
+    (older / store.MANIFEST).unlink()  # committed with a manifest (group attribute): its loss is refused
+    with pytest.raises(InputError, match="batterytwin.manifest.json: missing"):
+        store.open_volume(older)
     with pytest.raises(InputError, match="missing"):
         store.open_volume(deleted_shard(base, tmp_path))
 

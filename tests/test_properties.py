@@ -12,7 +12,7 @@ import string
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -217,3 +217,121 @@ def test_ingest_cli_clear_error_or_the_same_voxels(tmp_path_factory, capsys, chu
     assert np.isfinite(data).all()
     want = data if dtype in ("auto", "float32") else np.rint(data).astype(dtype)
     np.testing.assert_array_equal(got, want)
+
+
+# ------------------------------------------------------------------------------ store corruption (issue 26)
+FLIPS = st.lists(st.tuples(st.integers(0, 10**6), st.floats(0.0, 1.0), st.integers(0, 7)), min_size=1, max_size=4)
+
+
+@FEW
+@given(data=st.one_of(hnp.arrays(np.float32, SHAPES, elements=st.floats(1, 1e3, width=32)),
+                      hnp.arrays(np.uint16, SHAPES, elements=st.integers(1, 65535))),
+       flips=FLIPS)
+def test_bit_flips_in_shards_are_refused_never_silently_read(tmp_path_factory, data, flips):
+    """Random bits flipped at random offsets of random shard files: the read is refused (one line
+    naming the store), or, where the flips cancel out, the data read is exactly the data written."""
+    tmp = tmp_path_factory.mktemp("flips")
+    vol = _volume(tmp, data)
+    shards = sorted(q for q in (vol.path / "0" / "c").rglob("*") if q.is_file())
+    assert shards  # no chunk of this data equals the fill value
+    original = {q: q.read_bytes() for q in shards}
+    for k, where, bit in flips:
+        f = shards[k % len(shards)]
+        buf = bytearray(f.read_bytes())
+        buf[int(where * (len(buf) - 1))] ^= 1 << bit
+        f.write_bytes(bytes(buf))
+    changed = any(q.read_bytes() != b for q, b in original.items())
+    try:
+        got = store.read_region(store.open_volume(vol.path), tuple(slice(0, n) for n in data.shape))
+    except InputError as exc:
+        msg = str(exc)
+        assert changed and str(vol.path) in msg and "\n" not in msg, msg
+        return
+    assert not changed, "a changed shard was read without error"
+    np.testing.assert_array_equal(got, data)
+
+
+# ------------------------------------------------------------------------------ ingest formats (issue 26)
+INGEST_DTYPES = [np.uint8, np.uint16, np.int16, np.float32, np.float64]
+
+
+@FEW
+@given(data=hnp.arrays(st.sampled_from(INGEST_DTYPES), hnp.array_shapes(min_dims=3, max_dims=3, min_side=1, max_side=6),
+                       elements={"allow_nan": True, "allow_infinity": True}),
+       fmt=st.sampled_from(["npy", "tiff", "raw-big", "raw-little", "hdf5"]),
+       out_dtype=st.sampled_from(["auto", "uint8", "int16", "uint16", "float32"]))
+def test_ingest_commits_the_data_read_or_refuses(tmp_path_factory, data, fmt, out_dtype):
+    """Any dtype, format and output type: one clear line, or a store equal to the data (never wrapped,
+    never non-finite)."""
+    import contextlib
+    import io
+
+    import h5py
+    import tifffile
+
+    from batterytwin.cli import main
+
+    tmp = tmp_path_factory.mktemp("ingest")
+    extra = []
+    if fmt == "npy":
+        src = tmp / "v.npy"
+        np.save(src, data)
+    elif fmt == "tiff":
+        src = tmp / "v.tif"
+        tifffile.imwrite(src, data, photometric="minisblack")  # grey slices (a last axis of 3 is not RGB)
+    elif fmt == "hdf5":
+        src = tmp / "v.h5"
+        with h5py.File(src, "w") as f:
+            f["/exchange/data"] = data
+    else:
+        order = ">" if fmt == "raw-big" else "<"
+        src = tmp / "v.raw"
+        src.write_bytes(data.astype(data.dtype.newbyteorder(order)).tobytes())
+        extra = ["--shape", *map(str, data.shape), "--dtype", order + data.dtype.str[1:]]
+    out = tmp / "out.zarr"
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(["-q", "ingest", str(src), str(out), "--voxel-size-um", "1", "--output-dtype", out_dtype, *extra])
+    target = data.dtype if out_dtype == "auto" else np.dtype(out_dtype)
+    finite = data.dtype.kind not in "f" or bool(np.isfinite(data).all())
+    info = np.iinfo(target) if target.kind in "iu" else np.finfo(target)
+    fits = finite and (data.size == 0 or (float(data.min()) >= float(info.min) and float(data.max()) <= float(info.max)))
+    if code != 0:
+        lines = [ln for ln in err.getvalue().splitlines() if ln.strip()]
+        assert code == 2 and len(lines) == 1 and str(src) in lines[0] and not out.exists(), lines
+        assert not fits, lines  # refused only what cannot be stored faithfully
+        return
+    assert fits
+    got = store.open_volume(out).array[:]
+    ref = np.rint(data.astype(np.float64)) if target.kind in "iu" and data.dtype.kind == "f" else data
+    np.testing.assert_array_equal(got, ref.astype(target))
+
+
+@FEW
+@given(shape=st.tuples(st.integers(1, 3), st.integers(1, 4), st.integers(1, 3), st.integers(2, 5), st.integers(2, 5)),
+       layout=st.sampled_from(["imagej", "ome"]), pick=st.tuples(st.integers(0, 2), st.integers(0, 2)))
+def test_hyperstack_reads_one_channel_and_time_point_or_refuses(tmp_path_factory, shape, layout, pick):
+    """A T Z C Y X stack (ImageJ or OME metadata): without a selection of a longer-than-1 channel or
+    time axis, one clear line; with it, exactly ``data[t, :, c]`` (the written array is the reference)."""
+    import tifffile
+
+    from batterytwin.ingest.readers import open_reader
+
+    tmp = tmp_path_factory.mktemp("hyper")
+    data = np.arange(math.prod(shape), dtype=np.uint16).reshape(shape)
+    src = tmp / "h.tif"
+    try:
+        tifffile.imwrite(src, data, **({"imagej": True} if layout == "imagej" else {"ome": True}),
+                         metadata={"axes": "TZCYX"})
+    except ValueError:  # tifffile's OME writer refuses some shapes with axes of length 1
+        assume(False)
+    t, c = (min(pick[0], shape[0] - 1), min(pick[1], shape[2] - 1))
+    needs = {"timepoint": shape[0] > 1, "channel": shape[2] > 1}
+    with pytest.raises(InputError) as err:
+        if not any(needs.values()):
+            raise InputError("nothing to select")  # a plain Z Y X stack: checked below
+        open_reader(src)
+    assert "\n" not in str(err.value)
+    kwargs = {k: (t if k == "timepoint" else c) for k, need in needs.items() if need}
+    reader = open_reader(src, **kwargs)
+    np.testing.assert_array_equal(reader.read(0, reader.shape[0]), data[t, :, c])

@@ -68,12 +68,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser(_command(argv))
     args = parser.parse_args(argv)
     setup_logging(args.verbose, args.quiet)
+    stored = sys.modules.get("batterytwin.store")
+    if stored is not None:
+        stored._opened.clear()  # a corrupt read is blamed on a store this command opened
     try:
         try:
+            from .inputfile import refuse_special_files
+
+            refuse_special_files(v for k, v in vars(args).items() if k not in ("func", "parser"))
             code = args.func(args)
         except (InputError, KeyboardInterrupt):
             raise
         except Exception as exc:
+            os_error = _os_error(exc)
+            if os_error is not None:  # a read-only or full filesystem, a permission: one line, the path
+                raise InputError(_os_error_line(os_error, args)) from None
             stored = sys.modules.get("batterytwin.store")
             if stored is None or not stored.is_store_read_error(exc):
                 raise
@@ -90,6 +99,36 @@ def main(argv: list[str] | None = None) -> int:
         _abort_other_ranks(1)
         return 1
     return int(code or 0)
+
+
+OUTPUT_ARGS = ("output", "out", "out_dir", "output_dir", "volume", "model", "report")
+
+
+def _os_error(exc: BaseException) -> OSError | None:
+    """The operating-system error behind ``exc`` (itself or in its cause/context chain), if any."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno is not None:
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _os_error_line(exc: OSError, args: argparse.Namespace) -> str:
+    """``<path>: <OS error>``: the file the OS refused (a temporary output named by its final path),
+    else the command's output argument."""
+    import errno
+    import os
+
+    name = exc.filename
+    if name is None:
+        name = next((getattr(args, a) for a in OUTPUT_ARGS if isinstance(getattr(args, a, None), str)), None)
+    name = str(name) if name is not None else "output"
+    if ".tmp-" in name:
+        name = name[: name.index(".tmp-")]
+    code = errno.errorcode.get(exc.errno, str(exc.errno))
+    return f"{name}: {exc.strerror or os.strerror(exc.errno)} ({code})"
 
 
 def _abort_other_ranks(code: int) -> None:

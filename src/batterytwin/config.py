@@ -51,11 +51,12 @@ def section_from_file(path: str | Path, section: str) -> dict:
     """The ``section`` mapping of a YAML/JSON file (or the whole file when it has no such key)."""
     import yaml
 
+    from .inputfile import read_text
+
     p = Path(path)
-    if not p.exists():
-        raise InputError(f"{p}: no such config file")
+    text = read_text(p, "config file")  # a folder, a FIFO or a binary file: one line
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise InputError(f"{p}: not valid YAML ({' '.join(str(exc).split())})") from None
     if not isinstance(data, dict):

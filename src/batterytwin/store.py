@@ -56,7 +56,8 @@ DEFAULT_CHUNK = 64
 DEFAULT_SHARD = 256
 TMP_MARKER = ".tmp-"
 MANIFEST = "batterytwin.manifest.json"  # in every committed store: its files, sizes and CRC-32s
-MANIFEST_SCHEMA = "batterytwin.manifest/1"
+MANIFEST_SCHEMA = "batterytwin.manifest/2"  # /2: + array metadata and a digest of the manifest
+MANIFEST_ATTR = "manifest"  # group attribute set at commit: this store has a manifest (its loss is detected)
 log = logging.getLogger(__name__)
 _warned: set[str] = set()
 _opened: dict[str, None] = {}  # stores opened for reading by this process (to name a corrupt one)
@@ -166,13 +167,26 @@ def volume_attrs(stage: str, voxel_size_um: Any, params: dict[str, Any] | None =
 
 def create_volume(path: os.PathLike | str, shape: Sequence[int], dtype: Any, attrs: dict[str, Any], *,
                   chunk: int | Sequence[int] = DEFAULT_CHUNK, shard: int | Sequence[int] = DEFAULT_SHARD,
-                  fill_value: Any = 0) -> zarr.Array:
-    """Create a volume store (group + sharded array ``"0"``). Call on one rank only."""
+                  fill_value: Any = None) -> zarr.Array:
+    """Create a volume store (group + sharded array ``"0"``). Call on one rank only.
+
+    Every chunk is stored with a CRC-32C (zarr's ``crc32c`` codec after the compressor; the shard
+    index carries its own), so a changed bit fails the read (:func:`chunk_checksums`).
+    ``fill_value`` (what an unwritten chunk reads as): 0, or the ignore label 255 for a label store
+    (``classes`` in ``attrs``), so a missing label chunk is never pore.
+    """
+    from zarr.codecs import Crc32cCodec, ZstdCodec
+
+    from .contracts import IGNORE_LABEL
+
+    if fill_value is None:
+        fill_value = IGNORE_LABEL if "classes" in attrs else 0
     chunks, shards = block_shapes(shape, chunk, shard)
     group = zarr.open_group(str(path), mode="w", zarr_format=3, attributes=attrs)
     return group.create_array(
         ARRAY_NAME, shape=tuple(int(s) for s in shape), dtype=np.dtype(dtype), chunks=chunks,
-        shards=shards, fill_value=fill_value, dimension_names=AXES[-len(shape):] if len(shape) <= 3 else None,
+        shards=shards, fill_value=fill_value, compressors=[ZstdCodec(level=0), Crc32cCodec()],
+        dimension_names=AXES[-len(shape):] if len(shape) <= 3 else None,
     )
 
 
@@ -281,6 +295,10 @@ def open_volume(path: os.PathLike | str, *, mode: str = "r", validate: bool = Tr
             raise InputError(f"{p}: store lacks attribute(s) {', '.join(missing)} (written by another tool?)")
         if "voxel_size_um" in require:
             check_voxel_size(attrs["voxel_size_um"], str(p))
+    if validate and mode == "r":
+        from .integrity import check_volume
+
+        check_volume(p, array, attrs)
     return Volume(p, array, attrs)
 
 
@@ -294,12 +312,24 @@ def _crc32(path: Path, block: int = 1 << 22) -> int:
     return crc
 
 
+TAIL = 4096  # bytes: a shard's index (and its CRC-32C) is at its end
+
+
+def _tail_crc32(path: Path) -> int:
+    """CRC-32 of a file's last :data:`TAIL` bytes: a shard's index, read on every open (cheap), so a shard
+    file swapped for another valid one, or a copy of another store's, is refused."""
+    with open(path, "rb") as f:
+        f.seek(max(0, os.fstat(f.fileno()).st_size - TAIL))
+        return zlib.crc32(f.read(TAIL))
+
+
 def _store_files(root: Path) -> list[Path]:
     return sorted(q for q in root.rglob("*") if q.is_file() and q.name != MANIFEST)
 
 
 def write_manifest(root: os.PathLike | str, world: World | None = None) -> dict[str, Any] | None:
-    """Write ``MANIFEST`` into store ``root``: every file with its size and CRC-32 (streamed).
+    """Write ``MANIFEST`` into store ``root``: every file with its size and CRC-32 (streamed), each
+    array's metadata record and a digest of the manifest (:mod:`batterytwin.integrity`).
 
     :func:`atomic_output` calls it when a store is committed, so every stage's store carries it.
     With ``world`` (collective), the ranks share the checksumming (one read of the store in all);
@@ -308,13 +338,17 @@ def write_manifest(root: os.PathLike | str, world: World | None = None) -> dict[
     root = Path(root)
     world = world or World()
     names = world.bcast([q.relative_to(root).as_posix() for q in _store_files(root)] if world.is_root else None)
-    mine = {names[i]: {"size": (root / names[i]).stat().st_size, "crc32": _crc32(root / names[i])}
+    mine = {names[i]: {"size": (root / names[i]).stat().st_size, "crc32": _crc32(root / names[i]),
+                       "tail_crc32": _tail_crc32(root / names[i])}
             for i in world.my_items(len(names))}
     parts = world.allgather(mine) if world.size > 1 else [mine]
     if not world.is_root:
         return None
     entries = {k: v for part in parts for k, v in part.items()}
     manifest = {"schema": MANIFEST_SCHEMA, "files": {name: entries[name] for name in names}}
+    from .integrity import seal_manifest
+
+    manifest = seal_manifest(root, manifest)  # + array metadata records and the manifest's digest
     with open(root / MANIFEST, "w") as f:
         json.dump(manifest, f, separators=(",", ":"))
     return manifest
@@ -324,8 +358,9 @@ def verify_store(root: os.PathLike | str, checksums: bool = False, what: str = "
     """Check store ``root`` against its manifest; return the number of files checked.
 
     Every listed file must exist with its size (cheap: one ``stat`` each); with ``checksums`` its
-    CRC-32 must match too (reads every byte). A store without a manifest (written before manifests
-    existed) is accepted with a warning.
+    CRC-32 must match too (reads every byte). A store without a manifest is refused when its group
+    attribute ``manifest`` says it was committed with one, else (written before manifests existed, or
+    not by a stage) accepted with a warning.
 
     Raises:
         InputError: one line naming the first missing, resized or changed file (and how many more).
@@ -333,19 +368,28 @@ def verify_store(root: os.PathLike | str, checksums: bool = False, what: str = "
     root = Path(root)
     mpath = root / MANIFEST
     if not mpath.is_file():
+        if _marked(root):  # committed with a manifest: its loss may hide lost files
+            raise InputError(f"{mpath}: missing (the {what} was committed with one: files may be gone); "
+                             "re-run the stage that wrote it")
         if (root / "zarr.json").is_file() and str(root) not in _warned:
             _warned.add(str(root))
             log.warning("%s: no %s (written before manifests, or by another tool): completeness not checked",
                         root, MANIFEST)
         return 0
+    from .integrity import check_metadata, manifest_digest
+
     try:
         manifest = json.loads(mpath.read_text())
         files = manifest["files"]
-        entries = [(name, int(e["size"]), int(e["crc32"])) for name, e in files.items()]
+        entries = [(name, int(e["size"]), int(e["crc32"]), e.get("tail_crc32")) for name, e in files.items()]
     except Exception as exc:
         raise InputError(f"{mpath}: corrupt manifest ({_one_line(exc)})") from None
+    sealed = manifest.get("schema") != "batterytwin.manifest/1"  # /2 on: digest, records, shard tails
+    if sealed and manifest.get("digest") != manifest_digest(manifest):
+        raise InputError(f"{mpath}: the manifest was edited or is corrupt (its digest does not match); "
+                         "re-run the stage that wrote the store")
     problems = []
-    for name, size, crc in entries:
+    for name, size, crc, tail in entries:
         q = root / name
         try:
             actual = q.stat().st_size
@@ -356,10 +400,27 @@ def verify_store(root: os.PathLike | str, checksums: bool = False, what: str = "
             problems.append(f"{q}: size {actual} bytes, manifest says {size} (truncated or replaced file)")
         elif checksums and _crc32(q) != crc:
             problems.append(f"{q}: CRC-32 differs from the manifest (corrupt file)")
+        elif not checksums and tail is not None and not name.endswith("zarr.json") and _tail_crc32(q) != int(tail):
+            problems.append(f"{q}: its shard index differs from the manifest's (a replaced or swapped shard file)")
     if problems:
         more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
         raise InputError(problems[0] + more)
+    if sealed:
+        check_metadata(root, manifest)
+        extra = sorted(set(q.relative_to(root).as_posix() for q in _store_files(root)) - set(files))
+        if extra:
+            more = f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""
+            raise InputError(f"{root / extra[0]}: not part of the committed {what} (added after commit, its data "
+                             f"would be read){more}; remove it or re-run the stage that wrote the store")
     return len(entries)
+
+
+def _marked(root: Path) -> bool:
+    """Whether the group attributes say that a manifest was written at commit."""
+    try:
+        return bool(json.loads((root / "zarr.json").read_text()).get("attributes", {}).get(MANIFEST_ATTR))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def check_finite(vol: "Volume", world: World | None = None) -> None:
@@ -437,10 +498,23 @@ def corrupt_read_error(exc: BaseException, path: os.PathLike | str | None = None
         try:
             verify_store(root, checksums=True)
         except InputError as found:
-            return InputError(f"{found} ({_one_line(exc)})")
+            return InputError(f"{found}{_chunk_of(root, str(found))} ({_one_line(exc)})")
     where = ", ".join(str(s) for s in stores) or "a store"
     return InputError(f"{where}: corrupt or unreadable data ({_one_line(exc)}); "
                       "check it with 'batterytwin inspect --verify'")
+
+
+def _chunk_of(root: Path, message: str) -> str:
+    """'': ', first bad chunk at ...' for the shard file named at the start of ``message``."""
+    from .integrity import corrupt_chunk
+
+    name = message.split(":", 1)[0]
+    try:
+        rel = Path(name).relative_to(root).as_posix()
+    except ValueError:
+        return ""
+    where = corrupt_chunk(root, rel)
+    return f"; first bad {where}" if where else ""
 
 
 def is_store_read_error(exc: BaseException) -> bool:
@@ -544,8 +618,40 @@ def check_output(path: os.PathLike | str, overwrite: bool = False, what: str = "
     raise InputError(f"{p}: output exists and is {kind}, not a {what}; remove it or pass --overwrite")
 
 
+def _host_tag() -> str:
+    import socket
+
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
 def _temporary_name(final: Path) -> Path:
-    return final.with_name(f"{final.name}{TMP_MARKER}{uuid.uuid4().hex[:12]}")
+    """``<name>.tmp-<host>-<pid>-<random>``: who wrote it, so a later run can tell a killed run's leftover."""
+    return final.with_name(f"{final.name}{TMP_MARKER}{_host_tag()}-{os.getpid()}-{uuid.uuid4().hex[:12]}")
+
+
+def remove_stale_temporaries(final: os.PathLike | str) -> list[Path]:
+    """Remove the temporaries of ``final`` left by killed runs; return them.
+
+    Only names of ``final``'s own pattern (:func:`_temporary_name`) whose writer ran on this host and
+    is gone; a live writer's, another host's or anything else beside it is left alone.
+    """
+    import re
+
+    final = Path(final)
+    pattern = re.compile(re.escape(final.name + TMP_MARKER) + r"([0-9a-f]{8})-(\d+)-[0-9a-f]{12}")
+    removed = []
+    try:
+        siblings = list(final.parent.iterdir())
+    except OSError:
+        return removed
+    me = _host_tag()
+    for q in siblings:
+        m = pattern.fullmatch(q.name)
+        if m and m.group(1) == me and int(m.group(2)) != os.getpid() and not _alive(int(m.group(2))):
+            log.warning("%s: removing the temporary output of a killed run (pid %s)", q, m.group(2))
+            _remove(q)
+            removed.append(q)
+    return removed
 
 
 def _remove(path: Path) -> None:
@@ -568,6 +674,7 @@ def atomic_output(path: os.PathLike | str, world: World | None = None) -> Iterat
     tmp = world.bcast(_temporary_name(final) if world.is_root else None)
     if world.is_root:
         final.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(final)
     world.barrier()
     try:
         yield tmp
@@ -577,6 +684,9 @@ def atomic_output(path: os.PathLike | str, world: World | None = None) -> Iterat
             _remove(tmp)
         raise
     if world.bcast(tmp.is_dir() and (tmp / "zarr.json").is_file() if world.is_root else None):
+        if world.is_root:  # mark it: the loss of the manifest is then detected (integrity.check_volume)
+            zarr.open_group(str(tmp), mode="r+").attrs.update({MANIFEST_ATTR: MANIFEST_SCHEMA})
+        world.barrier()
         write_manifest(tmp, world)  # the ranks share the checksums
     if world.is_root:
         if final.exists() or final.is_symlink():
@@ -616,21 +726,29 @@ def write_json(path: os.PathLike | str, obj: Any) -> None:
     Call on one rank."""
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(final)
     tmp = _temporary_name(final)
-    with open(tmp, "w") as f:
-        json.dump(json_safe(obj), f, indent=2, sort_keys=False, allow_nan=False)
-        f.write("\n")
-    os.replace(tmp, final)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(json_safe(obj), f, indent=2, sort_keys=False, allow_nan=False)
+            f.write("\n")
+        os.replace(tmp, final)
+    except BaseException:  # a full disk: no half-written temporary left behind
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def read_json(path: os.PathLike | str, what: str = "JSON file", schema: str | None = None) -> Any:
     """Read a JSON output of an earlier stage, with a clear error when missing, corrupt or (with
     ``schema``, a ``batterytwin.contracts`` id) not an object of that schema."""
+    from .inputfile import read_text
+
     p = Path(path)
     if not p.exists():
         raise InputError(f"{p}: no such {what}")
     try:
-        obj = json.loads(p.read_text())
+        obj = json.loads(read_text(p, what))  # a folder, a FIFO or a binary file: one line
     except json.JSONDecodeError as exc:
         raise InputError(f"{p}: not valid JSON ({exc})") from None
     if schema is not None and (not isinstance(obj, dict) or obj.get("schema") != schema):

@@ -88,9 +88,12 @@ def _ingest_options(wildcards):
     spec = SAMPLE_SPECS[wildcards.sample]
     voxel = spec["voxel_size_um"]
     args = ["--format", spec["format"], "--voxel-size-um", *map(str, voxel if isinstance(voxel, list) else [voxel])]
-    for key in ("dataset", "dtype", "byte_order", "header_bytes", "crop", "bin", "output_dtype", "nan_fill"):
-        if spec[key] is not None:
+    for key in ("dataset", "dtype", "byte_order", "header_bytes", "crop", "bin", "output_dtype", "nan_fill",
+                "channel", "timepoint"):
+        if spec.get(key) is not None:
             args.extend([f"--{key.replace('_', '-')}", str(spec[key])])
+    if spec.get("clip"):
+        args.append("--clip")
     if spec["shape"] is not None:
         args.extend(["--shape", *map(str, spec["shape"])])
     return args

@@ -32,15 +32,23 @@ def register(subparsers) -> None:
     p.add_argument("--dataset", default=_file("dataset"), help="HDF5 dataset path (default: DXchange %(default)s)")
     p.add_argument("--shape", type=int, nargs=3, metavar=("Z", "Y", "X"), help="raw input: volume shape")
     p.add_argument("--dtype", help="raw input: sample type, e.g. uint16, float32")
-    p.add_argument("--byte-order", default=_file("byte_order"), choices=("little", "big"), help="raw input: byte order")
+    p.add_argument("--byte-order", default=_file("byte_order"), choices=("little", "big"),
+                   help="raw input: byte order (default: the one in --dtype, e.g. '>u2', else little; a "
+                        "contradiction is an error)")
     p.add_argument("--header-bytes", type=int, default=_file("header_bytes"), help="raw input: bytes to skip at the start")
+    p.add_argument("--channel", type=int, default=_file("channel"),
+                   help="multi-page TIFF with channels (ImageJ hyperstack, OME-TIFF, RGB): the channel to read")
+    p.add_argument("--timepoint", type=int, default=_file("timepoint"),
+                   help="multi-page TIFF with time points: the time point to read")
     p.add_argument("--voxel-size-um", type=float, nargs="+",
                    help="voxel size of the source in micrometres: one value or three (z y x); required "
                         "unless --labels --like gives it")
     p.add_argument("--crop", help="source-space crop 'z0:z1,y0:y1,x0:x1' (empty range = whole axis)")
     p.add_argument("--bin", type=int, default=_file("bin"), help="bin factor (mean over bin^3 voxels; output float32)")
     p.add_argument("--output-dtype", default=_file("output_dtype"), help="output sample type (default: source type)")
-    p.add_argument("--nan-fill", type=float, help="replace NaN/Inf with this value (default: reject them)")
+    p.add_argument("--nan-fill", type=float, help="replace NaN/Inf with this finite value (default: reject them)")
+    p.add_argument("--clip", action="store_true",
+                   help="clip values outside the range of --output-dtype (default: refuse them)")
     _store_options(p)
     p.add_argument("--max-memory-mb", type=float, default=IngestSettings().max_memory_mb,
                    help="memory budget for one slab (default %(default)s)")
@@ -108,7 +116,8 @@ def run_ingest(args: argparse.Namespace) -> None:
         if args.labels and not args.like and not args.voxel_size_um:
             raise InputError("ingest --labels: give --like VOLUME_STORE (or --voxel-size-um)")
         reader = readers.open_reader(args.source, args.format, dataset=args.dataset, shape=args.shape,
-                                     dtype=args.dtype, byte_order=args.byte_order, header_bytes=args.header_bytes)
+                                     dtype=args.dtype, byte_order=args.byte_order, header_bytes=args.header_bytes,
+                                     channel=args.channel, timepoint=args.timepoint)
         params = {k: v for k, v in vars(args).items() if k not in ("func", "verbose", "quiet", "command", "parser")}
         if args.labels:
             voxel = None if not args.voxel_size_um else (
@@ -123,7 +132,8 @@ def run_ingest(args: argparse.Namespace) -> None:
         driver.ingest_volume(reader, args.output, voxel_size_um=voxel, crop=args.crop, bin_factor=args.bin,
                              output_dtype=args.output_dtype, nan_fill=args.nan_fill, chunk=args.chunk,
                              shard=args.shard, max_memory_mb=args.max_memory_mb,
-                             checksum=not args.no_checksum, params=params, overwrite=args.overwrite)
+                             checksum=not args.no_checksum, params=params, overwrite=args.overwrite,
+                             clip=args.clip)
         log.info("wrote %s", args.output)
     world.barrier()
 

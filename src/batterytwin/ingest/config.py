@@ -64,13 +64,19 @@ class FileSample(Section):
     shape: list[Annotated[int, Field(ge=1)]] | None = Field(None, min_length=3, max_length=3,
                                                             description="raw input: volume shape (z, y, x)")
     dtype: str | None = Field(None, description="raw input: sample type, e.g. uint16")
-    byte_order: Literal["little", "big"] = Field("little", description="raw input: byte order")
+    byte_order: Literal["little", "big"] | None = Field(
+        None, description="raw input: byte order (null: the one in dtype, e.g. '>u2', else little)")
     header_bytes: int = Field(0, ge=0, description="raw input: bytes to skip at the start")
     crop: str | None = Field(None, pattern=r"^(?:[0-9]*:[0-9]*)?,(?:[0-9]*:[0-9]*)?,(?:[0-9]*:[0-9]*)?$",
                              description="source-space crop 'z0:z1,y0:y1,x0:x1' (empty range = whole axis)")
     bin: int = Field(1, ge=1, description="bin factor (mean over bin^3 voxels; output float32)")
     output_dtype: str = Field("auto", description="output sample type (auto: the source type)")
-    nan_fill: float | None = Field(None, description="replace NaN/Inf with this value (null: reject them)")
+    nan_fill: float | None = Field(None, allow_inf_nan=False,
+                                   description="replace NaN/Inf with this finite value (null: reject them)")
+    clip: bool = Field(False, description="clip values outside the range of output_dtype (false: refuse them)")
+    channel: int | None = Field(None, ge=0, description="multi-page TIFF with channels (ImageJ hyperstack, "
+                                "OME-TIFF, RGB): the channel to read")
+    timepoint: int | None = Field(None, ge=0, description="multi-page TIFF with time points: the one to read")
     labels: str | None = Field(None, description="hand labels for training: a label image in any input format "
                                "(imported to results/<sample>/hand_labels.zarr) or a label store (.zarr, used as "
                                "is); integer class ids of segment.classes, 255 = unlabelled")

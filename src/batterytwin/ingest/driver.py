@@ -62,7 +62,7 @@ def bin_volume(block: np.ndarray, factor: int) -> np.ndarray:
 def ingest_volume(reader, out_path: Path | str, *, voxel_size_um: Any, crop: Any = None, bin_factor: int = 1,
                   output_dtype: str = "auto", nan_fill: float | None = None, chunk: int = store.DEFAULT_CHUNK,
                   shard: int = store.DEFAULT_SHARD, max_memory_mb: float = 2048, checksum: bool = True,
-                  params: dict | None = None, overwrite: bool = False) -> Path:
+                  params: dict | None = None, overwrite: bool = False, clip: bool = False) -> Path:
     """Stream ``reader`` into a sharded volume store at ``out_path`` (atomically).
 
     Args:
@@ -70,12 +70,16 @@ def ingest_volume(reader, out_path: Path | str, *, voxel_size_um: Any, crop: Any
         voxel_size_um: of the source; multiplied by ``bin_factor`` in the output.
         crop: source-space ranges (see :func:`parse_crop`), applied before binning.
         output_dtype: ``auto`` keeps the source dtype (float32 when binning).
-        nan_fill: value for NaN/Inf in float input; ``None`` rejects such input.
+        nan_fill: value for NaN/Inf in float input (finite); ``None`` rejects such input.
+        clip: clip values outside ``output_dtype``'s range to it; without, such values are refused
+            (never wrapped around, never rounded to infinity).
         max_memory_mb: budget for one slab (source + binned + output copies).
         overwrite: replace ``out_path`` even when it is not a volume store (a file, another folder).
     """
     where = str(reader.path)
     store.check_output(out_path, overwrite)
+    if nan_fill is not None and not (isinstance(nan_fill, (int, float)) and math.isfinite(nan_fill)):
+        raise InputError(f"--nan-fill must be a finite number, got {nan_fill!r} (a store never holds NaN/Inf)")
     voxel = store.check_voxel_size(voxel_size_um, where)
     if not (isinstance(max_memory_mb, (int, float)) and math.isfinite(max_memory_mb) and max_memory_mb > 0):
         raise InputError(f"--max-memory-mb must be a finite number > 0 (megabytes), got {max_memory_mb!r}")
@@ -121,7 +125,7 @@ def ingest_volume(reader, out_path: Path | str, *, voxel_size_um: Any, crop: Any
             sz0 = region[0].start + oz0 * bin_factor
             block = reader.read(sz0, sz0 + (oz1 - oz0) * bin_factor)[:, region[1], region[2]]
             block = _finite(block, nan_fill, where, sz0)
-            block = _cast(bin_volume(block, bin_factor), dtype, where)
+            block = _cast(bin_volume(block, bin_factor), dtype, where, clip, sz0)
             # One shard column at a time: zarr encodes every shard of a write concurrently,
             # so writing a whole slab at once would hold a full row of encoded shards.
             for _, ys, xs in store.shard_regions((1, *out_shape[1:]), (1, *shards[1:])):
@@ -144,13 +148,24 @@ def _finite(block: np.ndarray, nan_fill: float | None, where: str, z0: int) -> n
     return block
 
 
-def _cast(block: np.ndarray, dtype: np.dtype, where: str) -> np.ndarray:
+def _cast(block: np.ndarray, dtype: np.dtype, where: str, clip: bool = False, z0: int = 0) -> np.ndarray:
+    """``block`` as ``dtype``: values outside its range are refused (or clipped with ``clip``), never
+    wrapped around (uint16 300 -> uint8 44) nor rounded to infinity (float64 1e300 -> float32)."""
+    if block.size == 0:
+        return block.astype(dtype, copy=False)
+    info = np.iinfo(dtype) if dtype.kind in "iu" else np.finfo(dtype)
+    lo, hi = block.min(), block.max()
+    if lo < info.min or hi > info.max:
+        if not clip:
+            raise InputError(f"{where}: values {lo}..{hi} (slab from z={z0}) do not fit output_dtype {dtype} "
+                             f"({info.min}..{info.max}); choose a wider --output-dtype or pass --clip")
+        block = np.clip(block, info.min, info.max)
     if dtype.kind in "iu" and block.dtype.kind == "f":
-        info = np.iinfo(dtype)
-        if block.min() < info.min or block.max() > info.max:
-            raise InputError(f"{where}: values {block.min()}..{block.max()} do not fit output_dtype {dtype}")
         block = np.rint(block)
-    return block.astype(dtype, copy=False)
+    out = block.astype(dtype, copy=False)
+    if out.dtype.kind == "f" and not np.isfinite(out).all():  # never commit NaN/Inf
+        raise InputError(f"{where}: NaN/Inf value(s) in the slab from z={z0} after conversion to {dtype}")
+    return out
 
 
 class _RunningStats:
@@ -167,9 +182,13 @@ class _RunningStats:
             self.s2 += float(np.dot(p.ravel(), p.ravel()))
         self.lo, self.hi = min(self.lo, float(block.min())), max(self.hi, float(block.max()))
 
-    def result(self) -> dict[str, float]:
-        mean = self.s / self.n
-        return {"min": self.lo, "max": self.hi, "mean": mean, "std": math.sqrt(max(self.s2 / self.n - mean**2, 0.0))}
+    def result(self) -> dict[str, float | None]:
+        """Min, max, mean, std; a value beyond float64 (|x| near 1e154 and up squared) is None, not a crash."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            mean = np.float64(self.s) / self.n
+            var = np.float64(self.s2) / self.n - mean * mean
+            std = np.sqrt(max(var, 0.0)) if np.isfinite(var) else np.float64("nan")
+        return store.json_safe({"min": self.lo, "max": self.hi, "mean": mean, "std": std})
 
 
 def write_phantom(params: PhantomParams, volume: Path | str, clean: Path | str | None = None,
