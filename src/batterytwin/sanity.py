@@ -63,6 +63,15 @@ def check_contrast(array: Any, where: str, stage: str, max_voxels: int = MAX_SAM
     return lo, hi
 
 
+def contrast_refusal(array: Any, where: str, stage: str) -> InputError | None:
+    """:func:`check_contrast`'s refusal as a value (None: contrast enough), for rank 0 to broadcast."""
+    try:
+        check_contrast(array, where, stage)
+    except InputError as exc:
+        return exc
+    return None
+
+
 def check_finite_result(block: Any, stage: str, output: Any, region: Any = None, hint: str = "") -> None:
     """Refuse a computed block with NaN/inf before it is written (the stage's output is then not committed).
 
