@@ -75,8 +75,12 @@ def test_phase_names_that_are_classes_pass_and_an_absent_optional_phase_is_allow
     classes = {"pore": 0, "solid_electrolyte": 1, "lithium_metal": 2, "cathode_active": 3}  # no redeposited Li
     done = complete_config(with_changes(segment={"classes": classes}))
     assert done["microstructure"]["redeposited_phase"] == "redeposited_lithium"
+    three = {"pore": 0, "solid_electrolyte": 1, "cathode_active": 2}
     with pytest.raises(InputError, match="microstructure.anode_phase: 'lithium_metal' is not a class"):
-        complete_config(with_changes(segment={"classes": {"pore": 0, "solid_electrolyte": 1, "cathode_active": 2}}))
+        complete_config(with_changes(segment={"classes": three}))
+    # samples that only train the segmentation never reach microstructure: their class map is theirs
+    trained = {name: {**spec, "role": "train"} for name, spec in BASE["samples"].items()}
+    complete_config({**with_changes(segment={"classes": three}), "samples": trained})
 
 
 # ----------------------------------------------------------------------- train-seg: an unlabelled class
@@ -195,5 +199,5 @@ def test_the_cli_refuses_true_for_an_integer_setting(tmp_path, cli):
     for js, key in (('{"patch_size": true}', "denoise.patch_size"), ('{"threads": 1.5}', "denoise.threads"),
                     ('{"chunk": "64"}', "denoise.chunk")):
         code, err = cli("denoise", vol, tmp_path / "out.zarr", "--config-json", js)
-        one_line(code, err, key, "must be an integer")
+        one_line(code, err, key, "must be a valid integer")
     assert not any(tmp_path.iterdir())

@@ -94,7 +94,7 @@ def strict_scalar(annotation: Any, value: Any) -> str | None:
         return None if is_bool else "must be true or false"
     if annotation is int:
         ok = isinstance(value, numbers.Integral) and not is_bool
-        return None if ok else "must be an integer (not a boolean, decimal or string)"
+        return None if ok else "must be a valid integer (not a boolean, decimal or string)"
     if annotation is float:
         return "must be a number, not a boolean" if is_bool else None
     return None

@@ -81,9 +81,11 @@ class PipelineConfig(Section):
 
     @model_validator(mode="after")
     def _phases_are_classes(self) -> "PipelineConfig":
-        """The phases microstructure measures are classes of the run's class map (``segment.classes``):
-        a misspelt name would find no voxel and the cell block would fall back to the parameter set."""
-        check_phase_names(self.microstructure, list(self.segment.classes))
+        """The phases microstructure measures are classes of the run's class map (``segment.classes``)
+        when a sample goes through microstructure (role analyse/both): a misspelt name would find no
+        voxel and the cell block would fall back to the parameter set's geometry."""
+        if any(getattr(s, "role", "analyse") in ("analyse", "both") for s in self.samples.values()):
+            check_phase_names(self.microstructure, list(self.segment.classes))
         return self
 
     @model_validator(mode="after")
