@@ -200,7 +200,11 @@ def test_a_store_of_the_wrong_kind_is_refused(tmp_path, cli):
             (ct, "train-seg --labels", ("train-seg", "--volume", ct, "--labels", ct, "--model-out", tmp_path / "m.pt",
                                         "--metrics-out", tmp_path / "m.json", *seg)),
             (labels, "train-seg --volume", ("train-seg", "--volume", labels, "--labels", labels, "--model-out",
-                                            tmp_path / "m.pt", "--metrics-out", tmp_path / "m.json", *seg))]
+                                            tmp_path / "m.pt", "--metrics-out", tmp_path / "m.json", *seg)),
+            (ct, "classes", ("microstructure", "--labels", ct, "--output", tmp_path / "ms.json", "--msd",
+                             tmp_path / "msd.npz")),
+            (unc, "classes", ("microstructure", "--labels", unc, "--output", tmp_path / "ms.json", "--msd",
+                              tmp_path / "msd.npz"))]
     for path, role, argv in runs:
         code, err = cli(*argv)
         refused(code, err, path, role)
