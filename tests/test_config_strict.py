@@ -168,6 +168,9 @@ def test_snakemake_refuses_a_configfile_with_duplicate_keys(tmp_path):
     (SegmentConfig, "segment", "train: {patch_size: [16, true, 16]}", "segment.train.patch_size"),
     (SegmentConfig, "segment", "classes: {pore: 0, solid_electrolyte: true}", "segment.classes"),
     (SegmentConfig, "segment", "infer: {amp: 0}", "segment.infer.amp"),
+    (SegmentConfig, "segment", "train: {lr: .inf}", "segment.train.lr"),
+    (SegmentConfig, "segment", "train: {class_weights: [1.0, .nan]}", "segment.train.class_weights"),
+    (DenoiseConfig, "denoise", "h_factor: .nan", "denoise.h_factor"),
 ])
 def test_booleans_decimals_and_strings_are_not_integers(tmp_path, model, section, text, key):
     cfg = tmp_path / "c.yaml"

@@ -96,11 +96,19 @@ def test_no_contrast_is_refused_by_denoise_and_segment(tmp_path, cli, name):
     runs = [("denoise", vol, tmp_path / "den.zarr"),
             ("segment", "--input", vol, "--output", tmp_path / "gmm.zarr", "--method", "gmm"),
             ("segment", "--input", vol, "--output", tmp_path / "net.zarr", "--model", "pretrained", "--device", "cpu")]
+    labels = write_labels(tmp_path / "lab.zarr", np.indices(vol_shape(vol)).sum(0) % 3)
+    runs.append(("train-seg", "--volume", vol, "--labels", labels, "--model-out", tmp_path / "m.pt",
+                 "--metrics-out", tmp_path / "m.json", "--config-json",
+                 json.dumps({"train": {"steps": 1, "init_from": None, "checkpoint_dir": str(tmp_path / "ck")}})))
     for argv in runs:
         code, err = cli(*argv)
         refused(code, err, vol, "no contrast")
     assert snapshot(vol) == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["vol.zarr"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lab.zarr", "vol.zarr"]
+
+
+def vol_shape(path: Path) -> tuple[int, ...]:
+    return store.open_volume(path).shape
 
 
 def test_denoise_refuses_a_noise_free_volume_without_h_and_accepts_it_with_h(tmp_path, cli):
@@ -190,7 +198,8 @@ def test_a_store_of_the_wrong_kind_is_refused(tmp_path, cli):
     unc = write_volume(tmp_path / "unc.zarr", img.astype(np.float16), "segment", quantity="softmax entropy")
     before = snapshot(tmp_path)
     out = tmp_path / "out.zarr"
-    seg = ["--config-json", json.dumps({"train": {"init_from": None, "steps": 1}})]
+    seg = ["--config-json", json.dumps({"train": {"init_from": None, "steps": 1,
+                                                  "checkpoint_dir": str(tmp_path / "ck")}})]
     runs = [(labels, "denoise input", ("denoise", labels, out)),
             (unc, "denoise input", ("denoise", unc, out)),
             (labels, "denoise --reference", ("denoise", ct, out, "--reference", labels)),
@@ -236,6 +245,10 @@ def test_an_output_that_would_destroy_an_input_is_refused(tmp_path, cli):
         (("twin", "--train", tmp_path / "cells.npz", "--out", tmp_path / "cells.npz"), "the same path"),
         (("phantom", tmp_path / "p.zarr", "--labels", tmp_path / "p.zarr"), "two outputs"),
         (("ingest", tmp_path / "cells.npz", tmp_path / "cells.npz"), "the same path"),
+        (("denoise", vol, tmp_path / "d.zarr", "--work-dir", vol), "the same path"),
+        (("denoise", vol, tmp_path / "d.zarr", "--work-dir", vol / "work"), "is inside"),
+        (("twin", "--train", tmp_path / "cells.npz", "--out", tmp_path / "t.zarr", "--checkpoint",
+          tmp_path / "cells.npz"), "the same path"),
     ]
     for argv, relation in runs:
         code, err = cli(*argv)

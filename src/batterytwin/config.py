@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import numbers
 import types
 import typing
@@ -64,7 +65,7 @@ def strict_scalar(annotation: Any, value: Any) -> str | None:
     pydantic's lax mode reads ``true`` as 1 for an int, 2.0 or ``"2"`` as 2, and 1 or ``"yes"`` as
     True for a bool: settings that mean something else than was written. Here an int setting takes
     only integers (not booleans, floats or strings), a bool only ``true``/``false``, and a float any
-    number except a boolean (YAML ints and ``1e-3`` read as a string still work for floats). Lists
+    finite number except a boolean (YAML ints and ``1e-3`` read as a string still work for floats). Lists
     and mapping values are checked item by item; a union passes when one branch fits.
     """
     origin = typing.get_origin(annotation)
@@ -96,7 +97,11 @@ def strict_scalar(annotation: Any, value: Any) -> str | None:
         ok = isinstance(value, numbers.Integral) and not is_bool
         return None if ok else "must be a valid integer (not a boolean, decimal or string)"
     if annotation is float:
-        return "must be a number, not a boolean" if is_bool else None
+        if is_bool:
+            return "must be a number, not a boolean"
+        if isinstance(value, float) and not math.isfinite(value):
+            return "must be a finite number"  # .inf / .nan in YAML: no setting means "unbounded" by inf
+        return None
     return None
 
 

@@ -29,8 +29,9 @@ from .errors import InputError
 OUTPUTS = frozenset({"output", "out", "model_out", "metrics_out", "metrics", "uncertainty", "summary", "msd"})
 # commands whose outputs are named otherwise (report reads --metrics, --clean and --msd)
 OUTPUTS_OF = {"phantom": frozenset({"volume", "clean", "labels"}), "report": frozenset({"out"})}
-# read and written (resumable work folders, checkpoints): neither an input nor an output here
-NEITHER = frozenset({"work_dir", "checkpoint_dir", "checkpoint", "func", "command"})
+# read and written (resumable work folders, checkpoints): not inputs; they may not be or lie inside one
+WORK = frozenset({"work_dir", "checkpoint_dir", "checkpoint"})
+NEITHER = frozenset({"func", "command"})
 
 def _values(value: Any) -> list[str]:
     """The path strings of an argument value (one, a list, or ``NAME=PATH`` items)."""
@@ -53,11 +54,12 @@ def _real(path: str) -> Path:
     return Path(os.path.realpath(os.path.expanduser(path)))
 
 
-def check_paths(inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> None:
-    """Refuse an output equal to, inside or containing an input, or two outputs at one path.
+def check_paths(inputs: Mapping[str, Any], outputs: Mapping[str, Any], work: Mapping[str, Any] | None = None) -> None:
+    """Refuse an output equal to, inside or containing an input, or two outputs at one path, and a
+    work folder or checkpoint equal to or inside an input.
 
     Args:
-        inputs, outputs: setting name -> path (or list of paths); None and empty values are skipped.
+        inputs, outputs, work: setting name -> path (or list of paths); None and empty values are skipped.
 
     Raises:
         InputError: one line naming both settings and paths.
@@ -79,17 +81,24 @@ def check_paths(inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> None:
                 if relation:
                     raise InputError(f"{ko.replace('_', '-')} {po} {relation} {ki.replace('_', '-')} {pi}: writing it "
                                      "would destroy or change the input; choose another output path")
+    for kw, pw in [(k, p) for k, v in (work or {}).items() for p in _values(v)]:
+        for ki, pi in ins:
+            for a, b in ((_resolved(pw), _resolved(pi)), (_real(pw), _real(pi))):
+                relation = "is the same path as" if a == b else "is inside" if b in a.parents else None
+                if relation:
+                    raise InputError(f"{kw.replace('_', '-')} {pw} {relation} {ki.replace('_', '-')} {pi}: its files "
+                                     "would change the input; choose another folder")
 
 
 def check_args(args: argparse.Namespace, command: str | None = None) -> None:
     """:func:`check_paths` over a parsed command line: outputs by name (:data:`OUTPUTS`), inputs the rest."""
     outs_here = OUTPUTS_OF.get(command or getattr(args, "command", ""), OUTPUTS)
-    inputs, outputs = {}, {}
+    inputs, outputs, work = {}, {}, {}
     for name, value in vars(args).items():
         if name.startswith("_") or name.startswith("setting__") or name in NEITHER or value is None:
             continue
-        (outputs if name in outs_here else inputs)[name] = value
-    check_paths(inputs, outputs)
+        (outputs if name in outs_here else work if name in WORK else inputs)[name] = value
+    check_paths(inputs, outputs, work)
 
 
 def guard(parser: argparse.ArgumentParser, command: str) -> None:

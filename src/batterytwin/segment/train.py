@@ -39,6 +39,7 @@ from ..contracts import CLASSES, IGNORE_LABEL, SEGMENT_METRICS_SCHEMA
 from ..distributed import World, get_world, init_torch_distributed
 from ..errors import InputError
 from ..kinds import require_kind
+from ..sanity import contrast_refusal
 from ..training import (EXIT_PREEMPTED, Checkpoint, StopFlag, check_loss, load_model_file, preempted, save_atomic,
                         warmup_cosine, wrap_ddp)
 from ..training import set_threads
@@ -72,6 +73,9 @@ def _open_pair(inp: TrainInput, n_classes: int, world) -> tuple[store.Volume, st
     vol = store.open_volume(inp.volume)
     require_kind(vol, "ct", "train-seg --volume")
     store.check_finite(vol, world)
+    problem = contrast_refusal(vol.array, str(vol.path), "train-seg")
+    if problem is not None:
+        raise problem
     lab = store.open_volume(inp.labels, require=("voxel_size_um",))
     store.check_labels(lab, range(n_classes))
     return vol, lab
