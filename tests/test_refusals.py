@@ -213,7 +213,15 @@ def test_a_store_of_the_wrong_kind_is_refused(tmp_path, cli):
             (ct, "classes", ("microstructure", "--labels", ct, "--output", tmp_path / "ms.json", "--msd",
                              tmp_path / "msd.npz")),
             (unc, "classes", ("microstructure", "--labels", unc, "--output", tmp_path / "ms.json", "--msd",
-                              tmp_path / "msd.npz"))]
+                              tmp_path / "msd.npz")),
+            (labels, "report slices --raw", ("report", "slices", "--raw", labels, "--out", tmp_path / "s.png")),
+            (ct, "report slices --labels", ("report", "slices", "--labels", ct, "--out", tmp_path / "s.png")),
+            (ct, "report slices --uncertainty", ("report", "slices", "--uncertainty", ct, "--out", tmp_path / "s.png")),
+            (labels, "report nlm --denoised", ("report", "nlm", "--noisy", ct, "--denoised", labels, "--out",
+                                               tmp_path / "n.png")),
+            (labels, "report ome --volume", ("report", "ome", "--volume", labels, "--out", tmp_path / "o.zarr")),
+            (ct, "report ome --labels seg", ("report", "ome", "--volume", ct, "--labels", f"seg={ct}", "--out",
+                                             tmp_path / "o.zarr"))]
     for path, role, argv in runs:
         code, err = cli(*argv)
         refused(code, err, path, role)

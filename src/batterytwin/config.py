@@ -122,7 +122,8 @@ class UniqueKeyLoader(yaml.SafeLoader):
                 break
             if first is not None:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}, first given on line {first} (a key may appear once per mapping)",
+                    None, None,
+                    f"duplicate key {key!r}, first given on line {first} (a key may appear once per mapping)",
                     key_node.start_mark)
             seen[key] = line
         return super().construct_mapping(node, deep=deep)
@@ -137,7 +138,7 @@ def load_yaml(path: str | Path, text: str | None = None) -> Any:
     """
     p = Path(path)
     try:
-        return yaml.load(p.read_text() if text is None else text, Loader=UniqueKeyLoader)  # noqa: S506 (safe loader)
+        return yaml.load(p.read_text() if text is None else text, Loader=UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
     except yaml.constructor.ConstructorError as exc:
         if exc.problem and exc.problem.startswith("duplicate key") and exc.problem_mark is not None:
             line = exc.problem_mark.line + 1
