@@ -372,7 +372,7 @@ def test_implausible_derived_lengths_never_reach_pybamm(key, value):
 
 
 @pytest.mark.parametrize("shape", [("100000", "100000", "100000"), ("16", "16", "10000000000"),
-                                   ("2048", "2048", "2048")])
+                                   ("4096", "4096", "4096")])
 def test_a_phantom_too_large_is_refused_before_allocating(tmp_path, cli, shape):
     code, err = cli("phantom", tmp_path / "p.zarr", "--shape", *shape)
     refused(code, err, "phantom", "shape", "limit")
