@@ -136,6 +136,14 @@ def test_duplicate_yaml_keys_are_refused_with_file_and_line(tmp_path, cli, name)
     assert cfg.read_text() == text and not (tmp_path / "out.zarr").exists()
 
 
+@pytest.mark.parametrize("js, key", [('{"patch_size": 3, "patch_size": 5}', "patch_size"),
+                                     ('{"denoise": {"h": 0.1}, "denoise": {"h": 0.2}}', "denoise")])
+def test_duplicate_keys_in_config_json_are_refused(tmp_path, cli, js, key):
+    code, err = cli("denoise", tmp_path / "in.zarr", tmp_path / "out.zarr", "--config-json", js)
+    one_line(code, err, "--config-json", f"duplicate key {key!r}")
+    assert not any(tmp_path.iterdir())
+
+
 def test_workflow_configfiles_with_duplicate_keys_are_refused(tmp_path):
     good = tmp_path / "good.yaml"
     good.write_text("denoise:\n  patch_size: 3\nsegment:\n  method: gmm\n")

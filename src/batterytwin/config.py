@@ -169,12 +169,22 @@ def section_from_file(path: str | Path, section: str) -> dict:
 def section_from_json(text: str, section: str) -> dict:
     """The ``section`` mapping of a JSON object string (or the whole object when it has no such key)."""
     try:
-        data = json.loads(text)
+        data = json.loads(text, object_pairs_hook=_unique_pairs)
     except json.JSONDecodeError as exc:
         raise InputError(f"--config-json: not valid JSON ({exc})") from None
     if not isinstance(data, dict):
         raise InputError("--config-json: expected a JSON object")
     return _section_of(data, section, "--config-json")
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict:
+    """A JSON object, refusing a key given twice (``json.loads`` would keep the last)."""
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise InputError(f"--config-json: duplicate key {key!r} in one object (a key may appear once)")
+        out[key] = value
+    return out
 
 
 def _section_of(data: dict, section: str, where: str) -> dict:
