@@ -360,6 +360,24 @@ def test_implausible_voxel_sizes_are_refused(tmp_path, cli, size):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scan.npy"]
 
 
+def test_a_store_carrying_an_implausible_voxel_size_is_refused_by_its_readers(tmp_path, cli):
+    import zarr
+
+    truth, img = three_phases(24)
+    vol = write_volume(tmp_path / "vol.zarr", img)
+    labels = write_labels(tmp_path / "labels.zarr", truth)
+    for p in (vol, labels):  # as another tool (or an older version) might have written them
+        zarr.open_group(str(p), mode="r+").attrs["voxel_size_um"] = [1e9, 1e9, 1e9]
+        store.write_manifest(p)
+    before = snapshot(tmp_path)
+    for argv in (("denoise", vol, tmp_path / "d.zarr"),
+                 ("segment", "--input", vol, "--output", tmp_path / "l.zarr", "--method", "gmm"),
+                 ("microstructure", "--labels", labels, "--output", tmp_path / "ms.json", "--msd", tmp_path / "m.npz")):
+        code, err = cli(*argv)
+        refused(code, err, "voxel_size_um", "plausible")
+    assert snapshot(tmp_path) == before
+
+
 @pytest.mark.parametrize("key, value", [("thickness_um", 1e9), ("thickness_um", 1e-6), ("particle_radius_um", 5e5)])
 def test_implausible_derived_lengths_never_reach_pybamm(key, value):
     from batterytwin.cellsim.params import microstructure_substitutions
