@@ -277,12 +277,13 @@ def test_cli_diffusion_store_of_another_rule_is_one_line_exit_2(tmp_path, cli, a
     from batterytwin.cycling.store import write_store
     from batterytwin.distributed import World
 
-    cs, _, _ = _truth(8, np.random.default_rng(2))
-    np.savez(tmp_path / "test.npz", soh=cs.soh, valid_len=cs.valid_len.astype(np.int32), qmatrix=cs.qmatrix,
-             cycles_per_point=np.int64(CPP))
+    for name, seed in (("train", 3), ("test", 2)):  # distinct cells: a cell in both is refused
+        cs, _, _ = _truth(8, np.random.default_rng(seed))
+        np.savez(tmp_path / f"{name}.npz", soh=cs.soh, valid_len=cs.valid_len.astype(np.int32), qmatrix=cs.qmatrix,
+                 cycles_per_point=np.int64(CPP))
     lives = {k: np.full(8, 500.0, np.float32) for k in ("life_pred", "life_lo", "life_hi")}
     write_store(tmp_path / "d.zarr", lives, attrs, World())
-    code, err = cli("twin", "--train", tmp_path / "test.npz", "--test", tmp_path / "test.npz", "--diffusion",
+    code, err = cli("twin", "--train", tmp_path / "train.npz", "--test", tmp_path / "test.npz", "--diffusion",
                     tmp_path / "d.zarr", "--out", tmp_path / "t.zarr")
     assert code == 2 and message in err and str(tmp_path / "d.zarr") in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "t.zarr").exists()

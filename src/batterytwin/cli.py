@@ -43,6 +43,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     for name in packages:
         module = importlib.import_module(f"batterytwin.{name}.cli" if name != "inspect" else "batterytwin.inspect")
         module.register(subparsers)
+    from .paths import guard_all
+
+    guard_all(subparsers)  # no command's output may destroy one of its inputs (batterytwin.paths)
     return parser
 
 

@@ -27,12 +27,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import numbers
 import types
 import typing
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 
 from .errors import InputError
 
@@ -40,25 +43,125 @@ M = TypeVar("M", bound=BaseModel)
 
 
 class Section(BaseModel):
-    """Base of every settings model: unknown keys are errors, defaults are validated too."""
+    """Base of every settings model: unknown keys are errors, defaults are validated too, and numbers
+    are not booleans (:func:`strict_scalar`: ``true`` for an integer setting is an error, not 1)."""
 
     model_config = ConfigDict(extra="forbid", validate_default=True, validate_assignment=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _strict_scalars(cls, value: Any, info: ValidationInfo) -> Any:
+        field = cls.model_fields.get(info.field_name) if info.field_name else None
+        if field is not None:
+            problem = strict_scalar(field.annotation, value)
+            if problem:
+                raise ValueError(problem)
+        return value
+
+
+def strict_scalar(annotation: Any, value: Any) -> str | None:
+    """Why ``value`` does not fit the integer/boolean parts of ``annotation`` strictly, or None.
+
+    pydantic's lax mode reads ``true`` as 1 for an int, 2.0 or ``"2"`` as 2, and 1 or ``"yes"`` as
+    True for a bool: settings that mean something else than was written. Here an int setting takes
+    only integers (not booleans, floats or strings), a bool only ``true``/``false``, and a float any
+    finite number except a boolean (YAML ints and ``1e-3`` read as a string still work for floats). Lists
+    and mapping values are checked item by item; a union passes when one branch fits.
+    """
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return strict_scalar(typing.get_args(annotation)[0], value)
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            return None
+        problems = [strict_scalar(a, value) for a in typing.get_args(annotation) if a is not type(None)]
+        return None if any(p is None for p in problems) else problems[0]
+    if origin in (list, tuple, set) and isinstance(value, (list, tuple)):
+        args = [a for a in typing.get_args(annotation) if a is not Ellipsis]
+        for item in value:
+            problem = strict_scalar(args[0], item) if args else None
+            if problem:
+                return f"{problem} (item {item!r})"
+        return None
+    if origin is dict and isinstance(value, dict):
+        args = typing.get_args(annotation)
+        for key, item in value.items():
+            problem = strict_scalar(args[1], item) if len(args) == 2 else None
+            if problem:
+                return f"{key}: {problem} (got {item!r})"
+        return None
+    is_bool = isinstance(value, bool) or type(value).__name__ == "bool_"  # numpy's bool too
+    if annotation is bool:
+        return None if is_bool else "must be true or false"
+    if annotation is int:
+        ok = isinstance(value, numbers.Integral) and not is_bool
+        return None if ok else "must be a valid integer (not a boolean, decimal or string)"
+    if annotation is float:
+        if is_bool:
+            return "must be a number, not a boolean"
+        if isinstance(value, float) and not math.isfinite(value):
+            return "must be a finite number"  # .inf / .nan in YAML: no setting means "unbounded" by inf
+        return None
+    return None
 
 
 # --------------------------------------------------------------------------------------- reading
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error (the safe
+    loader silently keeps the last value: a setting edited in one place and overridden further down)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: the base class names it
+                break
+            if first is not None:
+                raise yaml.constructor.ConstructorError(
+                    None, None,
+                    f"duplicate key {key!r}, first given on line {first} (a key may appear once per mapping)",
+                    key_node.start_mark)
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(path: str | Path, text: str | None = None) -> Any:
+    """The YAML (or JSON) document of ``path``, refusing duplicate keys.
+
+    Raises:
+        InputError: ``config.yaml:12: duplicate key 'h' (first given on line 3)``, or another YAML error
+            with its line.
+    """
+    p = Path(path)
+    try:
+        return yaml.load(p.read_text() if text is None else text, Loader=UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+    except yaml.constructor.ConstructorError as exc:
+        if exc.problem and exc.problem.startswith("duplicate key") and exc.problem_mark is not None:
+            line = exc.problem_mark.line + 1
+            raise InputError(f"{p}:{line}: {exc.problem}") from None
+        raise InputError(f"{p}: not valid YAML ({' '.join(str(exc).split())})") from None
+    except yaml.YAMLError as exc:
+        raise InputError(f"{p}: not valid YAML ({' '.join(str(exc).split())})") from None
+
+
+def check_yaml_files(paths: Any) -> None:
+    """Refuse duplicate keys in each config file of ``paths`` (the workflow's configfiles)."""
+    for p in paths or ():
+        if Path(p).is_file():
+            load_yaml(p)
+
+
 def section_from_file(path: str | Path, section: str) -> dict:
     """The ``section`` mapping of a YAML/JSON file (or the whole file when it has no such key)."""
-    import yaml
-
     from .inputfile import read_text
 
     p = Path(path)
     text = read_text(p, "config file")  # a folder, a FIFO or a binary file: one line
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise InputError(f"{p}: not valid YAML ({' '.join(str(exc).split())})") from None
+    data = load_yaml(p, text) or {}
     if not isinstance(data, dict):
         raise InputError(f"{p}: expected a mapping")
     return _section_of(data, section, str(p))
@@ -67,12 +170,22 @@ def section_from_file(path: str | Path, section: str) -> dict:
 def section_from_json(text: str, section: str) -> dict:
     """The ``section`` mapping of a JSON object string (or the whole object when it has no such key)."""
     try:
-        data = json.loads(text)
+        data = json.loads(text, object_pairs_hook=_unique_pairs)
     except json.JSONDecodeError as exc:
         raise InputError(f"--config-json: not valid JSON ({exc})") from None
     if not isinstance(data, dict):
         raise InputError("--config-json: expected a JSON object")
     return _section_of(data, section, "--config-json")
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict:
+    """A JSON object, refusing a key given twice (``json.loads`` would keep the last)."""
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise InputError(f"--config-json: duplicate key {key!r} in one object (a key may appear once)")
+        out[key] = value
+    return out
 
 
 def _section_of(data: dict, section: str, where: str) -> dict:

@@ -138,6 +138,9 @@ def provenance(stage: str, params: dict[str, Any] | None = None) -> dict[str, An
     }
 
 
+VOXEL_SIZE_RANGE_UM = (1e-4, 1e4)  # 0.1 nm .. 1 cm: anything else is a unit slip (m, nm) or a typo
+
+
 def check_voxel_size(voxel_size_um: Any, where: str) -> list[float]:
     """Validate a voxel size: a positive number or three positive numbers (z, y, x)."""
     if voxel_size_um is None:
@@ -149,6 +152,10 @@ def check_voxel_size(voxel_size_um: Any, where: str) -> list[float]:
         raise InputError(f"{where}: voxel_size_um must be numbers, got {voxel_size_um!r}") from None
     if len(values) != 3 or not all(math.isfinite(v) and v > 0 for v in values):
         raise InputError(f"{where}: voxel_size_um must be > 0 (one value or three: z, y, x), got {voxel_size_um!r}")
+    lo, hi = VOXEL_SIZE_RANGE_UM
+    if not all(lo <= v <= hi for v in values):
+        raise InputError(f"{where}: voxel_size_um {voxel_size_um!r} is outside the plausible range {lo:g}..{hi:g} "
+                         "micrometres (nano- to macro-CT); give it in micrometres")
     return values
 
 

@@ -11,6 +11,7 @@ the key on a problem) and then with the generated schema, so rules read complete
 
 from __future__ import annotations
 
+import difflib
 import json
 import sys
 from pathlib import Path
@@ -79,6 +80,15 @@ class PipelineConfig(Section):
     report: ReportConfig = Field(default_factory=ReportConfig, description="report figures")
 
     @model_validator(mode="after")
+    def _phases_are_classes(self) -> "PipelineConfig":
+        """The phases microstructure measures are classes of the run's class map (``segment.classes``)
+        when a sample goes through microstructure (role analyse/both): a misspelt name would find no
+        voxel and the cell block would fall back to the parameter set's geometry."""
+        if any(getattr(s, "role", "analyse") in ("analyse", "both") for s in self.samples.values()):
+            check_phase_names(self.microstructure, list(self.segment.classes))
+        return self
+
+    @model_validator(mode="after")
     def _one_end_of_life_rule(self) -> "PipelineConfig":
         """The diffusion model and the twin score the same real cells against each other: one end-of-life
         rule, one threshold and one data directory (``twin`` may leave them to ``degradation``, or repeat
@@ -96,6 +106,26 @@ class PipelineConfig(Section):
             raise ValueError(f"twin.data_dir: {twin.data_dir!r} differs from degradation.real_data.dir "
                              f"{deg.real_data.dir!r} (one data directory for both stages: leave twin.data_dir null)")
         return self
+
+
+# microstructure settings naming a class: required ones must be classes of the run; an optional one
+# (absent from some class maps) is refused only when it looks like a misspelt class
+REQUIRED_PHASES = ("electrolyte_phase", "active_phase", "anode_phase")
+OPTIONAL_PHASES = ("redeposited_phase",)
+
+
+def check_phase_names(micro: MicrostructureConfig, classes: list[str]) -> None:
+    """Raise ``ValueError`` (one line, with a did-you-mean) for a phase name that is not in ``classes``."""
+    named = [(f"microstructure.phases[{i}]", n) for i, n in enumerate(micro.phases)]
+    named += [(f"microstructure.{k}", getattr(micro, k)) for k in REQUIRED_PHASES]
+    for key, name in named + [(f"microstructure.{k}", getattr(micro, k)) for k in OPTIONAL_PHASES]:
+        if name in classes:
+            continue
+        close = difflib.get_close_matches(name, classes, n=1, cutoff=0.6)
+        if key.rsplit(".", 1)[-1] in OPTIONAL_PHASES and not close:
+            continue
+        hint = f"did you mean {close[0]!r}? one of the two settings is misspelt; " if close else ""
+        raise ValueError(f"{key}: {name!r} is not a class of segment.classes ({hint}classes: {', '.join(classes)})")
 
 
 def complete_config(config: dict[str, Any], where: str = "config") -> dict[str, Any]:

@@ -5,12 +5,16 @@ import sys
 
 from snakemake.utils import validate
 
+from batterytwin.config import check_yaml_files
 from batterytwin.errors import InputError
 from batterytwin.workflow_config import complete_config
 
 # The typed models (src/batterytwin/<stage>/config.py) fill every default and name a bad key in one
 # line; the schema generated from them (workflow/schemas/config.schema.json) is checked after.
+# Snakemake reads the configfiles with a loader that keeps the last of duplicate keys: read them
+# again with one that refuses them (file:line).
 try:
+    check_yaml_files(workflow.configfiles)
     config.update(complete_config(config))
 except InputError as exc:
     sys.exit(f"batterytwin config: error: {exc}")

@@ -40,6 +40,7 @@ _SEPARATOR = (
     ("electrolyte_volume_fraction", "Separator porosity", 1.0),
     ("thickness_um", "Separator thickness [m]", 1e6),
 )
+LENGTH_RANGE_UM = (0.01, 1e4)  # a measured thickness or particle radius outside it is a unit slip
 _BRUGGEMAN = {
     "positive_electrode": "Positive electrode Bruggeman coefficient (electrolyte)",
     "separator": "Separator Bruggeman coefficient (electrolyte)",
@@ -246,8 +247,9 @@ def microstructure_substitutions(ms: dict[str, Any], path: str = "microstructure
                 continue
             if key.endswith("fraction") and not (0.0 < x < 1.0 or (region == "separator" and x == 1.0)):
                 raise InputError(f"{where}: a volume fraction must be in (0, 1), got {x}")
-            if key.endswith("_um") and x <= 0:
-                raise InputError(f"{where}: must be > 0 micrometres, got {x}")
+            if key.endswith("_um") and not LENGTH_RANGE_UM[0] <= x <= LENGTH_RANGE_UM[1]:
+                raise InputError(f"{where}: {x:g} micrometres is outside the plausible range {LENGTH_RANGE_UM[0]:g}.."
+                                 f"{LENGTH_RANGE_UM[1]:g} um (check the labels' voxel_size_um)")
             subs.append(Substitution(name, x / scale, f"{path}: cell.{region}.{key}"))
         problem = untrusted_tortuosity(block, f"{path}: cell.{region}")
         if problem is not None:

@@ -18,6 +18,7 @@ by :func:`batterytwin.degradation.data.load_sweep` (only the diffusion stage tra
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,9 +70,25 @@ class CurveSet:
         inside = idx < self.valid_len[:, None]
         if not np.all(np.isfinite(self.soh[inside])):
             raise InputError(f"{where}: soh has NaN/inf before the end of a record (valid_len)")
+        check_soh_percent(self.soh, self.valid_len, self.names, where)
 
     def __len__(self) -> int:
         return len(self.soh)
+
+    def curve_digest(self, i: int) -> str:
+        """SHA-256 of cell ``i``'s recorded SOH curve (float32, up to ``valid_len``) and capacity matrix."""
+        h = hashlib.sha256()
+        h.update(np.ascontiguousarray(self.soh[i, :self.valid_len[i]], np.float32).tobytes())
+        h.update(np.ascontiguousarray(self.qmatrix[i], np.float32).tobytes())
+        return h.hexdigest()
+
+    def digest(self) -> str:
+        """SHA-256 identifying the cells in order (their curves and capacity matrices): a store of
+        predictions records it, so that a reader can tell it scores this very dataset."""
+        h = hashlib.sha256()
+        for i in range(len(self)):
+            h.update(self.curve_digest(i).encode())
+        return h.hexdigest()
 
     @property
     def curve_length(self) -> int:
@@ -99,6 +116,64 @@ class CurveSet:
         if int(self.cycles_per_point) != int(cycles_per_point):
             raise InputError(f"{where}: {self.cycles_per_point} cycles per point, the {what} expects "
                              f"{cycles_per_point}")
+
+
+SOH_FIRST_RANGE = (80.0, 120.0)  # percent of the first cycle's capacity: the first point is ~100
+SOH_MAX = 150.0  # no cell gains half its capacity
+SOH_FRACTION_MAX = 1.5  # every value at most this: a 0-1 fraction, not percent
+
+
+def check_soh_percent(soh: np.ndarray, valid_len: np.ndarray, names: Sequence[str], where: str) -> None:
+    """Refuse SOH curves that are not in percent of the first cycle: a 0-1 fraction, values above
+    :data:`SOH_MAX` (a 1e6 % typo, capacity in mAh), negative values, or a first point outside
+    :data:`SOH_FIRST_RANGE` (one line naming the first offending cell)."""
+    inside = np.arange(soh.shape[1])[None, :] < valid_len[:, None]
+    rec = np.where(inside, soh, np.nan)
+    with np.errstate(invalid="ignore"):
+        top = np.nanmax(rec, axis=1)
+        low = np.nanmin(rec, axis=1)
+    if np.all(top <= SOH_FRACTION_MAX):
+        raise InputError(f"{where}: soh is at most {float(np.max(top)):.4g} in every cell: a 0-1 fraction? SOH must be "
+                         "in percent of the first cycle's capacity (100 at the start)")
+    for i in range(len(soh)):
+        problem = None
+        if top[i] > SOH_MAX:
+            problem = f"reaches {float(top[i]):.6g} % (> {SOH_MAX:g} %)"
+        elif low[i] < 0:
+            problem = f"goes negative ({float(low[i]):.6g} %)"
+        elif not SOH_FIRST_RANGE[0] <= soh[i, 0] <= SOH_FIRST_RANGE[1]:
+            problem = (f"starts at {float(soh[i, 0]):.6g} % (expected ~100, within {SOH_FIRST_RANGE[0]:g}.."
+                       f"{SOH_FIRST_RANGE[1]:g})")
+        if problem:
+            raise InputError(f"{where}: cell {names[i]}: soh {problem}: SOH must be in percent of the first cycle's "
+                             "capacity")
+
+
+def check_distinct_cells(sets: dict[str, "CurveSet | None"]) -> None:
+    """Refuse a cell given twice, within one role or across roles (``{"--train": cs, "--test": cs}``):
+    the same id, or the same curve and capacity matrix under another id. A duplicate lands in both
+    sides of a cross-validation fold (or in training and test) and inflates every score.
+
+    Raises:
+        InputError: one line naming both occurrences.
+    """
+    seen_id: dict[str, str] = {}
+    seen_curve: dict[str, str] = {}
+    for role, cs in sets.items():
+        if cs is None:
+            continue
+        for i, name in enumerate(cs.names):
+            here = f"{role} cell {name}"
+            digest = cs.curve_digest(i)
+            if name in seen_id:
+                raise InputError(f"{cs.source}: {here} is given twice (also {seen_id[name]}): each cell once, or the "
+                                 "cross-validation and test scores are inflated by copies")
+            if digest in seen_curve:
+                raise InputError(f"{cs.source}: {here} has the same SOH curve and capacity matrix as "
+                                 f"{seen_curve[digest]}: a duplicated cell (each cell once, or the scores are inflated "
+                                 "by copies)")
+            seen_id[name] = here
+            seen_curve[digest] = here
 
 
 def concat(sets: Sequence[CurveSet]) -> CurveSet:

@@ -40,10 +40,14 @@ def _chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def read_lives(path: str | Path, n_cells: int, eol_rule: str, threshold: float,
-               what: str = "degradation prediction store") -> dict[str, np.ndarray]:
+               what: str = "degradation prediction store", cells: Any = None) -> dict[str, np.ndarray]:
     """``life_pred``, ``life_lo``, ``life_hi`` [n] of a prediction store, after checking that it scored the
     same cells by the same end-of-life rule: the number of cells, ``eol_rule`` and (under the threshold
-    rule) ``threshold_percent`` must match, else one-line :class:`InputError` naming the store."""
+    rule) ``threshold_percent`` must match, else one-line :class:`InputError` naming the store.
+
+    With ``cells`` (the :class:`~batterytwin.cycling.curves.CurveSet` scored here), the store must also
+    be of this very dataset: its ``cells_sha256`` (:meth:`CurveSet.digest`) must match, or, in a store
+    without it, its ``cell_names``."""
     from ..contracts import open_group
 
     g = open_group(path, what, arrays=("life_pred", "life_lo", "life_hi"))
@@ -59,4 +63,31 @@ def read_lives(path: str | Path, n_cells: int, eol_rule: str, threshold: float,
     out = {f"life_{k}": np.asarray(g[f"life_{k}"][:], np.float64) for k in ("pred", "lo", "hi")}
     if len(out["life_pred"]) != n_cells:
         raise InputError(f"{path}: {len(out['life_pred'])} cells, the test split has {n_cells} (another evaluation?)")
+    if cells is not None:
+        check_same_cells(path, attrs, cells)
     return out
+
+
+def _bare(name: str) -> str:
+    return str(name).rsplit(":", 1)[-1]  # concatenated sets prefix the file name
+
+
+def check_same_cells(path: str | Path, attrs: dict[str, Any], cells: Any) -> None:
+    """Refuse a prediction store of another dataset than ``cells`` (same count is not enough)."""
+    digest = attrs.get("cells_sha256")
+    if digest is not None:
+        if digest != cells.digest():
+            raise InputError(f"{path}: predictions of another dataset (cells_sha256 {str(digest)[:12]}..., the test "
+                             f"cells here {cells.digest()[:12]}...; {cells.source}): score the store made from these "
+                             "cells")
+        return
+    names = attrs.get("cell_names")
+    if names is None:
+        raise InputError(f"{path}: records neither cells_sha256 nor cell_names: cannot tell which cells it predicts "
+                         "(rerun predict-degradation)")
+    ours = [_bare(n) for n in cells.names]
+    theirs = [_bare(n) for n in names]
+    if theirs != ours:
+        first = next((i for i, (a, b) in enumerate(zip(theirs, ours)) if a != b), 0)
+        raise InputError(f"{path}: predictions of other cells (cell {first}: {theirs[first]!r} in the store, "
+                         f"{ours[first]!r} in {cells.source}): score the store made from these cells")

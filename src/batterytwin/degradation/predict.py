@@ -406,7 +406,7 @@ def run_prediction(model_path: Path, cs: CurveSet, out: Path, metrics_path: Path
     attrs = {**provenance("degradation", params or {}), "eol_rule": cs.eol_rule,
              "cycles_per_point": int(cs.cycles_per_point), "threshold_percent": st.threshold,
              "interval_level": st.level, "sampler": st.model_dump(), "cell_names": list(cs.names),
-             "metrics": metrics}
+             "cells_sha256": cs.digest(), "metrics": metrics}
     write_store(out, arrays, json_safe(attrs), world)
     if metrics_path is not None and world.is_root:
         write_json(metrics_path, metrics)  # NaN (nothing to score) -> null: strict JSON

@@ -12,6 +12,8 @@ from pydantic import Field, field_validator
 
 from ..config import Section
 
+MAX_SEARCH_RADIUS = 24  # (2 d + 1)^3 / 2 = 58 800 offsets per voxel: beyond it a run never ends
+
 
 class DenoiseConfig(Section):
     """What ``batterytwin denoise`` is asked to do.
@@ -22,8 +24,9 @@ class DenoiseConfig(Section):
     """
 
     patch_size: int = Field(5, ge=1, description="patch edge in voxels (odd)")
-    search_radius: int = Field(6, ge=0, description="search radius d in voxels: offsets [-d, d]^3 "
-                               "(skimage's patch_distance); cost grows as (2d+1)^3")
+    search_radius: int = Field(6, ge=0, le=MAX_SEARCH_RADIUS, description="search radius d in voxels: offsets "
+                               "[-d, d]^3 (skimage's patch_distance); cost grows as (2d+1)^3; the window 2d+1 must "
+                               "fit in the volume")
     h: float | None = Field(None, gt=0, allow_inf_nan=False,
                             description="filtering strength in data units; null: h_factor * estimated noise sigma")
     h_factor: float = Field(1.2, gt=0, allow_inf_nan=False,

@@ -36,7 +36,9 @@ import torch
 from .. import store
 from ..distributed import World, get_world, select_device
 from ..errors import InputError
+from ..kinds import require_kind
 from ..progress import progress
+from ..sanity import check_contrast, check_finite_result
 from .config import DenoiseConfig
 from .metrics import SSIM_HALO, MetricSums, block_sums
 from .nlm import NLMParams, cpu_threads, reflect_index, run_padded
@@ -44,6 +46,7 @@ from .sigma import estimate_sigma
 
 log = logging.getLogger(__name__)
 STAGE = "denoise"
+NOISE_FLOOR = 1e-6  # sigma at most this fraction of the data range: no noise to estimate h from
 
 
 def keep_freed_memory() -> None:
@@ -120,6 +123,32 @@ def _check_input(vol: store.Volume) -> None:
         raise InputError(f"{vol.path}: dtype {arr.dtype} is not a real number type")
 
 
+def check_search_radius(cfg: DenoiseConfig, shape: tuple[int, ...], where: Any) -> None:
+    """Refuse a search window (2 d + 1 voxels per axis) larger than the volume's smallest edge: its
+    offsets would reach past the volume into reflections of reflections, at a cost of (2 d + 1)^3."""
+    edge = min(shape)
+    if 2 * cfg.search_radius + 1 > edge:
+        raise InputError(f"{where}: denoise.search_radius {cfg.search_radius} gives a search window of "
+                         f"{2 * cfg.search_radius + 1} voxels, larger than the volume's smallest edge ({edge} of "
+                         f"{tuple(shape)}); use at most {(edge - 1) // 2}")
+
+
+def _noise_level(src: store.Volume, cfg: DenoiseConfig) -> float | InputError:
+    """The noise sigma of the volume, or the refusal of a volume without contrast or without noise."""
+    try:
+        lo, hi = check_contrast(src.array, str(src.path), "denoise", cfg.sigma_max_voxels)
+        sigma = estimate_sigma(src.array, cfg.sigma_max_voxels)
+        if not math.isfinite(sigma):
+            raise InputError(f"{src.path}: the volume contains NaN or infinite values")
+        if cfg.h is None and not sigma > NOISE_FLOOR * (hi - lo):
+            raise InputError(f"{src.path}: the estimated noise sigma ({sigma:.3g}) is ~0 next to the data range "
+                             f"({lo:.6g}..{hi:.6g}): the volume looks noise-free, h = h_factor * sigma would be "
+                             "meaningless; give denoise.h directly or skip denoising")
+        return sigma
+    except InputError as exc:
+        return exc
+
+
 def _data_range(ref: Any, regions: list[tuple[slice, ...]], world: World) -> float:
     """max - min of the reference volume (the PSNR/SSIM data range), shards split over ranks."""
     lo, hi = math.inf, -math.inf
@@ -167,22 +196,26 @@ def denoise_store(input_path: os.PathLike | str, output_path: os.PathLike | str,
     world = world or get_world()
     t_start = time.perf_counter()
     src = store.open_volume(input_path)
+    require_kind(src, "ct", "denoise input")
     _check_input(src)
     store.check_finite(src, world)
     shape = src.shape
     if min(shape) < max(cfg.patch_size, 2):
         raise InputError(f"{src.path}: volume {shape} is smaller than the patch ({cfg.patch_size})")
+    check_search_radius(cfg, shape, src.path)
     ref = None
     if reference is not None:
         ref = store.open_volume(reference, require=())
+        require_kind(ref, "ct", "denoise --reference")
         if ref.shape != shape:
             raise InputError(f"{ref.path}: reference shape {ref.shape} differs from the input's {shape}")
         store.check_finite(ref, world)
 
-    # one noise estimate for the whole volume, on rank 0, shared
-    sigma = world.bcast(estimate_sigma(src.array, cfg.sigma_max_voxels) if world.is_root else None)
-    if not math.isfinite(sigma):
-        raise InputError(f"{src.path}: the volume contains NaN or infinite values")
+    # one noise estimate for the whole volume, on rank 0, shared (a refusal too: every rank raises it)
+    found = world.bcast(_noise_level(src, cfg) if world.is_root else None)
+    if isinstance(found, InputError):
+        raise found
+    sigma = found
     h = cfg.h if cfg.h is not None else cfg.h_factor * sigma
     if not h > 0:
         raise InputError(f"{src.path}: estimated noise sigma is {sigma}, so h = h_factor * sigma is not > 0; "
@@ -270,6 +303,8 @@ def _fill(src: store.Volume, ref: store.Volume | None, out_path: Path, markers: 
         with freed_memory_kept(device.type == "cpu"):
             result = run_padded(xp, params, backend, workers).cpu().numpy()
             del xp
+        check_finite_result(result, "denoise", out_path, region,
+                            hint=f"h {params.h:.3g} is too small for float32 weights; give a larger denoise.h")
         out[region] = result
         del result
         n_done += 1

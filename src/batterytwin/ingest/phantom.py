@@ -61,6 +61,9 @@ RANGES: dict[str, tuple[type, float, float]] = {
 POSITIVE = {"voxel_size_um", "particle_radius", "dendrite_radius"}
 
 
+MAX_VOXELS = 1 << 34  # documented limit of a phantom (2048 x 2048 x 4096): its object list and stores grow with it
+
+
 @dataclass
 class PhantomParams:
     """Parameters of the synthetic cell; lengths in voxels unless named otherwise."""
@@ -115,6 +118,10 @@ class PhantomParams:
         self.attenuation = tuple(float(a) for a in self.attenuation)
         if len(self.shape) != 3 or min(self.shape) < 16:
             raise InputError(f"phantom: shape must be three sizes >= 16, got {self.shape}")
+        if math.prod(self.shape) > MAX_VOXELS:  # checked before anything is drawn or allocated
+            raise InputError(f"phantom: shape {self.shape} has {math.prod(self.shape):,} voxels, above the phantom's "
+                             f"limit of {MAX_VOXELS:,} (2^34: {4 * MAX_VOXELS / 2**30:.0f} GiB float32 per output); "
+                             "use a smaller shape")
         if not 0 <= self.frame < self.n_frames:
             raise InputError(f"phantom: frame {self.frame} outside 0..n_frames-1 ({self.n_frames})")
         if len(self.attenuation) != len(CLASSES):

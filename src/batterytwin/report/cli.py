@@ -154,11 +154,12 @@ def uncertainty_title(attrs) -> str:
 def run_slices(args: argparse.Namespace) -> None:
     from .volumes import Panel, plot_orthoslices
 
-    spec = [("raw CT", args.raw, "image"), ("NLM denoised", args.denoised, "image"),
-            ("segmented", args.labels, "labels"), ("ground truth", args.truth, "labels")]
-    panels = [Panel(t, open_volume(p), k) for t, p, k in spec if p]
+    spec = [("raw CT", args.raw, "image", "--raw"), ("NLM denoised", args.denoised, "image", "--denoised"),
+            ("segmented", args.labels, "labels", "--labels"), ("ground truth", args.truth, "labels", "--truth")]
+    panels = [Panel(t, _volume(p, "ct" if k == "image" else k, f"report slices {flag}"), k)
+              for t, p, k, flag in spec if p]
     if args.uncertainty:
-        unc = open_volume(args.uncertainty)
+        unc = _volume(args.uncertainty, "uncertainty", "report slices --uncertainty")
         panels.append(Panel(uncertainty_title(unc.attrs), unc, "map"))
     if not panels:
         raise InputError("report slices: give at least one of --raw/--denoised/--labels/--truth/--uncertainty")
@@ -169,8 +170,18 @@ def run_nlm(args: argparse.Namespace) -> None:
     from .volumes import plot_nlm
 
     metrics = read_json(args.metrics, "denoise metrics") if args.metrics else None
-    clean = open_volume(args.clean) if args.clean else None
-    _save(plot_nlm(open_volume(args.noisy), open_volume(args.denoised), clean, metrics), args)
+    clean = _volume(args.clean, "ct", "report nlm --clean") if args.clean else None
+    noisy = _volume(args.noisy, "ct", "report nlm --noisy")
+    _save(plot_nlm(noisy, _volume(args.denoised, "ct", "report nlm --denoised"), clean, metrics), args)
+
+
+def _volume(path: str, kind: str, role: str):
+    """The volume store at ``path``, refused unless it is of ``kind`` (:func:`batterytwin.kinds.require_kind`)."""
+    from ..kinds import require_kind
+
+    vol = open_volume(path)
+    require_kind(vol, kind, role)
+    return vol
 
 
 def run_training(args: argparse.Namespace) -> None:

@@ -25,6 +25,7 @@ from typing import Mapping
 
 from ..distributed import World
 from ..errors import InputError
+from ..kinds import require_kind
 from ..store import Volume, atomic_output, check_finite, check_labels, open_volume
 from . import style
 
@@ -80,9 +81,11 @@ def export_ome(volume: os.PathLike | str, out: os.PathLike | str, labels: Mappin
     if not isinstance(chunk, int) or chunk < 1:
         raise InputError(f"report ome: --chunk must be an integer >= 1, got {chunk!r}")
     vol = open_volume(volume)
+    require_kind(vol, "ct", "report ome --volume")
     check_finite(vol)
     lab = {name: open_volume(p) for name, p in (labels or {}).items()}
     for name, lv in lab.items():
+        require_kind(lv, "labels", f"report ome --labels {name}")
         if lv.shape != vol.shape:
             raise InputError(f"{lv.path}: label shape {lv.shape} differs from the volume {vol.path} {vol.shape}")
         if lv.array.dtype.kind not in "ui":

@@ -106,9 +106,58 @@ def sample_intensities(array: Any, max_samples: int, seed: int = 0, blocks: Sequ
 
 # --------------------------------------------------------------------------------------------- fit
 
+CLIP_PERCENTILES = (0.5, 99.5)  # the bulk of the intensities; the fit sees them and a margin around them
+CLIP_MARGIN = 0.25  # of the bulk's range, each side: the phases' own tails stay, far specks and outliers go
+MIN_WEIGHT = 0.005  # a component with less of the (clipped) sample holds (near) no voxels: a collapsed class
+
+
+def robust_sample(samples: np.ndarray) -> np.ndarray:
+    """The finite samples inside the range of :data:`CLIP_PERCENTILES` widened by :data:`CLIP_MARGIN`
+    (float64): bright specks, dead pixels and other rare outliers far from the bulk would otherwise
+    claim a component of their own; the phases' tails are kept (cutting them would shrink the outer
+    components' variances and bias the classification)."""
+    x = np.asarray(samples, np.float64).ravel()
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        return x
+    lo, hi = np.percentile(x, CLIP_PERCENTILES)
+    pad = CLIP_MARGIN * (hi - lo)
+    return x[(x >= lo - pad) & (x <= hi + pad)]
+
+
+def initial_mixture(x: np.ndarray, n_components: int, reg_covar: float) -> tuple[np.ndarray, ...]:
+    """Means, weights and precisions to start EM from: the classes of a multi-Otsu split of the
+    histogram (:func:`skimage.filters.threshold_multiotsu`), one component per intensity mode,
+    instead of k-means++ seeds that may put two components on one large peak and none on a small one.
+
+    Returns:
+        (means [K, 1], weights [K], precisions [K, 1, 1]).
+    """
+    if n_components == 1:
+        groups = [x]
+    else:
+        from skimage.filters import threshold_multiotsu
+
+        thresholds = threshold_multiotsu(x, classes=n_components, nbins=256)
+        part = np.digitize(x, thresholds)
+        groups = [x[part == k] for k in range(n_components)]
+    if any(g.size == 0 for g in groups):  # a mode too thin for the histogram: split by quantiles
+        edges = np.quantile(x, np.linspace(0, 1, n_components + 1)[1:-1])
+        part = np.searchsorted(edges, x, side="right")
+        groups = [x[part == k] for k in range(n_components)]
+    means = np.array([g.mean() if g.size else x.mean() for g in groups])
+    weights = np.array([max(g.size, 1) for g in groups], np.float64)
+    variances = np.array([g.var() if g.size > 1 else 0.0 for g in groups]) + reg_covar
+    return means[:, None], weights / weights.sum(), (1.0 / variances)[:, None, None]
+
+
 def fit_mixture(samples: np.ndarray, n_components: int, seed: int = 0, max_iter: int = 200,
                 n_init: int = 1) -> Mixture:
     """Fit a ``n_components`` Gaussian mixture to ``samples`` (float [n]) by EM (scikit-learn).
+
+    Robust to outliers and to peaks of very different sizes: EM runs on :func:`robust_sample`
+    (specks far outside the 0.5..99.5 percentile range left out) from the multi-Otsu start of
+    :func:`initial_mixture` (``n_init`` > 1 adds restarts from k-means++; the best likelihood wins).
 
     Raises:
         InputError: non-finite samples only, or fewer distinct values than components (EM would
@@ -116,17 +165,64 @@ def fit_mixture(samples: np.ndarray, n_components: int, seed: int = 0, max_iter:
     """
     from sklearn.mixture import GaussianMixture
 
-    x = np.asarray(samples, np.float64).ravel()
-    x = x[np.isfinite(x)]
+    x = robust_sample(samples)
     distinct = np.unique(x).size if x.size else 0
     if distinct < n_components:
         raise InputError(f"segment.gmm: {n_components} components but the volume's sampled intensities have only "
                          f"{distinct} distinct value(s); give fewer classes in segment.gmm.classes")
-    gm = GaussianMixture(n_components, covariance_type="full", max_iter=max_iter, n_init=n_init,
-                         random_state=seed, reg_covar=1e-6 * max(float(x.var()), 1e-30))
+    reg = 1e-6 * max(float(x.var()), 1e-30)
+    means, weights, precisions = initial_mixture(x, n_components, reg)
+    gm = GaussianMixture(n_components, covariance_type="full", max_iter=max_iter, random_state=seed, reg_covar=reg,
+                         means_init=means, weights_init=weights, precisions_init=precisions)
     gm.fit(x[:, None])
+    if n_init > 1:  # restarts from k-means++ seeds; the start above stays one of the candidates
+        other = GaussianMixture(n_components, covariance_type="full", max_iter=max_iter, n_init=n_init - 1,
+                                random_state=seed, reg_covar=reg).fit(x[:, None])
+        if other.lower_bound_ > gm.lower_bound_:
+            gm = other
     order = np.argsort(gm.means_[:, 0], kind="stable")
     return Mixture(gm.means_[order, 0].copy(), gm.covariances_[order, 0, 0].copy(), gm.weights_[order].copy())
+
+
+def check_mixture(mix: Mixture, component_classes: Sequence[str], where: str = "segment.gmm") -> None:
+    """Refuse a fit that cannot be the phases asked for: a component of (near) no voxels (a class that
+    vanished, e.g. claimed by a few bright specks), or two neighbouring components of different
+    classes on one intensity peak (:func:`pair_modes`: no dip between them, so one phase is split in
+    two and another phase got no component).
+
+    Raises:
+        InputError: one line naming the components, their classes and the fit.
+    """
+    names = list(component_classes)
+    for k, w in enumerate(mix.weights):
+        if w < MIN_WEIGHT:
+            raise InputError(f"{where}: component {k} ({names[k]}) of the fitted mixture holds {100 * w:.2f} % of the "
+                             f"voxels (means {_fmt(mix.means)}): the volume has no intensity mode for it; give fewer "
+                             "classes in segment.gmm.classes")
+    for k in range(mix.n_components - 1):
+        if names[k] == names[k + 1]:
+            continue  # several components of one class may model one skewed peak
+        if pair_modes(mix, k) < 2:
+            raise InputError(f"{where}: components {k} ({names[k]}) and {k + 1} ({names[k + 1]}) share one intensity "
+                             f"peak (means {mix.means[k]:.4g} and {mix.means[k + 1]:.4g}, stds "
+                             f"{np.sqrt(mix.variances[k]):.3g} and {np.sqrt(mix.variances[k + 1]):.3g}: their weighted "
+                             "sum has a single mode): the volume does not show these phases apart; give fewer "
+                             "classes in segment.gmm.classes")
+
+
+def pair_modes(mix: Mixture, k: int, points: int = 1024) -> int:
+    """Modes of the weighted density of components ``k`` and ``k + 1`` (1: one peak, 2: two),
+    counted on a fine grid from 4 standard deviations below the first mean to 4 above the second."""
+    sd = np.sqrt(mix.variances[k:k + 2])
+    m, w = mix.means[k:k + 2], mix.weights[k:k + 2]
+    x = np.linspace(m[0] - 4 * sd[0], m[1] + 4 * sd[1], points)
+    f = sum(wi / si * np.exp(-0.5 * ((x - mi) / si) ** 2) for mi, si, wi in zip(m, sd, w))
+    inner = f[1:-1]
+    return int(np.sum((inner > f[:-2]) & (inner >= f[2:])))
+
+
+def _fmt(values: np.ndarray) -> str:
+    return ", ".join(f"{v:.4g}" for v in values)
 
 
 # -------------------------------------------------------------------------------------- classify

@@ -37,7 +37,10 @@ from ..distributed import World, get_world, split_evenly
 from ..errors import InputError
 from ..progress import progress
 from .config import GmmSettings
-from .gmm import classify, clean_labels, fit_mixture, halo, pad_tile, sample_blocks, sample_intensities
+from ..kinds import require_kind
+from ..sanity import contrast_refusal
+from .gmm import (check_mixture, classify, clean_labels, fit_mixture, halo, pad_tile, sample_blocks,
+                  sample_intensities)
 from .infer import label_outputs
 
 log = logging.getLogger(__name__)
@@ -63,6 +66,20 @@ def class_lut(gmm: GmmSettings) -> tuple[np.ndarray, list[int]]:
     return lut, sorted({int(c) for c in lut})
 
 
+MIN_CLASS_FRACTION = 1e-3  # a class given fewer of the labelled voxels has vanished (nothing committed)
+
+
+def _check_classes_found(counts: np.ndarray, produced: list[int], where: str) -> None:
+    """Refuse labels in which a class of the mixture ended with (near) no voxel after the clean-up."""
+    counts = np.asarray(counts, np.float64)
+    total = counts[produced].sum()
+    for c in produced:
+        if counts[c] < MIN_CLASS_FRACTION * total:
+            raise InputError(f"{where}: segment.gmm: class {CLASSES[c]!r} got {int(counts[c])} of {int(total)} voxels "
+                             f"(< {100 * MIN_CLASS_FRACTION:g} %): it vanished; give fewer classes in "
+                             "segment.gmm.classes")
+
+
 def segment_gmm(input_path: str, labels_out: str, uncertainty_out: str | None, cfg: dict[str, Any],
                 world: World | None = None) -> dict[str, Any]:
     """Segment ``input_path`` without a model; returns timing and fit figures (on every rank).
@@ -79,8 +96,12 @@ def segment_gmm(input_path: str, labels_out: str, uncertainty_out: str | None, c
     infer = cfg.get("infer", {})
     lut, produced = class_lut(gmm)
     vol = store.open_volume(input_path)
+    require_kind(vol, "ct", "segment --input")
     if len(vol.shape) != 3:
         raise InputError(f"{input_path}: expected a 3-D volume (z, y, x), got shape {vol.shape}")
+    problem = world.bcast(contrast_refusal(vol.array, str(vol.path), "segment") if world.is_root else None)
+    if problem is not None:
+        raise problem
 
     blocks = list(split_evenly(range(len(sample_blocks(vol.shape))), world))
     mine = sample_intensities(vol.array, gmm.max_samples, gmm.seed, blocks=blocks)
@@ -90,6 +111,7 @@ def segment_gmm(input_path: str, labels_out: str, uncertainty_out: str | None, c
         try:
             mix = fit_mixture(np.concatenate(parts), len(lut), seed=gmm.seed, max_iter=gmm.max_iter,
                               n_init=gmm.n_init)
+            check_mixture(mix, gmm.component_classes(), f"{input_path}: segment.gmm")
         except InputError as exc:
             mix = exc
     mix = world.bcast(mix)
@@ -107,6 +129,7 @@ def segment_gmm(input_path: str, labels_out: str, uncertainty_out: str | None, c
     shard = int(infer.get("shard") or store.DEFAULT_SHARD)
     margin = halo(gmm.clean_radius)
     changed = 0
+    counts = np.zeros(256, np.int64)
     unc_attrs = store.volume_attrs("segment", vol.voxel_size_um, params, source, method="gmm",
                                    quantity="GMM class posterior entropy", units="nats",
                                    max_value=float(np.log(len(produced))))
@@ -122,7 +145,9 @@ def segment_gmm(input_path: str, labels_out: str, uncertainty_out: str | None, c
                 labels = classify(tile, mix, lut)
             cleaned = clean_labels(labels, produced, gmm.clean_radius)[inner]
             changed += int((cleaned != labels[inner]).sum())
+            counts += np.bincount(cleaned.ravel(), minlength=256)
             out.array[regions[i]] = cleaned
+        _check_classes_found(world.allreduce_sum(counts.astype(np.float64)), produced, input_path)
     changed = int(world.allreduce_sum(float(changed)))
     wall = time.time() - t0
     n = int(np.prod(vol.shape))

@@ -33,7 +33,9 @@ from .. import store
 from ..contracts import IGNORE_LABEL
 from ..distributed import World, get_world, select_device, split_evenly
 from ..errors import InputError
+from ..kinds import require_kind
 from ..progress import progress
+from ..sanity import check_finite_result, contrast_refusal
 from ..training import set_threads
 from .data import intensity_range
 from .model import check_patch, enable_dropout
@@ -90,11 +92,15 @@ def segment_volume(input_path: str, model_path: str, labels_out: str, uncertaint
                              f"dropout (segment.model.dropout > 0; this one has {meta['model'].get('dropout', 0)})")
         mc = (int(infer_cfg.get("seed", 0)), int(infer_cfg.get("mc_samples", 8)))
     vol = store.open_volume(input_path)
+    require_kind(vol, "ct", "segment --input")
     if len(vol.shape) != 3:
         raise InputError(f"{input_path}: expected a 3-D volume (z, y, x), got shape {vol.shape}")
     if min(vol.shape) < MIN_EDGE:
         raise InputError(f"{input_path}: volume {vol.shape} is too small to segment (each edge >= {MIN_EDGE} voxels)")
     store.check_finite(vol, world)
+    problem = world.bcast(contrast_refusal(vol.array, str(vol.path), "segment") if world.is_root else None)
+    if problem is not None:
+        raise problem
     lo, hi = world.bcast(intensity_range(vol.array) if world.is_root else None)
 
 
@@ -134,6 +140,7 @@ def segment_volume(input_path: str, model_path: str, labels_out: str, uncertaint
                                    sw_batch_size=int(infer_cfg.get("sw_batch_size", 4)), device=device, amp=amp,
                                    weight=weight, cache=cache, mc=mc,
                                    keep=None if nxt is None else (lambda o, r=nxt: meets(o, extent, r)))
+            check_finite_result(probs, "segment", labels_out, regions[i])
             out.array[regions[i]] = probs.argmax(0).to(torch.uint8).cpu().numpy()
             if unc is not None:
                 unc.array[regions[i]] = entropy(probs).to(torch.float16).cpu().numpy()

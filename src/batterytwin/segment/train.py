@@ -38,6 +38,8 @@ from .. import store
 from ..contracts import CLASSES, IGNORE_LABEL, SEGMENT_METRICS_SCHEMA
 from ..distributed import World, get_world, init_torch_distributed
 from ..errors import InputError
+from ..kinds import require_kind
+from ..sanity import contrast_refusal
 from ..training import (EXIT_PREEMPTED, Checkpoint, StopFlag, check_loss, load_model_file, preempted, save_atomic,
                         warmup_cosine, wrap_ddp)
 from ..training import set_threads
@@ -69,7 +71,11 @@ class TrainInput:
 def _open_pair(inp: TrainInput, n_classes: int, world) -> tuple[store.Volume, store.Volume]:
     """The volume (finite values only) and label store (ids 0..n-1 and 255) of one input: the shared checks."""
     vol = store.open_volume(inp.volume)
+    require_kind(vol, "ct", "train-seg --volume")
     store.check_finite(vol, world)
+    problem = contrast_refusal(vol.array, str(vol.path), "train-seg")
+    if problem is not None:
+        raise problem
     lab = store.open_volume(inp.labels, require=("voxel_size_um",))
     store.check_labels(lab, range(n_classes))
     return vol, lab
@@ -79,6 +85,7 @@ def _classes_of(label_paths: Sequence[str]) -> dict[int, str]:
     classes = None
     for p in label_paths:
         vol = store.open_volume(p, require=("voxel_size_um",))
+        require_kind(vol, "labels", "train-seg --labels")
         c = vol.classes
         if not c:
             raise InputError(f"{p}: label store has no 'classes' attribute ({{\"0\": \"pore\", ...}})")
@@ -147,6 +154,17 @@ def validate(net: torch.nn.Module, sources: Sequence[tuple[Any, Any, tuple[slice
         return np.where(den > 0, num / np.maximum(den, 1e-12), np.nan)
 
 
+def _check_every_class_labelled(sources: Sequence[Any], classes: dict[int, str], where: Sequence[str]) -> None:
+    """Refuse training on a class map in which a class has no labelled training voxel: the network
+    would learn nothing of it and still predict it (without a randomised-phantom share to show it)."""
+    total = np.sum([src.block_counts.sum(0) for src in sources], axis=0)
+    empty = [classes[c] for c in range(len(classes)) if total[c] == 0]
+    if empty:
+        raise InputError(f"{', '.join(where)}: class(es) {', '.join(repr(n) for n in empty)} of the label stores have "
+                         "no labelled training voxel: label some, drop the class from the class map, or train with "
+                         "segment.train.randomise.fraction > 0")
+
+
 def train(cfg: dict, inputs: Sequence[TrainInput], model_out: str, metrics_out: str, *,
           val_inputs: Sequence[TrainInput] = (), resume: str = "auto", world: World | None = None) -> int:
     """Train, write ``model_out`` and ``metrics_out``; return 0, or :data:`EXIT_PREEMPTED`.
@@ -208,6 +226,8 @@ def train(cfg: dict, inputs: Sequence[TrainInput], model_out: str, metrics_out: 
         src = D.PatchSource(vol.array, lab.array, n_classes, None, *D.intensity_range(vol.array),
                             name=str(inp.labels))
         add_validation(vol.array, lab.array, None, src, str(inp.labels), required=True)
+    if sources and fraction == 0:
+        _check_every_class_labelled(sources, classes, [str(i.labels) for i in inputs])
     seed, balance = int(t_cfg["seed"]), float(t_cfg["class_balance"])
     dataset = D.PatchDataset(sources, patch, seed=seed, class_balance=balance,
                              augment_cfg=t_cfg["augment"]) if sources else None

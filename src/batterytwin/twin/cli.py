@@ -49,15 +49,17 @@ def load_cells(npz: list[str], user_dirs: list[str], settings: TwinConfig):
     return Cells(cs, np.concatenate(stress))
 
 
-def read_diffusion(path: str, n: int, eol_rule: str, threshold: float) -> dict:
+def read_diffusion(path: str, n: int, eol_rule: str, threshold: float, cells=None) -> dict:
     """Life predictions of the diffusion model's store of the same evaluation (aligned by cell), after
-    checking that the store read the lives by the same end-of-life rule and threshold (one line, exit 2)."""
+    checking that the store read the lives of these cells (``cells``: the test CurveSet) by the same
+    end-of-life rule and threshold (one line, exit 2)."""
     from ..cycling.store import read_lives
 
-    return read_lives(path, n, eol_rule, threshold)
+    return read_lives(path, n, eol_rule, threshold, cells=cells)
 
 
 def run_twin(args) -> int:
+    from ..cycling.curves import check_distinct_cells
     from ..distributed import get_world
     from ..training import preempted
     from .driver import run_evaluation, write_outputs
@@ -70,10 +72,11 @@ def run_twin(args) -> int:
             raise InputError("no data: give --train (and --test) NPZ files or user directories")
         train, test = None, train  # cross-validation on the training cells
         log.info("no test split: %d-fold cross-validation over %d cells", settings.folds, len(test.cs))
+    check_distinct_cells({"--train": train.cs if train is not None else None, "--test": test.cs})
     if train is not None and train.cs.eol_rule != test.cs.eol_rule:
         raise InputError(f"{test.cs.source}: end-of-life rule {test.cs.eol_rule!r} differs from the training cells' "
                          f"({train.cs.eol_rule!r}): set twin.eol_rule")
-    diffusion = (read_diffusion(args.diffusion, len(test.cs), test.cs.eol_rule, settings.threshold)
+    diffusion = (read_diffusion(args.diffusion, len(test.cs), test.cs.eol_rule, settings.threshold, test.cs)
                  if args.diffusion else None)
     result = run_evaluation(train, test, settings, diffusion, Path(args.checkpoint) if args.checkpoint else None)
     if result.get("interrupted"):
