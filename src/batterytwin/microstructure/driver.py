@@ -1,6 +1,7 @@
 """Microstructure driver: ``labels.zarr`` -> ``microstructure.json`` + ``msd.npz``.
 
-Reads the whole label volume (uint8; 1 GB at 1024^3), measures the random-walk tortuosity of each
+Reads the label store slab by slab (:mod:`.slabs`, :mod:`.sharded`: ranks split the slabs, components
+merged exactly across slab faces; no rank holds the uint8 volume), measures the random-walk tortuosity of each
 transport phase over the whole volume and, for the ``cell`` block cellsim reads, of the electrolyte
 phase inside the positive electrode and the separator; adds volume fractions, interface areas,
 percolation, layers, particle and lithium statistics. Walker batches are spread over MPI ranks
@@ -14,7 +15,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -24,10 +25,14 @@ from ..errors import InputError
 from ..store import atomic_output, check_labels, open_volume, provenance, read_json, write_json
 from . import stats
 from .clusters import AXES
+from .components import mask_components
+from .sharded import store_stats
+from .slabs import LabelSlabs
 from .config import MicrostructureConfig, WalkSettings
 from .tortuosity import walk_tortuosity
 
 log = logging.getLogger(__name__)
+RegionMask = Callable[[int, int, int], np.ndarray]  # (z0, z1, class_id) -> bool [z1 - z0, Y, X]
 
 
 # A Bruggeman exponent less certain than this is reported as null (cellsim then keeps its default).
@@ -56,12 +61,21 @@ def _region_walk(mask: np.ndarray, params: WalkSettings, vs, world, ck, where: s
         return None, str(exc)
 
 
-def _cell_block(labels, ids, p: MicrostructureConfig, vs, world, ck, msd) -> dict[str, Any]:
+def _cell_block(slice_counts: np.ndarray, region_mask: RegionMask, plane: int, ids, p: MicrostructureConfig, vs,
+                world, ck, msd) -> dict[str, Any]:
+    """The cell block from per-z-slice class counts (int64 [Z, 256]; ``plane`` = Y * X voxels) and
+    ``region_mask(z0, z1, class_id)`` (bool mask of one class over z planes z0:z1)."""
     vz = float(vs[0])
     elec = ids[p.electrolyte_phase]
     cell: dict[str, Any] = {"stacking_axis": "z", "electrolyte_phase": p.electrolyte_phase}
-    pe = stats.layer_ranges(labels, ids[p.active_phase], p.layer_min_fraction) if p.active_phase in ids else None
-    an = stats.layer_ranges(labels, ids[p.anode_phase], p.layer_min_fraction) if p.anode_phase in ids else None
+
+    def frac(z0: int, z1: int, c: int) -> float:  # == (labels[z0:z1] == c).mean()
+        return float(slice_counts[z0:z1, c].sum() / ((z1 - z0) * plane))
+
+    pe = (stats.counts_layer_ranges(slice_counts, ids[p.active_phase], plane, p.layer_min_fraction)
+          if p.active_phase in ids else None)
+    an = (stats.counts_layer_ranges(slice_counts, ids[p.anode_phase], plane, p.layer_min_fraction)
+          if p.anode_phase in ids else None)
     regions = {}
     if pe is None:
         cell["flag"] = f"no {p.active_phase} in the volume: positive electrode not found"
@@ -77,16 +91,15 @@ def _cell_block(labels, ids, p: MicrostructureConfig, vs, world, ck, msd) -> dic
             cell[name] = None
             continue
         z0, z1 = regions[name]
-        sub = labels[z0:z1]
-        eps = float((sub == elec).mean())
+        eps = frac(z0, z1, elec)
         rec: dict[str, Any] = {"z_range": [z0, z1], "thickness_um": (z1 - z0) * vz,
                                "electrolyte_volume_fraction": eps}
         if name == "positive_electrode":
-            rec["active_material_volume_fraction"] = float((sub == ids[p.active_phase]).mean())
-            rec["porosity_void"] = float((sub == ids["pore"]).mean()) if "pore" in ids else 0.0
-            part = stats.particle_stats(sub == ids[p.active_phase], vs)
+            rec["active_material_volume_fraction"] = frac(z0, z1, ids[p.active_phase])
+            rec["porosity_void"] = frac(z0, z1, ids["pore"]) if "pore" in ids else 0.0
+            part = particle_stats(region_mask(z0, z1, ids[p.active_phase]), vs)
             rec["particle_radius_um"] = part["mean_radius_um"]
-        tort, err = _region_walk(sub == elec, p.walk, vs, world, ck, f"cell.{name}.{p.electrolyte_phase}")
+        tort, err = _region_walk(region_mask(z0, z1, elec), p.walk, vs, world, ck, f"cell.{name}.{p.electrolyte_phase}")
         tau = tort["axes"]["z"]["tau"] if tort else None
         rec["tortuosity_electrolyte"] = tau
         rec["tortuosity_electrolyte_std"] = tort["axes"]["z"]["tau_std"] if tort else None
@@ -108,6 +121,50 @@ def _cell_block(labels, ids, p: MicrostructureConfig, vs, world, ck, msd) -> dic
             msd[f"{name}.{p.electrolyte_phase}"] = tort
         cell[name] = rec
     return cell
+
+
+def particle_stats(mask: np.ndarray, voxel_size_um) -> dict[str, Any]:
+    """:func:`.stats.particle_stats` labelled slab by slab (:func:`.components.mask_components`):
+    the same numbers without an int32 labels volume."""
+    if not mask.any():
+        return {"count": 0, "mean_radius_um": None, "equivalent_radii_um": []}
+    return stats.particle_record(mask_components(mask, 6).sizes, int(np.count_nonzero(mask)),
+                                 stats.surface_area_um2(mask, voxel_size_um), voxel_size_um)
+
+
+def slice_counts_of(labels: np.ndarray) -> np.ndarray:
+    """Per-z-slice class counts of an in-memory label volume: int64 [Z, 256]."""
+    return np.stack([np.bincount(plane.ravel(), minlength=256) for plane in labels]).astype(np.int64)
+
+
+def _tortuosity(phase_mask: Callable[[int], np.ndarray], counts: np.ndarray, ids, p: MicrostructureConfig, vs,
+                world: World, checkpoint_dir, msd: dict) -> dict[str, Any]:
+    """Whole-volume walk of every transport phase; ``phase_mask(class_id)`` gives its bool mask
+    (one at a time); ``counts``: voxels per class id."""
+    tortuosity = {}
+    for name in p.phases:
+        if p.absent_phase == "skip" and counts[ids[name]] == 0:
+            # a segmentation may legitimately find none of a phase: a result, not a broken input
+            log.warning("phase %r has no voxel: tortuosity not measured (absent_phase: skip)", name)
+            tortuosity[name] = {"axes": None, "tensor_D_eff_over_D_bulk": None,
+                                "flag": "phase absent (0 voxels): not measured"}
+            continue
+        log.info("random walk: %s (whole volume)", name)
+        mask = phase_mask(ids[name])
+        tort = walk_tortuosity(mask, p.walk, vs, world,
+                               Path(checkpoint_dir) / "walks" if checkpoint_dir else None, where=f"phase {name!r}")
+        if p.crosscheck_taufactor:
+            tort["taufactor"] = crosscheck(mask, tort, p.crosscheck_max_voxels, world, f"phase {name!r}")
+        del mask
+        tortuosity[name] = _public(tort)
+        msd[f"volume.{name}"] = tort
+    return tortuosity
+
+
+def _check_phases(ids, p: MicrostructureConfig) -> None:
+    for name in [*p.phases, p.electrolyte_phase]:
+        if name not in ids:
+            raise InputError(f"microstructure: phase {name!r} is not a class of the labels (classes: {sorted(ids)})")
 
 
 def crosscheck(mask: np.ndarray, tort: dict, max_voxels: int, world: World, where: str) -> dict[str, Any]:
@@ -156,30 +213,15 @@ def measure(labels: np.ndarray, classes: dict[int, str], voxel_size_um, p: Micro
     """
     world = world or get_world()
     ids = {name: c for c, name in classes.items()}
-    for name in [*p.phases, p.electrolyte_phase]:
-        if name not in ids:
-            raise InputError(f"microstructure: phase {name!r} is not a class of the labels (classes: {sorted(ids)})")
+    _check_phases(ids, p)
     vs = [float(v) for v in voxel_size_um]
     t0 = time.perf_counter()
     msd: dict[str, dict] = {}
-    tortuosity = {}
-    for name in p.phases:
-        if p.absent_phase == "skip" and not (labels == ids[name]).any():
-            # a segmentation may legitimately find none of a phase: a result, not a broken input
-            log.warning("phase %r has no voxel: tortuosity not measured (absent_phase: skip)", name)
-            tortuosity[name] = {"axes": None, "tensor_D_eff_over_D_bulk": None,
-                                "flag": "phase absent (0 voxels): not measured"}
-            continue
-        log.info("random walk: %s (whole volume)", name)
-        tort = walk_tortuosity(labels == ids[name], p.walk, vs, world,
-                               Path(checkpoint_dir) / "walks" if checkpoint_dir else None, where=f"phase {name!r}")
-        if p.crosscheck_taufactor:
-            tort["taufactor"] = crosscheck(labels == ids[name], tort, p.crosscheck_max_voxels, world,
-                                           f"phase {name!r}")
-        tortuosity[name] = _public(tort)
-        msd[f"volume.{name}"] = tort
+    counts = slice_counts_of(labels)
+    tortuosity = _tortuosity(lambda c: labels == c, counts.sum(axis=0), ids, p, vs, world, checkpoint_dir, msd)
     ck = Path(checkpoint_dir) / "walks" if checkpoint_dir else None
-    cell = _cell_block(labels, ids, p, vs, world, ck, msd)
+    cell = _cell_block(counts, lambda z0, z1, c: labels[z0:z1] == c, labels.shape[1] * labels.shape[2],
+                       ids, p, vs, world, ck, msd)
     record: dict[str, Any] = {"schema": MICROSTRUCTURE_SCHEMA, "voxel_size_um": vs, "shape": list(labels.shape),
                               "classes": {str(c): n for c, n in sorted(classes.items())},
                               "volume_fractions": stats.volume_fractions(labels, classes),
@@ -193,6 +235,34 @@ def measure(labels: np.ndarray, classes: dict[int, str], voxel_size_um, p: Micro
             record["particles"] = stats.particle_stats(labels == ids[p.active_phase], vs)
         if p.redeposited_phase in ids:
             record["lithium"] = stats.lithium_stats(labels, ids[p.redeposited_phase], ids.get(p.anode_phase), vs)
+    record["wall_time_s"] = time.perf_counter() - t0
+    return record, msd
+
+
+def measure_store(reader: LabelSlabs, classes: dict[int, str], voxel_size_um, p: MicrostructureConfig,
+                  world: World | None = None, checkpoint_dir: str | Path | None = None) -> tuple[dict, dict]:
+    """:func:`measure` of a label store read slab by slab (:mod:`.sharded`): the same record, with
+    ranks splitting the slabs and one bool phase mask per rank for the walks (1 B/voxel)."""
+    world = world or get_world()
+    ids = {name: c for c, name in classes.items()}
+    _check_phases(ids, p)
+    vs = [float(v) for v in voxel_size_um]
+    t0 = time.perf_counter()
+    msd: dict[str, dict] = {}
+    st = store_stats(reader, classes, vs, p, world)
+    counts = st["slice_counts"]
+    tortuosity = _tortuosity(reader.phase_mask, counts.sum(axis=0), ids, p, vs, world, checkpoint_dir, msd)
+    ck = Path(checkpoint_dir) / "walks" if checkpoint_dir else None
+    cell = _cell_block(counts, reader.region_mask, reader.shape[1] * reader.shape[2], ids, p, vs, world, ck, msd)
+    record: dict[str, Any] = {"schema": MICROSTRUCTURE_SCHEMA, "voxel_size_um": vs, "shape": list(reader.shape),
+                              "classes": {str(c): n for c, n in sorted(classes.items())},
+                              "volume_fractions": st["volume_fractions"], "tortuosity": tortuosity, "cell": cell}
+    if world.is_root:
+        record["percolation"] = st["percolation"]
+        record["layers"] = st["layers"]
+        for key in ("interfaces", "particles", "lithium"):
+            if key in st:
+                record[key] = st[key]
     record["wall_time_s"] = time.perf_counter() - t0
     return record, msd
 
@@ -251,8 +321,7 @@ def run(labels_path: str | Path, out_json: str | Path, out_msd: str | Path, para
     if vol.array.dtype != np.uint8:
         raise InputError(f"{labels_path}: labels must be uint8, got {vol.array.dtype}")
     check_labels(vol)  # the shared check: ids outside 'classes' (and the ignore label) are refused
-    labels = np.asarray(vol.array[...])
-    record, msd = measure(labels, vol.classes, vol.voxel_size_um, params, world, checkpoint_dir)
+    record, msd = measure_store(LabelSlabs(vol), vol.classes, vol.voxel_size_um, params, world, checkpoint_dir)
     record["source"] = {"labels": str(labels_path), "producer": vol.attrs.get("producer", {})}
     record.update(provenance("microstructure", params.model_dump()))
     if prev is not None and "lithium" in record:
