@@ -26,8 +26,9 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from .clusters import AXES, ClusterInfo, span_fractions
+from .slabs import slab_depth
 
-SLAB = 64  # z planes per slab when labelling an in-memory mask
+SLAB = 64  # most z planes per slab when labelling an in-memory mask (fewer on wide planes: slab_depth)
 
 
 def label(mask: np.ndarray, connectivity: int) -> tuple[np.ndarray, int]:
@@ -157,13 +158,15 @@ def merged_fractions(m: Merged, total: float) -> tuple[list[np.ndarray], dict, t
     return span_fractions(sizes, lo, hi, total)
 
 
-def _bounds(nz: int, slab: int) -> list[tuple[int, int]]:
-    return [(z, min(z + slab, nz)) for z in range(0, nz, slab)]
+def _bounds(shape, slab: int | None) -> list[tuple[int, int]]:
+    slab = slab or slab_depth(shape[1] * shape[2], SLAB, 1)
+    return [(z, min(z + slab, shape[0])) for z in range(0, shape[0], slab)]
 
 
-def mask_components(mask: np.ndarray, connectivity: int = 6, slab: int = SLAB) -> Merged:
-    """Components of an in-memory bool mask [Z, Y, X], labelled ``slab`` planes at a time and merged."""
-    bounds = _bounds(mask.shape[0], slab)
+def mask_components(mask: np.ndarray, connectivity: int = 6, slab: int | None = None) -> Merged:
+    """Components of an in-memory bool mask [Z, Y, X], labelled ``slab`` planes at a time (default:
+    :func:`~.slabs.slab_depth`) and merged."""
+    bounds = _bounds(mask.shape, slab)
     parts, pairs, prev_top = [], [], None
     for i, (z0, z1) in enumerate(bounds):
         lab, n = label(mask[z0:z1], connectivity)
@@ -175,14 +178,14 @@ def mask_components(mask: np.ndarray, connectivity: int = 6, slab: int = SLAB) -
     return merge(parts, pairs)
 
 
-def mask_clusters(mask: np.ndarray, connectivity: int = 6, slab: int = SLAB) -> ClusterInfo:
+def mask_clusters(mask: np.ndarray, connectivity: int = 6, slab: int | None = None) -> ClusterInfo:
     """:func:`~batterytwin.microstructure.clusters.phase_clusters` of an in-memory bool mask, slab
     by slab: the same numbers, ``labels`` None and ``start_mask`` a bit-packed
     :class:`~batterytwin.microstructure.tortuosity.StartVoxels` (1/8 B/voxel instead of 4 + 1)."""
     from .tortuosity import StartVoxels
 
     nz = mask.shape[0]
-    bounds = _bounds(nz, slab)
+    bounds = _bounds(mask.shape, slab)
     m = mask_components(mask, connectivity, slab)
     spanning, fractions, percolating = merged_fractions(m, float(mask.size))
     any_span = spanning[0] | spanning[1] | spanning[2]

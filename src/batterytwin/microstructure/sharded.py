@@ -6,8 +6,9 @@ of slabs (interface areas: round robin over the marching-cubes slabs); no rank h
 1. per-z-slice class counts (volume fractions, layers, the cell block's regions), the class pairs
    that touch (across a slab's top face too: one plane of halo) and the lowest lithium-metal z of
    every column (MPI min);
-2. interface areas: the marching-cubes slabs of :func:`.stats.surface_area_um2` with their halos,
-   summed on rank 0 in slab order (the same floats as the whole-volume function);
+2. interface areas: the marching-cubes z slabs of :func:`.stats.surface_area_um2` with their halos,
+   each meshed in y-x blocks (memory per block), summed in order (equal to the whole-volume areas
+   to float rounding);
 3. connected components of every class (26-connected pore, 6-connected solids), labelled per slab
    and merged exactly across slab faces (:mod:`.components`); neighbouring ranks exchange the one
    boundary plane of labels they need. Lithium components also carry their largest protrusion and
@@ -90,18 +91,35 @@ def pass_counts(reader: LabelSlabs, anode: int | None, world: World) -> tuple[np
     return slice_counts, touch, first
 
 
+AREA_TILE = 64  # y and x cells per marching-cubes block: memory per block, not per slab
+
+
+def slab_areas(lab: np.ndarray, z: tuple[int, int], keys: list, voxel_size_um, tile: int = AREA_TILE) -> dict:
+    """Boundary areas in the cells between planes z[0] .. z[1] of ``lab`` (a slab with its halo) of
+    each class id / id pair (union) in ``keys``, summed over y-x blocks of ``tile`` cells."""
+    ny, nx = lab.shape[1:]
+    blocks = [((y0, y1, b0, b1), (x0, x1, c0, c1)) for y0, y1, b0, b1 in stats.surface_slabs(ny, tile)
+              for x0, x1, c0, c1 in stats.surface_slabs(nx, tile)]
+    out = {}
+    for key in keys:
+        mask = (lab == key) if not isinstance(key, tuple) else (lab == key[0]) | (lab == key[1])
+        area = 0.0
+        for (y0, y1, b0, b1), (x0, x1, c0, c1) in blocks:
+            area += stats.window_area(mask[:, b0:b1, c0:c1], (z, (y0 - b0, y1 - b0), (x0 - c0, x1 - c0)),
+                                      voxel_size_um)
+        out[key] = area
+    return out
+
+
 def pass_areas(reader: LabelSlabs, singles: list[int], unions: list[tuple[int, int]], voxel_size_um,
                world: World) -> dict:
-    """Pass 2: boundary areas {class id or (a, b): um^2} summed over the marching-cubes slabs in order."""
+    """Pass 2: boundary areas {class id or (a, b): um^2}: the z slabs of :func:`.stats.surface_area_um2`
+    (round robin over ranks), each in y-x blocks (:func:`slab_areas`), summed on every rank in slab order."""
     slabs = stats.surface_slabs(reader.shape[0])
     mine = {}
     for j in world.my_items(len(slabs)):
         z0, z1, a0, a1 = slabs[j]
-        lab = reader.read(a0, a1)
-        rec = {c: stats.slab_area(lab == c, z0 - a0, z1 - a0, voxel_size_um) for c in singles}
-        for a, b in unions:
-            rec[(a, b)] = stats.slab_area((lab == a) | (lab == b), z0 - a0, z1 - a0, voxel_size_um)
-        mine[j] = rec
+        mine[j] = slab_areas(reader.read(a0, a1), (z0 - a0, z1 - a0), [*singles, *unions], voxel_size_um)
     parts = _gather_dicts(world, mine)
     out = {}
     for key in [*singles, *unions]:

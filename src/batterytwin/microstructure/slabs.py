@@ -19,16 +19,23 @@ from ..distributed import World, split_evenly
 from ..store import Volume, read_region
 
 N_IDS = 256  # uint8 label ids
+SLAB_VOXELS = 1 << 22  # voxels per slab to aim at: the per-slab buffers (~15 B/voxel) stay ~60 MB
+MIN_DEPTH = 8  # planes: thinner slabs re-decode a chunk row too often (a 2560^2 frame: 8 planes)
+
+
+def slab_depth(plane_voxels: int, most: int, least: int = MIN_DEPTH) -> int:
+    """z planes per slab: about :data:`SLAB_VOXELS` voxels, at least ``least`` and at most ``most`` planes."""
+    return max(1, min(int(most), max(int(least), SLAB_VOXELS // max(1, int(plane_voxels)))))
 
 
 class LabelSlabs:
     """Slab reader of a uint8 [Z, Y, X] label store (``vol``); ``depth`` z planes per slab
-    (default: the z edge of the store's chunks)."""
+    (default: :func:`slab_depth`, at most the z edge of the store's chunks)."""
 
     def __init__(self, vol: Volume, depth: int | None = None):
         self.vol = vol
         self.shape = tuple(int(s) for s in vol.shape)
-        self.depth = max(1, int(depth or vol.array.chunks[0]))
+        self.depth = max(1, int(depth or slab_depth(self.shape[1] * self.shape[2], vol.array.chunks[0])))
 
     @property
     def bounds(self) -> list[tuple[int, int]]:

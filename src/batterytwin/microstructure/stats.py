@@ -70,8 +70,17 @@ def surface_slabs(nz: int, slab: int = SURFACE_SLAB) -> list[tuple[int, int, int
 
 def slab_area(mask: np.ndarray, z0: int, z1: int, voxel_size_um) -> float:
     """Boundary area in the cells between planes ``z0 .. z1`` of ``mask`` (bool, a slab with its halo)."""
-    field = ndimage.gaussian_filter(mask.astype(np.float32), SMOOTH_SIGMA, mode="nearest")[z0:z1 + 1]
-    if field.max() < 0.5 or field.min() > 0.5:
+    return window_area(mask, ((z0, z1), (0, mask.shape[1] - 1), (0, mask.shape[2] - 1)), voxel_size_um)
+
+
+def window_area(mask: np.ndarray, cells, voxel_size_um) -> float:
+    """Boundary area in the cells between planes ``lo .. hi`` along each axis (``cells`` = three
+    (lo, hi) pairs, relative to ``mask``: a block of the volume with the smoothing kernel's halo
+    where it is not at the volume's border). Marching cubes is local to each cell, so the areas of
+    blocks that tile the cells add up to the volume's."""
+    field = ndimage.gaussian_filter(mask.astype(np.float32), SMOOTH_SIGMA, mode="nearest")
+    field = field[tuple(slice(lo, hi + 1) for lo, hi in cells)]
+    if min(field.shape) < 2 or field.max() < 0.5 or field.min() > 0.5:
         return 0.0  # no crossing here (features of about one voxel vanish under the smoothing)
     verts, faces, _, _ = measure.marching_cubes(field, level=0.5, spacing=tuple(float(v) for v in voxel_size_um))
     return float(measure.mesh_surface_area(verts, faces))
