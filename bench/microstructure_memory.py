@@ -43,12 +43,12 @@ BIN = Path(sys.executable).parent
 FRAME = (2048, 2560, 2560)
 
 
-def write_labels(path: Path, edge: int, seed: int = 0) -> None:
-    """Ground-truth phantom labels N^3, one shard at a time."""
-    geometry = CellGeometry.build(PhantomParams(shape=(edge,) * 3, seed=seed))
+def write_labels(path: Path, shape, seed: int = 0) -> None:
+    """Ground-truth phantom labels of ``shape``, one shard at a time."""
+    geometry = CellGeometry.build(PhantomParams(shape=tuple(shape), seed=seed))
     attrs = store.volume_attrs("phantom", 0.5, classes={str(k): v for k, v in CLASSES.items()}, ignore_label=255)
     with store.atomic_output(path, World()) as tmp:
-        arr = store.create_volume(tmp, (edge,) * 3, np.uint8, attrs)
+        arr = store.create_volume(tmp, tuple(shape), np.uint8, attrs)
         for region in store.shard_regions(arr.shape, arr.shards or arr.chunks):
             arr[region] = geometry.labels(region)
 
@@ -74,6 +74,8 @@ def main() -> None:
     ap.add_argument("--walkers", type=int, default=1024)
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--ranks", type=int, default=1)
+    ap.add_argument("--wide", type=int, default=0, help="also run a Z x 2560 x 2560 store (the frame's planes): "
+                    "its per-slab buffers are the frame's; the projection adds 1 B/voxel-level growth to it")
     ap.add_argument("--baseline", type=Path, default=None, help="a directory holding the reference src/")
     ap.add_argument("--work", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "microstructure_memory.json")
@@ -86,25 +88,35 @@ def main() -> None:
     if a.baseline:
         variants["whole_volume"] = a.baseline / "src"
     rows: dict[str, list] = {k: [] for k in variants}
-    for edge in a.sizes:
-        labels = work / f"labels{edge}.zarr"
+    shapes = [(e, e, e) for e in a.sizes] + ([(a.wide, *FRAME[1:])] if a.wide else [])
+    wide = None
+    for shape in shapes:
+        edge = shape[1]
+        tag = "x".join(map(str, shape)) if shape[0] != edge else str(edge)
+        labels = work / f"labels{tag}.zarr"
         if not labels.exists():
-            write_labels(labels, edge)
+            write_labels(labels, shape)
         for name, src in variants.items():
-            w = work / f"{name}{edge}"
+            if shape[0] != edge and name != "sharded":
+                continue
+            w = work / f"{name}{tag}"
             w.mkdir(parents=True, exist_ok=True)
             r = run_stage(labels, w, src, walk, a.ranks)
             rec = r.pop("record")
-            vox = edge ** 3
-            r.update(edge=edge, voxels=vox, bytes_per_voxel=r["peak_rss_mb"] * 2 ** 20 / vox,
+            vox = int(np.prod(shape))
+            r.update(shape=list(shape), voxels=vox, bytes_per_voxel=r["peak_rss_mb"] * 2 ** 20 / vox,
                      tau_pore=[rec["tortuosity"]["pore"]["axes"][x]["tau"] for x in "zyx"]
                      if rec["tortuosity"].get("pore", {}).get("axes") else None,
                      n_clusters={k: v["n_clusters"] for k, v in rec.get("percolation", {}).items()})
-            rows[name].append(r)
-            print(f"{name:13s} {edge:4d}^3 wall {r['wall_s']:7.1f} s cpu {r['cpu_s']:7.1f} s "
+            if shape[0] != edge:
+                wide = r
+            else:
+                rows[name].append(r)
+            print(f"{name:13s} {tag:>14s} wall {r['wall_s']:7.1f} s cpu {r['cpu_s']:7.1f} s "
                   f"peak RSS {r['peak_rss_mb']:7.0f} MB ({r['bytes_per_voxel']:.2f} B/voxel)", flush=True)
     out = {"ranks": a.ranks, "walk": {"walkers": a.walkers, "steps": a.steps, "note": "short fixed walk"},
-           "store": {"chunk": store.DEFAULT_CHUNK, "shard": store.DEFAULT_SHARD}, "runs": rows, "fits": {}}
+           "store": {"chunk": store.DEFAULT_CHUNK, "shard": store.DEFAULT_SHARD}, "runs": rows, "wide": wide,
+           "fits": {}}
     for name, rs in rows.items():
         if len(rs) < 2:
             continue
@@ -114,18 +126,16 @@ def main() -> None:
         fit = {"cpu_exponent": fit_exponent(vox, [r["cpu_s"] for r in rs]),
                "wall_exponent": fit_exponent(vox, [r["wall_s"] for r in rs]),
                "rss_constant_mb": float(base), "rss_bytes_per_voxel": float(slope * 2 ** 20)}
-        if name == "sharded":
-            # per rank: constant (interpreter, torch, per-slab buffers of the largest edge's Y * X scaled
-            # to the frame's) + the walk's bool phase mask (1 B/voxel) and packed starts (1/8 B/voxel)
-            big = rs[-1]
-            slab_scale = (FRAME[1] * FRAME[2]) / (big["edge"] ** 2)
-            per_slab_mb = max(0.0, big["peak_rss_mb"] - base - slope * big["voxels"])
+        if name == "sharded" and wide is not None:
+            # the wide store has the frame's planes, so its slabs (and their buffers) are the frame's;
+            # the frame adds the fitted per-voxel growth (the walk's bool phase mask: every rank holds
+            # one of the whole frame) for its remaining voxels
             frame_vox = float(np.prod(FRAME))
-            fit["frame_projection_gb_per_rank"] = (base + per_slab_mb * slab_scale
-                                                  + slope * frame_vox) / 1024
-            fit["frame_projection_note"] = ("constant + measured B/voxel x 13.4 G voxels (every rank holds one "
-                                            "bool phase mask of the whole frame for the walk) + residual per-slab "
-                                            "memory scaled by the frame's Y*X; independent of the rank count")
+            fit["frame_projection_gb_per_rank"] = (wide["peak_rss_mb"]
+                                                  + slope * (frame_vox - wide["voxels"])) / 1024
+            fit["frame_projection_note"] = (f"peak RSS of {wide['shape']} (the frame's 2560^2 planes: the same slab "
+                                            "buffers) + fitted B/voxel x the frame's other voxels; the same on "
+                                            "every rank whatever the rank count (16x4 ranks)")
         out["fits"][name] = fit
         print(name, json.dumps(fit, indent=1))
     a.out.parent.mkdir(parents=True, exist_ok=True)
