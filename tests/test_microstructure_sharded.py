@@ -188,3 +188,38 @@ def test_area_blocks_add_up_to_the_whole_mesh():
         mask = (lab == k) if not isinstance(k, tuple) else (lab == k[0]) | (lab == k[1])
         ref = stats.surface_area_um2(mask, (0.5, 0.5, 0.5), slab=lab.shape[0])  # one mesh
         assert ref > 10 and got[k] == pytest.approx(ref, rel=1e-6)
+
+
+STATS_SCRIPT = """
+import json, sys
+from batterytwin.distributed import get_world
+from batterytwin.microstructure.config import MicrostructureConfig
+from batterytwin.microstructure.sharded import store_stats
+from batterytwin.microstructure.slabs import LabelSlabs
+from batterytwin.store import open_volume
+world = get_world()
+vol = open_volume(sys.argv[1])
+out = {}
+for depth in (16, 32):  # 4 slabs over 3 ranks (2, 1, 1); 2 slabs over 3 ranks (one rank idle)
+    st = store_stats(LabelSlabs(vol, depth), vol.classes, vol.voxel_size_um, MicrostructureConfig(), world)
+    st.pop("slice_counts")
+    out[depth] = st
+if world.is_root:
+    print(json.dumps(out))
+"""
+
+
+@pytest.mark.mpi
+def test_three_ranks_uneven_and_idle_equal_whole_volume(label_store):
+    path, lab = label_store
+    out = json.loads(mpiexec(3, str(BIN / "python"), "-c", STATS_SCRIPT, str(path), timeout=240).stdout)
+    classes = {int(k): v for k, v in CLS.items()}
+    vs = (0.5, 0.5, 0.5)
+    for st in out.values():
+        assert st["percolation"] == json.loads(json.dumps(stats.percolation(lab, classes)))
+        assert st["lithium"] == stats.lithium_stats(lab, IDS["redeposited_lithium"], IDS["lithium_metal"], vs)
+        assert st["particles"] == stats.particle_stats(lab == IDS["cathode_active"], vs)
+        assert st["volume_fractions"] == stats.volume_fractions(lab, classes)
+        inter = stats.interface_areas(lab, classes, vs)
+        assert sorted(st["interfaces"]) == sorted(inter)
+        assert all(st["interfaces"][k] == pytest.approx(v, rel=1e-9) for k, v in inter.items())

@@ -24,8 +24,11 @@ MIN_DEPTH = 8  # planes: thinner slabs re-decode a chunk row too often (a 2560^2
 
 
 def slab_depth(plane_voxels: int, most: int, least: int = MIN_DEPTH) -> int:
-    """z planes per slab: about :data:`SLAB_VOXELS` voxels, at least ``least`` and at most ``most`` planes."""
-    return max(1, min(int(most), max(int(least), SLAB_VOXELS // max(1, int(plane_voxels)))))
+    """z planes per slab: a divisor of ``most`` (the chunk depth: slabs never straddle a chunk row)
+    of about :data:`SLAB_VOXELS` voxels and at least ``least`` planes where ``most`` allows."""
+    target = max(int(least), SLAB_VOXELS // max(1, int(plane_voxels)))
+    divisors = [d for d in range(1, int(most) + 1) if int(most) % d == 0]
+    return max([d for d in divisors if d <= target] or [divisors[0]])
 
 
 class LabelSlabs:
