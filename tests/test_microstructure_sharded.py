@@ -193,6 +193,7 @@ def test_area_blocks_add_up_to_the_whole_mesh():
 STATS_SCRIPT = """
 import json, sys
 from batterytwin.distributed import get_world
+from batterytwin.microstructure.components import mask_clusters
 from batterytwin.microstructure.config import MicrostructureConfig
 from batterytwin.microstructure.sharded import store_stats
 from batterytwin.microstructure.slabs import LabelSlabs
@@ -203,6 +204,8 @@ out = {}
 for depth in (16, 32):  # 4 slabs over 3 ranks (2, 1, 1); 2 slabs over 3 ranks (one rank idle)
     st = store_stats(LabelSlabs(vol, depth), vol.classes, vol.voxel_size_um, MicrostructureConfig(), world)
     st.pop("slice_counts")
+    info = mask_clusters(LabelSlabs(vol).phase_mask(0), 6, depth, world)  # class 0 = pore
+    st["walk_clusters"] = [info.n_clusters, info.fractions, info.start_mask.packed.tolist()]
     out[depth] = st
 if world.is_root:
     print(json.dumps(out))
@@ -223,3 +226,8 @@ def test_three_ranks_uneven_and_idle_equal_whole_volume(label_store):
         inter = stats.interface_areas(lab, classes, vs)
         assert sorted(st["interfaces"]) == sorted(inter)
         assert all(st["interfaces"][k] == pytest.approx(v, rel=1e-9) for k, v in inter.items())
+        ref = phase_clusters(lab == IDS["pore"], 6)  # the walk's start clusters, split over the ranks
+        n, fractions, packed = st["walk_clusters"]
+        assert n == ref.n_clusters and fractions == json.loads(json.dumps(ref.fractions))
+        np.testing.assert_array_equal(np.asarray(packed, np.uint8),
+                                      np.packbits(ref.start_mask.reshape(lab.shape[0], -1), axis=1))

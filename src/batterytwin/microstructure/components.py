@@ -25,6 +25,7 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from ..distributed import World, split_evenly
 from .clusters import AXES, ClusterInfo, span_fractions
 from .slabs import slab_depth
 
@@ -163,39 +164,62 @@ def _bounds(shape, slab: int | None) -> list[tuple[int, int]]:
     return [(z, min(z + slab, shape[0])) for z in range(0, shape[0], slab)]
 
 
-def mask_components(mask: np.ndarray, connectivity: int = 6, slab: int | None = None) -> Merged:
+def mask_components(mask: np.ndarray, connectivity: int = 6, slab: int | None = None,
+                    world: World | None = None) -> Merged:
     """Components of an in-memory bool mask [Z, Y, X], labelled ``slab`` planes at a time (default:
-    :func:`~.slabs.slab_depth`) and merged."""
+    :func:`~.slabs.slab_depth`) and merged. With ``world`` (collective: every rank holds the same
+    mask) ranks label contiguous blocks of slabs (and the first plane of the next block, for the
+    face between blocks) and every rank merges the gathered parts: the same result on every rank."""
+    world = world or World()
     bounds = _bounds(mask.shape, slab)
-    parts, pairs, prev_top = [], [], None
-    for i, (z0, z1) in enumerate(bounds):
+    mine = list(split_evenly(range(len(bounds)), world))
+    parts, pairs, prev_top = {}, {}, None
+    for i in [*mine, *([mine[-1] + 1] if mine and mine[-1] + 1 < len(bounds) else [])]:
+        z0, z1 = bounds[i]
         lab, n = label(mask[z0:z1], connectivity)
-        parts.append(slab_parts(lab, n, i == 0, i == len(bounds) - 1))
         if prev_top is not None:
-            pairs.append(face_pairs(prev_top, lab[0], connectivity))
+            pairs[i - 1] = face_pairs(prev_top, lab[0], connectivity)
+        if i not in mine:
+            break  # the next block's first slab: only its face with this block
+        parts[i] = slab_parts(lab, n, i == 0, i == len(bounds) - 1)
         prev_top = lab[-1].copy()
-    pairs.append(np.zeros((0, 2), np.int64))
-    return merge(parts, pairs)
+    if world.size > 1:
+        allp, allq = {}, {}
+        for p, q in world.allgather((parts, pairs)):
+            allp.update(p)
+            allq.update(q)
+        parts, pairs = allp, allq
+    empty = np.zeros((0, 2), np.int64)
+    return merge([parts[i] for i in range(len(bounds))], [pairs.get(i, empty) for i in range(len(bounds))])
 
 
-def mask_clusters(mask: np.ndarray, connectivity: int = 6, slab: int | None = None) -> ClusterInfo:
+def mask_clusters(mask: np.ndarray, connectivity: int = 6, slab: int | None = None,
+                  world: World | None = None) -> ClusterInfo:
     """:func:`~batterytwin.microstructure.clusters.phase_clusters` of an in-memory bool mask, slab
     by slab: the same numbers, ``labels`` None and ``start_mask`` a bit-packed
-    :class:`~batterytwin.microstructure.tortuosity.StartVoxels` (1/8 B/voxel instead of 4 + 1)."""
+    :class:`~batterytwin.microstructure.tortuosity.StartVoxels` (1/8 B/voxel instead of 4 + 1).
+    With ``world`` (collective) the ranks split the slabs (:func:`mask_components`) and gather the
+    packed start planes."""
     from .tortuosity import StartVoxels
 
+    world = world or World()
     nz = mask.shape[0]
     bounds = _bounds(mask.shape, slab)
-    m = mask_components(mask, connectivity, slab)
+    m = mask_components(mask, connectivity, slab, world)
     spanning, fractions, percolating = merged_fractions(m, float(mask.size))
     any_span = spanning[0] | spanning[1] | spanning[2]
-    packed = np.zeros((nz, (mask.shape[1] * mask.shape[2] + 7) // 8), np.uint8)
+    row = (mask.shape[1] * mask.shape[2] + 7) // 8
+    packed = np.zeros((nz, row), np.uint8)
     if any(percolating):
-        for i, (z0, z1) in enumerate(bounds):
+        mine = {}
+        for i in split_evenly(range(len(bounds)), world):
+            z0, z1 = bounds[i]
             lab, n = label(mask[z0:z1], connectivity)
             start = any_span[m.lookup(i, n)]
-            for k in range(z1 - z0):
-                packed[z0 + k] = np.packbits(start[lab[k]].ravel())
+            mine[i] = np.stack([np.packbits(start[lab[k]].ravel()) for k in range(z1 - z0)])
+        for part in (world.allgather(mine) if world.size > 1 else [mine]):
+            for i, planes in part.items():
+                packed[bounds[i][0]:bounds[i][1]] = planes
     start_mask = StartVoxels.from_packed(packed, mask.shape)
     return ClusterInfo(None, m.n, percolating, spanning, start_mask, fractions)
 

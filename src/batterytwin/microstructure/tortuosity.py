@@ -547,7 +547,7 @@ def walk_tortuosity(mask: np.ndarray, params: WalkSettings, voxel_size_um=(1.0, 
         # equal jump rates per axis would model an anisotropic medium, not anisotropic voxels
         raise InputError(f"{where}: the lattice walk needs cubic voxels, got voxel_size_um {list(h)}; "
                          "use microstructure.walk.model: offlattice")
-    info = clusters or mask_clusters(mask, 6)  # slab by slab: no int32 labels volume
+    info = clusters or mask_clusters(mask, 6, world=world or get_world())  # slabs split over ranks
     eps = float(mask.mean())
     walk = {"model": params.model, "boundary": params.boundary,
             "step_length": params.step_length if params.model == "offlattice" else 1.0, "seed": params.seed,
