@@ -26,7 +26,7 @@ from ..store import atomic_output, check_labels, open_volume, provenance, read_j
 from . import stats
 from .clusters import AXES
 from .components import mask_components
-from .sharded import store_stats
+from .sharded import AREA_TILE, store_stats
 from .slabs import LabelSlabs
 from .config import MicrostructureConfig, WalkSettings
 from .tortuosity import walk_tortuosity
@@ -129,7 +129,7 @@ def particle_stats(mask: np.ndarray, voxel_size_um) -> dict[str, Any]:
     if not mask.any():
         return {"count": 0, "mean_radius_um": None, "equivalent_radii_um": []}
     return stats.particle_record(mask_components(mask, 6).sizes, int(np.count_nonzero(mask)),
-                                 stats.surface_area_um2(mask, voxel_size_um), voxel_size_um)
+                                 stats.surface_area_um2(mask, voxel_size_um, tile=AREA_TILE), voxel_size_um)
 
 
 def slice_counts_of(labels: np.ndarray) -> np.ndarray:

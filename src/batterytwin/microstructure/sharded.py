@@ -96,18 +96,11 @@ AREA_TILE = 64  # y and x cells per marching-cubes block: memory per block, not 
 
 def slab_areas(lab: np.ndarray, z: tuple[int, int], keys: list, voxel_size_um, tile: int = AREA_TILE) -> dict:
     """Boundary areas in the cells between planes z[0] .. z[1] of ``lab`` (a slab with its halo) of
-    each class id / id pair (union) in ``keys``, summed over y-x blocks of ``tile`` cells."""
-    ny, nx = lab.shape[1:]
-    blocks = [((y0, y1, b0, b1), (x0, x1, c0, c1)) for y0, y1, b0, b1 in stats.surface_slabs(ny, tile)
-              for x0, x1, c0, c1 in stats.surface_slabs(nx, tile)]
+    each class id / id pair (union) in ``keys``, meshed in y-x blocks of ``tile`` cells."""
     out = {}
     for key in keys:
         mask = (lab == key) if not isinstance(key, tuple) else (lab == key[0]) | (lab == key[1])
-        area = 0.0
-        for (y0, y1, b0, b1), (x0, x1, c0, c1) in blocks:
-            area += stats.window_area(mask[:, b0:b1, c0:c1], (z, (y0 - b0, y1 - b0), (x0 - c0, x1 - c0)),
-                                      voxel_size_um)
-        out[key] = area
+        out[key] = stats.slab_area(mask, z[0], z[1], voxel_size_um, tile)
     return out
 
 

@@ -37,7 +37,7 @@ SMOOTH_RADIUS = int(4.0 * SMOOTH_SIGMA + 0.5)  # scipy's gaussian_filter kernel 
 SURFACE_SLAB = 64  # z planes per marching-cubes slab: memory ~ the slab's field and mesh, not the volume's
 
 
-def surface_area_um2(mask: np.ndarray, voxel_size_um, slab: int = SURFACE_SLAB) -> float:
+def surface_area_um2(mask: np.ndarray, voxel_size_um, slab: int = SURFACE_SLAB, tile: int | None = None) -> float:
     """Area of the boundary of ``mask`` (bool [Z, Y, X]) inside the volume, by marching cubes.
 
     The mask is smoothed with a Gaussian of ``SMOOTH_SIGMA`` voxels first: on raw binary masks the
@@ -48,13 +48,14 @@ def surface_area_um2(mask: np.ndarray, voxel_size_um, slab: int = SURFACE_SLAB) 
     Computed in z slabs of ``slab`` cells: each slab's field is filtered with a halo of the kernel
     radius (so it equals the whole volume's field there) and meshed on its own; marching cubes is
     local to each cell, so the sum of the slabs' areas is the whole volume's, with the float32
-    field and the mesh of one slab in memory instead of the volume's (4 B/voxel + the mesh).
+    field and the mesh of one slab in memory instead of the volume's (4 B/voxel + the mesh);
+    ``tile`` also splits each slab in y-x blocks (:func:`slab_area`).
     """
     if not mask.any() or mask.all():
         return 0.0
     area = 0.0
     for z0, z1, a0, a1 in surface_slabs(mask.shape[0], slab):
-        area += slab_area(mask[a0:a1], z0 - a0, z1 - a0, voxel_size_um)
+        area += slab_area(mask[a0:a1], z0 - a0, z1 - a0, voxel_size_um, tile)
     return area
 
 
@@ -68,9 +69,19 @@ def surface_slabs(nz: int, slab: int = SURFACE_SLAB) -> list[tuple[int, int, int
     return out
 
 
-def slab_area(mask: np.ndarray, z0: int, z1: int, voxel_size_um) -> float:
-    """Boundary area in the cells between planes ``z0 .. z1`` of ``mask`` (bool, a slab with its halo)."""
-    return window_area(mask, ((z0, z1), (0, mask.shape[1] - 1), (0, mask.shape[2] - 1)), voxel_size_um)
+def slab_area(mask: np.ndarray, z0: int, z1: int, voxel_size_um, tile: int | None = None) -> float:
+    """Boundary area in the cells between planes ``z0 .. z1`` of ``mask`` (bool, a slab with its halo);
+    with ``tile``, meshed in y-x blocks of ``tile`` cells (memory per block; the same area to float
+    rounding)."""
+    ny, nx = mask.shape[1:]
+    if tile is None:
+        return window_area(mask, ((z0, z1), (0, ny - 1), (0, nx - 1)), voxel_size_um)
+    area = 0.0
+    for y0, y1, b0, b1 in surface_slabs(ny, tile):
+        for x0, x1, c0, c1 in surface_slabs(nx, tile):
+            area += window_area(mask[:, b0:b1, c0:c1], ((z0, z1), (y0 - b0, y1 - b0), (x0 - c0, x1 - c0)),
+                                voxel_size_um)
+    return area
 
 
 def window_area(mask: np.ndarray, cells, voxel_size_um) -> float:
