@@ -216,10 +216,13 @@ def mask_clusters(mask: np.ndarray, connectivity: int = 6, slab: int | None = No
             z0, z1 = bounds[i]
             lab, n = label(mask[z0:z1], connectivity)
             start = any_span[m.lookup(i, n)]
-            mine[i] = np.stack([np.packbits(start[lab[k]].ravel()) for k in range(z1 - z0)])
-        for part in (world.allgather(mine) if world.size > 1 else [mine]):
-            for i, planes in part.items():
-                packed[bounds[i][0]:bounds[i][1]] = planes
+            for k in range(z1 - z0):
+                packed[z0 + k] = np.packbits(start[lab[k]].ravel())
+            mine[i] = packed[z0:z1] if world.size > 1 else None
+        if world.size > 1:
+            for part in world.allgather(mine):
+                for i, planes in part.items():
+                    packed[bounds[i][0]:bounds[i][1]] = planes
     start_mask = StartVoxels.from_packed(packed, mask.shape)
     return ClusterInfo(None, m.n, percolating, spanning, start_mask, fractions)
 

@@ -20,6 +20,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..contracts import MICROSTRUCTURE_SCHEMA, bruggeman, json_safe
+from ..denoise.driver import freed_memory_kept
 from ..distributed import World, get_world
 from ..errors import InputError
 from ..store import atomic_output, check_labels, open_volume, provenance, read_json, write_json
@@ -249,7 +250,8 @@ def measure_store(reader: LabelSlabs, classes: dict[int, str], voxel_size_um, p:
     vs = [float(v) for v in voxel_size_um]
     t0 = time.perf_counter()
     msd: dict[str, dict] = {}
-    st = store_stats(reader, classes, vs, p, world)
+    with freed_memory_kept():  # the passes reuse their freed slab buffers; trimmed before the walks' masks
+        st = store_stats(reader, classes, vs, p, world)
     counts = st["slice_counts"]
     tortuosity = _tortuosity(reader.phase_mask, counts.sum(axis=0), ids, p, vs, world, checkpoint_dir, msd)
     ck = Path(checkpoint_dir) / "walks" if checkpoint_dir else None
