@@ -170,7 +170,10 @@ def _labelled_pair(tmp_path: Path, shape=(32, 32, 32), seed=6) -> tuple[Path, Pa
 
 
 def test_microstructure_killed_then_resumed_equals_uninterrupted(tmp_path: Path) -> None:
+    from batterytwin.microstructure.slabs import LabelSlabs
+
     _, labp = _labelled_pair(tmp_path)
+    assert len(LabelSlabs(store.open_volume(labp)).bounds) == 4  # the stage reads it in slabs, merged across faces
     walk = ["--walkers", "2048", "--steps", "1500", "--records", "8", "--batches", "16", "--bootstrap", "20"]
 
     def argv(tag: str) -> list:

@@ -476,13 +476,16 @@ def check_labels(vol: "Volume", allowed: Iterable[int] | None = None, ignore: in
     count, first = 0, None
     for region in shard_regions(arr.shape, vol.shards):
         block = read_region(vol, region)
-        bad = ~np.isin(block, lut_ok)
-        n = int(bad.sum())
-        if n:
-            count += n
-            unknown.update(int(v) for v in np.unique(block[bad])[:20])
-            if first is None:
-                first = tuple(int(a) + s.start for a, s in zip(np.argwhere(bad)[0], region))
+        # plane by plane: np.isin's temporaries (int64 copies) stay the size of one plane, not of the shard
+        for k, plane in enumerate(block if block.ndim >= 3 else [block]):
+            bad = ~np.isin(plane, lut_ok)
+            n = int(bad.sum())
+            if n:
+                count += n
+                unknown.update(int(v) for v in np.unique(plane[bad])[:20])
+                if first is None:
+                    at = (k, *np.argwhere(bad)[0]) if block.ndim >= 3 else np.argwhere(bad)[0]
+                    first = tuple(int(a) + s.start for a, s in zip(at, region))
     if count:
         raise InputError(f"{vol.path}: unknown label id(s) {sorted(unknown)[:10]} in {count} voxel(s), first at "
                          f"(z, y, x) = {first}; allowed: {sorted(ok)}")

@@ -51,12 +51,13 @@ class ClusterInfo:
     """Clusters of one phase; fractions are of the whole volume.
 
     Attributes:
-        labels: int32 [Z, Y, X] cluster id (0 outside the phase).
+        labels: int32 [Z, Y, X] cluster id (0 outside the phase); None when labelled slab by slab
+            (:func:`~batterytwin.microstructure.components.mask_clusters`).
         n_clusters: number of clusters.
         percolating: per axis, whether any cluster spans it.
         spanning: per axis, bool [n_clusters + 1] (index = cluster id) spanning that axis.
         start_mask: bool [Z, Y, X], the union of clusters percolating along at least one axis
-            (where walkers start).
+            (where walkers start); or the bit-packed ``StartVoxels`` of it.
         fractions: per axis {"percolating", "dead_end", "isolated"} volume fractions, plus
             "isolated_all_faces" (clusters touching no outer face).
     """
@@ -77,6 +78,25 @@ def _face_ids(labels: np.ndarray, axis: int, n: int, end: int) -> np.ndarray:
     return hit
 
 
+def span_fractions(sizes: np.ndarray, lo: list[np.ndarray], hi: list[np.ndarray],
+                   total: float) -> tuple[list[np.ndarray], dict, tuple[bool, bool, bool]]:
+    """Spanning clusters, volume fractions and percolation from cluster sizes (float [n + 1], index 0
+    the background with size 0) and, per axis, which clusters touch the low / high outer face (bool
+    [n + 1]); ``total`` = voxels of the volume. Returns (spanning per axis, fractions, percolating)."""
+    spanning, fractions, touches_any = [], {}, np.zeros(len(sizes), bool)
+    for a, name in enumerate(AXES):
+        span = lo[a] & hi[a]
+        spanning.append(span)
+        touches_any |= lo[a] | hi[a]
+        fractions[name] = {
+            "percolating": float(sizes[span].sum() / total),
+            "dead_end": float(sizes[lo[a] ^ hi[a]].sum() / total),
+            "isolated": float(sizes[~(lo[a] | hi[a])].sum() / total),
+        }
+    fractions["isolated_all_faces"] = float(sizes[~touches_any].sum() / total)
+    return spanning, fractions, tuple(bool(s.any()) for s in spanning)
+
+
 def phase_clusters(mask: np.ndarray, connectivity: int = 6) -> ClusterInfo:
     """Clusters of ``mask`` (bool [Z, Y, X]) and their percolation along z, y, x.
 
@@ -90,20 +110,9 @@ def phase_clusters(mask: np.ndarray, connectivity: int = 6) -> ClusterInfo:
     labels, n = ndimage.label(mask, structure=STRUCTURES[connectivity])
     sizes = np.bincount(labels.ravel(), minlength=n + 1).astype(np.float64)
     sizes[0] = 0
-    total = float(mask.size)
-    spanning, fractions, touches_any = [], {}, np.zeros(n + 1, bool)
-    for a, name in enumerate(AXES):
-        lo = _face_ids(labels, a, n, 0)
-        hi = _face_ids(labels, a, n, mask.shape[a] - 1)
-        span = lo & hi
-        spanning.append(span)
-        touches_any |= lo | hi
-        fractions[name] = {
-            "percolating": float(sizes[span].sum() / total),
-            "dead_end": float(sizes[lo ^ hi].sum() / total),
-            "isolated": float(sizes[~(lo | hi)].sum() / total),
-        }
-    fractions["isolated_all_faces"] = float(sizes[~touches_any].sum() / total)
+    lo = [_face_ids(labels, a, n, 0) for a in range(3)]
+    hi = [_face_ids(labels, a, n, mask.shape[a] - 1) for a in range(3)]
+    spanning, fractions, percolating = span_fractions(sizes, lo, hi, float(mask.size))
     any_span = spanning[0] | spanning[1] | spanning[2]
     start = any_span[labels]
-    return ClusterInfo(labels, n, tuple(bool(s.any()) for s in spanning), spanning, start, fractions)
+    return ClusterInfo(labels, n, percolating, spanning, start, fractions)

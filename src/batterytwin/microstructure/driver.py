@@ -1,6 +1,7 @@
 """Microstructure driver: ``labels.zarr`` -> ``microstructure.json`` + ``msd.npz``.
 
-Reads the whole label volume (uint8; 1 GB at 1024^3), measures the random-walk tortuosity of each
+Reads the label store slab by slab (:mod:`.slabs`, :mod:`.sharded`: ranks split the slabs, components
+merged exactly across slab faces; no rank holds the uint8 volume), measures the random-walk tortuosity of each
 transport phase over the whole volume and, for the ``cell`` block cellsim reads, of the electrolyte
 phase inside the positive electrode and the separator; adds volume fractions, interface areas,
 percolation, layers, particle and lithium statistics. Walker batches are spread over MPI ranks
@@ -13,11 +14,12 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from ..contracts import MICROSTRUCTURE_SCHEMA, json_safe
+from ..denoise.driver import freed_memory_kept
 from ..distributed import World, get_world
 from ..errors import InputError
 from ..store import atomic_output, check_labels, open_volume, provenance, read_json, write_json
@@ -26,9 +28,41 @@ from .clusters import AXES
 from .config import MicrostructureConfig
 from .regions import _public, cell_block, slice_counts
 from .regions import undetermined_bruggeman as _undetermined_bruggeman  # noqa: F401 (tests use the old name)
+from .sharded import store_stats
+from .slabs import LabelSlabs
 from .tortuosity import walk_tortuosity
 
 log = logging.getLogger(__name__)
+
+
+def _tortuosity(phase_mask: Callable[[int], np.ndarray], counts: np.ndarray, ids, p: MicrostructureConfig, vs,
+                world: World, checkpoint_dir, msd: dict) -> dict[str, Any]:
+    """Whole-volume walk of every transport phase; ``phase_mask(class_id)`` gives its bool mask
+    (one at a time); ``counts``: voxels per class id."""
+    tortuosity = {}
+    for name in p.phases:
+        if p.absent_phase == "skip" and counts[ids[name]] == 0:
+            # a segmentation may legitimately find none of a phase: a result, not a broken input
+            log.warning("phase %r has no voxel: tortuosity not measured (absent_phase: skip)", name)
+            tortuosity[name] = {"axes": None, "tensor_D_eff_over_D_bulk": None,
+                                "flag": "phase absent (0 voxels): not measured"}
+            continue
+        log.info("random walk: %s (whole volume)", name)
+        mask = phase_mask(ids[name])
+        tort = walk_tortuosity(mask, p.walk, vs, world,
+                               Path(checkpoint_dir) / "walks" if checkpoint_dir else None, where=f"phase {name!r}")
+        if p.crosscheck_taufactor:
+            tort["taufactor"] = crosscheck(mask, tort, p.crosscheck_max_voxels, world, f"phase {name!r}")
+        del mask
+        tortuosity[name] = _public(tort)
+        msd[f"volume.{name}"] = tort
+    return tortuosity
+
+
+def _check_phases(ids, p: MicrostructureConfig) -> None:
+    for name in [*p.phases, p.electrolyte_phase]:
+        if name not in ids:
+            raise InputError(f"microstructure: phase {name!r} is not a class of the labels (classes: {sorted(ids)})")
 
 
 def crosscheck(mask: np.ndarray, tort: dict, max_voxels: int, world: World, where: str,
@@ -78,30 +112,14 @@ def measure(labels: np.ndarray, classes: dict[int, str], voxel_size_um, p: Micro
     """
     world = world or get_world()
     ids = {name: c for c, name in classes.items()}
-    for name in [*p.phases, p.electrolyte_phase]:
-        if name not in ids:
-            raise InputError(f"microstructure: phase {name!r} is not a class of the labels (classes: {sorted(ids)})")
+    _check_phases(ids, p)
     vs = [float(v) for v in voxel_size_um]
     t0 = time.perf_counter()
     msd: dict[str, dict] = {}
-    tortuosity = {}
-    for name in p.phases:
-        if p.absent_phase == "skip" and not (labels == ids[name]).any():
-            # a segmentation may legitimately find none of a phase: a result, not a broken input
-            log.warning("phase %r has no voxel: tortuosity not measured (absent_phase: skip)", name)
-            tortuosity[name] = {"axes": None, "tensor_D_eff_over_D_bulk": None,
-                                "flag": "phase absent (0 voxels): not measured"}
-            continue
-        log.info("random walk: %s (whole volume)", name)
-        tort = walk_tortuosity(labels == ids[name], p.walk, vs, world,
-                               Path(checkpoint_dir) / "walks" if checkpoint_dir else None, where=f"phase {name!r}")
-        if p.crosscheck_taufactor:
-            tort["taufactor"] = crosscheck(labels == ids[name], tort, p.crosscheck_max_voxels, world,
-                                           f"phase {name!r}")
-        tortuosity[name] = _public(tort)
-        msd[f"volume.{name}"] = tort
+    counts = slice_counts(labels)
+    tortuosity = _tortuosity(lambda c: labels == c, counts.sum(axis=0), ids, p, vs, world, checkpoint_dir, msd)
     ck = Path(checkpoint_dir) / "walks" if checkpoint_dir else None
-    cell = cell_block(slice_counts(labels), lambda z0, z1, c: labels[z0:z1] == c, ids, p, vs, world, ck, msd)
+    cell = cell_block(counts, lambda z0, z1, c: labels[z0:z1] == c, ids, p, vs, world, ck, msd)
     record: dict[str, Any] = {"schema": MICROSTRUCTURE_SCHEMA, "voxel_size_um": vs, "shape": list(labels.shape),
                               "classes": {str(c): n for c, n in sorted(classes.items())},
                               "volume_fractions": stats.volume_fractions(labels, classes),
@@ -115,6 +133,35 @@ def measure(labels: np.ndarray, classes: dict[int, str], voxel_size_um, p: Micro
             record["particles"] = stats.particle_stats(labels == ids[p.active_phase], vs)
         if p.redeposited_phase in ids:
             record["lithium"] = stats.lithium_stats(labels, ids[p.redeposited_phase], ids.get(p.anode_phase), vs)
+    record["wall_time_s"] = time.perf_counter() - t0
+    return record, msd
+
+
+def measure_store(reader: LabelSlabs, classes: dict[int, str], voxel_size_um, p: MicrostructureConfig,
+                  world: World | None = None, checkpoint_dir: str | Path | None = None) -> tuple[dict, dict]:
+    """:func:`measure` of a label store read slab by slab (:mod:`.sharded`): the same record, with
+    ranks splitting the slabs and one bool phase mask per rank for the walks (1 B/voxel)."""
+    world = world or get_world()
+    ids = {name: c for c, name in classes.items()}
+    _check_phases(ids, p)
+    vs = [float(v) for v in voxel_size_um]
+    t0 = time.perf_counter()
+    msd: dict[str, dict] = {}
+    with freed_memory_kept():  # the passes reuse their freed slab buffers; trimmed before the walks' masks
+        st = store_stats(reader, classes, vs, p, world)
+    counts = st["slice_counts"]
+    tortuosity = _tortuosity(reader.phase_mask, counts.sum(axis=0), ids, p, vs, world, checkpoint_dir, msd)
+    ck = Path(checkpoint_dir) / "walks" if checkpoint_dir else None
+    cell = cell_block(counts, reader.region_mask, ids, p, vs, world, ck, msd)
+    record: dict[str, Any] = {"schema": MICROSTRUCTURE_SCHEMA, "voxel_size_um": vs, "shape": list(reader.shape),
+                              "classes": {str(c): n for c, n in sorted(classes.items())},
+                              "volume_fractions": st["volume_fractions"], "tortuosity": tortuosity, "cell": cell}
+    if world.is_root:
+        record["percolation"] = st["percolation"]
+        record["layers"] = st["layers"]
+        for key in ("interfaces", "particles", "lithium"):
+            if key in st:
+                record[key] = st[key]
     record["wall_time_s"] = time.perf_counter() - t0
     return record, msd
 
@@ -173,8 +220,7 @@ def run(labels_path: str | Path, out_json: str | Path, out_msd: str | Path, para
     if vol.array.dtype != np.uint8:
         raise InputError(f"{labels_path}: labels must be uint8, got {vol.array.dtype}")
     check_labels(vol)  # the shared check: ids outside 'classes' (and the ignore label) are refused
-    labels = np.asarray(vol.array[...])
-    record, msd = measure(labels, vol.classes, vol.voxel_size_um, params, world, checkpoint_dir)
+    record, msd = measure_store(LabelSlabs(vol), vol.classes, vol.voxel_size_um, params, world, checkpoint_dir)
     record["source"] = {"labels": str(labels_path), "producer": vol.attrs.get("producer", {})}
     record.update(provenance("microstructure", params.model_dump()))
     if prev is not None and "lithium" in record:

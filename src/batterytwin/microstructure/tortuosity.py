@@ -35,6 +35,7 @@ Example::
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import math
@@ -49,7 +50,8 @@ from ..distributed import World, get_world
 from ..errors import InputError
 from . import ckernel
 from . import walk as W
-from .clusters import AXES, ClusterInfo, phase_clusters
+from .clusters import AXES, ClusterInfo, phase_clusters  # noqa: F401 (phase_clusters: re-exported)
+from .components import mask_clusters
 from .config import WalkParams, WalkSettings  # noqa: F401 (WalkParams: re-exported constructor)
 
 log = logging.getLogger(__name__)
@@ -98,7 +100,10 @@ def structure_period(mask: np.ndarray) -> float:
     in-plane chords are long while the slow part of the walk is finding the way between layers).
     """
     m = np.asarray(mask, dtype=bool)
-    faces = sum(np.count_nonzero(np.diff(m, axis=a)) for a in range(3))
+    faces = 0
+    for z0 in range(0, m.shape[0], 64):  # in slabs of 64 planes: no volume-sized temporary
+        s = m[z0:z0 + 65]  # + the next slab's first plane for the z faces between them
+        faces += np.count_nonzero(np.diff(s, axis=0)) + sum(np.count_nonzero(np.diff(s[:64], axis=a)) for a in (1, 2))
     # a period above half the smallest edge means fewer than two periods in the box (a layered cell,
     # a nearly uniform separator): the volume is not representative there and walking further only
     # samples its mirror/periodic tiling, so the period is capped at half that edge
@@ -114,11 +119,39 @@ class StartVoxels:
     Example: ``StartVoxels(mask, "cpu")[torch.tensor([0, 5])]`` == ``np.flatnonzero(mask)[[0, 5]]``.
     """
 
-    def __init__(self, mask: np.ndarray, device: torch.device | str = "cpu"):
-        self.planes = np.ascontiguousarray(mask, dtype=bool).reshape(mask.shape[0], -1)  # a view: [Z, Y * X]
-        self.counts = np.count_nonzero(self.planes, axis=1).astype(np.int64)
-        self.ends = np.cumsum(self.counts)
+    def __init__(self, mask: np.ndarray | None, device: torch.device | str = "cpu"):
+        self.packed = None  # bit-packed planes (from_packed): uint8 [Z, ceil(Y * X / 8)]
+        if mask is not None:
+            self.planes = np.ascontiguousarray(mask, dtype=bool).reshape(mask.shape[0], -1)  # a view: [Z, Y * X]
+            self.counts = np.count_nonzero(self.planes, axis=1).astype(np.int64)
+            self.plane_size = self.planes.shape[1]
+            self.ends = np.cumsum(self.counts)
         self.device = torch.device(device)
+
+    @classmethod
+    def from_packed(cls, packed: np.ndarray, shape, device: torch.device | str = "cpu") -> "StartVoxels":
+        """From bit-packed planes (``np.packbits`` of each z plane of the mask, uint8 [Z, ceil(Y * X / 8)]):
+        1/8 B per voxel."""
+        self = cls(None, device)
+        self.packed, self.plane_size = packed, int(shape[1]) * int(shape[2])
+        self.counts = np.array([int(np.unpackbits(p, count=self.plane_size).sum()) for p in packed], np.int64)
+        self.ends = np.cumsum(self.counts)
+        return self
+
+    def to(self, device: torch.device | str) -> "StartVoxels":
+        """The same start voxels, walker indices returned on ``device``."""
+        out = copy.copy(self)
+        out.device = torch.device(device)
+        return out
+
+    def mean(self) -> float:
+        """Fraction of the volume's voxels that are start voxels (as ``mask.mean()``)."""
+        return len(self) / float(len(self.counts) * self.plane_size)
+
+    def _plane(self, z: int) -> np.ndarray:
+        if self.packed is None:
+            return self.planes[z]
+        return np.unpackbits(self.packed[z], count=self.plane_size).view(bool)
 
     def __len__(self) -> int:
         return int(self.ends[-1]) if len(self.ends) else 0
@@ -132,7 +165,7 @@ class StartVoxels:
         bounds = np.searchsorted(z[order], np.arange(len(self.ends) + 1))
         for plane in np.flatnonzero(np.diff(bounds)):
             sel = order[bounds[plane]:bounds[plane + 1]]
-            out[sel] = plane * self.planes.shape[1] + np.flatnonzero(self.planes[plane])[within[sel]]
+            out[sel] = plane * self.plane_size + np.flatnonzero(self._plane(plane))[within[sel]]
         return torch.from_numpy(out).to(ranks.device)
 
 
@@ -197,7 +230,7 @@ def advance_batch(mask: torch.Tensor, bt: _Batch, n_records: int, params: WalkSe
     state = bt.state
     sv = tuple(float(v) for v in step_voxels(params, voxel_size_um))
     times = record_times(params, n_records)
-    mask_u8 = mask.to(torch.uint8).contiguous() if backend in ("c", "triton") else None
+    mask_u8 = mask.contiguous().view(torch.uint8) if backend in ("c", "triton") else None  # no copy
     rows = [bt.sums]
     truncated = 0
     for r in range(len(bt.sums), n_records + 1):
@@ -243,7 +276,7 @@ _NOT_IN_KEY = ("device", "backend", "n_bootstrap", "linear_tolerance", "fit_star
 
 
 def _params_key(mask: np.ndarray, params: WalkSettings, voxel_size_um) -> str:
-    h = hashlib.sha256(np.ascontiguousarray(mask, dtype=np.uint8).tobytes())
+    h = hashlib.sha256(memoryview(np.ascontiguousarray(mask, dtype=bool).view(np.uint8)).cast("B"))  # no copy
     p = {k: v for k, v in params.model_dump().items() if k not in _NOT_IN_KEY}
     p["per_batch"] = params.per_batch  # walker ids of a batch
     p["record_spacing"] = params.n_steps / params.n_records
@@ -270,7 +303,8 @@ class BatchWalker:
         dev = _device(params, self.world)
         self.backend = _backend(params, dev)
         self.mask = torch.from_numpy(np.ascontiguousarray(mask, dtype=bool)).to(dev)
-        self.start_flat = StartVoxels(start_mask, dev)
+        self.start_flat = (start_mask.to(dev) if isinstance(start_mask, StartVoxels)
+                           else StartVoxels(start_mask, dev))
         self.ck = None
         if checkpoint_dir is not None:
             self.ck = Path(checkpoint_dir) / _params_key(mask, params, voxel_size_um)
@@ -513,7 +547,7 @@ def walk_tortuosity(mask: np.ndarray, params: WalkSettings, voxel_size_um=(1.0, 
         # equal jump rates per axis would model an anisotropic medium, not anisotropic voxels
         raise InputError(f"{where}: the lattice walk needs cubic voxels, got voxel_size_um {list(h)}; "
                          "use microstructure.walk.model: offlattice")
-    info = clusters or phase_clusters(mask)
+    info = clusters or mask_clusters(mask, 6, world=world or get_world())  # slabs split over ranks
     eps = float(mask.mean())
     walk = {"model": params.model, "boundary": params.boundary,
             "step_length": params.step_length if params.model == "offlattice" else 1.0, "seed": params.seed,
@@ -529,7 +563,7 @@ def walk_tortuosity(mask: np.ndarray, params: WalkSettings, voxel_size_um=(1.0, 
                     skipped="no percolating cluster along any axis")
         res.update(walk=walk, percolation=info.fractions)
         return res
-    eps_walk = float(info.start_mask.mean())
+    eps_walk = float(info.start_mask.mean())  # a bool array or a StartVoxels
     walker = BatchWalker(mask, info.start_mask, params, voxel_size_um, world, checkpoint_dir)
     res, used = converge(walker, params, step_budget, voxel_size_um, eps, eps_walk, info.percolating,
                          structure_period(mask))
