@@ -140,6 +140,8 @@ def make_workflow(workdir: Path, samples: dict) -> None:
     cfg["samples"] = samples
     cfg["store"] = {"chunk": 16, "shard": 32}
     cfg["report"] = {"dpi": 80, "ome_levels": 1, "ome_chunk": 16}
+    # the stand-in sweep.zarr has no rate_capability block (its figure: tests/test_cellsim_rate.py)
+    cfg["cellsim"]["rate_capability"] = {"enabled": False}
     (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
     rules = REPO / "workflow" / "rules"
     (workdir / "Snakefile").write_text(

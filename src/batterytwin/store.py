@@ -414,7 +414,9 @@ def verify_store(root: os.PathLike | str, checksums: bool = False, what: str = "
         raise InputError(problems[0] + more)
     if sealed:
         check_metadata(root, manifest)
-        extra = sorted(set(q.relative_to(root).as_posix() for q in _store_files(root)) - set(files))
+        # hidden files (snakemake's .snakemake_timestamp in a directory() output) are never read as data
+        extra = sorted(set(q.relative_to(root).as_posix() for q in _store_files(root)
+                           if not any(part.startswith(".") for part in q.relative_to(root).parts)) - set(files))
         if extra:
             more = f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""
             raise InputError(f"{root / extra[0]}: not part of the committed {what} (added after commit, its data "
