@@ -34,6 +34,11 @@ import numpy as np
 
 from .errors import InputError
 
+ARRAY_NAME = "0"
+MANIFEST = "batterytwin.manifest.json"  # in every committed store: its files, sizes and CRC-32s
+MANIFEST_SCHEMA = "batterytwin.manifest/2"  # /2: + array metadata and a digest of the manifest
+MANIFEST_ATTR = "manifest"  # group attribute set at commit: this store has a manifest (its loss is detected)
+
 RECORD_KEYS = ("data_type", "shape", "shards", "chunks", "fill_value", "codecs")
 
 
@@ -90,7 +95,6 @@ def check_volume(root: Path, array: Any, attrs: dict[str, Any]) -> None:
     Raises:
         InputError: one line naming the store (or its file) and the problem.
     """
-    from .store import ARRAY_NAME, MANIFEST, MANIFEST_ATTR, MANIFEST_SCHEMA
 
     meta_path = root / ARRAY_NAME / "zarr.json"
     try:
@@ -148,7 +152,6 @@ def corrupt_chunk(root: Path, relfile: str) -> str | None:
     """Name the first chunk of shard file ``relfile`` (``0/c/1/0/0``) that fails to decode, or None."""
     import zarr
 
-    from .store import ARRAY_NAME
 
     parts = relfile.split("/")
     if len(parts) < 3 or parts[0] != ARRAY_NAME or parts[1] != "c":

@@ -49,15 +49,13 @@ import zarr
 from . import __version__
 from .distributed import World, get_world
 from .errors import InputError
+from .integrity import (ARRAY_NAME, MANIFEST, MANIFEST_ATTR, MANIFEST_SCHEMA, check_metadata, check_volume,
+                        corrupt_chunk, manifest_digest, seal_manifest)
 
-ARRAY_NAME = "0"
 AXES = ("z", "y", "x")
 DEFAULT_CHUNK = 64
 DEFAULT_SHARD = 256
 TMP_MARKER = ".tmp-"
-MANIFEST = "batterytwin.manifest.json"  # in every committed store: its files, sizes and CRC-32s
-MANIFEST_SCHEMA = "batterytwin.manifest/2"  # /2: + array metadata and a digest of the manifest
-MANIFEST_ATTR = "manifest"  # group attribute set at commit: this store has a manifest (its loss is detected)
 log = logging.getLogger(__name__)
 _warned: set[str] = set()
 _opened: dict[str, None] = {}  # stores opened for reading by this process (to name a corrupt one)
@@ -303,7 +301,6 @@ def open_volume(path: os.PathLike | str, *, mode: str = "r", validate: bool = Tr
         if "voxel_size_um" in require:
             check_voxel_size(attrs["voxel_size_um"], str(p))
     if validate and mode == "r":
-        from .integrity import check_volume
 
         check_volume(p, array, attrs)
     return Volume(p, array, attrs)
@@ -353,7 +350,6 @@ def write_manifest(root: os.PathLike | str, world: World | None = None) -> dict[
         return None
     entries = {k: v for part in parts for k, v in part.items()}
     manifest = {"schema": MANIFEST_SCHEMA, "files": {name: entries[name] for name in names}}
-    from .integrity import seal_manifest
 
     manifest = seal_manifest(root, manifest)  # + array metadata records and the manifest's digest
     with open(root / MANIFEST, "w") as f:
@@ -383,7 +379,6 @@ def verify_store(root: os.PathLike | str, checksums: bool = False, what: str = "
             log.warning("%s: no %s (written before manifests, or by another tool): completeness not checked",
                         root, MANIFEST)
         return 0
-    from .integrity import check_metadata, manifest_digest
 
     try:
         manifest = json.loads(mpath.read_text())
@@ -518,7 +513,6 @@ def corrupt_read_error(exc: BaseException, path: os.PathLike | str | None = None
 
 def _chunk_of(root: Path, message: str) -> str:
     """'': ', first bad chunk at ...' for the shard file named at the start of ``message``."""
-    from .integrity import corrupt_chunk
 
     name = message.split(":", 1)[0]
     try:

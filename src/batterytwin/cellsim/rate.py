@@ -36,6 +36,7 @@ from ..distributed import World, get_world
 from ..errors import InputError
 from ..store import params_sha256, write_json
 from .dispatch import dynamic_items, quiet_barrier
+from .cell import cell_parameters
 from .params import read_microstructure
 
 log = logging.getLogger(__name__)
@@ -150,7 +151,6 @@ def _done(path: Path) -> bool:
 
 def run_variant(item: dict[str, Any], source: str, cfg: dict[str, Any], rates: list[float]) -> dict[str, Any]:
     """Discharge capacities (and plating, if ``item["plating"]``) of one electrode variant."""
-    from .driver import cell_parameters
 
     t0 = time.perf_counter()
     rcfg = cfg["rate_capability"]

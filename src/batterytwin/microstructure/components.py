@@ -28,6 +28,7 @@ from scipy.sparse.csgraph import connected_components
 from ..distributed import World, split_evenly
 from .clusters import AXES, ClusterInfo, span_fractions
 from .slabs import slab_depth
+from .starts import StartVoxels
 
 SLAB = 64  # most z planes per slab when labelling an in-memory mask (fewer on wide planes: slab_depth)
 
@@ -197,10 +198,9 @@ def mask_clusters(mask: np.ndarray, connectivity: int = 6, slab: int | None = No
                   world: World | None = None) -> ClusterInfo:
     """:func:`~batterytwin.microstructure.clusters.phase_clusters` of an in-memory bool mask, slab
     by slab: the same numbers, ``labels`` None and ``start_mask`` a bit-packed
-    :class:`~batterytwin.microstructure.tortuosity.StartVoxels` (1/8 B/voxel instead of 4 + 1).
+    :class:`~batterytwin.microstructure.starts.StartVoxels` (1/8 B/voxel instead of 4 + 1).
     With ``world`` (collective) the ranks split the slabs (:func:`mask_components`) and gather the
     packed start planes."""
-    from .tortuosity import StartVoxels
 
     world = world or World()
     nz = mask.shape[0]

@@ -24,8 +24,8 @@ from ..distributed import World, get_world
 from ..errors import InputError
 from ..store import atomic_output, check_labels, open_volume, provenance, read_json, write_json
 from . import stats
-from .clusters import AXES
 from .config import MicrostructureConfig
+from .crosscheck import crosscheck, taufactor_tau  # noqa: F401 (taufactor_tau: the stage's public reference)
 from .regions import _public, cell_block, slice_counts
 from .regions import undetermined_bruggeman as _undetermined_bruggeman  # noqa: F401 (tests use the old name)
 from .sharded import store_stats
@@ -63,42 +63,6 @@ def _check_phases(ids, p: MicrostructureConfig) -> None:
     for name in [*p.phases, p.electrolyte_phase]:
         if name not in ids:
             raise InputError(f"microstructure: phase {name!r} is not a class of the labels (classes: {sorted(ids)})")
-
-
-def crosscheck(mask: np.ndarray, tort: dict, max_voxels: int, world: World, where: str,
-               axes=AXES) -> dict[str, Any]:
-    """TauFactor's steady-state tau (Cooper et al., SoftwareX 2016) next to the walk's, per axis.
-
-    Solved on rank 0 for every percolating axis of ``axes`` (the same phase, the same convention) and
-    broadcast; each walk axis gains ``tau_taufactor`` and ``walk_minus_taufactor_rel``. Volumes
-    above ``max_voxels`` are skipped with a flag (the solve's cost grows with the volume).
-    """
-    if mask.size > max_voxels:
-        log.warning("%s: TauFactor cross-check skipped: %d voxels > crosscheck_max_voxels=%d",
-                    where, mask.size, max_voxels)
-        return {"skipped": f"{mask.size} voxels > crosscheck_max_voxels={max_voxels}"}
-    out = None
-    if world.is_root:
-        t0 = time.perf_counter()
-        out = {"taus": {a: (taufactor_tau(mask, i) if tort["axes"][a]["percolating"] else None)
-                        for i, a in enumerate(AXES) if a in axes}}
-        out["wall_time_s"] = time.perf_counter() - t0
-    out = world.bcast(out)
-    for a, ref in out["taus"].items():
-        rec = tort["axes"][a]
-        rec["tau_taufactor"] = ref
-        rec["walk_minus_taufactor_rel"] = (rec["tau"] / ref - 1) if ref and rec.get("tau") else None
-    return {"solver": "taufactor", "wall_time_s": out["wall_time_s"]}
-
-
-def taufactor_tau(mask: np.ndarray, axis: int) -> float:
-    """TauFactor's tau of the phase ``mask`` along ``axis`` (CPU solve; InputError if not installed)."""
-    try:
-        import taufactor
-    except ImportError:
-        raise InputError("microstructure.crosscheck_taufactor: the taufactor package is not installed") from None
-    solver = taufactor.Solver(np.ascontiguousarray(np.moveaxis(mask, axis, 0)).astype(np.uint8), device="cpu")
-    return float(np.ravel(solver.solve(verbose=False))[0])
 
 
 def measure(labels: np.ndarray, classes: dict[int, str], voxel_size_um, p: MicrostructureConfig,

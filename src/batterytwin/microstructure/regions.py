@@ -40,6 +40,7 @@ from . import stats
 from .components import mask_components
 from .sharded import AREA_TILE
 from .config import MicrostructureConfig, WalkSettings
+from .crosscheck import crosscheck
 from .tortuosity import walk_tortuosity
 
 log = logging.getLogger(__name__)
@@ -161,7 +162,6 @@ def _taufactor(mask: np.ndarray, tort: dict, p: MicrostructureConfig, world: Wor
     """TauFactor's z tau of the transport slab beside the walk's (``tort["taufactor"]``, and
     ``tau_taufactor`` / ``walk_minus_taufactor_rel`` on the z axis) when the slab has at most
     ``crosscheck_max_voxels`` voxels (larger: only with ``crosscheck_taufactor``, which then flags the skip)."""
-    from .driver import crosscheck  # the shared cross-check (driver imports this module)
 
     if not tort["axes"]["z"]["percolating"] or (mask.size > p.crosscheck_max_voxels and not p.crosscheck_taufactor):
         return
