@@ -277,7 +277,8 @@ def test_full_or_read_only_output_filesystem_blames_the_output(capsys, tmp_path,
 
     src = tmp_path / "in.zarr"
     with store.atomic_output(src) as t:
-        store.create_volume(t, (8, 8, 8), "float32", store.volume_attrs("ingest", 1.0), chunk=4, shard=8)[:] = 1.0
+        store.create_volume(t, (8, 8, 8), "float32", store.volume_attrs("ingest", 1.0), chunk=4,
+                            shard=8)[:] = np.random.default_rng(0).random((8, 8, 8), dtype=np.float32)  # has contrast
     before = {q: _sha(q) for q in src.rglob("*") if q.is_file()}
     monkeypatch.setattr(local, "_put", refuse)
     out = tmp_path / "den.zarr"
