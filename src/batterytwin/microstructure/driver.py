@@ -59,10 +59,20 @@ def _tortuosity(phase_mask: Callable[[int], np.ndarray], counts: np.ndarray, ids
     return tortuosity
 
 
-def _check_phases(ids, p: MicrostructureConfig) -> None:
+def _phase_ids(classes: dict[int, str], p: MicrostructureConfig) -> dict[str, int]:
+    """{class name: id}; every configured phase must be one of them."""
+    ids = {name: c for c, name in classes.items()}
     for name in [*p.phases, p.electrolyte_phase]:
         if name not in ids:
             raise InputError(f"microstructure: phase {name!r} is not a class of the labels (classes: {sorted(ids)})")
+    return ids
+
+
+def _record(shape, classes: dict[int, str], vs, fractions: dict, tortuosity: dict, cell: dict) -> dict[str, Any]:
+    """The head of ``microstructure.json`` that :func:`measure` and :func:`measure_store` share."""
+    return {"schema": MICROSTRUCTURE_SCHEMA, "voxel_size_um": vs, "shape": list(shape),
+            "classes": {str(c): n for c, n in sorted(classes.items())},
+            "volume_fractions": fractions, "tortuosity": tortuosity, "cell": cell}
 
 
 def measure(labels: np.ndarray, classes: dict[int, str], voxel_size_um, p: MicrostructureConfig,
@@ -75,19 +85,14 @@ def measure(labels: np.ndarray, classes: dict[int, str], voxel_size_um, p: Micro
         InputError: a configured phase is not a class of the labels or has no voxel.
     """
     world = world or get_world()
-    ids = {name: c for c, name in classes.items()}
-    _check_phases(ids, p)
-    vs = [float(v) for v in voxel_size_um]
+    ids, vs = _phase_ids(classes, p), [float(v) for v in voxel_size_um]
     t0 = time.perf_counter()
     msd: dict[str, dict] = {}
     counts = slice_counts(labels)
     tortuosity = _tortuosity(lambda c: labels == c, counts.sum(axis=0), ids, p, vs, world, checkpoint_dir, msd)
     ck = Path(checkpoint_dir) / "walks" if checkpoint_dir else None
     cell = cell_block(counts, lambda z0, z1, c: labels[z0:z1] == c, ids, p, vs, world, ck, msd)
-    record: dict[str, Any] = {"schema": MICROSTRUCTURE_SCHEMA, "voxel_size_um": vs, "shape": list(labels.shape),
-                              "classes": {str(c): n for c, n in sorted(classes.items())},
-                              "volume_fractions": stats.volume_fractions(labels, classes),
-                              "tortuosity": tortuosity, "cell": cell}
+    record = _record(labels.shape, classes, vs, stats.volume_fractions(labels, classes), tortuosity, cell)
     if world.is_root:
         record["percolation"] = stats.percolation(labels, classes)  # 26-connected pore, 6-connected solids
         record["layers"] = stats.layers(labels, classes, vs, p.layer_min_fraction)
@@ -106,9 +111,7 @@ def measure_store(reader: LabelSlabs, classes: dict[int, str], voxel_size_um, p:
     """:func:`measure` of a label store read slab by slab (:mod:`.sharded`): the same record, with
     ranks splitting the slabs and one bool phase mask per rank for the walks (1 B/voxel)."""
     world = world or get_world()
-    ids = {name: c for c, name in classes.items()}
-    _check_phases(ids, p)
-    vs = [float(v) for v in voxel_size_um]
+    ids, vs = _phase_ids(classes, p), [float(v) for v in voxel_size_um]
     t0 = time.perf_counter()
     msd: dict[str, dict] = {}
     with freed_memory_kept():  # the passes reuse their freed slab buffers; trimmed before the walks' masks
@@ -117,9 +120,7 @@ def measure_store(reader: LabelSlabs, classes: dict[int, str], voxel_size_um, p:
     tortuosity = _tortuosity(reader.phase_mask, counts.sum(axis=0), ids, p, vs, world, checkpoint_dir, msd)
     ck = Path(checkpoint_dir) / "walks" if checkpoint_dir else None
     cell = cell_block(counts, reader.region_mask, ids, p, vs, world, ck, msd)
-    record: dict[str, Any] = {"schema": MICROSTRUCTURE_SCHEMA, "voxel_size_um": vs, "shape": list(reader.shape),
-                              "classes": {str(c): n for c, n in sorted(classes.items())},
-                              "volume_fractions": st["volume_fractions"], "tortuosity": tortuosity, "cell": cell}
+    record = _record(reader.shape, classes, vs, st["volume_fractions"], tortuosity, cell)
     if world.is_root:
         record["percolation"] = st["percolation"]
         record["layers"] = st["layers"]
