@@ -52,11 +52,10 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from . import store
 from .distributed import World
-from .errors import InputError
+from .errors import EXIT_PREEMPTED, InputError
 
 log = logging.getLogger(__name__)
 
-EXIT_PREEMPTED = 75  # sysexits EX_TEMPFAIL: not finished, checkpoint saved, rerun to resume
 
 
 def set_threads(world: World, threads: int) -> None:
