@@ -165,7 +165,7 @@ def test_cli_bad_user_data_is_one_line_exit_2(tmp_path, cli, bad, message):
 
 
 def test_cli_end_to_end_writes_store_and_json(tmp_path, cli):
-    from batterytwin.contracts import open_group
+    from batterytwin.store import open_group
 
     rng = np.random.default_rng(6)
     for name, n in (("train", 24), ("test", 8)):

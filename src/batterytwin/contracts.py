@@ -1,19 +1,22 @@
 """What stages agree on: the one place a producer and its consumers take it from.
 
-``docs/interfaces.md`` describes the files between stages; this module holds the values and the few
-functions both sides of an interface must share, so that a writer and its readers cannot drift:
+``docs/interfaces.md`` describes the files between stages; this module holds the constants, schema
+ids and the one relation both sides of an interface must share, so that a writer and its readers
+cannot drift:
 
 - schema ids of the files between stages (the ``schema`` key/attribute a reader checks);
 - the label classes and the ignore label of label stores;
 - the condition status codes and names of a cellsim sweep;
-- the Bruggeman relation between volume fraction, tortuosity and exponent;
-- strict JSON and opening a store or JSON file (kept in :mod:`batterytwin.store`, named here).
+- the Bruggeman relation between volume fraction, tortuosity and exponent.
 
-It imports no stage package (stage packages import it) and nothing of snakemake.
+It imports nothing of batterytwin (every other module may import it) and nothing of snakemake.
+Reading and writing the files (strict JSON, opening a store with its schema checked) is
+:mod:`batterytwin.store`.
 
 Example::
 
-    from batterytwin.contracts import SWEEP_SCHEMA, STATUS_OK, open_group
+    from batterytwin.contracts import SWEEP_SCHEMA, STATUS_OK
+    from batterytwin.store import open_group
 
     g = open_group("results/s1/sweep.zarr", "sweep store", arrays=("status",), schema=SWEEP_SCHEMA)
     ok = g["status"][:] == STATUS_OK
@@ -23,14 +26,11 @@ from __future__ import annotations
 
 import math
 
-from .store import json_safe, open_group, open_volume, read_json, write_json
-
 __all__ = [
     "MICROSTRUCTURE_SCHEMA", "SWEEP_SCHEMA", "SEGMENT_METRICS_SCHEMA",
     "CLASSES", "IGNORE_LABEL",
     "STATUS_OK", "STATUS_FAILED", "STATUS_TIME_LIMIT", "STATUS_NAMES",
     "bruggeman",
-    "json_safe", "write_json", "read_json", "open_group", "open_volume",
 ]
 
 # -- schema ids (the "schema" key of a JSON file / attribute of a store) ----------------------------

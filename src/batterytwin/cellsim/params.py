@@ -23,8 +23,9 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ..contracts import MICROSTRUCTURE_SCHEMA, bruggeman, read_json
+from ..contracts import MICROSTRUCTURE_SCHEMA, bruggeman
 from ..errors import InputError
+from ..store import read_json
 from .config import TRANSPORTS
 
 log = logging.getLogger(__name__)

@@ -48,7 +48,7 @@ def read_lives(path: str | Path, n_cells: int, eol_rule: str, threshold: float,
     With ``cells`` (the :class:`~batterytwin.cycling.curves.CurveSet` scored here), the store must also
     be of this very dataset: its ``cells_sha256`` (:meth:`CurveSet.digest`) must match, or, in a store
     without it, its ``cell_names``."""
-    from ..contracts import open_group
+    from ..store import open_group
 
     g = open_group(path, what, arrays=("life_pred", "life_lo", "life_hi"))
     attrs = dict(g.attrs)

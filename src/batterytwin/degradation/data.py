@@ -17,9 +17,10 @@ from typing import Sequence
 
 import numpy as np
 
-from ..contracts import STATUS_OK, SWEEP_SCHEMA, open_group
+from ..contracts import STATUS_OK, SWEEP_SCHEMA
 from ..cycling.curves import CurveSet, resample_curve
 from ..errors import InputError
+from ..store import open_group
 
 
 def load_sweep(path: os.PathLike | str, curve_length: int = 256, cycles_per_point: int = 10,

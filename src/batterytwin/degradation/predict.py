@@ -35,7 +35,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..contracts import json_safe
 from ..cycling.baselines import ForestModel, fit_baselines as fit_life_baselines, forest_grid, variance_rows
 from ..cycling.conformal import conformal_interval, conformal_quantile, interval_scores
 from ..cycling.curves import CurveSet, mean_sample_curve
@@ -44,7 +43,7 @@ from ..cycling.scores import censoring_scores, coverage, curve_rmse, interval_su
 from ..cycling.store import write_store
 from ..distributed import World, get_world
 from ..errors import InputError
-from ..store import provenance, write_json
+from ..store import json_safe, provenance, write_json
 from .basis import CurveBasis, roughness
 from .config import SampleSettings
 from .data import decode_curves

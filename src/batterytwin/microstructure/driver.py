@@ -18,11 +18,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..contracts import MICROSTRUCTURE_SCHEMA, json_safe
+from ..contracts import MICROSTRUCTURE_SCHEMA
 from ..denoise.driver import freed_memory_kept
 from ..distributed import World, get_world
 from ..errors import InputError
-from ..store import atomic_output, check_labels, open_volume, provenance, read_json, write_json
+from ..store import atomic_output, check_labels, json_safe, open_volume, provenance, read_json, write_json
 from . import stats
 from .config import MicrostructureConfig
 from .crosscheck import crosscheck, taufactor_tau  # noqa: F401 (taufactor_tau: the stage's public reference)

@@ -16,8 +16,9 @@ from typing import Any
 import matplotlib as mpl
 import numpy as np
 
-from ..contracts import STATUS_NAMES, STATUS_OK, SWEEP_SCHEMA, open_group
+from ..contracts import STATUS_NAMES, STATUS_OK, SWEEP_SCHEMA
 from ..errors import InputError
+from ..store import open_group
 from . import style
 
 

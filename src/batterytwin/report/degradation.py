@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..contracts import open_group
+from ..store import open_group
 from . import style
 
 NEEDED = ("soh_samples", "soh_true", "life_pred", "life_lo", "life_hi", "life_true")

@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 
-from ..contracts import open_group
+from ..store import open_group
 from . import style
 
 NEEDED = ("soh_true", "soh_physics", "soh_hybrid", "soh_hybrid_lo", "soh_hybrid_hi", "evaluated")

@@ -454,10 +454,9 @@ def run_evaluation(train: Cells | None, test: Cells, settings, diffusion: dict |
 
 def write_outputs(result: dict, test: CurveSet, out: Path, metrics_path: Path | None, params: dict) -> None:
     """The store (``out``) and the metrics JSON of one evaluation."""
-    from ..contracts import json_safe
     from ..cycling.store import write_store
     from ..distributed import World
-    from ..store import provenance, write_json
+    from ..store import json_safe, provenance, write_json
 
     arrays = {k: np.asarray(v, np.float32 if np.asarray(v).dtype.kind == "f" else None)
               for k, v in {**result["arrays"], **result["series"]}.items() if k != "reasons"}
