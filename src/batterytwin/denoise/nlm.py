@@ -30,70 +30,15 @@ References:
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from ..errors import InputError
+from .nlm_params import DISTANCE_CUTOFF, EXP_A, EXP_BC, NLMParams, box_bounds
 
-COMPAT_MODES = (None, "skimage")
 CPU_BLOCK = 64  # output cube edge processed at once on the CPU (cache-sized temporaries)
-DISTANCE_CUTOFF = 5.0  # skimage: exp(-5) ~ 0.007, weights past it are dropped
-EXP_A = 1512775.3951951856938  # 2^20 / ln 2 (Schraudolph)
-EXP_BC = 1072632447  # 1023 * 2^20 - 60801 (minimum RMS error), as in skimage's fast_exp.h
-
-
-@dataclass(frozen=True)
-class NLMParams:
-    """Parameters of one NLM run.
-
-    Attributes:
-        patch_size: edge of the cubic patch, odd, >= 1.
-        search_radius: ``d`` in voxels (skimage's ``patch_distance``): offsets ``[-d, d]^3``; >= 0.
-        h: filtering strength in data units (> 0): weights are ``exp(-distance / h^2)``.
-        sigma: noise standard deviation (data units) subtracted as ``2 sigma^2`` from the mean
-            squared patch difference (skimage's ``sigma`` argument); 0 disables it.
-        compat: ``None`` (centred patch, exact exp) or ``"skimage"``.
-    """
-
-    patch_size: int = 5
-    search_radius: int = 6
-    h: float = 0.1
-    sigma: float = 0.0
-    compat: str | None = None
-
-    def __post_init__(self) -> None:
-        validate_params(self.patch_size, self.search_radius, self.h, self.sigma, self.compat)
-
-    @property
-    def patch_radius(self) -> int:
-        return self.patch_size // 2
-
-    @property
-    def halo(self) -> int:
-        """Voxels of context needed on each side of an output block: patch radius + search radius."""
-        return self.patch_radius + self.search_radius
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def validate_params(patch_size: Any, search_radius: Any, h: Any, sigma: Any = 0.0, compat: Any = None) -> None:
-    """Raise :class:`InputError` for parameters NLM cannot run with."""
-    if isinstance(patch_size, bool) or not isinstance(patch_size, (int, np.integer)) or patch_size < 1 \
-            or patch_size % 2 == 0:
-        raise InputError(f"denoise.patch_size must be a positive odd integer, got {patch_size!r}")
-    if isinstance(search_radius, bool) or not isinstance(search_radius, (int, np.integer)) or search_radius < 0:
-        raise InputError(f"denoise.search_radius must be an integer >= 0, got {search_radius!r}")
-    if not isinstance(h, (int, float, np.floating, np.integer)) or not math.isfinite(h) or h <= 0:
-        raise InputError(f"denoise.h must be a finite number > 0, got {h!r}")
-    if not isinstance(sigma, (int, float, np.floating, np.integer)) or not math.isfinite(sigma) or sigma < 0:
-        raise InputError(f"denoise.sigma must be a finite number >= 0, got {sigma!r}")
-    if compat not in COMPAT_MODES:
-        raise InputError(f"denoise.compat must be one of {COMPAT_MODES}, got {compat!r}")
 
 
 def fast_exp(y: torch.Tensor) -> torch.Tensor:
@@ -185,14 +130,6 @@ def box_sum(e: torch.Tensor, n: int, dim: int) -> torch.Tensor:
     return out
 
 
-def _box_bounds(p: NLMParams) -> tuple[int, int]:
-    """(first offset, count) of the patch box along each axis."""
-    r = p.patch_radius
-    if p.compat == "skimage":
-        return -r + 1, 2 * r
-    return -r, 2 * r + 1
-
-
 def _weights(dist: torch.Tensor, p: NLMParams, box_count: int) -> torch.Tensor:
     """Turn box sums of squared differences into NLM weights (in place where possible)."""
     s3h2 = p.patch_size ** 3 * p.h * p.h
@@ -246,7 +183,7 @@ def nlm_sums(xp: torch.Tensor, p: NLMParams, offsets: Sequence[tuple[int, int, i
     shape = tuple(n - 2 * H for n in xp.shape)
     if xp.ndim != 3 or min(shape) < 1:
         raise InputError(f"nlm: need a 3-D block larger than twice the halo {H}, got {tuple(xp.shape)}")
-    lo, nb = _box_bounds(p)
+    lo, nb = box_bounds(p)
     interior = tuple(slice(H, H + n) for n in shape)
     w0 = centre_weight(p) if centre else 0.0
     num = xp[interior] * w0

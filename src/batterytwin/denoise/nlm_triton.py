@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from ..errors import InputError
-from .nlm import DISTANCE_CUTOFF, EXP_A, EXP_BC, NLMParams, _box_bounds
+from .nlm_params import DISTANCE_CUTOFF, EXP_A, EXP_BC, NLMParams, box_bounds
 
 
 @triton.jit
@@ -130,7 +130,7 @@ def nlm_padded_triton(xp: torch.Tensor, p: NLMParams, tile: tuple[int, int, int]
     Args:
         xp: (Z + 2H, Y + 2H, X + 2H) tensor on CUDA (or CPU with ``TRITON_INTERPRET=1``),
             ``H = p.halo``; converted to contiguous float32.
-        p: parameters (see :class:`~batterytwin.denoise.nlm.NLMParams`).
+        p: parameters (see :class:`~batterytwin.denoise.nlm_params.NLMParams`).
         tile: output voxels per program (powers of two).
 
     Returns:
@@ -146,7 +146,7 @@ def nlm_padded_triton(xp: torch.Tensor, p: NLMParams, tile: tuple[int, int, int]
     H = p.halo
     Z, Y, X = (n - 2 * H for n in xp.shape)
     out = torch.empty((Z, Y, X), dtype=torch.float32, device=xp.device)
-    lo, nb = _box_bounds(p)
+    lo, nb = box_bounds(p)
     if p.compat == "skimage":
         bias = 2.0 * p.sigma ** 2 * nb ** 3
         scale = 1.0 / (p.patch_size ** 3 * p.h * p.h)
