@@ -150,7 +150,7 @@ def test_bad_walk_inputs():
 
 TRITON_SCRIPT = r"""
 import json, numpy as np, torch
-from batterytwin.microstructure import walk as W, triton_walk as T
+from batterytwin.microstructure import walk as W, walk_triton as T
 from batterytwin.microstructure.tortuosity import WalkParams, walk_tortuosity
 assert T.available()
 rng = np.random.default_rng(0)

@@ -2,12 +2,14 @@
 
 The torch walk (:mod:`.walk`) issues ~30 tensor operations per step, each a full pass over all
 walkers in memory; on a CPU that is memory-bound at a few M walker-steps/s. These kernels keep each
-walker in registers for a whole chunk of steps and run walkers in parallel over OpenMP threads.
-Walkers are split into one contiguous chunk per thread and each chunk runs in a Python thread
-(ctypes releases the GIL): no OpenMP runtime, whose spinning barriers collapse on shared or
-oversubscribed nodes. They compute exactly what :func:`.walk.lattice_advance` and :func:`.walk.offlattice_advance`
-compute (same hash, same folding, same event tracing), so the lattice walk agrees with the torch
-path bit for bit and the off-lattice walk up to libm rounding (tested).
+walker in registers for a whole chunk of steps. The C source is serial (no OpenMP): walkers are
+split into one contiguous chunk per thread (``threads``, default torch's thread count, at least 128
+walkers a chunk) and each chunk runs in a Python thread of a shared pool, in parallel because ctypes
+releases the GIL; there is no OpenMP runtime, whose spinning barriers collapse on shared or
+oversubscribed nodes. They compute exactly what :func:`.walk.lattice_advance` and
+:func:`.walk.offlattice_advance` compute (same hash, same folding, same event tracing), so the
+lattice walk agrees with the torch path bit for bit and the off-lattice walk up to libm rounding
+(tested).
 
 The shared library is built on first use with ``$CC`` (default ``cc``) into
 ``$BATTERYTWIN_CACHE`` (default ``~/.cache/batterytwin``), named by the source's hash, and renamed

@@ -131,10 +131,10 @@ def _backend(params: WalkSettings, device: torch.device) -> str:
         return "c" if ckernel.load() is not None else "torch"
     if params.model == "lattice":
         try:
-            from . import triton_walk
+            from . import walk_triton
         except ImportError:
             return "torch"
-        return "triton" if triton_walk.available() else "torch"
+        return "triton" if walk_triton.available() else "torch"
     return "torch"
 
 
@@ -183,9 +183,9 @@ def advance_batch(mask: torch.Tensor, bt: _Batch, n_records: int, params: WalkSe
             else:
                 ckernel.lattice_advance(mask_u8, state.voxel, state.key, t0, k, params.boundary)
         elif backend == "triton" and not offl:
-            from . import triton_walk
+            from . import walk_triton
 
-            triton_walk.lattice_advance(mask_u8, state, t0, k, params.boundary)
+            walk_triton.lattice_advance(mask_u8, state, t0, k, params.boundary)
         elif offl:
             truncated += W.offlattice_advance(mask, state, t0, k, params.boundary, sv)
         else:

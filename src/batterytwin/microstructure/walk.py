@@ -4,7 +4,7 @@ Walkers are the parallel dimension: every operation acts on all walkers at once,
 runs on CPU (torch's intra-op threads) and on GPU. Random numbers come from a counter-based integer
 hash of ``(seed, walker id, step)`` instead of a stateful generator: a walker's path depends only on
 its id, never on how walkers are batched, split over MPI ranks, or which device (or the Triton
-kernel in :mod:`.triton_walk`) runs it.
+kernel in :mod:`.walk_triton`) runs it.
 
 Two walk models (both in voxel index units; the phase is a boolean mask on the voxel grid):
 

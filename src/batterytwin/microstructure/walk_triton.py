@@ -8,7 +8,7 @@ tested on CPU under ``TRITON_INTERPRET=1``.
 
 Example::
 
-    triton_walk.lattice_advance(mask_u8, state, t0=0, n_steps=100, boundary="mirror")
+    walk_triton.lattice_advance(mask_u8, state, t0=0, n_steps=100, boundary="mirror")
 """
 
 from __future__ import annotations
