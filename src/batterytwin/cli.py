@@ -23,7 +23,7 @@ COMMANDS = {
     "ingest": "ingest", "phantom": "ingest", "denoise": "denoise",
     "train-seg": "segment", "segment": "segment", "microstructure": "microstructure",
     "simulate": "cellsim", "train-degradation": "degradation", "predict-degradation": "degradation",
-    "twin": "twin", "report": "report", "inspect": "inspect",
+    "twin": "twin", "report": "report", "inspect": "inspection",
 }
 STAGE_PACKAGES = tuple(dict.fromkeys(COMMANDS.values()))
 
@@ -41,7 +41,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="<stage>", required=True)
     packages = (COMMANDS[command],) if command in COMMANDS else STAGE_PACKAGES
     for name in packages:
-        module = importlib.import_module(f"batterytwin.{name}.cli" if name != "inspect" else "batterytwin.inspect")
+        module = importlib.import_module(f"batterytwin.{name}.cli" if name != "inspection" else f"batterytwin.{name}")
         module.register(subparsers)
     from .paths import guard_all
 

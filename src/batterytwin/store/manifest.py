@@ -51,8 +51,8 @@ def write_manifest(root: os.PathLike | str, world: World | None = None) -> dict[
     array's metadata record and a digest of the manifest (:mod:`batterytwin.integrity`).
 
     :func:`~batterytwin.store.commit.atomic_output` calls it when a store is committed, so every
-    stage's store carries it. With ``world`` (collective), the ranks share the checksumming (one read of the store in all);
-    rank 0 writes the file and returns the manifest, other ranks return None.
+    stage's store carries it. With ``world`` (collective), the ranks share the checksumming (one read
+    of the store in all); rank 0 writes the file and returns the manifest, other ranks return None.
     """
     root = Path(root)
     world = world or World()
