@@ -41,7 +41,8 @@ sys.path.insert(0, str(REPO / "src"))
 
 from batterytwin.microstructure import ckernel  # noqa: E402
 from batterytwin.microstructure import walk as W  # noqa: E402
-from batterytwin.microstructure.tortuosity import WalkParams, walk_tortuosity  # noqa: E402
+from batterytwin.microstructure.config import WalkSettings  # noqa: E402
+from batterytwin.microstructure.tortuosity import walk_tortuosity  # noqa: E402
 
 
 def numpy_walk(im: np.ndarray, nw: int, nt: int, seed: int = 0) -> float:
@@ -108,7 +109,7 @@ def converged_section(size: int, device: str) -> list[dict]:
     for name, kw in CONVERGED_MEDIA:
         im = ps.generators.blobs(shape=[size] * 3, **kw).astype(bool)
         t0 = time.perf_counter()
-        res = walk_tortuosity(im, WalkParams(seed=1, device=device))
+        res = walk_tortuosity(im, WalkSettings(seed=1, device=device))
         t_walk = time.perf_counter() - t0
         tfr = taufactor_three(im, device)
         rec = {"medium": name, "size": size, "porosity": float(im.mean()), "walk_wall_s": t_walk,
@@ -178,8 +179,8 @@ def main() -> None:
             print(f"{size}^3 off-lattice walk (C), 1 thread: {len(start) * n_off / dt / 1e6:.1f} M walker-steps/s")
         # the walk to the full tensor (includes cluster labelling, starts, moments, bootstrap)
         # a fixed walk (budgets = the first block): this section measures throughput
-        p = WalkParams(n_walkers=args.walkers, n_steps=args.steps, n_batches=16, seed=1, device=args.device,
-                       max_steps=args.steps, max_walkers=args.walkers)
+        p = WalkSettings(n_walkers=args.walkers, n_steps=args.steps, n_batches=16, seed=1, device=args.device,
+                         max_steps=args.steps, max_walkers=args.walkers)
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
         t0 = time.perf_counter()

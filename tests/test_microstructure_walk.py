@@ -11,16 +11,18 @@ import numpy as np
 import pytest
 import torch
 
+from batterytwin.config import validate_settings
 from batterytwin.errors import InputError
 from batterytwin.microstructure import ckernel
 from batterytwin.microstructure import walk as W
-from batterytwin.microstructure.tortuosity import WalkParams, walk_tortuosity
+from batterytwin.microstructure.config import WalkSettings
+from batterytwin.microstructure.tortuosity import walk_tortuosity
 
 
-def fixed(**kw) -> WalkParams:
+def fixed(**kw) -> WalkSettings:
     """A walk of exactly ``n_walkers`` x ``n_steps`` (budgets = the first block): for tests of the
     walk itself, not of the convergence loop."""
-    return WalkParams(max_steps=kw["n_steps"], max_walkers=kw["n_walkers"], **kw)
+    return WalkSettings(max_steps=kw["n_steps"], max_walkers=kw["n_walkers"], **kw)
 
 
 def _taus(res):
@@ -128,22 +130,21 @@ def test_batches_and_seed():
 
 def test_bad_walk_inputs():
     with pytest.raises(InputError, match="absent"):
-        walk_tortuosity(np.zeros((8, 8, 8), bool), WalkParams())
+        walk_tortuosity(np.zeros((8, 8, 8), bool), WalkSettings())
     with pytest.raises(InputError, match="too small for the requested walk"):
-        walk_tortuosity(np.ones((8, 8, 8), bool), WalkParams(n_steps=100_000, max_steps=100_000,
-                                                             max_box_traversals=10))
+        walk_tortuosity(np.ones((8, 8, 8), bool), WalkSettings(n_steps=100_000, max_steps=100_000,
+                                                               max_box_traversals=10))
     with pytest.raises(InputError, match="cubic voxels"):
-        walk_tortuosity(np.ones((8, 8, 8), bool), WalkParams(n_steps=50), voxel_size_um=(1.0, 0.5, 0.5))
-    with pytest.raises(InputError, match="model"):
-        walk_tortuosity(np.ones((8, 8, 8), bool), WalkParams(model="brownian"))
-    for bad, key in (({"max_steps": 0}, "max_steps"), ({"target_rel_std": 0.0}, "target_rel_std"),
-                     ({"fit_start": 0.9}, "fit_start"), ({"min_travel": -1.0}, "min_travel"),
-                     ({"drift_sigma": 0.0}, "drift_sigma"), ({"drift_floor": 1.0}, "drift_floor")):
+        walk_tortuosity(np.ones((8, 8, 8), bool), WalkSettings(n_steps=50), voxel_size_um=(1.0, 0.5, 0.5))
+    for bad, key in (({"model": "brownian"}, "model"), ({"max_steps": 0}, "max_steps"),
+                     ({"target_rel_std": 0.0}, "target_rel_std"), ({"fit_start": 0.9}, "fit_start"),
+                     ({"min_travel": -1.0}, "min_travel"), ({"drift_sigma": 0.0}, "drift_sigma"),
+                     ({"drift_floor": 1.0}, "drift_floor")):
         with pytest.raises(InputError, match=rf"walk\.{key}"):
-            WalkParams(**bad).check()
+            validate_settings(WalkSettings, bad, "microstructure.walk")
     # a first round above the budgets (cluster configs written before budgets existed): no growth
-    res = walk_tortuosity(np.ones((8, 8, 8), bool), WalkParams(n_walkers=256, n_batches=4, n_steps=40, n_records=4,
-                                                               max_walkers=16, max_steps=8))
+    res = walk_tortuosity(np.ones((8, 8, 8), bool), WalkSettings(n_walkers=256, n_batches=4, n_steps=40, n_records=4,
+                                                                 max_walkers=16, max_steps=8))
     assert res["walk"]["n_walkers"] == 256 and res["walk"]["n_steps"] == 40
     assert res["axes"]["z"]["tau"] == pytest.approx(1.0, abs=0.2)
 
@@ -151,7 +152,8 @@ def test_bad_walk_inputs():
 TRITON_SCRIPT = r"""
 import json, numpy as np, torch
 from batterytwin.microstructure import walk as W, walk_triton as T
-from batterytwin.microstructure.tortuosity import WalkParams, walk_tortuosity
+from batterytwin.microstructure.config import WalkSettings
+from batterytwin.microstructure.tortuosity import walk_tortuosity
 assert T.available()
 rng = np.random.default_rng(0)
 m = torch.from_numpy(rng.random((9, 7, 6)) < 0.6)
@@ -165,8 +167,8 @@ for bnd in ("mirror", "periodic"):
     same.append(bool(torch.equal(a.voxel, b.voxel)) and bool((a.voxel != a.origin.long()).any()))
 im = rng.random((8, 8, 8)) < 0.7
 p = dict(n_walkers=64, n_steps=16, n_records=4, n_batches=2, n_bootstrap=20, seed=4, max_steps=16, max_walkers=64)
-tt = walk_tortuosity(im, WalkParams(backend="triton", **p))["axes"]
-tc = walk_tortuosity(im, WalkParams(backend="torch", **p))["axes"]
+tt = walk_tortuosity(im, WalkSettings(backend="triton", **p))["axes"]
+tc = walk_tortuosity(im, WalkSettings(backend="torch", **p))["axes"]
 print(json.dumps({"same": same, "tau_triton": [tt[a]["tau"] for a in "zyx"],
                   "tau_torch": [tc[a]["tau"] for a in "zyx"]}))
 """
@@ -226,7 +228,7 @@ COVERAGE: dict[str, list[tuple[float, float, float]]] = {}  # medium -> (tau, st
 def converged_medium(request):
     """A PoreSpy medium walked with the default settings (only the seed set), and its references."""
     im = _porespy(request.param)
-    res = walk_tortuosity(im, WalkParams(seed=11))
+    res = walk_tortuosity(im, WalkSettings(seed=11))
     refs = [_taufactor(im, a) if res["axes"][n]["percolating"] else None for a, n in enumerate("zyx")]
     return request.param, im, res, refs
 
@@ -268,7 +270,7 @@ def test_short_walk_is_flagged_then_extended(converged_medium, caplog):
     assert res_short["walk"]["converged"] is False and "step_budget" in res_short["walk"]["stop_reason"]
     for a, ref in zip("zyx", refs):
         s, c = res_short["axes"][a], res["axes"][a]
-        assert s["converged"] is False and s["travel_periods"] < WalkParams().min_travel
+        assert s["converged"] is False and s["travel_periods"] < WalkSettings().min_travel
         assert s["tau"] < 0.97 * ref  # really short: > 3 % low (the bias the check must catch)
         assert abs(c["tau"] / ref - 1) < abs(s["tau"] / ref - 1)
 
@@ -294,7 +296,7 @@ def test_extension_resumes_checkpoints_and_equals_one_walk(tmp_path):
     rng = np.random.default_rng(4)
     m = rng.random((16, 16, 16)) < 0.7
     small = fixed(n_walkers=512, n_batches=4, n_steps=200, n_records=8, seed=3, n_bootstrap=50)
-    big = WalkParams(**{**small.__dict__, "max_steps": 1600, "max_walkers": 2048, "target_rel_std": 0.02})
+    big = WalkSettings(**{**small.model_dump(), "max_steps": 1600, "max_walkers": 2048, "target_rel_std": 0.02})
     a = walk_tortuosity(m, small, checkpoint_dir=tmp_path)
     files = sorted(tmp_path.rglob("batch_*.npz"))
     first = {f: np.load(f)["sums"] for f in files}
@@ -316,7 +318,7 @@ def test_offlattice_converges_to_the_continuum_limit():
     ratio cancels TauFactor's fixed-concentration ends against the walk's periodic tiling)."""
     m, tau_z, tau_x = comb(4, 4, 2)
     refined = [_taufactor(m.repeat(k, 0).repeat(k, 1).repeat(k, 2), 0) for k in (1, 4)]
-    res = walk_tortuosity(m, WalkParams(model="offlattice", boundary="periodic", target_rel_std=0.03, seed=2))
+    res = walk_tortuosity(m, WalkSettings(model="offlattice", boundary="periodic", target_rel_std=0.03, seed=2))
     z = res["axes"]["z"]
     assert res["walk"]["converged"] and z["converged"]
     offset = z["tau"] / tau_z          # off-lattice / lattice-exact
@@ -333,7 +335,8 @@ def test_start_voxels_index_like_flatnonzero():
     """The walk's start voxels are looked up plane by plane (no int64 array of every start voxel):
     the same voxels as numpy's ``flatnonzero`` of the mask, empty planes and the last voxel included,
     hence the same walker starts."""
-    from batterytwin.microstructure.tortuosity import StartVoxels, start_indices
+    from batterytwin.microstructure.starts import StartVoxels
+    from batterytwin.microstructure.walk_batches import start_indices
 
     rng = np.random.default_rng(5)
     mask = rng.random((15, 11, 9)) < 0.2

@@ -15,8 +15,10 @@ from batterytwin.cycling.curves import CurveSet
 from batterytwin.errors import InputError
 from batterytwin.twin import physics
 from batterytwin.twin.config import TwinConfig
-from batterytwin.twin.driver import EXCLUDED, FAILED, OK, Cells, forecast_split, score
+from batterytwin.twin.fitting import EXCLUDED, FAILED, OK, Cells
+from batterytwin.twin.forecast import forecast_split
 from batterytwin.twin.physics import EmpiricalModel, PybammModel, fit_cell
+from batterytwin.twin.scoring import score
 
 CPP, L = 10, 128
 
@@ -201,7 +203,7 @@ def test_cli_end_to_end_writes_store_and_json(tmp_path, cli):
 
 
 def test_time_series_refits_warm_and_narrows():
-    from batterytwin.twin.driver import time_series
+    from batterytwin.twin.series import time_series
 
     rng = np.random.default_rng(7)
     train, _, _ = _truth(20, rng)

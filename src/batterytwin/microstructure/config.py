@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, StrictBool, model_validator
 
-from ..config import Section, validate_settings
+from ..config import Section
 
 
 class WalkSettings(Section):
@@ -88,8 +88,3 @@ class MicrostructureConfig(Section):
     crosscheck_max_voxels: int = Field(128 ** 3, ge=1, description="largest volume the TauFactor cross-check solves")
     walk: WalkSettings = Field(default_factory=WalkSettings, description="random walk")
 
-
-def WalkParams(**values) -> WalkSettings:  # noqa: N802 (a constructor that validates like the config)
-    """Walk settings from keywords, defaults from :class:`WalkSettings`; a bad value is one InputError
-    line naming ``microstructure.walk.<key>``."""
-    return validate_settings(WalkSettings, values, "microstructure.walk")

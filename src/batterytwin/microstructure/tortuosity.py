@@ -1,21 +1,11 @@
-"""Random-walk tortuosity of one phase: walkers -> MSD -> diffusion tensor -> tau per axis.
+"""Random-walk tortuosity of one phase, walked until converged: the convergence loop and the entry
+:func:`walk_tortuosity`.
 
-Walkers start uniformly in the phase's percolating clusters (6-connectivity), walk (lattice or
-off-lattice, :mod:`.walk` / :mod:`.ckernel`) and record the second moments of their unwrapped
-displacement ``<d_i d_j>(t)`` at ``n_records + 1`` times. The Einstein relation
-``<d_i d_j> = 2 D_ij t + c`` is fitted over the long-time window ``[fit_start * T, T]``; with
-``D_bulk`` the free-space value of the same walk:
-
-* ``tau_pore = D_bulk / D_pore`` (the walkers' own diffusivity; what pytrax reports),
-* ``D_eff / D_bulk = eps_walk * D_pore / D_bulk`` (``eps_walk``: volume fraction of the clusters
-  the walkers explore), and ``tau = eps * D_bulk / D_eff`` with ``eps`` the phase's whole volume
-  fraction -- the TauFactor convention (Cooper et al., SoftwareX 2016), directly comparable to a
-  steady-state solve (isolated clusters count in ``eps`` but carry no flux).
-
-Walkers are split into ``n_batches`` fixed batches; batches are spread over MPI ranks and the
-per-batch moment sums gathered in batch order, so 1 or N ranks give identical numbers. The
-statistical uncertainty is a bootstrap over batches (walkers are independent). A direction
-without a percolating cluster has ``tau = None`` and ``percolating = False``.
+Walkers start uniformly in the phase's percolating clusters (6-connectivity), walk in batches
+(:mod:`.walk_batches`: lattice or off-lattice, :mod:`.walk` / :mod:`.ckernel`; spread over MPI
+ranks, checkpointed) and record the second moments of their unwrapped displacement; the Einstein
+fit and the bootstrap over batches turn them into tau per axis and the diffusion tensor
+(:mod:`.walk_statistics`, which states the convention).
 
 The walk is converged by default (:func:`converge`): it runs in blocks and, per percolating axis,
 checks the bootstrap error of tau against ``target_rel_std``, the drift of tau between the fit
@@ -28,48 +18,30 @@ values): docs/microstructure.md, "Convergence".
 
 Example::
 
-    res = walk_tortuosity(mask, WalkParams())                 # converged within the default budgets
+    res = walk_tortuosity(mask, WalkSettings())                 # converged within the default budgets
     res["axes"]["z"]["tau"], res["axes"]["z"]["tau_std"], res["axes"]["z"]["converged"]
-    walk_tortuosity(mask, WalkParams(n_walkers=4096, n_steps=2000, max_walkers=4096, max_steps=2000))  # fixed
+    walk_tortuosity(mask, WalkSettings(n_walkers=4096, n_steps=2000, max_walkers=4096, max_steps=2000))  # fixed
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from ..distributed import World, get_world
 from ..errors import InputError
-from . import ckernel
-from . import walk as W
-from .clusters import AXES, ClusterInfo, phase_clusters  # noqa: F401 (phase_clusters: re-exported)
+from .clusters import AXES, ClusterInfo
 from .components import mask_clusters
-from .config import WalkParams, WalkSettings  # noqa: F401 (WalkParams: re-exported constructor)
-from .starts import StartVoxels
+from .config import WalkSettings
+from .walk_batches import BatchWalker
+from .walk_records import bulk_diffusivity, record_times
+from .walk_statistics import analyse_moments
 
 log = logging.getLogger(__name__)
-CONVENTION = "tau = eps * D_bulk / D_eff (TauFactor)"
-PAIRS = ((0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2))  # stored moment components
-
-
-def step_voxels(params: WalkSettings, voxel_size_um) -> np.ndarray:
-    """Free-space step per axis in voxels: 1 (lattice) or ``s * min(h) / h_i`` (off-lattice)."""
-    h = np.asarray(voxel_size_um, dtype=np.float64)
-    if params.model == "lattice":
-        return np.ones(3)
-    return params.step_length * h.min() / h
-
-
-def bulk_diffusivity(params: WalkSettings, voxel_size_um) -> np.ndarray:
-    """Free-space D per axis in voxel^2 per step: ``<d_i^2> = 2 D t`` (1/6 for the lattice walk)."""
-    return step_voxels(params, voxel_size_um) ** 2 / 6.0
 
 
 def check_walk_fits(shape, params: WalkSettings, voxel_size_um, where: str) -> int:
@@ -110,279 +82,6 @@ def structure_period(mask: np.ndarray) -> float:
     return min(6.0 * m.size / faces, 0.5 * min(m.shape)) if faces else 0.0
 
 
-def start_indices(start_flat: "StartVoxels | torch.Tensor", walker_id: torch.Tensor, seed: int) -> torch.Tensor:
-    """Uniform choice of start voxels (flat indices, sorted int64 [M]) for walkers (int64 [N])."""
-    k1 = W.walker_key(seed ^ 0x5EED, walker_id) >> 1  # 31 bits
-    k2 = W.walker_key(seed ^ 0xA11CE, walker_id)      # 32 bits
-    return start_flat[((k1 << 32) | k2) % len(start_flat)]
-
-
-def _device(params: WalkSettings, world: World) -> torch.device:
-    """The walk's device: one GPU per node-local rank when CUDA is used."""
-    from ..distributed import select_device
-
-    return select_device(world, params.device)
-
-
-def _backend(params: WalkSettings, device: torch.device) -> str:
-    if params.backend != "auto":
-        return params.backend
-    if device.type == "cpu":
-        return "c" if ckernel.load() is not None else "torch"
-    if params.model == "lattice":
-        try:
-            from . import walk_triton
-        except ImportError:
-            return "torch"
-        return "triton" if walk_triton.available() else "torch"
-    return "torch"
-
-
-@dataclass
-class _Batch:
-    """One walker batch in progress: its walkers and the moment sums recorded so far ([r + 1, 6])."""
-
-    state: W.WalkState
-    sums: np.ndarray
-
-
-def _new_batch(shape, start_flat: "StartVoxels | torch.Tensor", batch: int, params: WalkSettings) -> _Batch:
-    n = params.per_batch
-    ids = torch.arange(batch * n, (batch + 1) * n, dtype=torch.int64, device=start_flat.device)
-    state = W.walk_start(shape, start_indices(start_flat, ids, params.seed), ids, params.seed,
-                         params.model == "offlattice")
-    state.voxel, state.frac, state.key = state.voxel.contiguous(), state.frac.contiguous(), state.key.contiguous()
-    return _Batch(state, np.zeros((1, 6)))
-
-
-def advance_batch(mask: torch.Tensor, bt: _Batch, n_records: int, params: WalkSettings, voxel_size_um,
-                  backend: str) -> None:
-    """Walk a batch on from its last record to record ``n_records`` (in place).
-
-    A walker's path depends only on (seed, walker id, step), so walking to record 2R in one go or
-    to R and later on to 2R (also after a checkpoint round trip) gives the same numbers.
-
-    Args:
-        mask: bool [Z, Y, X] on the walk's device.
-        bt: the batch; ``bt.sums`` gains rows: sums over walkers of d_z^2, d_y^2, d_x^2, d_z d_y,
-            d_z d_x, d_y d_x (voxel^2) at every new record.
-    """
-    offl = params.model == "offlattice"
-    state = bt.state
-    sv = tuple(float(v) for v in step_voxels(params, voxel_size_um))
-    times = record_times(params, n_records)
-    mask_u8 = mask.contiguous().view(torch.uint8) if backend in ("c", "triton") else None  # no copy
-    rows = [bt.sums]
-    truncated = 0
-    for r in range(len(bt.sums), n_records + 1):
-        t0, k = int(times[r - 1]), int(times[r] - times[r - 1])
-        if backend == "c":
-            if offl:
-                truncated += ckernel.offlattice_advance(mask_u8, state.voxel, state.frac, state.key, t0, k,
-                                                        params.boundary, sv)
-            else:
-                ckernel.lattice_advance(mask_u8, state.voxel, state.key, t0, k, params.boundary)
-        elif backend == "triton" and not offl:
-            from . import walk_triton
-
-            walk_triton.lattice_advance(mask_u8, state, t0, k, params.boundary)
-        elif offl:
-            truncated += W.offlattice_advance(mask, state, t0, k, params.boundary, sv)
-        else:
-            W.lattice_advance(mask, state, t0, k, params.boundary)
-        d = state.displacement()
-        rows.append(torch.stack([(d[:, i] * d[:, j]).sum() for i, j in PAIRS]).cpu().numpy()[None])
-    bt.sums = np.vstack(rows)
-    if truncated:
-        log.warning("off-lattice walk: %d walker-steps cut short after 8 face events", truncated)
-
-
-def record_times(params: WalkSettings, n_records: int | None = None) -> np.ndarray:
-    """Steps at which moments are recorded: int64 [R + 1], record i at ``i * n_steps / n_records``
-    (R = ``n_records`` by default; an extended walk keeps the spacing and has more records)."""
-    r = params.n_records if n_records is None else int(n_records)
-    return np.round(np.arange(r + 1) * (params.n_steps / params.n_records)).astype(np.int64)
-
-
-def _fit_slopes(t: np.ndarray, m: np.ndarray) -> np.ndarray:
-    """Least-squares slopes of ``m`` [..., T, C] against ``t`` [T] (with intercept)."""
-    tc = t - t.mean()
-    return np.einsum("t,...tc->...c", tc, m) / (tc @ tc)
-
-
-# settings that change neither the walkers' paths nor the records: not part of the checkpoint key
-_NOT_IN_KEY = ("device", "backend", "n_bootstrap", "linear_tolerance", "fit_start", "max_box_traversals",
-               "n_walkers", "n_batches", "n_steps", "n_records", "max_steps", "max_walkers", "target_rel_std",
-               "drift_sigma", "drift_floor", "min_travel")
-
-
-def _params_key(mask: np.ndarray, params: WalkSettings, voxel_size_um) -> str:
-    h = hashlib.sha256(memoryview(np.ascontiguousarray(mask, dtype=bool).view(np.uint8)).cast("B"))  # no copy
-    p = {k: v for k, v in params.model_dump().items() if k not in _NOT_IN_KEY}
-    p["per_batch"] = params.per_batch  # walker ids of a batch
-    p["record_spacing"] = params.n_steps / params.n_records
-    h.update(repr((sorted(p.items()), [float(v) for v in voxel_size_um])).encode())
-    return h.hexdigest()[:20]
-
-
-class BatchWalker:
-    """The walker batches of one phase, walked on demand (:meth:`moments`) and kept between calls.
-
-    Batches are spread round-robin over MPI ranks (batch b on rank ``b % size`` whatever the
-    number of batches, so an extension continues each batch where it lives); the moment sums are
-    gathered in batch order, so every rank holds the same array and takes the same decisions.
-    With ``checkpoint_dir`` each batch's records and walker state are saved
-    (``<key>/batch_<b>.npz``, key of the mask and the path-defining settings) after every advance
-    and reused on rerun: finished work is never walked twice, and an extension resumes from the
-    saved state.
-    """
-
-    def __init__(self, mask: np.ndarray, start_mask: np.ndarray, params: WalkSettings, voxel_size_um,
-                 world: World | None = None, checkpoint_dir: str | Path | None = None):
-        self.params, self.voxel_size_um = params, voxel_size_um
-        self.world = world or get_world()
-        dev = _device(params, self.world)
-        self.backend = _backend(params, dev)
-        self.mask = torch.from_numpy(np.ascontiguousarray(mask, dtype=bool)).to(dev)
-        self.start_flat = (start_mask.to(dev) if isinstance(start_mask, StartVoxels)
-                           else StartVoxels(start_mask, dev))
-        self.ck = None
-        if checkpoint_dir is not None:
-            self.ck = Path(checkpoint_dir) / _params_key(mask, params, voxel_size_um)
-            self.ck.mkdir(parents=True, exist_ok=True)
-        self.batches: dict[int, _Batch] = {}
-
-    def _load(self, b: int) -> _Batch:
-        bt = _new_batch(tuple(self.mask.shape), self.start_flat, b, self.params)
-        f = self.ck / f"batch_{b:05d}.npz" if self.ck else None
-        if f is not None and f.exists():
-            with np.load(f, allow_pickle=False) as z:
-                bt.sums = z["sums"]
-                bt.state.voxel = torch.from_numpy(z["voxel"]).to(bt.state.voxel.device).contiguous()
-                bt.state.frac = torch.from_numpy(z["frac"]).to(bt.state.frac.device).contiguous()
-        return bt
-
-    def _save(self, b: int, bt: _Batch) -> None:
-        f = self.ck / f"batch_{b:05d}.npz"
-        tmp = f.with_name(f.name + ".tmp")
-        with open(tmp, "wb") as fh:
-            np.savez(fh, sums=bt.sums, voxel=bt.state.voxel.cpu().numpy(), frac=bt.state.frac.cpu().numpy())
-        tmp.replace(f)
-
-    def moments(self, n_batches: int, n_records: int) -> np.ndarray:
-        """Moment sums of batches ``0..n_batches-1`` up to record ``n_records``: float64
-        [n_batches, n_records + 1, 6], the same on every rank."""
-        mine = {}
-        for b in self.world.my_items(n_batches):
-            bt = self.batches.get(b)
-            if bt is None:
-                bt = self.batches[b] = self._load(b)
-            if len(bt.sums) < n_records + 1:
-                advance_batch(self.mask, bt, n_records, self.params, self.voxel_size_um, self.backend)
-                if self.ck is not None:
-                    self._save(b, bt)
-            mine[b] = bt.sums[: n_records + 1]
-        merged = {}
-        for part in self.world.allgather(mine):
-            merged.update(part)
-        return np.stack([merged[b] for b in range(n_batches)])
-
-
-def walk_moments(mask: np.ndarray, start_mask: np.ndarray, params: WalkSettings, voxel_size_um,
-                 world: World | None = None, checkpoint_dir: str | Path | None = None) -> np.ndarray:
-    """Moment sums of a fixed walk (``n_batches`` batches, ``n_steps`` steps): float64
-    [n_batches, n_records + 1, 6], same on every rank (see :class:`BatchWalker`)."""
-    walker = BatchWalker(mask, start_mask, params, voxel_size_um, world, checkpoint_dir)
-    return walker.moments(params.n_batches, params.n_records)
-
-
-def _tau_of(ratio: np.ndarray, eps: float, eps_walk: float) -> np.ndarray:
-    """tau from D_pore / D_bulk (any shape); NaN where the ratio is not positive."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(ratio > 0, eps / (eps_walk * ratio), np.nan)
-
-
-def _assess_axis(tau_cur: np.ndarray, tau_prev: np.ndarray, msd_start: float, period: float,
-                 params: WalkSettings) -> dict[str, Any]:
-    """Convergence of one axis from bootstrap replicates (index 0 = the full sample) of tau in the
-    fit window and in the window before it, and the mean square displacement at the window's start.
-
-    The drift test compares the two windows on the *same* resamples, so the tolerance is the
-    bootstrap spread of the difference (walkers are shared, windows correlated), not of tau.
-    """
-    tau = float(tau_cur[0])
-    rel_std = float(np.std(tau_cur[1:]) / tau) if np.isfinite(tau) else math.inf
-    diff = tau_cur - tau_prev
-    drift = float(diff[0] / tau) if np.all(np.isfinite(diff)) else math.inf
-    tol = max(params.drift_sigma * float(np.std(diff[1:]) / tau), params.drift_floor) if math.isfinite(drift) \
-        else 0.0
-    travel = math.sqrt(max(msd_start, 0.0)) / period if period > 0 else None
-    return {"tau_rel_std": rel_std, "drift": drift, "drift_tolerance": tol,
-            "travel_periods": travel, "structure_period_voxels": float(period),
-            "error_ok": rel_std <= params.target_rel_std, "drift_ok": abs(drift) <= tol,
-            "travel_ok": travel is None or travel >= params.min_travel}
-
-
-def analyse_moments(sums: np.ndarray, params: WalkSettings, voxel_size_um, eps: float, eps_walk: float,
-                    percolating, period: float = 0.0) -> dict[str, Any]:
-    """Einstein fit + bootstrap of batch moment sums (float64 [B, R+1, 6]) -> the tortuosity record.
-
-    The fit window is ``[fit_start T, T]`` (T: last record); each percolating axis also gets its
-    convergence measures (:func:`_assess_axis`: bootstrap error, drift against the window
-    ``[fit_start^2 T, fit_start T]``, displacement in units of the structure ``period``, voxels).
-    """
-    n_rec = sums.shape[1] - 1
-    t = record_times(params, n_rec).astype(np.float64)
-    T = t[-1]
-    n_per = params.per_batch
-    d0 = bulk_diffusivity(params, voxel_size_um)
-    norm = np.array([2 * math.sqrt(d0[i] * d0[j]) for i, j in PAIRS])  # slope of free walk (diag)
-    f = params.fit_start
-    sel = t >= f * T - 1e-9
-    prev = (t >= f * f * T - 1e-9) & (t <= f * T + 1e-9)
-    i0 = int(np.flatnonzero(sel)[0])
-    rng = np.random.default_rng(params.seed)
-    B = sums.shape[0]
-    weights = np.vstack([np.ones(B), rng.multinomial(B, np.full(B, 1.0 / B), size=params.n_bootstrap)])
-    m = np.einsum("kb,btc->ktc", weights, sums) / (weights.sum(1) * n_per)[:, None, None]  # [K, T, 6]
-    ratio = _fit_slopes(t[sel], m[:, sel]) / norm           # D_pore / D_bulk, [K, 6]
-    ratio_prev = _fit_slopes(t[prev], m[:, prev]) / norm
-    axes = {}
-    for a, name in enumerate(AXES):
-        r = ratio[:, a]
-        rec = {"eps": eps, "eps_walk": eps_walk, "percolating": bool(percolating[a]),
-               "D_pore_over_D_bulk": float(r[0]), "D_pore_over_D_bulk_std": float(np.std(r[1:]))}
-        if percolating[a] and r[0] > 0 and np.all(r > 0):
-            rec.update({"D_eff_over_D_bulk": float(eps_walk * r[0]),
-                        "D_eff_over_D_bulk_std": float(eps_walk * np.std(r[1:])),
-                        "tau": float(eps / (eps_walk * r[0])), "tau_std": float(np.std(eps / (eps_walk * r[1:]))),
-                        "tau_pore": float(1 / r[0]), "tau_pore_std": float(np.std(1 / r[1:]))})
-            check = _assess_axis(_tau_of(r, eps, eps_walk), _tau_of(ratio_prev[:, a], eps, eps_walk),
-                                 float(m[0, i0, a]), float(period), params)
-            rec["linear_regime"] = check["drift_ok"]  # the old name of the window-agreement test
-            rec["_check"] = check
-        else:  # no spanning path: zero flux, infinite tau (reported as None + flag)
-            rec.update({"D_eff_over_D_bulk": 0.0 if not percolating[a] else None, "D_eff_over_D_bulk_std": None,
-                        "tau": None, "tau_std": None, "tau_pore": None, "tau_pore_std": None,
-                        "linear_regime": None})
-            if percolating[a]:
-                rec["flag"] = "walk found no long-time diffusion along a percolating axis"
-            else:
-                rec["flag"] = "not percolating: no 6-connected cluster spans this axis (tau infinite)"
-        axes[name] = rec
-    tensor = np.zeros((3, 3))
-    tensor_std = np.zeros((3, 3))
-    for c, (i, j) in enumerate(PAIRS):
-        if percolating[i] and percolating[j]:
-            tensor[i, j] = tensor[j, i] = eps_walk * ratio[0, c]
-            tensor_std[i, j] = tensor_std[j, i] = eps_walk * np.std(ratio[1:, c])
-    msd = m[0] * 1.0  # [T, 6] voxel^2
-    return {"convention": CONVENTION, "axes": axes, "tensor_D_eff_over_D_bulk": tensor.tolist(),
-            "tensor_D_eff_over_D_bulk_std": tensor_std.tolist(),
-            "tensor_note": "rows/columns of non-percolating axes are 0 (no flux)",
-            "_msd_voxel2": msd, "_t_steps": t, "_free_slope_voxel2": 2 * d0}
-
-
 def _needs(res: dict) -> tuple[list[str], list[str]]:
     """Axes that need more walkers (bootstrap error) and more steps (drift or travel)."""
     more_w, more_t = [], []
@@ -413,7 +112,7 @@ def converge(walker: BatchWalker, params: WalkSettings, step_budget: int, voxel_
              eps_walk: float, percolating, period: float) -> tuple[dict[str, Any], dict[str, Any]]:
     """Walk in blocks until every percolating axis is converged or the budgets are spent.
 
-    After each block the gathered moments are analysed (:func:`analyse_moments`). Axes whose tau
+    After each block the gathered moments are analysed (:func:`.walk_statistics.analyse_moments`). Axes whose tau
     drifts between the last two fit windows double the steps; axes whose walkers have not
     travelled ``min_travel`` structure periods extend them as far as that needs
     (:func:`_step_factor`; records keep their spacing); axes whose bootstrap error is above
