@@ -16,6 +16,7 @@ in the README fails here:
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -127,6 +128,8 @@ def write_sample(root: Path, config: dict, shape=(32, 40, 40), labelled_x=(5, 15
 
 def sandbox(tmp_path: Path) -> Path:
     """A checkout to run the quick start in: the repository's files linked, its own data/ and outputs."""
+    if not (BIN / "activate").exists():
+        pytest.skip("the tests run outside a virtual environment: no .venv to stand for `make install`'s")
     root = tmp_path / "batterytwin"
     root.mkdir()
     for name in CHECKOUT:
@@ -200,3 +203,50 @@ def test_quick_start_dry_runs_as_written(tmp_path):
             assert rule in rules, (name, rule, rules)
         trains = any(s.get("labels") for s in cfg["samples"].values())
         assert ("train_seg" in rules) == trains and ("import_labels" in rules) == trains, (name, rules)
+
+
+def tiny_settings() -> dict:
+    """The end-to-end test's small sizes (tests/config.e2e.yaml) for a whole run in minutes, without its
+    samples, its six-class weights and its real-cell evaluation: laid over the quick start's config, never replacing a key it names
+    but sizes (steps, walkers, cycles, store edges)."""
+    tiny = yaml.safe_load((REPO / "tests" / "config.e2e.yaml").read_text())
+    tiny.pop("samples")
+    tiny["segment"]["train"].pop("class_weights")
+    tiny["degradation"].pop("real_data")  # the quick start leaves the real cells out
+    return tiny
+
+
+@pytest.mark.slow
+def test_quick_start_runs_as_written(tmp_path):
+    """Every line of the main block, on a 32x40x40 scan; the config gets tests/config.e2e.yaml's sizes
+    as a second --configfile (the only change to the README's commands)."""
+    bash = [commands(b) for b in blocks("bash")]
+    setup = [line for b in bash for line in b if line.startswith(("make install", "source ", ". ", "export "))]
+    main = next(b for b in bash if any(is_dry_run(line) for line in b))
+    root = sandbox(tmp_path)
+    (root / "tiny.yaml").write_text(yaml.safe_dump(tiny_settings()))
+    lines = [re.sub(r"--configfile (\S+)", r"--configfile \1 tiny.yaml", line) for line in main]
+    copy = next(line for line in main if line.startswith("cp "))
+    cfg = yaml.safe_load((REPO / shlex.split(copy)[1]).read_text())
+    truth = write_sample(root, cfg)["phase"]
+    proc = run_lines(root, [*setup, *lines], timeout=3600)
+    assert proc.returncode == 0, proc.stderr[-6000:]
+
+    from batterytwin import store
+
+    (name,) = cfg["samples"]
+    results = root / "results" / name
+    classes = cfg["segment"]["classes"]
+    seg = store.open_volume(results / "labels.zarr")
+    assert seg.classes == {cid: cname for cname, cid in classes.items()}
+    pred = seg.array[:]
+    # the labels in the config's ids: right on most voxels of the three-phase scan (majority class ~0.5)
+    expected = np.array([classes[p] for p in PHASES], np.uint8)[truth]
+    assert (pred == expected).mean() > 0.8, (pred == expected).mean()
+    micro = json.loads((results / "microstructure.json").read_text())
+    counts = np.bincount(pred.ravel(), minlength=len(classes)) / pred.size
+    for cname, cid in classes.items():
+        assert micro["volume_fractions"][cname] == pytest.approx(counts[cid], abs=1e-9)
+    assert micro["cell"]["positive_electrode"]["thickness_um"] > 0
+    assert (results / "sweep.zarr").is_dir() and (results / "degradation.zarr").is_dir()
+    assert (root / "results" / "report.html").stat().st_size > 10_000
