@@ -5,8 +5,6 @@ filtered back-projection), written as the files a beamline gives: a folder of TI
 HDF5 file, and a hand-label TIFF labelled on a few slices only. Nothing of the synthetic phantom is
 used for these samples.
 
-- :func:`test_readme_own_scan_config_dry_runs`: the "Your own scan" YAML block of README.md, verbatim,
-  plans the whole chain (``snakemake -n``).
 - :func:`test_own_scan_files_through_the_whole_chain` (slow): a TIFF-stack sample with sparse hand
   labels and an HDF5 sample go through ``rule all`` to the report.
 - :func:`test_sparse_labels_beat_the_label_free_path` (slow): the network trained on 4 labelled
@@ -37,9 +35,6 @@ from .conftest import BIN, REPO
 from .ctforward import CAM as ID_CAM, LI as ID_LI, dice_per_class, forward_volume, sparse_labels, write_dxchange, \
     write_sparse_labels, write_tiff_stack
 
-README_MARK = "# your-own-scan"
-
-
 # ------------------------------------------------------------------------------------------ helpers
 
 def snakemake(workdir: Path, *args: str, timeout: float = 1800) -> subprocess.CompletedProcess:
@@ -62,15 +57,6 @@ def job_stats(log: str) -> dict[str, int]:
     return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, flags=re.M)}
 
 
-def readme_config() -> str:
-    """The YAML block of README.md that starts with the ``# your-own-scan`` line."""
-    text = (REPO / "README.md").read_text()
-    blocks = re.findall(r"```yaml\n(.*?)```", text, flags=re.S)
-    marked = [b for b in blocks if b.lstrip().startswith(README_MARK)]
-    assert len(marked) == 1, f"README.md needs exactly one ```yaml block starting with '{README_MARK}'"
-    return marked[0]
-
-
 def base_config() -> dict:
     """config.yaml with tests/config.e2e.yaml on top (the e2e test's tiny settings), without samples."""
     from batterytwin.config import deep_merge
@@ -82,7 +68,7 @@ def base_config() -> dict:
 
 
 def write_scan_files(folder: Path, shape=(32, 40, 40), seed: int = 7, n_slices: int = 4, axis: int = 2):
-    """The files of the README's example: a TIFF stack, its sparse labels TIFF and a DXchange HDF5 scan."""
+    """Two scans as a beamline gives them: a TIFF stack, its sparse labels TIFF and a DXchange HDF5 scan."""
     image, labels = forward_volume(shape, seed=seed)
     other, other_labels = forward_volume(shape, seed=seed + 1)
     write_tiff_stack(image, folder / "scan_tiff")
@@ -114,31 +100,6 @@ def test_forward_model_is_seeded_layered_and_imaged_by_tomography():
     order = sorted(ATTENUATION, key=ATTENUATION.get)
     assert [k for k in sorted(means, key=means.get)][-3:] == order[-3:]
     assert 0.01 < float(image[labels == ID_LI].std()) < 0.1
-
-
-# ------------------------------------------------------------------------------------ README block
-
-def test_readme_own_scan_config_dry_runs(tmp_path):
-    text = readme_config()
-    cfg = yaml.safe_load(text)
-    samples = cfg["samples"]
-    assert all(s["source"] != "synthetic" for s in samples.values())
-    assert any(s.get("labels") for s in samples.values())
-    # the small files it names, made by the forward model where the README says they are
-    files = write_scan_files(tmp_path / "data", shape=(32, 40, 40))
-    for spec in samples.values():
-        assert (tmp_path / spec["source"]).exists(), spec["source"]
-        if spec.get("labels"):
-            assert (tmp_path / spec["labels"]).exists(), spec["labels"]
-    assert files["labelled"]
-    (tmp_path / "myscan.yaml").write_text(text)
-    proc = snakemake(tmp_path, "-n", "--configfile", "myscan.yaml", "--replace-workflow-config")
-    assert proc.returncode == 0, proc.stderr[-4000:] + proc.stdout[-4000:]
-    out = proc.stdout
-    for rule in ("ingest", "import_labels", "denoise", "train_seg", "segment", "microstructure", "simulate",
-                 "degradation_predict"):
-        assert re.search(rf"^rule {rule}:|\b{rule}\s+\d", out, flags=re.M), rule
-    assert "phantom" not in re.findall(r"^rule (\w+):", out, flags=re.M)
 
 
 # ---------------------------------------------------------------------------------- whole chain
@@ -237,7 +198,7 @@ def test_own_scan_files_through_the_whole_chain(tmp_path):
 # The GMM path's classes for this material, darkest component first. Forward-model attenuation
 # order: pore < lithium < redeposited < electrolyte < cathode < collector; the mixture cannot resolve
 # pores (2-3 % of voxels) or redeposited lithium (< 1 %), so the best of the configurations measured
-# (README "Your own scan" shows the same one) gives one component to each of the four main phases.
+# gives one component to each of the four main phases.
 GMM_CLASSES = ["lithium_metal", "solid_electrolyte", "cathode_active", "current_collector"]
 SPARSE_TRAIN = {
     "model": {"arch": "unet", "channels": [8, 16, 32], "strides": [2, 2], "num_res_units": 1},

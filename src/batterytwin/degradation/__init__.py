@@ -6,7 +6,11 @@ Modules (pure core first, drivers last):
   the network's curve encoding. Curve sets, the real-data loaders (DiffBatt ``.npz``, the generic user
   format), the end-of-life rule, scores, conformal calibration and the baselines are
   :mod:`batterytwin.cycling`, shared with the twin (nothing is imported from :mod:`batterytwin.twin`).
-- :mod:`.nets`: 1-D residual U-Net with attention, time embedding, transformer condition encoder.
+- :mod:`.basis`: the curve basis (training mean + principal components, log record length) in which the
+  default model (``degradation.train.representation: basis``) diffuses, and its monotone decoding.
+- :mod:`.nets`: the denoisers: a residual MLP over the basis coefficients (the default) or a 1-D residual
+  U-Net with attention over the curve points (``representation: unet``); time embedding and the
+  transformer encoder of the early-cycle capacity matrix (the condition).
 - :mod:`.diffusion`: noise schedule, masked denoising loss, ancestral and DDIM samplers with
   classifier-free guidance.
 - :mod:`.train`: DDP training driver (checkpoint/resume, signals, EMA).
