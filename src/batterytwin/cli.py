@@ -15,6 +15,7 @@ import logging
 import sys
 
 from . import __version__
+from .cliargs import Parser
 from .errors import InputError
 
 # Sub-command -> package: a run imports only its own stage (torch, pybamm... cost seconds of
@@ -30,7 +31,7 @@ STAGE_PACKAGES = tuple(dict.fromkeys(COMMANDS.values()))
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The argument parser; with ``command``, only the package that defines it is imported."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="batterytwin",
         description="X-ray micro-CT of lithium batteries to a digital twin: one sub-command per "
         "pipeline stage. Run under srun/mpirun for several ranks.",
