@@ -207,7 +207,8 @@ class _ListSettings(argparse.Action):
         self.text = text
 
     def __call__(self, parser, namespace, values, option_string=None):
-        parser.exit(message=self.text + "\n")
+        print(self.text)
+        parser.exit()
 
 
 def add_settings(parser: argparse.ArgumentParser, model: type, section: str, flags: dict[str, str],

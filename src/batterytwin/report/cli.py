@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..cliargs import InputsOutputs, arrange
 from ..errors import InputError
+from ..paths import guard
 from ..store import open_volume, read_json
 from .config import ReportConfig
 
@@ -147,6 +148,8 @@ def register(subparsers) -> None:
     q.add_argument("--chunk", type=int, default=DEFAULTS.ome_chunk, help="chunk edge of every level")
     arrange(q, common=("--levels",))
     q.set_defaults(func=run_ome)
+    for figure in sub.choices.values():  # cli.build_parser guards only the top-level commands
+        guard(figure, "report")
 
 
 def _save(fig, args) -> None:
