@@ -22,11 +22,14 @@ SPELLINGS = {
     "ingest-labels": (["ingest", "lab.tif", "lab.zarr", "--labels", "--like", "vol.zarr"],
                       ["ingest", "--labels", "--input", "lab.tif", "--like", "vol.zarr", "--output", "lab.zarr"],
                       {"source": "lab.tif", "output": "lab.zarr", "like": "vol.zarr"}),
-    "phantom": (["phantom", "vol.zarr", "--labels", "truth.zarr"], ["phantom", "-o", "vol.zarr", "--labels", "truth.zarr"],
+    "phantom": (["phantom", "vol.zarr", "--labels", "truth.zarr"],
+                ["phantom", "-o", "vol.zarr", "--labels", "truth.zarr"],
                 {"volume": "vol.zarr", "labels": "truth.zarr"}),
-    "denoise": (["denoise", "vol.zarr", "den.zarr", "--h", "0.1"], ["denoise", "-i", "vol.zarr", "-o", "den.zarr", "--h", "0.1"],
+    "denoise": (["denoise", "vol.zarr", "den.zarr", "--h", "0.1"],
+                ["denoise", "-i", "vol.zarr", "-o", "den.zarr", "--h", "0.1"],
                 {"input": "vol.zarr", "output": "den.zarr"}),
-    "train-seg": (["train-seg", "--volume", "v.zarr", "--labels", "l.zarr", "--model-out", "m.pt", "--metrics-out", "m.json"],
+    "train-seg": (["train-seg", "--volume", "v.zarr", "--labels", "l.zarr", "--model-out", "m.pt",
+                   "--metrics-out", "m.json"],
                   ["train-seg", "--volume", "v.zarr", "--labels", "l.zarr", "-o", "m.pt", "--metrics", "m.json"],
                   {"model_out": "m.pt", "metrics_out": "m.json", "volume": ["v.zarr"]}),
     "microstructure": (["microstructure", "--labels", "l.zarr", "--output", "m.json", "--msd", "m.npz"],
@@ -52,7 +55,8 @@ SPELLINGS = {
                     {"sweep": "s.zarr", "out": "f.png"}),
     "report-slices": (["report", "slices", "--raw", "v.zarr", "--out", "s.png"],
                       ["report", "slices", "--raw", "v.zarr", "-o", "s.png"], {"raw": "v.zarr", "out": "s.png"}),
-    "report-ome": (["report", "ome", "--volume", "v.zarr", "--out", "o.zarr"], ["report", "ome", "-i", "v.zarr", "-o", "o.zarr"],
+    "report-ome": (["report", "ome", "--volume", "v.zarr", "--out", "o.zarr"],
+                   ["report", "ome", "-i", "v.zarr", "-o", "o.zarr"],
                    {"volume": "v.zarr", "out": "o.zarr"}),
 }
 
@@ -217,4 +221,5 @@ def test_inspect_label_statistics_leave_out_the_ignore_label(tmp_path):
     assert stats["unlabelled_in_sample"] == int((labels == IGNORE_LABEL).sum())
     counts = np.bincount(labelled, minlength=3)
     assert info["class_voxels"] == {"pore": counts[0], "solid": counts[1], "lithium": counts[2]}
-    assert info["class_fractions"] == pytest.approx({n: c / labelled.size for n, c in zip(("pore", "solid", "lithium"), counts)})
+    names = ("pore", "solid", "lithium")
+    assert info["class_fractions"] == pytest.approx({n: c / labelled.size for n, c in zip(names, counts)})

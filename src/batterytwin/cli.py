@@ -4,7 +4,8 @@ Each stage package contributes its sub-commands through ``<package>/cli.py``, wh
 ``register(subparsers)``; the parser of each sub-command sets ``func`` (called with the parsed
 arguments; returns an exit code or ``None``). Bad input (:class:`~batterytwin.errors.InputError`)
 prints one line naming the file/key and the problem and exits with status 2; under MPI, every rank
-is stopped so none waits forever in a barrier.
+is stopped so none waits forever in a barrier. Every command reads ``-i/--input`` and writes
+``-o/--output`` (:mod:`batterytwin.cliargs`: old spellings still accepted, with a warning).
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     return int(code or 0)
 
 
-OUTPUT_ARGS = ("output", "out", "out_dir", "output_dir", "volume", "model", "report")
+OUTPUT_ARGS = ("output", "out", "model_out", "out_dir", "output_dir", "volume", "model", "report")
 
 
 def _os_error(exc: BaseException) -> OSError | None:

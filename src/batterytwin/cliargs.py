@@ -122,8 +122,8 @@ class Parser(argparse.ArgumentParser):
     def _resolve_old_spellings(self, namespace: argparse.Namespace, extras: list[str]) -> list[str]:
         if not self._paths:
             return extras
-        loose = [] if any(s.startswith("-") and s != "-" for s in extras) else list(extras)
-        extras = extras if not loose else []
+        loose = [s for s in extras if not s.startswith("-") or s == "-"]  # old positional paths, in order
+        extras = [s for s in extras if s not in loose]
         old_positional, new_positional, old_options, new_options, missing = [], [], [], [], []
         for path in self._paths:
             dest, nargs = path.action.dest, path.action.nargs

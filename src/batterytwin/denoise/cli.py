@@ -29,7 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     io.add("--reference", default=None,
            help="clean store of the same shape (e.g. results/S/clean.zarr): PSNR/SSIM recorded")
     io.add("--metrics", default=None, help="JSON summary path (default: denoise.json beside the output)")
-    io.add("--work-dir", default=None, help="checkpoint folder (e.g. work/S/denoise): finished shards survive a restart")
+    io.add("--work-dir", default=None,
+           help="checkpoint folder (e.g. work/S/denoise): finished shards survive a restart")
     add_settings(p, DenoiseConfig, "denoise", flags={
         "--h": "h", "--h-factor": "h_factor", "--device": "device", "--threads": "threads",
         "--patch-size": "patch_size", "--search-radius": "search_radius", "--subtract-sigma": "subtract_sigma",

@@ -21,14 +21,14 @@ DEFAULTS = ReportConfig()  # the report section's defaults (one source: report/c
 
 
 def _figure_parser(sub, name: str, help_: str, description: str, source: tuple[str, str, str] | None = None,
-                   **nargs) -> tuple[argparse.ArgumentParser, InputsOutputs]:
+                   nargs: str | None = None) -> tuple[argparse.ArgumentParser, InputsOutputs]:
     """A figure's parser: ``-o/--output PNG`` (old ``--out``), ``--dpi``, and with ``source`` =
     (dest, metavar, help) its one input as ``-i/--input`` (old: positional)."""
     p = sub.add_parser(name, help=help_, description=description)
     io = InputsOutputs(p)
     if source:
         dest, metavar, what = source
-        io.input(dest, metavar=metavar, help=what, positional=True, **nargs)
+        io.input(dest, metavar=metavar, help=what, positional=True, nargs=nargs)
     io.output("out", metavar="PNG", old=("--out",), help="output figure (PNG)")
     p.add_argument("--dpi", type=int, default=DEFAULTS.dpi, help="resolution of the PNG")
     return p, io
@@ -142,7 +142,8 @@ def register(subparsers) -> None:
                        "(nearest-neighbour pyramid, class colours and names), physical scale in µm.")
     io = InputsOutputs(q)
     io.input("volume", metavar="ZARR", old=("--volume",), help="volume store")
-    io.add("--labels", action="append", default=[], metavar="NAME=ZARR", help="label store to add as labels/NAME (repeat)")
+    io.add("--labels", action="append", default=[], metavar="NAME=ZARR",
+           help="label store to add as labels/NAME (repeat)")
     io.output("out", metavar="OME_ZARR", old=("--out",), help="output, e.g. results/s1/ome/volume.ome.zarr")
     q.add_argument("--levels", type=int, default=DEFAULTS.ome_levels, help="extra pyramid levels (factors 2, 4, ...)")
     q.add_argument("--chunk", type=int, default=DEFAULTS.ome_chunk, help="chunk edge of every level")

@@ -25,13 +25,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     io = InputsOutputs(p)
     io.add("--volume", action="append", required=True, metavar="ZARR",
            help="training volume store (repeat for several volumes, in the order of --labels)")
-    io.add("--labels", action="append", required=True, metavar="ZARR", help="label store matching each --volume (same shape)")
+    io.add("--labels", action="append", required=True, metavar="ZARR",
+           help="label store matching each --volume (same shape)")
     io.add("--val-volume", action="append", default=[], metavar="ZARR",
            help="held-out validation volume (repeat); without it a slab of each training volume "
                 "(train.val_axis, train.val_fraction) is held out")
     io.add("--val-labels", action="append", default=[], metavar="ZARR", help="label store matching each --val-volume")
     io.output("model_out", metavar="PT", old=("--model-out",), help="output model file (model.pt)")
-    io.path(("--metrics",), "metrics_out", metavar="JSON", old=("--metrics-out",), help="output metrics (loss curve, Dice)")
+    io.path(("--metrics",), "metrics_out", metavar="JSON", old=("--metrics-out",),
+            help="output metrics (loss curve, Dice)")
     add_settings(p, SegmentConfig, "segment", listed=("model", "train"), flags={
         "--checkpoint-dir": "train.checkpoint_dir", "--steps": "train.steps", "--device": "train.device"})
     p.add_argument("--resume", choices=("auto", "yes", "no"), default="auto",
@@ -53,7 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     io = InputsOutputs(q)
     io.input(metavar="ZARR", help="volume store to segment (denoised.zarr or volume.zarr)")
     io.add("--model", metavar="PT", help="model.pt from train-seg, or 'pretrained' (the shipped batteryNET, "
-           "docs/models.md); none with --method gmm")
+           "docs/models.md; implied by --method pretrained); none with --method gmm")
     io.output(metavar="ZARR", help="output label store (labels.zarr)")
     io.add("--uncertainty", metavar="ZARR", help="also write the entropy here (float16 store, nats)")
     add_settings(q, SegmentConfig, "segment", listed=(), flags={
