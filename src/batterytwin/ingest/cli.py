@@ -82,11 +82,12 @@ def register(subparsers) -> None:
     io.output("volume", metavar="OUT", positional=True, help="output CT image store, e.g. results/phantom/volume.zarr")
     io.add("--clean", help="also write the noise-free image here")
     io.add("--labels", help="also write the ground-truth labels here")
-    q.add_argument("--shape", type=int, nargs=3, metavar=("Z", "Y", "X"), default=PhantomParams.shape)
+    q.add_argument("--shape", type=int, nargs=3, metavar=("Z", "Y", "X"), default=PhantomParams.shape,
+                   help="volume shape in voxels")
     q.add_argument("--seed", type=int, default=PhantomParams.seed, help="geometry and noise seed (default %(default)s)")
     q.add_argument("--frame", type=int, default=PhantomParams.frame, help="time-series frame (dendrites grow with it)")
     q.add_argument("--n-frames", type=int, default=PhantomParams.n_frames, help="number of frames in the time series")
-    q.add_argument("--voxel-size-um", type=float, default=PhantomParams.voxel_size_um)
+    q.add_argument("--voxel-size-um", type=float, default=PhantomParams.voxel_size_um, help="voxel size in micrometres")
     q.add_argument("--param", action="append", default=[], metavar="KEY=JSON",
                    help="any other phantom parameter, e.g. --param noise_sigma=0.08 --param ring_amplitude=0.03")
     _store_options(q)
