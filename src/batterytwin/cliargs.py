@@ -202,6 +202,8 @@ class InputsOutputs:
 
 
 class _ListSettings(argparse.Action):
+    """``--help-settings``: print every setting of the command's config section, and exit."""
+
     def __init__(self, option_strings, dest, text: str = "", **kwargs):
         super().__init__(option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, nargs=0, **kwargs)
         self.text = text
@@ -236,6 +238,9 @@ def arrange(parser: argparse.ArgumentParser, common: Sequence[str] = ()) -> None
     """Help groups in the order inputs and outputs, common settings (``--config``, ``--config-json``
     and the options ``common``), the command's own groups, then every other option under 'advanced
     settings'; 'options' keeps only the help options."""
+    unknown = set(common) - set(parser._option_string_actions)
+    if unknown:
+        raise ValueError(f"{parser.prog}: no option {sorted(unknown)} to list under 'common settings'")
     common_group = parser.add_argument_group("common settings")
     advanced_group = parser.add_argument_group("advanced settings")
     for action in list(parser._optionals._group_actions):  # argparse offers no public way to regroup
