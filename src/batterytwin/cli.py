@@ -4,7 +4,8 @@ Each stage package contributes its sub-commands through ``<package>/cli.py``, wh
 ``register(subparsers)``; the parser of each sub-command sets ``func`` (called with the parsed
 arguments; returns an exit code or ``None``). Bad input (:class:`~batterytwin.errors.InputError`)
 prints one line naming the file/key and the problem and exits with status 2; under MPI, every rank
-is stopped so none waits forever in a barrier.
+is stopped so none waits forever in a barrier. Every command reads ``-i/--input`` and writes
+``-o/--output`` (:mod:`batterytwin.cliargs`: old spellings still accepted, with a warning).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import logging
 import sys
 
 from . import __version__
+from .cliargs import Parser
 from .errors import InputError
 
 # Sub-command -> package: a run imports only its own stage (torch, pybamm... cost seconds of
@@ -30,7 +32,7 @@ STAGE_PACKAGES = tuple(dict.fromkeys(COMMANDS.values()))
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The argument parser; with ``command``, only the package that defines it is imported."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="batterytwin",
         description="X-ray micro-CT of lithium batteries to a digital twin: one sub-command per "
         "pipeline stage. Run under srun/mpirun for several ranks.",
@@ -104,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     return int(code or 0)
 
 
-OUTPUT_ARGS = ("output", "out", "out_dir", "output_dir", "volume", "model", "report")
+OUTPUT_ARGS = ("output", "out", "model_out", "out_dir", "output_dir", "volume", "model", "report")
 
 
 def _os_error(exc: BaseException) -> OSError | None:

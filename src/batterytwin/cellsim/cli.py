@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-
-from ..config import add_config_arguments, settings_from_args
+from ..cliargs import InputsOutputs, add_settings, arrange
+from ..config import settings_from_args
 from .config import CellsimConfig
 
 EPILOG = """\
@@ -30,12 +30,14 @@ DESCRIPTION = ("Map the measured cathode/separator microstructure onto a PyBaMM 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("simulate", help=HELP, description=DESCRIPTION, epilog=EPILOG)
-    p.add_argument("-i", "--microstructure", required=True, help="microstructure.json of the sample")
-    p.add_argument("-o", "--output", required=True, help="output sweep.zarr (written atomically)")
-    p.add_argument("--summary", required=True, help="output sweep.json (per-condition status and messages)")
-    p.add_argument("--work-dir", required=True,
-                   help="per-condition results for resuming, e.g. work/{sample}/cellsim (kept between runs)")
-    add_config_arguments(p, CellsimConfig, "cellsim", flags={"--cycles": "n_cycles", "--model": "model"})
+    io = InputsOutputs(p)
+    io.input("microstructure", metavar="JSON", old=("--microstructure",), help="microstructure.json of the sample")
+    io.output(metavar="ZARR", help="output sweep.zarr (written atomically)")
+    io.add("--summary", required=True, metavar="JSON", help="output sweep.json (per-condition status and messages)")
+    io.add("--work-dir", required=True, metavar="DIR",
+           help="per-condition results for resuming, e.g. work/{sample}/cellsim (kept between runs)")
+    add_settings(p, CellsimConfig, "cellsim", flags={"--cycles": "n_cycles", "--model": "model"})
+    arrange(p, common=("--cycles", "--model"))
     p.set_defaults(func=run)
 
 

@@ -8,21 +8,24 @@ import logging
 import time
 from pathlib import Path
 
-from ..config import add_config_arguments, settings_from_args
+from ..cliargs import InputsOutputs, add_settings, arrange
+from ..config import settings_from_args
 from .config import DegradationConfig
 
 log = logging.getLogger(__name__)
 
 
-def _data_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("data (give at least one source)")
-    g.add_argument("--sweep", nargs="+", default=[], metavar="ZARR",
-                   help="cellsim sweep.zarr store(s): SOH curves and qv_capacity_Ah of the conditions")
-    g.add_argument("--npz", nargs="+", default=[], metavar="NPZ",
-                   help="DiffBatt benchmark split(s) (soh, valid_len, qmatrix, cycles_per_point)")
-    g.add_argument("--user-dir", nargs="+", default=[], metavar="DIR",
-                   help="directory(ies) in the generic format: <cell>.capacity.csv + <cell>.qv.npz|.qv.csv "
-                        "(see docs/degradation.md)")
+def _data_args(p: argparse.ArgumentParser) -> InputsOutputs:
+    """The data sources (give at least one) in the 'inputs and outputs' help group."""
+    g = InputsOutputs(p)
+    g.add("--sweep", nargs="+", default=[], metavar="ZARR",
+          help="cellsim sweep.zarr store(s): SOH curves and qv_capacity_Ah of the conditions")
+    g.add("--npz", nargs="+", default=[], metavar="NPZ",
+          help="DiffBatt benchmark split(s) (soh, valid_len, qmatrix, cycles_per_point)")
+    g.add("--user-dir", nargs="+", default=[], metavar="DIR",
+          help="directory(ies) in the generic format: <cell>.capacity.csv + <cell>.qv.npz|.qv.csv "
+               "(see docs/degradation.md); give at least one of --sweep, --npz, --user-dir")
+    return g
 
 
 DATA_FLAGS = {"--curve-length": "curve_length", "--cycles-per-point": "cycles_per_point", "--base-row": "base_row",
@@ -154,14 +157,15 @@ def register(subparsers) -> None:
                     "Runs data-parallel over the MPI ranks (mpiexec/srun; gloo on CPU, NCCL on GPU); "
                     "checkpoints to --checkpoint and resumes from it; SIGTERM/SIGUSR1 checkpoint and exit "
                     "with status 75 (run again to resume).")
-    _data_args(p)
-    p.add_argument("--out", required=True, help="model file to write (.pt, EMA weights + settings)")
-    p.add_argument("--metrics", default=None, help="training summary JSON (loss history, wall time)")
+    io = _data_args(p)
+    io.output("out", metavar="PT", old=("--out",), help="model file to write (.pt, EMA weights + settings)")
+    io.add("--metrics", default=None, metavar="JSON", help="training summary JSON (loss history, wall time)")
     p.add_argument("--checkpoint", default=None,
-                   help="checkpoint file (resumed when present); default work/models/degradation/<out>.ckpt.pt")
-    add_config_arguments(p, DegradationConfig, "degradation", flags={
+                   help="checkpoint file (resumed when present); default work/models/degradation/<output>.ckpt.pt")
+    add_settings(p, DegradationConfig, "degradation", listed=("", "train"), flags={
         **DATA_FLAGS, "--steps": "train.steps", "--batch-size": "train.batch_size", "--lr": "train.lr",
         "--seed": "train.seed", "--device": "train.device", "--threads": "train.threads"})
+    arrange(p, common=("--steps", "--device", "--threads", "--checkpoint"))
     p.set_defaults(func=run_train)
 
     q = subparsers.add_parser(
@@ -175,14 +179,15 @@ def register(subparsers) -> None:
                     "mean-curve predictor fitted in the same run. "
                     "Writes a zarr store and a metrics JSON. Cells are shared out over MPI ranks.",
 )
-    _data_args(q)
-    q.add_argument("--model", required=True, help="model file from train-degradation")
-    q.add_argument("--out", required=True, help="output store (degradation.zarr)")
-    q.add_argument("--metrics", default=None, help="metrics JSON")
-    add_config_arguments(q, DegradationConfig, "degradation", flags={
+    io = _data_args(q)
+    io.add("--model", required=True, metavar="PT", help="model file from train-degradation")
+    io.output("out", metavar="ZARR", old=("--out",), help="output store (degradation.zarr)")
+    io.add("--metrics", default=None, metavar="JSON", help="metrics JSON")
+    add_settings(q, DegradationConfig, "degradation", listed=("", "sample"), flags={
         **DATA_FLAGS, "--samples": "sample.samples", "--sampler": "sample.sampler",
         "--ddim-steps": "sample.ddim_steps", "--guidance": "sample.guidance", "--seed": "sample.seed",
         "--batch": "sample.batch", "--level": "sample.level", "--threshold": "sample.threshold",
         "--synthetic": "sample.synthetic", "--device": "sample.device", "--threads": "sample.threads",
         "--predictor": "sample.predictor"})
+    arrange(q, common=("--samples", "--seed", "--device", "--threads", "--predictor"))
     q.set_defaults(func=run_predict)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 
-from ..config import add_config_arguments, settings_from_args
+from ..cliargs import InputsOutputs, add_settings, arrange
+from ..config import settings_from_args
 from .config import DenoiseConfig
 
 log = logging.getLogger(__name__)
@@ -22,17 +23,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(the data are not rescaled). With --reference, PSNR and SSIM are recorded. Writes the store "
         "atomically and a JSON summary beside it.",
     )
-    p.add_argument("input", help="input volume store (zarr v3, any real dtype, with voxel_size_um)")
-    p.add_argument("output", help="output store to write, e.g. results/S/denoised.zarr")
-    add_config_arguments(p, DenoiseConfig, "denoise", flags={
-        "--patch-size": "patch_size", "--search-radius": "search_radius", "--h": "h", "--h-factor": "h_factor",
-        "--subtract-sigma": "subtract_sigma", "--compat": "compat", "--backend": "backend", "--device": "device",
-        "--threads": "threads", "--chunk": "chunk", "--shard": "shard"})
-    p.add_argument("--reference", default=None,
-                   help="clean store of the same shape (e.g. results/S/clean.zarr): PSNR/SSIM recorded")
-    p.add_argument("--metrics", default=None, help="JSON summary path (default: denoise.json beside the output)")
-    p.add_argument("--work-dir", default=None,
-                   help="checkpoint folder (e.g. work/S/denoise): finished shards survive a restart")
+    io = InputsOutputs(p)
+    io.input(metavar="IN", positional=True, help="volume store (zarr v3, any real dtype, with voxel_size_um)")
+    io.output(metavar="OUT", positional=True, help="output store, e.g. results/S/denoised.zarr")
+    io.add("--reference", default=None,
+           help="clean store of the same shape (e.g. results/S/clean.zarr): PSNR/SSIM recorded")
+    io.add("--metrics", default=None, help="JSON summary path (default: denoise.json beside the output)")
+    io.add("--work-dir", default=None,
+           help="checkpoint folder (e.g. work/S/denoise): finished shards survive a restart")
+    add_settings(p, DenoiseConfig, "denoise", flags={
+        "--h": "h", "--h-factor": "h_factor", "--device": "device", "--threads": "threads",
+        "--patch-size": "patch_size", "--search-radius": "search_radius", "--subtract-sigma": "subtract_sigma",
+        "--compat": "compat", "--backend": "backend", "--chunk": "chunk", "--shard": "shard"})
+    arrange(p, common=("--h", "--h-factor", "--device", "--threads"))
     p.set_defaults(func=run)
 
 

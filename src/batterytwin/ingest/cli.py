@@ -9,6 +9,7 @@ import math
 
 from ..contracts import CLASSES, IGNORE_LABEL
 from .. import store
+from ..cliargs import InputsOutputs, arrange, deprecated
 from ..distributed import get_world
 from ..errors import InputError
 from . import driver, labels, readers
@@ -26,8 +27,10 @@ DESCRIPTION = ("Stream a volume into a sharded Zarr v3 store in z slabs (memory 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("ingest", help=HELP, description=DESCRIPTION)
-    p.add_argument("source", help="TIFF folder, multi-page .tif, .h5/.hdf5, .npy or raw file")
-    p.add_argument("output", help="output store, e.g. results/s1/volume.zarr")
+    io = InputsOutputs(p)
+    io.input("source", metavar="SRC", positional=True,
+             help="TIFF folder, multi-page .tif, .h5/.hdf5, .npy or raw file")
+    io.output(metavar="OUT", positional=True, help="output store, e.g. results/s1/volume.zarr")
     p.add_argument("--format", default=_file("format"), choices=readers.FORMATS, help="input format (default: from the name)")
     p.add_argument("--dataset", default=_file("dataset"), help="HDF5 dataset path (default: DXchange %(default)s)")
     p.add_argument("--shape", type=int, nargs=3, metavar=("Z", "Y", "X"), help="raw input: volume shape")
@@ -57,15 +60,16 @@ def register(subparsers) -> None:
                    help="replace OUT even if it is not a volume store (a file, another folder); an earlier "
                         "store at OUT is always replaced")
     g = p.add_argument_group(
-        "hand labels", "with --labels, SOURCE is a label image (integer class ids, 255 = unlabelled) and OUT a "
+        "hand labels", "with --labels, the input is a label image (integer class ids, 255 = unlabelled) and the output a "
         "label store: uint8, 'classes' attribute, every id checked against the class map, shape checked "
         "against --like (whose voxel size it takes)")
     g.add_argument("--labels", action="store_true", help="import a label image instead of a CT volume")
-    g.add_argument("--classes", metavar="ID=NAME,...",
-                   help=f"class map of the ids in the image (default: {labels.format_class_map(CLASSES)})")
+    g.add_argument("--classes", metavar="NAME=ID,...",
+                   help=f"class map of the ids in the image (default: {format_class_map(CLASSES).replace(',', ', ')})")
     g.add_argument("--like", metavar="ZARR", help="the sample's volume store: same shape (after --crop), voxel size")
     g.add_argument("--unlabelled", type=int, default=IGNORE_LABEL, metavar="ID",
                    help="an id of the image meaning 'not labelled', written as 255 (default %(default)s)")
+    arrange(p, common=("--voxel-size-um", "--format", "--dataset", "--crop", "--bin", "--max-memory-mb"))
     p.set_defaults(func=run_ingest, parser=p)
 
     q = subparsers.add_parser(
@@ -74,17 +78,20 @@ def register(subparsers) -> None:
         "the noisy CT image, optionally the noise-free image and the ground-truth labels. "
         "Classes: 0 pore, 1 solid_electrolyte, 2 lithium_metal, 3 cathode_active, "
         "4 redeposited_lithium, 5 current_collector. Layers stack along z.")
-    q.add_argument("volume", help="output CT image store, e.g. results/phantom/volume.zarr")
-    q.add_argument("--clean", help="also write the noise-free image here")
-    q.add_argument("--labels", help="also write the ground-truth labels here")
-    q.add_argument("--shape", type=int, nargs=3, metavar=("Z", "Y", "X"), default=PhantomParams.shape)
+    io = InputsOutputs(q)
+    io.output("volume", metavar="OUT", positional=True, help="output CT image store, e.g. results/phantom/volume.zarr")
+    io.add("--clean", help="also write the noise-free image here")
+    io.add("--labels", help="also write the ground-truth labels here")
+    q.add_argument("--shape", type=int, nargs=3, metavar=("Z", "Y", "X"), default=PhantomParams.shape,
+                   help="volume shape in voxels")
     q.add_argument("--seed", type=int, default=PhantomParams.seed, help="geometry and noise seed (default %(default)s)")
     q.add_argument("--frame", type=int, default=PhantomParams.frame, help="time-series frame (dendrites grow with it)")
     q.add_argument("--n-frames", type=int, default=PhantomParams.n_frames, help="number of frames in the time series")
-    q.add_argument("--voxel-size-um", type=float, default=PhantomParams.voxel_size_um)
+    q.add_argument("--voxel-size-um", type=float, default=PhantomParams.voxel_size_um, help="voxel size in micrometres")
     q.add_argument("--param", action="append", default=[], metavar="KEY=JSON",
                    help="any other phantom parameter, e.g. --param noise_sigma=0.08 --param ring_amplitude=0.03")
     _store_options(q)
+    arrange(q, common=("--shape", "--seed", "--voxel-size-um"))
     q.set_defaults(func=run_phantom)
 
 
@@ -110,7 +117,7 @@ def run_ingest(args: argparse.Namespace) -> None:
         store.check_output(args.output, args.overwrite)  # a file or foreign folder there: a typo, not a rerun
         if not (math.isfinite(args.max_memory_mb) and args.max_memory_mb > 0):
             raise InputError(f"--max-memory-mb must be a finite number > 0 (megabytes), got {args.max_memory_mb}")
-        class_map = labels.parse_class_map(args.classes) if args.labels else None
+        class_map = parse_classes(args.classes) if args.labels else None
         if args.labels and args.bin != 1:
             raise InputError("ingest --labels: labels cannot be binned (--bin); label the binned volume instead")
         if args.labels and not args.like and not args.voxel_size_um:
@@ -136,6 +143,35 @@ def run_ingest(args: argparse.Namespace) -> None:
                              clip=args.clip)
         log.info("wrote %s", args.output)
     world.barrier()
+
+
+def format_class_map(classes: dict[int, str]) -> str:
+    """``{0: "pore", 1: "solid"}`` -> ``"pore=0,solid=1"``: the ``--classes`` form (the config's ``name: id``)."""
+    return ",".join(f"{name}={cid}" for cid, name in sorted(classes.items()))
+
+
+def parse_classes(text: str | None) -> dict[int, str]:
+    """``--classes NAME=ID,...`` -> ``{id: name}`` (:func:`~batterytwin.ingest.labels.parse_class_map` checks it).
+
+    The old order ``ID=NAME`` (an integer left of ``=``) is still read, with one warning line.
+    """
+    if text is None:
+        return labels.parse_class_map(None)
+    items, old = [], False
+    for part in (p.strip() for p in text.split(",")):
+        name, sep, cid = (s.strip() for s in part.partition("="))
+        if part and (not sep or not name or not cid):
+            raise InputError(f"--classes: expected NAME=ID items separated by commas, got {part!r}")
+        if _is_integer(name) and not _is_integer(cid):
+            name, cid, old = cid, name, True
+        items.append(f"{cid}={name}" if part else "")
+    if old:
+        deprecated("batterytwin ingest", "--classes ID=NAME", "--classes NAME=ID")
+    return labels.parse_class_map(",".join(items))
+
+
+def _is_integer(text: str) -> bool:
+    return text.lstrip("+-").isdigit()
 
 
 def parse_params(items: list[str]) -> dict:

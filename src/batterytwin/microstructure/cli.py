@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from ..config import add_config_arguments, settings_from_args
+from ..cliargs import InputsOutputs, add_settings, arrange
+from ..config import settings_from_args
 from ..distributed import get_world
 from .config import MicrostructureConfig
 
@@ -21,20 +22,22 @@ DESCRIPTION = ("Measure a segmented volume: random-walk tortuosity tensor of eac
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("microstructure", help=HELP, description=DESCRIPTION)
-    p.add_argument("--labels", required=True,
-                   help="input label store (labels.zarr: uint8, 'classes' and voxel_size_um attributes)")
-    p.add_argument("--output", required=True, help="output microstructure.json")
-    p.add_argument("--msd", required=True, help="output msd.npz (MSD curves per region/phase)")
+    io = InputsOutputs(p)
+    io.input("labels", metavar="ZARR", old=("--labels",),
+             help="label store (labels.zarr: uint8, 'classes' and voxel_size_um attributes)")
+    io.output(metavar="JSON", help="output microstructure.json")
+    io.add("--msd", required=True, metavar="NPZ", help="output msd.npz (MSD curves per region/phase)")
+    io.add("--previous", default=None, metavar="JSON",
+           help="previous frame's microstructure.json (time series): adds lithium growth between frames")
     p.add_argument("--checkpoint-dir", default=None,
                    help="directory for finished walker batches (reused on rerun); e.g. work/{sample}/microstructure")
-    p.add_argument("--previous", default=None,
-                   help="previous frame's microstructure.json (time series): adds lithium growth between frames")
-    add_config_arguments(p, MicrostructureConfig, "microstructure", flags={
+    add_settings(p, MicrostructureConfig, "microstructure", listed=("",), flags={
         "--phases": "phases", "--electrolyte-phase": "electrolyte_phase", "--surface-area": "surface_area",
         "--model": "walk.model", "--boundary": "walk.boundary", "--walkers": "walk.n_walkers",
         "--steps": "walk.n_steps", "--records": "walk.n_records", "--batches": "walk.n_batches",
         "--step-length": "walk.step_length", "--fit-start": "walk.fit_start", "--bootstrap": "walk.n_bootstrap",
         "--seed": "walk.seed", "--device": "walk.device", "--backend": "walk.backend"})
+    arrange(p, common=("--phases", "--walkers", "--steps", "--device", "--checkpoint-dir"))
     p.set_defaults(func=run)
 
 

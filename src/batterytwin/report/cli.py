@@ -1,7 +1,7 @@
 """``batterytwin report <figure> ...``: one paper-style PNG per call, and the OME-Zarr export.
 
 Every figure sub-command reads only the parts of the stage outputs it draws and writes one PNG
-atomically (``--out``). The Snakemake rules in ``workflow/rules/report.smk`` call these.
+atomically (``-o/--output``). The Snakemake rules in ``workflow/rules/report.smk`` call these.
 """
 
 from __future__ import annotations
@@ -10,7 +10,9 @@ import argparse
 import logging
 from pathlib import Path
 
+from ..cliargs import InputsOutputs, arrange
 from ..errors import InputError
+from ..paths import guard
 from ..store import open_volume, read_json
 from .config import ReportConfig
 
@@ -18,12 +20,18 @@ log = logging.getLogger(__name__)
 DEFAULTS = ReportConfig()  # the report section's defaults (one source: report/config.py)
 
 
-def _figure_parser(sub, name: str, help_: str, description: str) -> argparse.ArgumentParser:
-    p = sub.add_parser(name, help=help_, description=description,
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--out", required=True, metavar="PNG", help="output figure (PNG)")
+def _figure_parser(sub, name: str, help_: str, description: str, source: tuple[str, str, str] | None = None,
+                   nargs: str | None = None) -> tuple[argparse.ArgumentParser, InputsOutputs]:
+    """A figure's parser: ``-o/--output PNG`` (old ``--out``), ``--dpi``, and with ``source`` =
+    (dest, metavar, help) its one input as ``-i/--input`` (old: positional)."""
+    p = sub.add_parser(name, help=help_, description=description)
+    io = InputsOutputs(p)
+    if source:
+        dest, metavar, what = source
+        io.input(dest, metavar=metavar, help=what, positional=True, nargs=nargs)
+    io.output("out", metavar="PNG", old=("--out",), help="output figure (PNG)")
     p.add_argument("--dpi", type=int, default=DEFAULTS.dpi, help="resolution of the PNG")
-    return p
+    return p, io
 
 
 def register(subparsers) -> None:
@@ -34,38 +42,41 @@ def register(subparsers) -> None:
         "label images for napari/neuroglancer. Only the slices/rows a figure draws are read.")
     sub = top.add_subparsers(dest="figure", metavar="<figure>", required=True)
 
-    p = _figure_parser(sub, "slices", "orthogonal mid-plane slices of volume/label stores",
+    p, io = _figure_parser(sub, "slices", "orthogonal mid-plane slices of volume/label stores",
                        "Rows of z, y, x mid-planes (scale bar in µm from voxel_size_um, class colours "
                        "and legend for label stores), in the order raw, denoised, labels, truth, uncertainty.")
     for flag, what in (("--raw", "CT volume store (volume.zarr)"), ("--denoised", "denoised store"),
                        ("--labels", "segmentation label store"), ("--truth", "ground-truth label store (phantom)"),
                        ("--uncertainty", "uncertainty store (entropy; the panel names the method)")):
-        p.add_argument(flag, metavar="ZARR", help=what)
+        io.add(flag, metavar="ZARR", help=what)
     p.add_argument("--title", help="figure title")
+    arrange(p, common=("--title",))
     p.set_defaults(func=run_slices)
 
-    p = _figure_parser(sub, "nlm", "NLM denoising before/after with PSNR/SSIM",
+    p, io = _figure_parser(sub, "nlm", "NLM denoising before/after with PSNR/SSIM",
                        "z mid-plane of the noisy, denoised (and noise-free) images, the removed noise, a "
                        "through-plane profile; PSNR/SSIM of the plane before/after and of the volume.")
-    p.add_argument("--noisy", required=True, metavar="ZARR", help="input of the denoise stage (volume.zarr)")
-    p.add_argument("--denoised", required=True, metavar="ZARR", help="denoised.zarr")
-    p.add_argument("--clean", metavar="ZARR", help="noise-free reference (clean.zarr, phantom only)")
-    p.add_argument("--metrics", metavar="JSON", help="denoise.json written by the denoise stage")
+    io.add("--noisy", required=True, metavar="ZARR", help="input of the denoise stage (volume.zarr)")
+    io.add("--denoised", required=True, metavar="ZARR", help="denoised.zarr")
+    io.add("--clean", metavar="ZARR", help="noise-free reference (clean.zarr, phantom only)")
+    io.add("--metrics", metavar="JSON", help="denoise.json written by the denoise stage")
+    arrange(p)
     p.set_defaults(func=run_nlm)
 
-    p = _figure_parser(sub, "tortuosity", "random-walk MSD curves with linear fit and tortuosity tensor",
-                       "Per transport phase: MSD vs walk time per axis with the linear fit, and a table of "
-                       "eps, D_eff/D_bulk, tau per axis and the D_eff/D_bulk tensor.")
-    p.add_argument("microstructure", metavar="JSON", help="microstructure.json")
-    p.add_argument("--msd", metavar="NPZ", help="msd.npz (MSD curves); without it: tables only")
+    p, io = _figure_parser(sub, "tortuosity", "random-walk MSD curves with linear fit and tortuosity tensor",
+                           "Per transport phase: MSD vs walk time per axis with the linear fit, and a table of "
+                           "eps, D_eff/D_bulk, tau per axis and the D_eff/D_bulk tensor.",
+                           ("microstructure", "JSON", "microstructure.json"))
+    io.add("--msd", metavar="NPZ", help="msd.npz (MSD curves); without it: tables only")
     p.add_argument("--phase", action="append", help="phase(s) to draw (default: the electrolyte first)")
+    arrange(p, common=("--phase",))
     p.set_defaults(func=run_tortuosity)
 
     for name, help_, description, (arg, metavar, arg_help), func in (
             ("training", "segmentation training loss, per-class Dice, precision, recall and calibration",
              "Loss curve, validation Dice per class over training, final Dice, precision and recall per "
              "class, reliability diagram with the expected calibration error.",
-             ("metrics", "JSON", "results/models/segment/metrics.json"), run_training),
+             ("metrics", "JSON", "segmentation metrics, e.g. results/models/segment/metrics.json"), run_training),
             ("microstructure", "table of the measured microstructure quantities",
              "Volume fractions, the cell parameters handed to PyBaMM, surface areas, thicknesses, lithium "
              "statistics: every number of microstructure.json.", ("microstructure", "JSON", "microstructure.json"),
@@ -73,14 +84,15 @@ def register(subparsers) -> None:
             ("rul", "predicted vs true cycle life (RUL) with intervals",
              "Median predicted cycle life with its interval against the true life, every cell.",
              ("predictions", "ZARR", "degradation.zarr"), run_rul)):
-        p = _figure_parser(sub, name, help_, description)
-        p.add_argument(arg, metavar=metavar, help=arg_help)
+        p, _ = _figure_parser(sub, name, help_, description, (arg, metavar, arg_help))
+        arrange(p)
         p.set_defaults(func=func)
 
-    p = _figure_parser(sub, "series", "lithium growth over the frames of a time series",
-                       "Volume fractions of the lithium classes and the lithium statistics per frame.")
-    p.add_argument("microstructure", nargs="+", metavar="JSON", help="microstructure.json of each frame, in order")
+    p, _ = _figure_parser(sub, "series", "lithium growth over the frames of a time series",
+                          "Volume fractions of the lithium classes and the lithium statistics per frame.",
+                          ("microstructure", "JSON", "microstructure.json of each frame, in order"), nargs="+")
     p.add_argument("--names", nargs="+", help="frame names (default: the parent folder of each file)")
+    arrange(p, common=("--names",))
     p.set_defaults(func=run_series)
 
     for name, help_, description, func in (
@@ -89,49 +101,56 @@ def register(subparsers) -> None:
              "cycle per condition, coloured by the first varied input.", run_voltage),
             ("fade", "capacity fade across the sweep, coloured by condition",
              "SOH and discharge capacity per cycle for each condition; stopped runs marked.", run_fade)):
-        p = _figure_parser(sub, name, help_, description)
-        p.add_argument("sweep", metavar="ZARR", help="sweep.zarr")
+        p, _ = _figure_parser(sub, name, help_, description, ("sweep", "ZARR", "sweep.zarr"))
         p.add_argument("--max-conditions", type=int, default=DEFAULTS.max_conditions,
                        help="conditions drawn (spread over the sweep)")
+        arrange(p, common=("--max-conditions",))
         p.set_defaults(func=func)
 
-    p = _figure_parser(sub, "rate", "capacity vs C-rate, plating and tau sensitivity of the fresh cell",
-                       "Discharge capacity vs C-rate (measured electrode vs the parameter set's), plated "
-                       "lithium vs charge C-rate, and the sensitivity table (cellsim.rate_capability).")
-    p.add_argument("sweep", metavar="ZARR", help="sweep.zarr (simulated with cellsim.rate_capability enabled)")
+    p, _ = _figure_parser(sub, "rate", "capacity vs C-rate, plating and tau sensitivity of the fresh cell",
+                          "Discharge capacity vs C-rate (measured electrode vs the parameter set's), plated "
+                          "lithium vs charge C-rate, and the sensitivity table (cellsim.rate_capability).",
+                          ("sweep", "ZARR", "sweep.zarr (simulated with cellsim.rate_capability enabled)"))
+    arrange(p)
     p.set_defaults(func=run_rate)
 
-    p = _figure_parser(sub, "degradation", "degradation-model SOH predictions with intervals vs truth",
-                       "Sampled SOH curves per cell: mean, central interval (interval_level) and the truth.")
-    p.add_argument("predictions", metavar="ZARR", help="degradation.zarr")
+    p, _ = _figure_parser(sub, "degradation", "degradation-model SOH predictions with intervals vs truth",
+                          "Sampled SOH curves per cell: mean, central interval (interval_level) and the truth.",
+                          ("predictions", "ZARR", "degradation.zarr"))
     p.add_argument("--max-cells", type=int, default=DEFAULTS.max_cells, help="cells drawn (held-out cells first)")
+    arrange(p, common=("--max-cells",))
     p.set_defaults(func=run_degradation)
 
-    p = _figure_parser(sub, "twin", "hybrid twin: measured vs physics vs hybrid SOH, and the error table",
-                       "Measured, physics-fit and hybrid SOH curves (hybrid band) for a few cells of a twin "
-                       "store, and RUL RMSE / interval coverage of physics, hybrid, diffusion and baselines.")
-    p.add_argument("twin", metavar="ZARR", help="results/twin/{evaluation}.zarr")
+    p, _ = _figure_parser(sub, "twin", "hybrid twin: measured vs physics vs hybrid SOH, and the error table",
+                          "Measured, physics-fit and hybrid SOH curves (hybrid band) for a few cells of a twin "
+                          "store, and RUL RMSE / interval coverage of physics, hybrid, diffusion and baselines.",
+                          ("twin", "ZARR", "twin store, e.g. results/twin/{evaluation}.zarr"))
     p.add_argument("--max-cells", type=int, default=DEFAULTS.max_cells, help="cells drawn (evaluated cells)")
+    arrange(p, common=("--max-cells",))
     p.set_defaults(func=run_twin)
 
-    p = _figure_parser(sub, "scaling", "cost and peak memory of each stage vs voxels (bench/chain.py)",
-                       "Log-log wall time and peak RSS per stage against the volume's voxels, from the JSON "
-                       "of bench/chain.py, with each stage's fitted exponent and a linear guide.")
-    p.add_argument("bench", metavar="JSON", help="bench/results/chain-cpu-<date>.json")
+    p, _ = _figure_parser(sub, "scaling", "cost and peak memory of each stage vs voxels (bench/chain.py)",
+                          "Log-log wall time and peak RSS per stage against the volume's voxels, from the JSON "
+                          "of bench/chain.py, with each stage's fitted exponent and a linear guide.",
+                          ("bench", "JSON", "bench/chain.py result, e.g. bench/results/chain-cpu-<date>.json"))
+    arrange(p)
     p.set_defaults(func=run_scaling)
 
     q = sub.add_parser("ome", help="OME-Zarr multiscale export of a volume and its labels (napari)",
-                       description="Write an OME-NGFF 0.5 (zarr v3) multiscale image of --volume with "
+                       description="Write an OME-NGFF 0.5 (zarr v3) multiscale image of the input volume with "
                        "--levels extra levels (local mean) and each --labels store as an image-label "
-                       "(nearest-neighbour pyramid, class colours and names), physical scale in µm.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    q.add_argument("--volume", required=True, metavar="ZARR", help="volume store")
-    q.add_argument("--labels", action="append", default=[], metavar="NAME=ZARR",
-                   help="label store to add as labels/NAME (repeat)")
-    q.add_argument("--out", required=True, metavar="OME_ZARR", help="output, e.g. results/s1/ome/volume.ome.zarr")
+                       "(nearest-neighbour pyramid, class colours and names), physical scale in µm.")
+    io = InputsOutputs(q)
+    io.input("volume", metavar="ZARR", old=("--volume",), help="volume store")
+    io.add("--labels", action="append", default=[], metavar="NAME=ZARR",
+           help="label store to add as labels/NAME (repeat)")
+    io.output("out", metavar="OME_ZARR", old=("--out",), help="output, e.g. results/s1/ome/volume.ome.zarr")
     q.add_argument("--levels", type=int, default=DEFAULTS.ome_levels, help="extra pyramid levels (factors 2, 4, ...)")
     q.add_argument("--chunk", type=int, default=DEFAULTS.ome_chunk, help="chunk edge of every level")
+    arrange(q, common=("--levels",))
     q.set_defaults(func=run_ome)
+    for figure in sub.choices.values():  # cli.build_parser guards only the top-level commands
+        guard(figure, "report")
 
 
 def _save(fig, args) -> None:

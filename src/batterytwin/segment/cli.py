@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..config import add_config_arguments, settings_from_args
+from ..cliargs import InputsOutputs, add_settings, arrange
+from ..config import settings_from_args
 from ..errors import InputError
 from .config import SegmentConfig
 
@@ -21,47 +22,47 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "is split over the ranks. Checkpoints go to train.checkpoint_dir; on SIGUSR1/SIGTERM the "
             "job checkpoints and exits with code 75 ('preempted'); rerunning resumes the same run."),
 )
-    p.add_argument("--volume", action="append", required=True, metavar="ZARR",
-                   help="training volume store (repeat for several volumes, in the order of --labels)")
-    p.add_argument("--labels", action="append", required=True, metavar="ZARR",
-                   help="label store matching each --volume (same shape)")
-    p.add_argument("--val-volume", action="append", default=[], metavar="ZARR",
-                   help="held-out validation volume (repeat); without it a slab of each training volume "
-                        "(train.val_axis, train.val_fraction) is held out")
-    p.add_argument("--val-labels", action="append", default=[], metavar="ZARR",
-                   help="label store matching each --val-volume")
-    p.add_argument("--model-out", required=True, metavar="PT", help="output model file (model.pt)")
-    p.add_argument("--metrics-out", required=True, metavar="JSON", help="output metrics (loss curve, Dice)")
-    add_config_arguments(p, SegmentConfig, "segment", flags={
+    io = InputsOutputs(p)
+    io.add("--volume", action="append", required=True, metavar="ZARR",
+           help="training volume store (repeat for several volumes, in the order of --labels)")
+    io.add("--labels", action="append", required=True, metavar="ZARR",
+           help="label store matching each --volume (same shape)")
+    io.add("--val-volume", action="append", default=[], metavar="ZARR",
+           help="held-out validation volume (repeat); without it a slab of each training volume "
+                "(train.val_axis, train.val_fraction) is held out")
+    io.add("--val-labels", action="append", default=[], metavar="ZARR", help="label store matching each --val-volume")
+    io.output("model_out", metavar="PT", old=("--model-out",), help="output model file (model.pt)")
+    io.path(("--metrics",), "metrics_out", metavar="JSON", old=("--metrics-out",),
+            help="output metrics (loss curve, Dice)")
+    add_settings(p, SegmentConfig, "segment", listed=("model", "train"), flags={
         "--checkpoint-dir": "train.checkpoint_dir", "--steps": "train.steps", "--device": "train.device"})
     p.add_argument("--resume", choices=("auto", "yes", "no"), default="auto",
                    help="auto: resume when a checkpoint of this same run exists; yes: it must exist; no: start afresh")
+    arrange(p, common=("--steps", "--device", "--checkpoint-dir", "--resume"))
     p.set_defaults(func=run_train)
 
     q = subparsers.add_parser(
         "segment",
         help="segment a volume store: with a trained model (distributed sliding window) or label-free (GMM)",
         description=(
-            "method network (default): sliding-window inference with Gaussian blending on a window grid "
-            "fixed to the whole volume. method gmm (--method gmm, no --model): a Gaussian mixture fitted "
-            "by EM to a bounded voxel sample, each voxel given its most probable component's class "
-            "(segment.gmm.classes, components by increasing mean), speckles removed by a per-class "
-            "opening and closing. Either way ranks (srun/mpiexec -n N) own disjoint output shards and the "
-            "result does not depend on their number. Writes a uint8 label store with 'classes', "
-            "'ignore_label' and 'method' attributes and, with --uncertainty, a float16 store of the "
-            "softmax (network; infer.uncertainty_method mc_dropout: of the mean of seeded MC-dropout passes) "
-            "or class-posterior (gmm) entropy in nats."),
-)
-    q.add_argument("--input", required=True, metavar="ZARR", help="volume store to segment (denoised.zarr or volume.zarr)")
-    q.add_argument("--model", metavar="PT", help="model.pt written by train-seg, or 'pretrained' (the shipped "
-                   "batteryNET, docs/models.md; the default of --method pretrained); not with --method gmm")
-    q.add_argument("--output", required=True, metavar="ZARR", help="output label store (labels.zarr)")
-    q.add_argument("--uncertainty", metavar="ZARR", help="optional output store of the entropy (float16): softmax entropy, or with "
-                        "infer.uncertainty_method mc_dropout the entropy of the mean of MC-dropout passes")
-    add_config_arguments(q, SegmentConfig, "segment", flags={
+            "--method network (default) or pretrained: sliding-window inference with Gaussian blending on "
+            "a window grid fixed to the volume; --method gmm (no --model): a Gaussian mixture fitted to a "
+            "voxel sample, speckles removed by a per-class opening and closing. Ranks (srun/mpiexec -n N) "
+            "own disjoint output shards; the result does not depend on their number. Writes a uint8 label "
+            "store ('classes', 'ignore_label', 'method' attributes) and, with --uncertainty, the softmax "
+            "(network) or class-posterior (gmm) entropy."),
+    )
+    io = InputsOutputs(q)
+    io.input(metavar="ZARR", help="volume store to segment (denoised.zarr or volume.zarr)")
+    io.add("--model", metavar="PT", help="model.pt from train-seg, or 'pretrained' (the shipped batteryNET, "
+           "docs/models.md; implied by --method pretrained); none with --method gmm")
+    io.output(metavar="ZARR", help="output label store (labels.zarr)")
+    io.add("--uncertainty", metavar="ZARR", help="also write the entropy here (float16 store, nats)")
+    add_settings(q, SegmentConfig, "segment", listed=(), flags={
         "--method": "method", "--device": "infer.device", "--overlap": "infer.overlap",
         "--sw-batch-size": "infer.sw_batch_size", "--clean-radius": "gmm.clean_radius",
         "--uncertainty-method": "infer.uncertainty_method"})
+    arrange(q, common=("--method", "--device"))
     q.set_defaults(func=run_segment)
 
 

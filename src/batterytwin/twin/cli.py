@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import add_config_arguments, settings_from_args
+from ..cliargs import InputsOutputs, add_settings, arrange
+from ..config import settings_from_args
 from ..errors import InputError
 from .config import TwinConfig
 
@@ -101,18 +102,19 @@ def register(subparsers) -> None:
                     "scored next to the variance model, a random forest and (with --diffusion) the diffusion "
                     "model on the same cells and end-of-life rule. Without --test: cross-validation by cell "
                     "over --train. See docs/twin.md.")
-    g = p.add_argument_group("data")
-    g.add_argument("--train", nargs="+", default=[], metavar="NPZ", help="training split(s) (DiffBatt .npz)")
-    g.add_argument("--test", nargs="+", default=[], metavar="NPZ", help="test split(s); none: cross-validation")
-    g.add_argument("--train-user-dir", nargs="+", default=[], metavar="DIR",
-                   help="training cells in the generic format (docs/degradation.md)")
-    g.add_argument("--test-user-dir", nargs="+", default=[], metavar="DIR", help="test cells in the generic format")
-    p.add_argument("--diffusion", default=None, metavar="ZARR",
-                   help="the degradation_real prediction store of the same evaluation (scored on the same cells)")
-    p.add_argument("--out", required=True, help="output store (twin.zarr)")
-    p.add_argument("--metrics", default=None, help="metrics JSON")
+    io = InputsOutputs(p)
+    io.add("--train", nargs="+", default=[], metavar="NPZ", help="training split(s) (DiffBatt .npz)")
+    io.add("--test", nargs="+", default=[], metavar="NPZ", help="test split(s); none: cross-validation")
+    io.add("--train-user-dir", nargs="+", default=[], metavar="DIR",
+           help="training cells in the generic format (docs/degradation.md)")
+    io.add("--test-user-dir", nargs="+", default=[], metavar="DIR", help="test cells in the generic format")
+    io.add("--diffusion", default=None, metavar="ZARR",
+           help="the degradation_real prediction store of the same evaluation (scored on the same cells)")
+    io.output("out", metavar="ZARR", old=("--out",), help="output store (twin.zarr)")
+    io.add("--metrics", default=None, metavar="JSON", help="metrics JSON")
     p.add_argument("--checkpoint", default=None, help="checkpoint of the correction training (resumed when present)")
-    add_config_arguments(p, TwinConfig, "twin", flags={
+    add_settings(p, TwinConfig, "twin", flags={
         "--physics": "physics", "--fit-cycles": "fit_cycles", "--eol-rule": "eol_rule", "--folds": "folds",
         "--seed": "seed", "--level": "level", "--steps": "correction.steps", "--threads": "correction.threads"})
+    arrange(p, common=("--physics", "--fit-cycles", "--eol-rule", "--threads", "--checkpoint"))
     p.set_defaults(func=run_twin)
