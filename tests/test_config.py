@@ -130,7 +130,7 @@ def test_snakemake_names_the_bad_key_in_one_line(tmp_path):
 
 def test_stage_cli_settings_error_is_one_line_and_writes_nothing(tmp_path):
     out = tmp_path / "d.zarr"
-    proc = subprocess.run([sys.executable, "-m", "batterytwin.cli", "denoise", str(tmp_path / "in.zarr"), str(out),
+    proc = subprocess.run([sys.executable, "-m", "batterytwin.cli", "denoise", "-i", str(tmp_path / "in.zarr"), "-o", str(out),
                            "--config-json", '{"search_radius": -1}'], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == ["batterytwin denoise: error: denoise.search_radius: must be >= 0, got -1"]

@@ -59,13 +59,13 @@ def test_rule_mismatch_is_an_error(tmp_path):
     cli = [sys.executable, "-m", "batterytwin.cli"]
     small = '{"train": {"mlp_width": 16, "mlp_blocks": 1, "cond_dim": 8, "cond_layers": 1, "cond_heads": 1, ' \
             '"emb_dim": 16, "timesteps": 20}}'
-    r = subprocess.run(cli + ["train-degradation", "--npz", str(CYCLING / "hust_train.npz"), "--out",
+    r = subprocess.run(cli + ["train-degradation", "--npz", str(CYCLING / "hust_train.npz"), "-o",
                               str(tmp_path / "m.pt"), "--checkpoint", str(tmp_path / "ck.pt"), "--steps", "2",
                               "--threads", "1", "--config-json", small], capture_output=True, text=True, env=env,
                        timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     pred = cli + ["predict-degradation", "--model", str(tmp_path / "m.pt"), "--npz", str(CYCLING / "matr_1_test.npz"),
-                  "--out", str(tmp_path / "p.zarr"), "--samples", "2", "--ddim-steps", "2", "--threads", "1"]
+                  "-o", str(tmp_path / "p.zarr"), "--samples", "2", "--ddim-steps", "2", "--threads", "1"]
     r = subprocess.run(pred, capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "end-of-life rule 'end_of_record' differs" in r.stderr

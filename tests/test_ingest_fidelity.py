@@ -226,16 +226,16 @@ def test_fifo_folder_and_binary_inputs_are_refused_without_hanging(capsys, tmp_p
     cfg.write_bytes(bytes(range(256)) * 4)
     np.save(tmp_path / "v.npy", VOL)
     cases = {
-        "fifo-input": [str(_fifo(tmp_path, "scan.tif")), str(tmp_path / "o1.zarr"), "--voxel-size-um", "1"],
-        "fifo-raw": [str(_fifo(tmp_path, "scan.raw")), str(tmp_path / "o2.zarr"), "--voxel-size-um", "1",
+        "fifo-input": ["-i", str(_fifo(tmp_path, "scan.tif")), "-o", str(tmp_path / "o1.zarr"), "--voxel-size-um", "1"],
+        "fifo-raw": ["-i", str(_fifo(tmp_path, "scan.raw")), "-o", str(tmp_path / "o2.zarr"), "--voxel-size-um", "1",
                      "--shape", "1", "1", "1", "--dtype", "u1"],
-        "folder-npy": [str(tmp_path), str(tmp_path / "o3.zarr"), "--voxel-size-um", "1", "--format", "npy"],
+        "folder-npy": ["-i", str(tmp_path), "-o", str(tmp_path / "o3.zarr"), "--voxel-size-um", "1", "--format", "npy"],
     }
     stage_cases = {
-        "fifo-config": ["denoise", "x.zarr", str(tmp_path / "o4.zarr"), "--config", str(_fifo(tmp_path, "c.yaml"))],
-        "binary-config": ["denoise", "x.zarr", str(tmp_path / "o5.zarr"), "--config", str(cfg)],
-        "folder-config": ["denoise", "x.zarr", str(tmp_path / "o6.zarr"), "--config", str(tmp_path)],
-        "fifo-store": ["microstructure", "--labels", str(_fifo(tmp_path, "l.zarr")), "--output",
+        "fifo-config": ["denoise", "-i", "x.zarr", "-o", str(tmp_path / "o4.zarr"), "--config", str(_fifo(tmp_path, "c.yaml"))],
+        "binary-config": ["denoise", "-i", "x.zarr", "-o", str(tmp_path / "o5.zarr"), "--config", str(cfg)],
+        "folder-config": ["denoise", "-i", "x.zarr", "-o", str(tmp_path / "o6.zarr"), "--config", str(tmp_path)],
+        "fifo-store": ["microstructure", "-i", str(_fifo(tmp_path, "l.zarr")), "--output",
                        str(tmp_path / "o7.json"), "--msd", str(tmp_path / "o7.npz")],
     }
     for kind, value in (("fifo", str(_fifo(tmp_path, "m.json"))), ("folder", str(tmp_path)), ("binary", str(cfg))):
