@@ -32,14 +32,19 @@ import numbers
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError, ValidationInfo, field_validator
 
 from .errors import InputError
 
 M = TypeVar("M", bound=BaseModel)
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+"""A name that becomes part of a path (a sample, a training set, an evaluation): a letter or digit,
+then letters, digits, ``_``, ``.`` and ``-``."""
 
 
 class Section(BaseModel):

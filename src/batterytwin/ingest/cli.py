@@ -12,7 +12,7 @@ from .. import store
 from ..distributed import get_world
 from ..errors import InputError
 from . import driver, labels, readers
-from .config import FileSample, IngestSettings, StoreSettings
+from .config import FileSample, IngestConfig, StoreSettings
 from .phantom import PhantomParams
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ def register(subparsers) -> None:
     p.add_argument("--clip", action="store_true",
                    help="clip values outside the range of --output-dtype (default: refuse them)")
     _store_options(p)
-    p.add_argument("--max-memory-mb", type=float, default=IngestSettings().max_memory_mb,
+    p.add_argument("--max-memory-mb", type=float, default=IngestConfig().max_memory_mb,
                    help="memory budget for one slab (default %(default)s)")
     p.add_argument("--no-checksum", action="store_true", help="skip the SHA-256 of the source files")
     p.add_argument("--overwrite", action="store_true",

@@ -22,7 +22,6 @@ from ..errors import InputError
 from .phantom import PhantomParams
 from .readers import DXCHANGE_DATASET, FORMATS
 
-SAMPLE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 Role = Literal["train", "analyse", "both"]
 Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
@@ -127,7 +126,7 @@ class StoreSettings(Section):
     shard: int = Field(256, ge=8, description="shard edge in voxels (the unit of writing and of work per rank)")
 
 
-class IngestSettings(Section):
+class IngestConfig(Section):
     """``batterytwin ingest`` settings shared by every file sample."""
 
     max_memory_mb: float = Field(2048, gt=0, description="memory budget for one slab")
