@@ -219,6 +219,12 @@ def validate_settings(model: type[M], values: dict, where: str) -> M:
         raise InputError(describe_error(exc, where)) from None
 
 
+def as_settings(model: type[M], value: M | typing.Mapping[str, Any], where: str) -> M:
+    """``value`` as a ``model``: itself, or a mapping validated (a section saved in a model file, a
+    section written as a dict); a problem is one :class:`InputError` line naming the key path."""
+    return value if isinstance(value, model) else validate_settings(model, dict(value), where)
+
+
 def load_settings(model: type[M], section: str, path: str | Path | None = None, text: str | None = None,
                   overrides: dict | None = None) -> M:
     """Settings of ``section``: defaults < file ``path`` < JSON ``text`` < ``overrides``."""
