@@ -12,7 +12,7 @@ from .. import store
 from ..distributed import get_world
 from ..errors import InputError
 from . import driver, labels, readers
-from .config import FileSample, IngestConfig, StoreSettings
+from .config import FileSampleSettings, IngestConfig, StoreSettings
 from .phantom import PhantomParams
 
 log = logging.getLogger(__name__)
@@ -89,8 +89,8 @@ def register(subparsers) -> None:
 
 
 def _file(name: str):
-    """The default of a file-sample setting (:class:`~batterytwin.ingest.config.FileSample` holds it)."""
-    return FileSample.model_fields[name].default
+    """The default of a file-sample setting (:class:`~batterytwin.ingest.config.FileSampleSettings` holds it)."""
+    return FileSampleSettings.model_fields[name].default
 
 
 def _store_options(p: argparse.ArgumentParser) -> None:

@@ -26,7 +26,7 @@ Role = Literal["train", "analyse", "both"]
 Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
 
-class SyntheticSample(Section):
+class SyntheticSampleSettings(Section):
     """The built-in phantom of a solid-state lithium-metal cell (CT image, clean image, labels)."""
 
     source: Literal["synthetic"] = Field(description="the built-in synthetic phantom")
@@ -51,7 +51,7 @@ class SyntheticSample(Section):
         return value
 
 
-class FileSample(Section):
+class FileSampleSettings(Section):
     """A tomography file or TIFF folder, streamed into a volume store by ``batterytwin ingest``."""
 
     source: str = Field(min_length=1, description="TIFF folder, multi-page .tif, .h5 (DXchange), .npy or raw file",
@@ -107,11 +107,12 @@ def _sample_kind(value: Any) -> str:
     return "synthetic" if source == "synthetic" else "file"
 
 
-Sample = Annotated[Union[Annotated[SyntheticSample, Tag("synthetic")], Annotated[FileSample, Tag("file")]],
+Sample = Annotated[Union[Annotated[SyntheticSampleSettings, Tag("synthetic")],
+                         Annotated[FileSampleSettings, Tag("file")]],
                    Discriminator(_sample_kind)]
 
 
-def parse_sample(spec: dict, where: str = "sample") -> SyntheticSample | FileSample:
+def parse_sample(spec: dict, where: str = "sample") -> SyntheticSampleSettings | FileSampleSettings:
     """One sample spec, validated (raises InputError naming the key)."""
     try:
         return TypeAdapter(Sample).validate_python(spec)
