@@ -68,8 +68,9 @@ class PipelineConfig(Section):
     ingest: IngestConfig = Field(default_factory=IngestConfig, description="ingest of file samples")
     mpi: Launcher = Field("mpiexec", description="MPI launcher for MPI rules (mpiexec locally, srun on Slurm), "
                           "from the trusted config: a program and its options, no shell syntax")
-    resources: dict[str, ResourceSettings] = Field({"default": ResourceSettings()}, description="per-rule resources "
-                                                   "(Slurm sizes are config, not code); 'default' applies to every rule")
+    resources: dict[str, ResourceSettings] = Field(
+        {"default": ResourceSettings()},
+        description="per-rule resources (Slurm sizes are config, not code); 'default' applies to every rule")
     denoise: DenoiseConfig = Field(default_factory=DenoiseConfig, description="NLM denoising")
     segment: SegmentConfig = Field(default_factory=SegmentConfig, description="segmentation")
     microstructure: MicrostructureConfig = Field(default_factory=MicrostructureConfig, description="microstructure")

@@ -207,8 +207,8 @@ def x0_range(x0: np.ndarray, weight: np.ndarray, margin: float = 0.25) -> list[l
     return out
 
 
-def model_payload(cs: CurveSet, calib: np.ndarray, cfg: ModelTrainSettings, ema: nn.Module, q_scale: float, history: list,
-                  x0: np.ndarray, weight: np.ndarray, basis: CurveBasis | None = None) -> dict:
+def model_payload(cs: CurveSet, calib: np.ndarray, cfg: ModelTrainSettings, ema: nn.Module, q_scale: float,
+                  history: list, x0: np.ndarray, weight: np.ndarray, basis: CurveBasis | None = None) -> dict:
     """The model file: EMA weights, settings, the end-of-life rule, the curve basis, the calibration cells
     (``calib`` flags over ``cs``: held out of training, scored at prediction time for the conformal interval)
     and the training data summaries the baselines need (every cell of ``cs``)."""

@@ -110,7 +110,8 @@ def segment_volume(input_path: str, model_path: str, labels_out: str, uncertaint
         return ((np.asarray(x, np.float32) - lo) / (hi - lo)).astype(np.float32)
 
     params = {"model_sha256": store.sha256_files([model_path]) if world.is_root else None,
-              "overlap": cfg.overlap, "sw_batch_size": cfg.sw_batch_size, "sigma_scale": cfg.sigma_scale, "patch_size": roi,
+              "overlap": cfg.overlap, "sw_batch_size": cfg.sw_batch_size, "sigma_scale": cfg.sigma_scale,
+              "patch_size": roi,
               "uncertainty_method": method, **({"mc_samples": mc[1], "mc_seed": mc[0]} if mc else {})}
     params = world.bcast(params)
     source = {"path": str(input_path), "producer": vol.attrs.get("producer", {}).get("config_sha256"),

@@ -161,7 +161,8 @@ def draw_labels(cfg: RandomiseSettings, shape: Sequence[int], rng: np.random.Gen
     """The label volume of one randomised cell, and the drawn geometry parameters."""
     nz, ny, nx = (int(s) for s in shape)
     scale = _u(rng, cfg.length_scale)
-    f_cc, f_cat, f_sep = (_u(rng, span) for span in (cfg.collector_fraction, cfg.cathode_fraction, cfg.separator_fraction))
+    f_cc, f_cat, f_sep = (_u(rng, span)
+                          for span in (cfg.collector_fraction, cfg.cathode_fraction, cfg.separator_fraction))
     z_cc = max(1, round(f_cc * nz))
     z_cat = z_cc + max(2, round(f_cat * nz))
     z_sep = min(nz - 2, z_cat + max(2, round(f_sep * nz)))

@@ -250,7 +250,7 @@ class TrainingRun:
     def __init__(self, cfg: SegmentConfig, data: TrainingData, ckpt_path: Path, run_key: str, resume: str,
                  world: World):
         t = cfg.train
-        self.cfg, self.data, self.world, self.ckpt_path = cfg, data, world, ckpt_path
+        self.cfg, self.data, self.world = cfg, data, world
         self.device = init_torch_distributed(world, t.device)
         self.amp = t.amp and self.device.type == "cuda"
         net = build_model(cfg.model, data.n_classes)
@@ -261,7 +261,8 @@ class TrainingRun:
         self.net, self.ddp = net, wrap_ddp(net, self.device)
         self.opt = torch.optim.AdamW(net.parameters(), lr=t.lr, weight_decay=t.weight_decay)
         self.sched = warmup_cosine(self.opt, t.steps, t.warmup_steps, t.min_lr_ratio)
-        self.ckpt = Checkpoint(ckpt_path, run_key, {"model": net, "optimizer": self.opt, "scheduler": self.sched}, world)
+        self.ckpt = Checkpoint(ckpt_path, run_key, {"model": net, "optimizer": self.opt, "scheduler": self.sched},
+                               world)
         ck = self.ckpt.load(self.device, resume, t.steps) or {"step": 0, "loss_curve": [], "validation": []}
         self.start, self.curve, self.val_hist = int(ck["step"]), list(ck["loss_curve"]), list(ck["validation"])
         self.step, self.elapsed, self.voxels, self.loop_s = self.start, float(ck.get("elapsed_s", 0.0)), 0, 0.0
