@@ -191,7 +191,7 @@ def main() -> int:
     import torch
     from sklearn.model_selection import KFold
 
-    from batterytwin.degradation.config import SampleSettings, TrainConfig
+    from batterytwin.degradation.config import ModelTrainSettings, SampleSettings
     from batterytwin.cycling.loaders import load_npz_split
     from batterytwin.degradation.predict import evaluate
     from batterytwin.degradation.train import net_from_payload, train_model
@@ -201,7 +201,7 @@ def main() -> int:
     world = get_world()
     device = init_torch_distributed(world, "cpu")
     data = Path(args.data_dir)
-    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+    cfg = ModelTrainSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                       prediction=args.prediction, representation=args.representation,
                       variance_feature=not args.no_variance_feature, checkpoint_every=max(args.steps, 1),
                       **json.loads(args.train_json))

@@ -102,6 +102,10 @@ def test_file_samples_get_only_their_own_defaults(tmp_path):
     ({"samples": {"../x": {"source": "synthetic"}}}, "samples.../x: name must match", "^[A-Za-z0-9]"),
     ({"degradation": {"real_data": {"evaluations": {"a/b": {"train_set": "m", "test": "t.npz"}}}}},
      "degradation.real_data.evaluations.a/b: name must match", "^[A-Za-z0-9]"),
+    # the one name pattern (config.Name) of every name that becomes a path
+    ({"degradation": {"real_data": {"evaluations": {"e": {"train_set": "../m", "test": "t.npz"}}}}},
+     "degradation.real_data.evaluations.e.train_set: must match", "^[A-Za-z0-9]"),
+    ({"twin": {"evaluations": ["a b"]}}, "twin.evaluations.0: must match", "^[A-Za-z0-9]"),
     # one end-of-life rule, threshold and data directory for the diffusion model and the twin (issue 25)
     ({"twin": {"eol_rule": "threshold"}}, "twin.eol_rule", "differs from degradation.eol_rule None"),
     ({"twin": {"threshold": 75}}, "twin.threshold", "differs from the degradation real-data threshold 80"),

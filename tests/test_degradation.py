@@ -108,11 +108,11 @@ def test_encode_decode_and_loss_mask():
 def test_masked_loss_ignores_padding(process_group):
     """The loss is sum(weight * (eps_theta - eps)^2): an error only at masked points costs nothing."""
     from batterytwin.degradation.diffusion import Diffusion
-    from batterytwin.degradation.train import TrainConfig, build_net
+    from batterytwin.degradation.train import ModelTrainSettings, build_net
 
     cs = synthetic_cells(4, 1)
     torch.manual_seed(0)
-    net = build_net(TrainConfig(**TINY_UNET), cs.condition_shape)
+    net = build_net(ModelTrainSettings(**TINY_UNET), cs.condition_shape)
     x0, w = (torch.from_numpy(a) for a in data.encode_curves(cs.soh, cs.valid_len, 90.0, 10.0))
     diff = Diffusion(100)
     t = torch.tensor([5, 50, 80, 99])
@@ -135,10 +135,10 @@ def test_samplers_shapes_and_analytic_zero_net(process_group):
     """With eps_theta = 0 (a fresh net: zero-initialised output layer) deterministic DDIM maps x_T to
     x_T / sqrt(abar_{T-1}) exactly (the scale factors telescope); both samplers give [B, 2, L]."""
     from batterytwin.degradation.diffusion import Diffusion
-    from batterytwin.degradation.train import TrainConfig, build_net
+    from batterytwin.degradation.train import ModelTrainSettings, build_net
 
     cs = synthetic_cells(3, 2)
-    net = build_net(TrainConfig(**TINY_UNET), cs.condition_shape).eval()
+    net = build_net(ModelTrainSettings(**TINY_UNET), cs.condition_shape).eval()
     diff = Diffusion(100)
     q = torch.from_numpy(cs.qmatrix)
     shape = (3, 2, L_TINY)
@@ -271,21 +271,21 @@ def test_cli_bad_input_exit_code(tmp_path):
 # ------------------------------------------------------------------ training
 def test_resume_equals_uninterrupted(process_group, tmp_path):
     """SIGUSR1 after 3 of 6 steps: checkpoint + stop; rerun resumes; final weights equal a 6-step run."""
-    from batterytwin.degradation.train import TrainConfig, train_model
+    from batterytwin.degradation.train import ModelTrainSettings, train_model
 
     world, dev = process_group
     cs = synthetic_cells(12, 7)
-    full = train_model(cs, TrainConfig(**TINY), tmp_path / "a.pt", world, dev)
+    full = train_model(cs, ModelTrainSettings(**TINY), tmp_path / "a.pt", world, dev)
 
     def signal_at_3(done: int) -> None:
         if done == 3:
             os.kill(os.getpid(), signal.SIGUSR1)
 
-    part = train_model(cs, TrainConfig(**TINY), tmp_path / "b.pt", world, dev, on_step=signal_at_3)
+    part = train_model(cs, ModelTrainSettings(**TINY), tmp_path / "b.pt", world, dev, on_step=signal_at_3)
     assert part.interrupted and part.step == 3 and part.payload is None
     state = torch.load(tmp_path / "b.pt", weights_only=True)
     assert state["step"] == 3
-    rest = train_model(cs, TrainConfig(**TINY), tmp_path / "b.pt", world, dev)
+    rest = train_model(cs, ModelTrainSettings(**TINY), tmp_path / "b.pt", world, dev)
     assert not rest.interrupted and rest.step == 6
     a, b = full.payload["state_dict"], rest.payload["state_dict"]
     assert a.keys() == b.keys()
@@ -299,11 +299,11 @@ def test_tiny_model_beats_mean_curve(process_group):
     """A tiny model trained for CPU-seconds predicts held-out curves and lives better than the mean curve."""
     from batterytwin.degradation.config import SampleSettings
     from batterytwin.degradation.predict import evaluate as evaluate_set
-    from batterytwin.degradation.train import TrainConfig, net_from_payload, train_model
+    from batterytwin.degradation.train import ModelTrainSettings, net_from_payload, train_model
 
     world, dev = process_group
     train_cs, test_cs = synthetic_cells(64, 11, length=32), synthetic_cells(16, 12, length=32)
-    cfg = TrainConfig(**{**TINY, "steps": 600, "batch_size": 32, "lr": 3e-3, "warmup": 20, "p_uncond": 0.1,
+    cfg = ModelTrainSettings(**{**TINY, "steps": 600, "batch_size": 32, "lr": 3e-3, "warmup": 20, "p_uncond": 0.1,
                          "ema_decay": 0.99, "widths": [32, 32], "emb_dim": 64, "cond_dim": 32})
     res = train_model(train_cs, cfg, None, world, dev)
     net = net_from_payload(res.payload)
@@ -372,10 +372,10 @@ def test_default_predictor_falls_back_to_the_diffusion_model_with_a_reason(proce
 
     from batterytwin.degradation.config import SampleSettings
     from batterytwin.degradation.predict import evaluate as evaluate_set
-    from batterytwin.degradation.train import TrainConfig, net_from_payload, train_model
+    from batterytwin.degradation.train import ModelTrainSettings, net_from_payload, train_model
 
     world, dev = process_group
-    cfg = TrainConfig(**{**TINY, "steps": 2, "calibration_min_cells": 100})  # every cell trains: no calibration
+    cfg = ModelTrainSettings(**{**TINY, "steps": 2, "calibration_min_cells": 100})  # every cell trains: no calibration
     test_cs = synthetic_cells(4, 2)
     st = SampleSettings(samples=2, ddim_steps=2, life_model={"members": list(SMALL_STACK)})
 

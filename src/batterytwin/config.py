@@ -32,14 +32,19 @@ import numbers
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError, ValidationInfo, field_validator
 
 from .errors import InputError
 
 M = TypeVar("M", bound=BaseModel)
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+"""A name that becomes part of a path (a sample, a training set, an evaluation): a letter or digit,
+then letters, digits, ``_``, ``.`` and ``-``."""
 
 
 class Section(BaseModel):
@@ -212,6 +217,12 @@ def validate_settings(model: type[M], values: dict, where: str) -> M:
         return model.model_validate(values)
     except ValidationError as exc:
         raise InputError(describe_error(exc, where)) from None
+
+
+def as_settings(model: type[M], value: M | typing.Mapping[str, Any], where: str) -> M:
+    """``value`` as a ``model``: itself, or a mapping validated (a section saved in a model file, a
+    section written as a dict); a problem is one :class:`InputError` line naming the key path."""
+    return value if isinstance(value, model) else validate_settings(model, dict(value), where)
 
 
 def load_settings(model: type[M], section: str, path: str | Path | None = None, text: str | None = None,

@@ -20,16 +20,15 @@ from typing import Annotated, Any
 from pydantic import Field, StringConstraints, model_validator
 
 from .cellsim.config import CellsimConfig
-from .config import Section, validate_settings
+from .config import NAME_PATTERN, Name, Section, validate_settings
 from .degradation.config import DegradationConfig
 from .denoise.config import DenoiseConfig
-from .ingest.config import SAMPLE_NAME, IngestSettings, Sample, StoreSettings
+from .ingest.config import IngestConfig, Sample, StoreSettings
 from .microstructure.config import MicrostructureConfig
 from .report.config import ReportConfig
 from .segment.config import SegmentConfig
 from .twin.config import TwinConfig
 
-SampleName = Annotated[str, StringConstraints(pattern=SAMPLE_NAME)]
 # An MPI launcher is pasted unquoted into rule shell commands (``{resources.mpi} -n N batterytwin ...``),
 # so it comes only from the trusted config and must be a program name followed by options/values:
 # letters, digits and ``_ . / + - , : @ % =``, words separated by spaces; no quotes, ``;``, ``|``,
@@ -38,7 +37,7 @@ MPI_LAUNCHER = r"^[A-Za-z0-9_./+][A-Za-z0-9_./+-]*(?: +[A-Za-z0-9_.,:/@%+=-]+)*$
 Launcher = Annotated[str, StringConstraints(pattern=MPI_LAUNCHER)]
 
 
-class Resources(Section):
+class ResourceSettings(Section):
     """Slurm/local resources of a rule (``resources.default`` applies to every rule)."""
 
     tasks: int | None = Field(None, ge=1, description="MPI ranks")
@@ -63,14 +62,15 @@ RULE_DEFAULTS = {"tasks": 1, "cpus_per_task": 1}  # what a rule gets when resour
 class PipelineConfig(Section):
     """``config.yaml``: samples, stores, resources and one section per stage."""
 
-    samples: dict[SampleName, Sample] = Field(min_length=1, description="sample name -> where its volume comes from",
-                                              json_schema_extra={"propertyNames": {"pattern": SAMPLE_NAME}})
+    samples: dict[Name, Sample] = Field(min_length=1, description="sample name -> where its volume comes from",
+                                              json_schema_extra={"propertyNames": {"pattern": NAME_PATTERN}})
     store: StoreSettings = Field(default_factory=StoreSettings, description="chunk/shard edges of volume stores")
-    ingest: IngestSettings = Field(default_factory=IngestSettings, description="ingest of file samples")
+    ingest: IngestConfig = Field(default_factory=IngestConfig, description="ingest of file samples")
     mpi: Launcher = Field("mpiexec", description="MPI launcher for MPI rules (mpiexec locally, srun on Slurm), "
                           "from the trusted config: a program and its options, no shell syntax")
-    resources: dict[str, Resources] = Field({"default": Resources()}, description="per-rule resources (Slurm "
-                                            "sizes are config, not code); 'default' applies to every rule")
+    resources: dict[str, ResourceSettings] = Field(
+        {"default": ResourceSettings()},
+        description="per-rule resources (Slurm sizes are config, not code); 'default' applies to every rule")
     denoise: DenoiseConfig = Field(default_factory=DenoiseConfig, description="NLM denoising")
     segment: SegmentConfig = Field(default_factory=SegmentConfig, description="segmentation")
     microstructure: MicrostructureConfig = Field(default_factory=MicrostructureConfig, description="microstructure")

@@ -13,7 +13,7 @@ CELL_FORMS = ("full_cell", "lithium_metal", "auto")
 TRANSPORTS = ("tortuosity_factor", "bruggeman")
 
 
-class AxisRange(Section):
+class AxisRangeSettings(Section):
     """A Latin-hypercube range of one swept quantity."""
 
     low: float = Field(description="lower end")
@@ -21,10 +21,10 @@ class AxisRange(Section):
     scale: Literal["linear", "log"] = Field("linear", description="sampling scale")
 
 
-Axis = Union[float, list[float], AxisRange]
+Axis = Union[float, list[float], AxisRangeSettings]
 
 
-class VoltageGrid(Section):
+class VoltageGridSettings(Section):
     """Voltage grid of the Q(V) curves stored per early cycle."""
 
     points: int = Field(64, ge=2, description="points of the voltage grid")
@@ -32,7 +32,7 @@ class VoltageGrid(Section):
     high_V: float | None = Field(None, description="upper end (null: the protocol's upper cut-off)")
 
 
-class Protocol(Section):
+class ProtocolSettings(Section):
     """One cycle: CC discharge, rest, CC-CV charge, rest."""
 
     rest_minutes: float = Field(5.0, ge=0, description="rest after charge and discharge")
@@ -41,7 +41,7 @@ class Protocol(Section):
     upper_voltage_V: float | None = Field(None, description="charge cut-off (null: the parameter set's)")
 
 
-class Sweep(Section):
+class SweepSettings(Section):
     """The swept conditions: a grid or a Latin hypercube over operating conditions and parameters."""
 
     method: Literal["grid", "lhs"] = Field("lhs", description="grid: every combination; lhs: Latin hypercube")
@@ -49,12 +49,12 @@ class Sweep(Section):
     seed: int = Field(0, ge=0, description="lhs: seed of the design")
     axes: dict[str, Axis] = Field(
         {"discharge_c_rate": [0.5, 2.0], "charge_c_rate": [0.3, 1.0], "ambient_temperature_C": [15.0, 40.0],
-         "SEI kinetic rate constant [m.s-1]": AxisRange(low=1e-15, high=1e-13, scale="log")},
+         "SEI kinetic rate constant [m.s-1]": AxisRangeSettings(low=1e-15, high=1e-13, scale="log")},
         description="discharge_c_rate, charge_c_rate, ambient_temperature_C, depth_of_discharge and any PyBaMM "
         "parameter name: a number (fixed), a list (grid values, or [low, high] for lhs) or {low, high, scale}")
 
 
-class Balance(Section):
+class BalanceSettings(Section):
     """Electrode balance when the measured positive electrode replaces the parameter set's."""
 
     enabled: bool = Field(True, description="rescale the negative electrode thickness to the N/P target")
@@ -80,7 +80,7 @@ def _positive_rates(value: list[float]) -> list[float]:
     return value
 
 
-class Perturbations(Section):
+class PerturbationSettings(Section):
     """Factors on the measured positive electrode for the rate experiment's sensitivity (1.0 is
     the measured electrode itself, always run)."""
 
@@ -98,7 +98,7 @@ class Perturbations(Section):
         return value
 
 
-class RateCapability(Section):
+class RateCapabilitySettings(Section):
     """Rate capability (discharge capacity vs C-rate) and fast-charge lithium plating of the
     fresh cell, for the measured electrode, the parameter set's own and perturbations of the
     measured tau, porosity and thickness (docs/cellsim.md)."""
@@ -116,7 +116,7 @@ class RateCapability(Section):
     cv_cutoff_c_rate: float = Field(0.05, gt=0, description="CV phase of the charges ends below this C-rate")
     sensitivity_c_rate: float = Field(3.0, gt=0, description="C-rate of the sensitivity table (added to "
                                       "c_rates if missing)")
-    perturbations: Perturbations = Field(default_factory=Perturbations, description="sensitivity factors")
+    perturbations: PerturbationSettings = Field(default_factory=PerturbationSettings, description="sensitivity factors")
     var_pts: dict[str, int] | None = Field(None, description="PyBaMM mesh points (null: PyBaMM's defaults; "
                                            "the builds, not the mesh, dominate the cost)")
 
@@ -139,12 +139,12 @@ class CellsimConfig(Section):
                                            "(PyBaMM working electrode: positive); auto: from the sample's classes")
     transport: Literal[TRANSPORTS] = Field("tortuosity_factor", description="tortuosity_factor: the measured tau "
                                            "goes to PyBaMM directly; bruggeman: as a Bruggeman exponent")
-    balance: Balance = Field(default_factory=Balance, description="electrode balance (N/P)")
+    balance: BalanceSettings = Field(default_factory=BalanceSettings, description="electrode balance (N/P)")
     n_cycles: int = Field(10, ge=1, description="cycles per condition")
     n_early: int = Field(3, ge=0, description="early cycles whose Q(V) curves are stored (capped at n_cycles)")
-    voltage_grid: VoltageGrid = Field(default_factory=VoltageGrid, description="Q(V) grid")
-    protocol: Protocol = Field(default_factory=Protocol, description="cycling protocol")
-    sweep: Sweep = Field(default_factory=Sweep, description="swept conditions")
+    voltage_grid: VoltageGridSettings = Field(default_factory=VoltageGridSettings, description="Q(V) grid")
+    protocol: ProtocolSettings = Field(default_factory=ProtocolSettings, description="cycling protocol")
+    sweep: SweepSettings = Field(default_factory=SweepSettings, description="swept conditions")
     time_limit_s: float | None = Field(1800, gt=0, description="wall-time limit per condition (null: none)")
     stop_below_soh_percent: float | None = Field(None, gt=0, le=100, description="stop a condition below this SOH")
     solver: dict[str, Any] = Field({}, description="keyword arguments of pybamm.IDAKLUSolver: rtol, atol, options")
@@ -152,7 +152,7 @@ class CellsimConfig(Section):
                           "(PyBaMM IDAKLU option compile: gcc -O3, cached in PyBaMM's AOT cache; ~2x faster "
                           "cycling for a one-off compile of tens of seconds; casadi's interpreter if no compiler)")
     var_pts: dict[str, int] | None = Field(None, description="PyBaMM mesh points per spatial variable")
-    rate_capability: RateCapability = Field(default_factory=RateCapability,
+    rate_capability: RateCapabilitySettings = Field(default_factory=RateCapabilitySettings,
                                             description="rate capability and fast-charge plating experiment")
 
     @model_validator(mode="before")

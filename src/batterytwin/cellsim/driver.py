@@ -34,7 +34,7 @@ from .config import CellsimConfig
 from .cell import cell_parameters, resolve_cell_form  # noqa: F401 (resolve_cell_form: public here before)
 from .params import check_parameter_name, read_microstructure
 from .rate import run_rate_capability
-from .runner import CellRunConfig, CellRunner, aot_cache, soh_percent
+from .runner import CellRunSpec, CellRunner, aot_cache, soh_percent
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def prepare(microstructure: str, cfg: dict[str, Any]):
              cfg["transport"])
     grid = _voltage_grid(cfg, pv)
     p = cfg["protocol"]
-    run_cfg = CellRunConfig(
+    run_cfg = CellRunSpec(
         model=cfg["model"], options=options, n_cycles=cfg["n_cycles"],
         n_early=cfg["n_early"], voltage_grid=grid, lower_voltage_V=p["lower_voltage_V"],
         upper_voltage_V=p["upper_voltage_V"], rest_minutes=float(p["rest_minutes"] or 0),
@@ -188,7 +188,7 @@ def compile_once(world: World, make_runner, condition: dict[str, float]) -> Cell
     return runner
 
 
-def _assemble(tmp: Path, paths, design: Design, applied, cfg, run_cfg: CellRunConfig,
+def _assemble(tmp: Path, paths, design: Design, applied, cfg, run_cfg: CellRunSpec,
               cell: dict[str, Any], rate: dict[str, Any] | None = None) -> dict[str, Any]:
     import zarr
 

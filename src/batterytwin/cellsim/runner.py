@@ -19,7 +19,7 @@ discharges store only their first and last state (IDAKLU ``store_first_last``); 
 
 Example::
 
-    runner = CellRunner(pv, CellRunConfig(model="SPMe", options={"SEI": "reaction limited"},
+    runner = CellRunner(pv, CellRunSpec(model="SPMe", options={"SEI": "reaction limited"},
                         n_cycles=10, n_early=3, voltage_grid=np.linspace(4.1, 2.6, 50)),
                         input_names=design.names, varied=design.varied, min_c_rate=0.5)
     res = runner.run(design.condition(0), time_limit_s=600)
@@ -49,7 +49,7 @@ OUTPUT_VARIABLES = ["Battery voltage [V]", "Discharge capacity [A.h]", "Throughp
 
 
 @dataclass
-class CellRunConfig:
+class CellRunSpec:
     """What a rank builds: model, options, protocol, solver (same for every condition)."""
 
     model: str = "SPMe"
@@ -127,14 +127,14 @@ class CellRunner:
 
     Args:
         parameter_values: ``pybamm.ParameterValues`` with the microstructure substitutions.
-        config: :class:`CellRunConfig`.
+        config: :class:`CellRunSpec`.
         input_names: the design's input names (operating inputs + PyBaMM names).
         varied: names that vary over the design; the PyBaMM names among them become
             ``[input]`` (fixed PyBaMM axes must already be set in ``parameter_values``).
         min_c_rate: smallest C-rate of the design (bounds the step duration).
     """
 
-    def __init__(self, parameter_values, config: CellRunConfig, input_names: list[str],
+    def __init__(self, parameter_values, config: CellRunSpec, input_names: list[str],
                  varied: list[str], min_c_rate: float):
         import pybamm
 

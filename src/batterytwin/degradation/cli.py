@@ -83,12 +83,12 @@ def run_train(args) -> int:
     from ..distributed import init_torch_distributed, shutdown_torch_distributed
     from ..store import write_json
     from ..training import preempted, save_atomic
-    from .config import TrainConfig
+    from .config import ModelTrainSettings
     from .train import train_model
 
     settings = settings_from_args(args, DegradationConfig, "degradation")
     world, cs, _ = _start(args, settings, settings.train.threads, for_training=True)
-    cfg = TrainConfig.from_dict(settings.train.model_dump(exclude={"threads", "device"}))  # saved with the model
+    cfg = ModelTrainSettings.from_dict(settings.train.model_dump(exclude={"threads", "device"}))  # saved with the model
     cfg.check(world.size)
     out = Path(args.out)
     ckpt = Path(args.checkpoint) if args.checkpoint else Path("work/models/degradation") / f"{out.stem}.ckpt.pt"

@@ -10,17 +10,17 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from ..config import Section, validate_settings
+from ..config import Name, Section, validate_settings
 from ..cycling.life import DEFAULT_THRESHOLD
 from ..cycling.loaders import SHIPPED_DATA
 from ..errors import InputError
 
 Device = Literal["auto", "cpu", "cuda"]
-NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # names that become paths (results/degradation_real/<name>.zarr)
 
 
-class TrainConfig(Section):
-    """Hyper-parameters of the model and of its training (plain values: saved in checkpoints and models)."""
+class ModelTrainSettings(Section):
+    """The model's and its training's hyper-parameters: what a model file saves (``degradation.train`` less the
+    runtime settings of :class:`TrainSettings`)."""
 
     steps: int = Field(500, ge=1, description="optimiser steps (500: chosen by cross-validation on matr_1_train, docs/degradation.md)")
     batch_size: int = Field(32, ge=1, description="global batch (divided evenly over the ranks)")
@@ -64,13 +64,13 @@ class TrainConfig(Section):
         "that calibrate a 90 % interval); fewer: every cell trains and the raw sampled interval is used")
 
     @model_validator(mode="after")
-    def _levels(self) -> "TrainConfig":
+    def _levels(self) -> "ModelTrainSettings":
         if len(self.widths) != len(self.attention):
             raise ValueError("'attention' needs one flag per entry of 'widths'")
         return self
 
     @classmethod
-    def from_dict(cls, values: dict, where: str = "degradation.train") -> "TrainConfig":
+    def from_dict(cls, values: dict, where: str = "degradation.train") -> "ModelTrainSettings":
         """Validated settings (one-line InputError naming the key); keys of other runs are errors."""
         return validate_settings(cls, values, where)
 
@@ -81,7 +81,7 @@ class TrainConfig(Section):
                              f"of ranks {world_size}")
 
 
-class TrainSettings(TrainConfig):
+class TrainSettings(ModelTrainSettings):
     """``degradation.train``: the model's hyper-parameters plus where this run trains."""
 
     threads: int = Field(0, ge=0, description="torch CPU threads per rank (0: OMP_NUM_THREADS, else "
@@ -132,30 +132,30 @@ class SampleSettings(Section):
     device: Device = Field("auto", description="torch device")
 
 
-class Evaluation(Section):
+class EvaluationSettings(Section):
     """One real-data evaluation: a model trained on ``train_set``, scored on the ``test`` split."""
 
-    train_set: str = Field(pattern=NAME, description="name of a degradation.real_data.train_sets entry")
+    train_set: Name = Field(description="name of a degradation.real_data.train_sets entry")
     test: str = Field(min_length=1, description="test split .npz (relative to real_data.dir)")
 
 
 
-class RealData(Section):
+class RealDataSettings(Section):
     """DiffBatt benchmark splits of real cells."""
 
     enabled: bool = Field(True, description="train and evaluate on real cycling data (enabled and missing data "
                           "is an error)")
     dir: str = Field(SHIPPED_DATA, description="directory of the DiffBatt .npz splits (+ SHA256SUMS, checked on "
                      "loading); relative: to the working directory, else to the repository (the shipped data)")
-    train_sets: dict[Annotated[str, Field(pattern=NAME)], list[str]] = Field(
+    train_sets: dict[Name, list[str]] = Field(
         {}, description="name -> training .npz files (relative to dir)")
-    evaluations: dict[Annotated[str, Field(pattern=NAME)], Evaluation] = Field(
+    evaluations: dict[Name, EvaluationSettings] = Field(
         {}, description="name -> {train_set, test}; one output store + JSON each")
     train: dict = Field({}, description="overrides of degradation.train for the real-data models")
     sample: dict = Field({}, description="overrides of degradation.sample for the real-data evaluations")
 
     @model_validator(mode="after")
-    def _known(self) -> "RealData":
+    def _known(self) -> "RealDataSettings":
         for key, section in (("train", TrainSettings), ("sample", SampleSettings)):
             unknown = set(getattr(self, key)) - set(section.model_fields)
             if unknown:
@@ -181,4 +181,4 @@ class DegradationConfig(Section):
     split_seed: int = Field(0, ge=0, description="seed of the sweep held-out split")
     train: TrainSettings = Field(default_factory=TrainSettings, description="model and training")
     sample: SampleSettings = Field(default_factory=SampleSettings, description="sampling and scoring")
-    real_data: RealData = Field(default_factory=RealData, description="real cycling data")
+    real_data: RealDataSettings = Field(default_factory=RealDataSettings, description="real cycling data")

@@ -40,7 +40,7 @@ from ..distributed import World, get_world
 from ..errors import InputError
 from ..training import (Checkpoint, StopFlag, check_loss, ema_decay, ema_model, load_model_file, update_ema,
                         warmup_cosine, wrap_ddp)
-from .config import TrainConfig
+from .config import ModelTrainSettings
 from .basis import CurveBasis
 from .data import encode_curves
 from .diffusion import Diffusion
@@ -50,14 +50,14 @@ log = logging.getLogger(__name__)
 FORMAT = "batterytwin.degradation/2"  # /2: representation, basis, calibration cells
 
 
-def build_net(cfg: TrainConfig, condition_shape: tuple[int, int], basis_dim: int = 0) -> DegradationNet:
+def build_net(cfg: ModelTrainSettings, condition_shape: tuple[int, int], basis_dim: int = 0) -> DegradationNet:
     return DegradationNet(2, condition_shape, cfg.widths, cfg.attention, cfg.blocks, cfg.emb_dim, cfg.cond_dim,
                           cfg.cond_layers, cfg.cond_heads, cfg.patch, cfg.rows_per_token,
                           "mlp" if cfg.representation == "basis" else "unet", basis_dim, cfg.mlp_width, cfg.mlp_blocks,
                           cfg.variance_feature)
 
 
-def encode_targets(cs: CurveSet, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray, CurveBasis | None]:
+def encode_targets(cs: CurveSet, cfg: ModelTrainSettings) -> tuple[np.ndarray, np.ndarray, CurveBasis | None]:
     """Training targets x0 [n, C, L'] and loss weights of ``cs`` in the model's representation (+ basis)."""
     if cfg.representation == "basis":
         basis = CurveBasis.fit(cs.soh, cs.valid_len, cfg.basis_components, cfg.monotone)
@@ -86,7 +86,7 @@ class TrainResult:
     history: list
 
 
-def data_fingerprint(cs: CurveSet, cfg: TrainConfig) -> str:
+def data_fingerprint(cs: CurveSet, cfg: ModelTrainSettings) -> str:
     h = hashlib.sha256()
     for a in (cs.soh, cs.valid_len, cs.qmatrix):
         h.update(np.ascontiguousarray(a).tobytes())
@@ -99,7 +99,7 @@ def data_fingerprint(cs: CurveSet, cfg: TrainConfig) -> str:
     return h.hexdigest()
 
 
-def _batch(step: int, cfg: TrainConfig, n: int, shape: tuple[int, int]) -> tuple[torch.Tensor, ...]:
+def _batch(step: int, cfg: ModelTrainSettings, n: int, shape: tuple[int, int]) -> tuple[torch.Tensor, ...]:
     """The global batch of ``step``: (cell index, t, noise, drop), the same on every rank."""
     g = torch.Generator().manual_seed(int(cfg.seed) * 1_000_003 + int(step))
     idx = torch.randint(n, (cfg.batch_size,), generator=g)
@@ -109,7 +109,7 @@ def _batch(step: int, cfg: TrainConfig, n: int, shape: tuple[int, int]) -> tuple
     return idx, t, noise, drop
 
 
-def train_model(cs: CurveSet, cfg: TrainConfig, checkpoint: Path | None = None, world: World | None = None,
+def train_model(cs: CurveSet, cfg: ModelTrainSettings, checkpoint: Path | None = None, world: World | None = None,
                 device: torch.device | None = None,
                 on_step: Callable[[int], None] | None = None, log_every: int = 100) -> TrainResult:
     """Train the diffusion model on ``cs`` (every rank holds the whole, small, dataset).
@@ -207,8 +207,8 @@ def x0_range(x0: np.ndarray, weight: np.ndarray, margin: float = 0.25) -> list[l
     return out
 
 
-def model_payload(cs: CurveSet, calib: np.ndarray, cfg: TrainConfig, ema: nn.Module, q_scale: float, history: list,
-                  x0: np.ndarray, weight: np.ndarray, basis: CurveBasis | None = None) -> dict:
+def model_payload(cs: CurveSet, calib: np.ndarray, cfg: ModelTrainSettings, ema: nn.Module, q_scale: float,
+                  history: list, x0: np.ndarray, weight: np.ndarray, basis: CurveBasis | None = None) -> dict:
     """The model file: EMA weights, settings, the end-of-life rule, the curve basis, the calibration cells
     (``calib`` flags over ``cs``: held out of training, scored at prediction time for the conformal interval)
     and the training data summaries the baselines need (every cell of ``cs``)."""
@@ -255,7 +255,7 @@ def load_model(path: os.PathLike | str, device: torch.device | None = None) -> t
 
 def net_from_payload(payload: dict) -> DegradationNet:
     """The EMA network of a model file's content (eval mode, on the CPU)."""
-    cfg = TrainConfig.from_dict(payload["config"])
+    cfg = ModelTrainSettings.from_dict(payload["config"])
     basis = payload.get("basis")
     net = build_net(cfg, tuple(payload["condition_shape"]), len(basis["components"]) + 1 if basis else 0)
     net.load_state_dict(payload["state_dict"])

@@ -13,7 +13,7 @@ from ..cliargs import InputsOutputs, arrange, deprecated
 from ..distributed import get_world
 from ..errors import InputError
 from . import driver, labels, readers
-from .config import FileSample, IngestSettings, StoreSettings
+from .config import FileSampleSettings, IngestConfig, StoreSettings
 from .phantom import PhantomParams
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def register(subparsers) -> None:
     p.add_argument("--clip", action="store_true",
                    help="clip values outside the range of --output-dtype (default: refuse them)")
     _store_options(p)
-    p.add_argument("--max-memory-mb", type=float, default=IngestSettings().max_memory_mb,
+    p.add_argument("--max-memory-mb", type=float, default=IngestConfig().max_memory_mb,
                    help="memory budget for one slab (default %(default)s)")
     p.add_argument("--no-checksum", action="store_true", help="skip the SHA-256 of the source files")
     p.add_argument("--overwrite", action="store_true",
@@ -96,8 +96,8 @@ def register(subparsers) -> None:
 
 
 def _file(name: str):
-    """The default of a file-sample setting (:class:`~batterytwin.ingest.config.FileSample` holds it)."""
-    return FileSample.model_fields[name].default
+    """The default of a file-sample setting (:class:`~batterytwin.ingest.config.FileSampleSettings` holds it)."""
+    return FileSampleSettings.model_fields[name].default
 
 
 def _store_options(p: argparse.ArgumentParser) -> None:

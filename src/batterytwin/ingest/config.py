@@ -22,12 +22,11 @@ from ..errors import InputError
 from .phantom import PhantomParams
 from .readers import DXCHANGE_DATASET, FORMATS
 
-SAMPLE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 Role = Literal["train", "analyse", "both"]
 Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
 
-class SyntheticSample(Section):
+class SyntheticSampleSettings(Section):
     """The built-in phantom of a solid-state lithium-metal cell (CT image, clean image, labels)."""
 
     source: Literal["synthetic"] = Field(description="the built-in synthetic phantom")
@@ -52,7 +51,7 @@ class SyntheticSample(Section):
         return value
 
 
-class FileSample(Section):
+class FileSampleSettings(Section):
     """A tomography file or TIFF folder, streamed into a volume store by ``batterytwin ingest``."""
 
     source: str = Field(min_length=1, description="TIFF folder, multi-page .tif, .h5 (DXchange), .npy or raw file",
@@ -108,11 +107,12 @@ def _sample_kind(value: Any) -> str:
     return "synthetic" if source == "synthetic" else "file"
 
 
-Sample = Annotated[Union[Annotated[SyntheticSample, Tag("synthetic")], Annotated[FileSample, Tag("file")]],
+Sample = Annotated[Union[Annotated[SyntheticSampleSettings, Tag("synthetic")],
+                         Annotated[FileSampleSettings, Tag("file")]],
                    Discriminator(_sample_kind)]
 
 
-def parse_sample(spec: dict, where: str = "sample") -> SyntheticSample | FileSample:
+def parse_sample(spec: dict, where: str = "sample") -> SyntheticSampleSettings | FileSampleSettings:
     """One sample spec, validated (raises InputError naming the key)."""
     try:
         return TypeAdapter(Sample).validate_python(spec)
@@ -127,7 +127,7 @@ class StoreSettings(Section):
     shard: int = Field(256, ge=8, description="shard edge in voxels (the unit of writing and of work per rank)")
 
 
-class IngestSettings(Section):
+class IngestConfig(Section):
     """``batterytwin ingest`` settings shared by every file sample."""
 
     max_memory_mb: float = Field(2048, gt=0, description="memory budget for one slab")

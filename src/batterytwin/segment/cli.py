@@ -69,7 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_train(args: argparse.Namespace) -> int:
     from .train import TrainInput, train
 
-    cfg = settings_from_args(args, SegmentConfig, "segment").model_dump()
+    cfg = settings_from_args(args, SegmentConfig, "segment")
     if len(args.volume) != len(args.labels):
         raise InputError(f"--volume/--labels: {len(args.volume)} volumes but {len(args.labels)} label stores")
     if len(args.val_volume) != len(args.val_labels):
@@ -88,7 +88,7 @@ def run_segment(args: argparse.Namespace) -> int:
         if args.model:
             raise InputError("--model: segment.method is gmm, which uses no model (drop --model or use "
                              "--method network)")
-        segment_gmm(args.input, args.output, args.uncertainty, settings.model_dump())
+        segment_gmm(args.input, args.output, args.uncertainty, settings)
         return 0
     from .infer import segment_volume
 
@@ -96,5 +96,5 @@ def run_segment(args: argparse.Namespace) -> int:
     if not model:
         raise InputError("--model: required with segment.method network (a model.pt, or 'pretrained' for the shipped "
                          "batteryNET; or give --method gmm)")
-    segment_volume(args.input, model, args.output, args.uncertainty, settings.infer.model_dump())
+    segment_volume(args.input, model, args.output, args.uncertainty, settings.infer)
     return 0

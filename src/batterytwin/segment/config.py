@@ -1,13 +1,15 @@
 """The ``segment`` config section (batteryNET training and inference): the only place its defaults live.
 
 ``batterytwin train-seg``/``segment`` read it with ``--config``/``--config-json``; the workflow
-schema is generated from :class:`SegmentConfig`. The stage code works on the plain mapping
-(:func:`merge_config`).
+schema is generated from :class:`SegmentConfig`. The stage code reads the typed models (a mapping given
+to it is validated first); :func:`merge_config` gives the validated section as a plain mapping, for
+callers that edit a configuration as a dict.
 
 Example::
 
-    cfg = merge_config({"train": {"steps": 50}})
-    cfg["model"]["arch"], cfg["train"]["steps"]          # ('unet', 50)
+    cfg = SegmentConfig.model_validate({"train": {"steps": 50}})
+    cfg.model.arch, cfg.train.steps                      # ('unet', 50)
+    merge_config({"train": {"steps": 50}})["train"]["steps"]   # 50
 """
 
 from __future__ import annotations

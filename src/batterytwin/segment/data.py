@@ -32,13 +32,15 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 
+from ..config import as_settings
 from ..contracts import IGNORE_LABEL
 from ..errors import InputError
+from .config import AugmentSettings
 
 INDEX_BLOCK = 16  # voxels per side of a class-index block: small, so a drawn block holds its class densely
 INDEX_SUPER = 4 * INDEX_BLOCK  # edge of the regions read to build the class index
@@ -202,7 +204,17 @@ def labelled_regions(labels: Any, region: Sequence[slice] | None = None,
     return [((slice(r[0], r[1]), slice(r[2], r[3]), slice(r[4], r[5])), r[6]) for r in runs]
 
 
-def augment(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator, cfg: dict[str, Any]):
+FLIPS_ONLY = AugmentSettings(intensity_scale=0.0, intensity_shift=0.0, noise_std=0.0)
+"""The augmentation of a dataset given none: random flips and rotations, intensities unchanged."""
+
+
+def augment_settings(cfg: AugmentSettings | Mapping[str, Any] | None) -> AugmentSettings:
+    """The ``train.augment`` section as :class:`~batterytwin.segment.config.AugmentSettings` (a mapping is
+    validated); none or an empty mapping: :data:`FLIPS_ONLY`."""
+    return as_settings(AugmentSettings, cfg, "segment.train.augment") if cfg else FLIPS_ONLY
+
+
+def augment(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator, cfg: AugmentSettings):
     """Random flips (each axis), 90-degree rotations in the y-x plane, intensity scale/shift, noise.
 
     Rotations stay in the y-x plane: the cell is layered along z, and turning z into x would ask
@@ -211,17 +223,15 @@ def augment(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator, cfg
     Args:
         image: ``[Z, Y, X]`` float32 (normalised); labels: ``[Z, Y, X]`` uint8.
     """
-    if cfg.get("flip", True):
+    if cfg.flip:
         for ax in range(3):
             if rng.random() < 0.5:
                 image, labels = np.flip(image, ax), np.flip(labels, ax)
-    if cfg.get("rot90", True):
+    if cfg.rot90:
         k = int(rng.integers(4)) if image.shape[1] == image.shape[2] else 2 * int(rng.integers(2))
         image, labels = np.rot90(image, k, axes=(1, 2)), np.rot90(labels, k, axes=(1, 2))
     image = np.ascontiguousarray(image, dtype=np.float32)
-    scale = float(cfg.get("intensity_scale", 0.0))
-    shift = float(cfg.get("intensity_shift", 0.0))
-    noise = float(cfg.get("noise_std", 0.0))
+    scale, shift, noise = cfg.intensity_scale, cfg.intensity_shift, cfg.noise_std
     image = image * np.float32(1 + rng.uniform(-scale, scale)) + np.float32(rng.uniform(-shift, shift))
     if noise > 0:
         image = image + np.float32(noise * rng.random()) * rng.standard_normal(image.shape, dtype=np.float32)
@@ -236,12 +246,13 @@ class PatchDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, sources: Sequence[PatchSource], patch: Sequence[int], seed: int = 0,
-                 class_balance: float = 1.0, augment_cfg: dict[str, Any] | None = None, length: int = 2**62):
+                 class_balance: float = 1.0, augment_cfg: AugmentSettings | Mapping[str, Any] | None = None,
+                 length: int = 2**62):
         self.sources = list(sources)
         self.patch = tuple(int(p) for p in patch)
         self.seed = int(seed)
         self.class_balance = float(class_balance)
-        self.augment_cfg = augment_cfg or {}
+        self.augment_cfg = augment_settings(augment_cfg)
         self.length = length
         for s in self.sources:
             if any(p > n for p, n in zip(self.patch, s.shape)):

@@ -20,23 +20,24 @@ Outputs (atomic): ``labels.zarr`` (uint8; attributes ``classes`` (the run's clas
 Example::
 
     segment_gmm("results/s1/denoised.zarr", "results/s1/labels.zarr", None,
-                merge_config({"method": "gmm"}))
+                SegmentConfig(method="gmm"))
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
 from .. import store
+from ..config import as_settings
 from ..contracts import CLASSES, IGNORE_LABEL
 from ..distributed import World, get_world, split_evenly
 from ..errors import InputError
 from ..progress import progress
-from .config import GmmSettings
+from .config import GmmSettings, SegmentConfig
 from ..kinds import require_kind
 from ..sanity import contrast_refusal
 from .gmm import (check_mixture, classify, clean_labels, fit_mixture, halo, pad_tile, sample_blocks,
@@ -80,20 +81,21 @@ def _check_classes_found(counts: np.ndarray, produced: list[int], where: str) ->
                              "segment.gmm.classes")
 
 
-def segment_gmm(input_path: str, labels_out: str, uncertainty_out: str | None, cfg: dict[str, Any],
+def segment_gmm(input_path: str, labels_out: str, uncertainty_out: str | None, cfg: SegmentConfig | Mapping[str, Any],
                 world: World | None = None) -> dict[str, Any]:
     """Segment ``input_path`` without a model; returns timing and fit figures (on every rank).
 
     Args:
-        cfg: the whole ``segment`` section (``gmm``; ``infer.chunk``/``infer.shard`` for the output).
+        cfg: the whole ``segment`` section (``gmm``; ``infer.chunk``/``infer.shard`` for the output; a mapping
+            is validated).
 
     Raises:
         InputError: not a 3-D volume, or fewer distinct intensities than components.
     """
     world = world or get_world()
     t0 = time.time()
-    gmm = GmmSettings.model_validate(cfg["gmm"])
-    infer = cfg.get("infer", {})
+    cfg = as_settings(SegmentConfig, cfg, "segment")
+    gmm, infer = cfg.gmm, cfg.infer
     lut, produced = class_lut(gmm)
     vol = store.open_volume(input_path)
     require_kind(vol, "ct", "segment --input")
@@ -125,8 +127,8 @@ def segment_gmm(input_path: str, labels_out: str, uncertainty_out: str | None, c
     fit = {**mix.to_dict(), "component_classes": gmm.component_classes(), "samples": int(sum(p.size for p in parts))}
     label_attrs = store.volume_attrs("segment", vol.voxel_size_um, params, source, classes=classes,
                                      ignore_label=IGNORE_LABEL, method="gmm", gmm=fit)
-    chunk = int(infer.get("chunk") or store.DEFAULT_CHUNK)
-    shard = int(infer.get("shard") or store.DEFAULT_SHARD)
+    chunk = infer.chunk or store.DEFAULT_CHUNK
+    shard = infer.shard or store.DEFAULT_SHARD
     margin = halo(gmm.clean_radius)
     changed = 0
     counts = np.zeros(256, np.int64)

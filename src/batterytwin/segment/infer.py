@@ -24,12 +24,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import torch
 
 from .. import store
+from ..config import as_settings
 from ..contracts import IGNORE_LABEL
 from ..distributed import World, get_world, select_device, split_evenly
 from ..errors import InputError
@@ -37,6 +38,7 @@ from ..kinds import require_kind
 from ..progress import progress
 from ..sanity import check_finite_result, contrast_refusal
 from ..training import set_threads
+from .config import InferSettings
 from .data import intensity_range
 from .model import check_patch, enable_dropout
 from .pretrained import is_pretrained, resolve_model
@@ -67,30 +69,30 @@ def label_outputs(labels_out: str, uncertainty_out: str | None, shape, label_att
 
 
 def segment_volume(input_path: str, model_path: str, labels_out: str, uncertainty_out: str | None,
-                   infer_cfg: dict[str, Any], world: World | None = None) -> dict[str, Any]:
+                   infer_cfg: InferSettings | Mapping[str, Any], world: World | None = None) -> dict[str, Any]:
     """Segment ``input_path`` with the model at ``model_path``; returns timing figures (rank 0).
 
     Args:
-        infer_cfg: the ``segment.infer`` section (patch_size, overlap, sw_batch_size,
-            sigma_scale, device, amp, chunk, shard, threads).
+        infer_cfg: the ``segment.infer`` section (a mapping is validated).
     """
     world = world or get_world()
     t0 = time.time()
-    set_threads(world, int(infer_cfg["threads"]))
-    device = select_device(world, infer_cfg["device"])
+    cfg = as_settings(InferSettings, infer_cfg, "segment.infer")
+    set_threads(world, cfg.threads)
+    device = select_device(world, cfg.device)
     model_path = resolve_model(model_path) if is_pretrained(model_path) else model_path
     net, meta = load_model(model_path, device)
     n_classes = int(meta["n_classes"])
-    roi = list(infer_cfg.get("patch_size") or meta["patch_size"])
+    roi = list(cfg.patch_size or meta["patch_size"])
     check_patch(roi, meta["model"], "segment.infer.patch_size")
-    amp = bool(infer_cfg.get("amp", True)) and device.type == "cuda"
-    method = str(infer_cfg.get("uncertainty_method", "entropy"))
+    amp = cfg.amp and device.type == "cuda"
+    method = cfg.uncertainty_method
     mc = None
     if method == "mc_dropout":
         if not enable_dropout(net):
             raise InputError(f"{model_path}: segment.infer.uncertainty_method mc_dropout needs a model trained with "
                              f"dropout (segment.model.dropout > 0; this one has {meta['model'].get('dropout', 0)})")
-        mc = (int(infer_cfg.get("seed", 0)), int(infer_cfg.get("mc_samples", 8)))
+        mc = (cfg.seed, cfg.mc_samples)
     vol = store.open_volume(input_path)
     require_kind(vol, "ct", "segment --input")
     if len(vol.shape) != 3:
@@ -108,7 +110,8 @@ def segment_volume(input_path: str, model_path: str, labels_out: str, uncertaint
         return ((np.asarray(x, np.float32) - lo) / (hi - lo)).astype(np.float32)
 
     params = {"model_sha256": store.sha256_files([model_path]) if world.is_root else None,
-              **{k: infer_cfg.get(k) for k in ("overlap", "sw_batch_size", "sigma_scale")}, "patch_size": roi,
+              "overlap": cfg.overlap, "sw_batch_size": cfg.sw_batch_size, "sigma_scale": cfg.sigma_scale,
+              "patch_size": roi,
               "uncertainty_method": method, **({"mc_samples": mc[1], "mc_seed": mc[0]} if mc else {})}
     params = world.bcast(params)
     source = {"path": str(input_path), "producer": vol.attrs.get("producer", {}).get("config_sha256"),
@@ -118,9 +121,9 @@ def segment_volume(input_path: str, model_path: str, labels_out: str, uncertaint
                                      classes=dict(meta["classes"]), ignore_label=IGNORE_LABEL, method="network",
                                      # the model's start: the shipped batteryNET with its head kept or a new one
                                      **({"model_init": meta["init"]} if meta.get("init") else {}), **recorded)
-    chunk = int(infer_cfg.get("chunk") or store.DEFAULT_CHUNK)
-    shard = int(infer_cfg.get("shard") or store.DEFAULT_SHARD)
-    weight = gaussian_weight(roi, float(infer_cfg.get("sigma_scale", 0.125)), device)
+    chunk = cfg.chunk or store.DEFAULT_CHUNK
+    shard = cfg.shard or store.DEFAULT_SHARD
+    weight = gaussian_weight(roi, cfg.sigma_scale, device)
 
     quantity = "softmax entropy" if mc is None else f"entropy of the mean softmax of {mc[1]} MC-dropout passes"
     unc_attrs = store.volume_attrs("segment", vol.voxel_size_um, params, source, quantity=quantity,
@@ -136,8 +139,7 @@ def segment_volume(input_path: str, model_path: str, labels_out: str, uncertaint
         for j, i in enumerate(progress(mine, desc="segment", total=len(mine))):
             nxt = regions[mine[j + 1]] if j + 1 < len(mine) else None
             probs = predict_region(net, vol.array, regions[i], roi, n_classes, normalise,
-                                   overlap=float(infer_cfg.get("overlap", 0.25)),
-                                   sw_batch_size=int(infer_cfg.get("sw_batch_size", 4)), device=device, amp=amp,
+                                   overlap=cfg.overlap, sw_batch_size=cfg.sw_batch_size, device=device, amp=amp,
                                    weight=weight, cache=cache, mc=mc,
                                    keep=None if nxt is None else (lambda o, r=nxt: meets(o, extent, r)))
             check_finite_result(probs, "segment", labels_out, regions[i])

@@ -17,35 +17,38 @@ Example::
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
 
-from ..config import validate_settings
+from ..config import as_settings
 from ..errors import InputError
 from .config import ModelSettings
 
 
-def build_model(model_cfg: dict[str, Any], n_classes: int) -> nn.Module:
-    """The network described by ``model_cfg`` (the ``segment.model`` section; missing keys take their
-    defaults from :class:`~batterytwin.segment.config.ModelSettings`) with ``n_classes`` outputs."""
-    model_cfg = validate_settings(ModelSettings, dict(model_cfg), "segment.model").model_dump()
-    arch = model_cfg["arch"]
+def model_settings(model: ModelSettings | Mapping[str, Any]) -> ModelSettings:
+    """The ``segment.model`` section as :class:`~batterytwin.segment.config.ModelSettings` (a mapping, as a
+    model file saves it, is validated; missing keys take their defaults)."""
+    return as_settings(ModelSettings, model, "segment.model")
+
+
+def build_model(model: ModelSettings | Mapping[str, Any], n_classes: int) -> nn.Module:
+    """The network described by ``model`` (the ``segment.model`` section) with ``n_classes`` outputs."""
+    m = model_settings(model)
+    arch = m.arch
     if arch == "unet":
         from monai.networks.nets import UNet
 
         net = UNet(spatial_dims=3, in_channels=1, out_channels=n_classes,
-                   channels=tuple(model_cfg["channels"]), strides=tuple(model_cfg["strides"]),
-                   num_res_units=int(model_cfg["num_res_units"]), norm="INSTANCE",
-                   dropout=float(model_cfg["dropout"]))
+                   channels=tuple(m.channels), strides=tuple(m.strides),
+                   num_res_units=m.num_res_units, norm="INSTANCE", dropout=m.dropout)
         return drop_biases_before_norm(net)
     if arch == "segresnet":
         from monai.networks.nets import SegResNet
 
         return SegResNet(spatial_dims=3, in_channels=1, out_channels=n_classes,
-                         init_filters=int(model_cfg["init_filters"]),
-                         dropout_prob=float(model_cfg["dropout"]) or None)
+                         init_filters=m.init_filters, dropout_prob=m.dropout or None)
     if arch == "swinunetr":
         import importlib.util
 
@@ -56,8 +59,7 @@ def build_model(model_cfg: dict[str, Any], n_classes: int) -> nn.Module:
                              "(pip install einops), or choose unet/segresnet")
 
         return SwinUNETR(in_channels=1, out_channels=n_classes, spatial_dims=3,
-                         feature_size=int(model_cfg["feature_size"]),
-                         drop_rate=float(model_cfg["dropout"]))
+                         feature_size=m.feature_size, drop_rate=m.dropout)
     raise InputError(f"segment.model.arch: unknown architecture {arch!r}")
 
 
@@ -77,23 +79,25 @@ def drop_biases_before_norm(net: nn.Module) -> nn.Module:
     return net
 
 
-def size_multiple(model_cfg: dict[str, Any]) -> int:
+def size_multiple(model: ModelSettings | Mapping[str, Any]) -> int:
     """Patch sizes must be multiples of this (the total down-sampling of the network)."""
-    arch = model_cfg["arch"]
+    m = model_settings(model)
+    arch = m.arch
     if arch == "unet":
-        return int(math.prod(int(s) for s in model_cfg["strides"]))
+        return int(math.prod(m.strides))
     if arch == "segresnet":
         return 8  # blocks_down (1, 2, 2, 4): three stride-2 stages
     return 32  # SwinUNETR: patch embedding 2 x four merging stages
 
 
-def check_patch(patch: Sequence[int], model_cfg: dict[str, Any], where: str) -> None:
+def check_patch(patch: Sequence[int], model: ModelSettings | Mapping[str, Any], where: str) -> None:
     """Raise :class:`InputError` when ``patch`` does not fit the network's down-sampling."""
-    m = size_multiple(model_cfg)
+    arch = model_settings(model).arch
+    m = size_multiple(model)
     if any(int(p) % m for p in patch):
         raise InputError(f"{where}: patch size {list(patch)} must be a multiple of {m} for "
-                         f"model.arch={model_cfg['arch']} (its total down-sampling)")
-    if model_cfg["arch"] == "swinunetr" and min(int(p) for p in patch) < 2 * m:
+                         f"model.arch={arch} (its total down-sampling)")
+    if arch == "swinunetr" and min(int(p) for p in patch) < 2 * m:
         # its bottleneck is patch/32 wide and instance norm needs more than one voxel there
         raise InputError(f"{where}: patch size {list(patch)} is too small for model.arch=swinunetr "
                          f"(at least {2 * m} per axis)")

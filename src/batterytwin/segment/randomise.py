@@ -26,9 +26,9 @@ as a scan is at inference, and patches are cut class-aware (``class_balance``).
 
 Example::
 
-    cfg = merge_config({"train": {"randomise": {"fraction": 1.0}}})["train"]
-    image, labels, info = generate_volume(cfg["randomise"], seed=0, index=3)   # float32, uint8, dict
-    ds = RandomisedPatches(cfg["randomise"], patch=(32, 32, 32), seed=0)
+    cfg = RandomiseSettings(fraction=1.0)
+    image, labels, info = generate_volume(cfg, seed=0, index=3)   # float32, uint8, dict
+    ds = RandomisedPatches(cfg, patch=(32, 32, 32), seed=0)
     img, lab = ds[0]              # float32 [1, 32, 32, 32], int64 [32, 32, 32]
 """
 
@@ -42,9 +42,11 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from ..config import as_settings
 from ..contracts import CLASSES
 from ..errors import InputError
 from . import data as D
+from .config import AugmentSettings, RandomiseSettings
 
 TAG = 0x5A17  # stream of the generated volumes
 MIX_TAG = 0x313C  # stream of the "randomised or store" draw of each patch
@@ -63,18 +65,25 @@ def _choice(rng: np.random.Generator, weights: Mapping[str, float]) -> str:
     return names[int(rng.choice(len(names), p=w / w.sum()))]
 
 
-def draw_attenuation(cfg: Mapping[str, Any], rng: np.random.Generator) -> dict[int, float]:
+def randomise_settings(cfg: RandomiseSettings | Mapping[str, Any]) -> RandomiseSettings:
+    """The ``train.randomise`` section as :class:`~batterytwin.segment.config.RandomiseSettings` (a mapping is
+    validated)."""
+    return as_settings(RandomiseSettings, cfg, "segment.train.randomise")
+
+
+def draw_attenuation(cfg: RandomiseSettings | Mapping[str, Any], rng: np.random.Generator) -> dict[int, float]:
     """Per-class attenuation: each class from its range; the classes of ``order`` sorted and spaced.
 
     The values drawn for the classes of ``order`` are sorted and given to them in that order, then
     pushed up where two are closer than ``min_contrast``, so the physical order always holds while
     the ranges overlap.
     """
-    values = {name: _u(rng, span) for name, span in cfg["attenuation"].items()}
-    chain = list(cfg["order"])
+    cfg = randomise_settings(cfg)
+    values = {name: _u(rng, span) for name, span in cfg.attenuation.items()}
+    chain = list(cfg.order)
     drawn = sorted(values[n] for n in chain)
     for k in range(1, len(drawn)):
-        drawn[k] = max(drawn[k], drawn[k - 1] + float(cfg["min_contrast"]))
+        drawn[k] = max(drawn[k], drawn[k - 1] + cfg.min_contrast)
     values.update(zip(chain, drawn))
     return {ID[n]: v for n, v in values.items()}
 
@@ -148,16 +157,17 @@ def _count(rng: np.random.Generator, fraction: float, region_voxels: float, mean
     return int(rng.poisson(-math.log(1 - min(fraction, 0.95)) * region_voxels / max(mean_volume, 1e-9)))
 
 
-def draw_labels(cfg: Mapping[str, Any], shape: Sequence[int], rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+def draw_labels(cfg: RandomiseSettings, shape: Sequence[int], rng: np.random.Generator) -> tuple[np.ndarray, dict]:
     """The label volume of one randomised cell, and the drawn geometry parameters."""
     nz, ny, nx = (int(s) for s in shape)
-    scale = _u(rng, cfg["length_scale"])
-    f_cc, f_cat, f_sep = (_u(rng, cfg[k]) for k in ("collector_fraction", "cathode_fraction", "separator_fraction"))
+    scale = _u(rng, cfg.length_scale)
+    f_cc, f_cat, f_sep = (_u(rng, span)
+                          for span in (cfg.collector_fraction, cfg.cathode_fraction, cfg.separator_fraction))
     z_cc = max(1, round(f_cc * nz))
     z_cat = z_cc + max(2, round(f_cat * nz))
     z_sep = min(nz - 2, z_cat + max(2, round(f_sep * nz)))
     rough = ndimage.gaussian_filter(rng.standard_normal((ny, nx)), 2.0 + 2.0 * rng.random(), mode="wrap")
-    rough *= _u(rng, cfg["interface_roughness"]) / (rough.std() + 1e-12)
+    rough *= _u(rng, cfg.interface_roughness) / (rough.std() + 1e-12)
     anode_top = z_sep + rough  # per (y, x)
     zc = np.arange(nz)[:, None, None] + 0.5
     labels = np.full((nz, ny, nx), SE, np.uint8)
@@ -167,10 +177,10 @@ def draw_labels(cfg: Mapping[str, Any], shape: Sequence[int], rng: np.random.Gen
     area = ny * nx
 
     # cathode composite: particles of one drawn shape family, log-normal radii, packed to a drawn fraction
-    shape_kind = _choice(rng, cfg["particle_shapes"])
-    r_med = _u(rng, cfg["particle_radius"]) * scale
-    sigma = _u(rng, cfg["particle_radius_sigma"])
-    active = _u(rng, cfg["active_fraction"])
+    shape_kind = _choice(rng, cfg.particle_shapes)
+    r_med = _u(rng, cfg.particle_radius) * scale
+    sigma = _u(rng, cfg.particle_radius_sigma)
+    active = _u(rng, cfg.active_fraction)
     cat_vox = (z_cat - z_cc) * area
     n_part = _count(rng, active, cat_vox + 4 * r_med * area, 4 / 3 * math.pi * r_med**3 * math.exp(4.5 * sigma**2))
     cat_region = np.zeros(labels.shape, np.uint8)  # painted separately, then clipped to the cathode slab
@@ -191,9 +201,9 @@ def draw_labels(cfg: Mapping[str, Any], shape: Sequence[int], rng: np.random.Gen
     labels[(cat_region == 1) & in_cat[:, None, None]] = CAM
 
     # pores: small voids in the composite's electrolyte and in the separator
-    pr = cfg["pore_radius"]
-    for (z0, z1), frac in (((z_cc, z_cat), _u(rng, cfg["cathode_pore_fraction"])),
-                           ((z_cat, z_sep), _u(rng, cfg["separator_pore_fraction"]))):
+    pr = cfg.pore_radius
+    for (z0, z1), frac in (((z_cc, z_cat), _u(rng, cfg.cathode_pore_fraction)),
+                           ((z_cat, z_sep), _u(rng, cfg.separator_pore_fraction))):
         mean_r = 0.5 * (pr[0] + pr[1]) * scale
         for _ in range(_count(rng, frac, (z1 - z0) * area, 4 / 3 * math.pi * mean_r**3)):
             paint.ball((rng.uniform(z0, z1), rng.uniform(0, ny), rng.uniform(0, nx)), _u(rng, pr) * scale, PORE,
@@ -201,8 +211,8 @@ def draw_labels(cfg: Mapping[str, Any], shape: Sequence[int], rng: np.random.Gen
 
     # pits carved into the anode at its surface
     anode_thick = max(1.0, nz - z_sep)
-    depth = _u(rng, cfg["pit_depth"]) * anode_thick
-    for _ in range(int(rng.poisson(_u(rng, cfg["pits_per_10k_vox2"]) * area / 1e4))):
+    depth = _u(rng, cfg.pit_depth) * anode_thick
+    for _ in range(int(rng.poisson(_u(rng, cfg.pits_per_10k_vox2) * area / 1e4))):
         y, x = rng.uniform(0, ny), rng.uniform(0, nx)
         top = float(anode_top[int(y), int(x)])
         r = max(0.8, rng.uniform(0.5, 1.0) * max(depth, r_med))
@@ -210,8 +220,8 @@ def draw_labels(cfg: Mapping[str, Any], shape: Sequence[int], rng: np.random.Gen
                         _rotation(rng) if rng.random() < 0.5 else np.eye(3), PORE, where=(LI,))
 
     # redeposited lithium: mossy agglomerates at the surface, dendrites (with branches) into the separator
-    agg_r = cfg["agglomerate_radius"]
-    for _ in range(int(rng.poisson(_u(rng, cfg["agglomerates_per_10k_vox2"]) * area / 1e4))):
+    agg_r = cfg.agglomerate_radius
+    for _ in range(int(rng.poisson(_u(rng, cfg.agglomerates_per_10k_vox2) * area / 1e4))):
         y, x = rng.uniform(0, ny), rng.uniform(0, nx)
         top = float(anode_top[int(y), int(x)])
         r0 = _u(rng, agg_r) * scale
@@ -219,12 +229,12 @@ def draw_labels(cfg: Mapping[str, Any], shape: Sequence[int], rng: np.random.Gen
             c = (top - rng.uniform(-0.3, 1.0) * r0, y + rng.normal(0, r0), x + rng.normal(0, r0))
             paint.ball(c, max(0.6, r0 * rng.uniform(0.5, 1.0)), REDEP, where=(SE, PORE, LI))
     sep_thick = max(1.0, float(z_sep - z_cat))
-    branch_p = _u(rng, cfg["dendrite_branching"])
-    for _ in range(max(1, int(rng.poisson(_u(rng, cfg["dendrites_per_10k_vox2"]) * area / 1e4)))):
+    branch_p = _u(rng, cfg.dendrite_branching)
+    for _ in range(max(1, int(rng.poisson(_u(rng, cfg.dendrites_per_10k_vox2) * area / 1e4)))):
         y, x = rng.uniform(0, ny), rng.uniform(0, nx)
-        radius = _u(rng, cfg["dendrite_radius"])
+        radius = _u(rng, cfg.dendrite_radius)
         tips = [(np.array([float(anode_top[int(y), int(x)]) + 0.5, y, x]), np.array([-1.0, *rng.normal(0, 0.4, 2)]),
-                 _u(rng, cfg["dendrite_length"]) * sep_thick, radius)]
+                 _u(rng, cfg.dendrite_length) * sep_thick, radius)]
         n_seg = 0
         while tips and n_seg < 400:
             pos, direction, left, rad = tips.pop()
@@ -248,7 +258,7 @@ def draw_labels(cfg: Mapping[str, Any], shape: Sequence[int], rng: np.random.Gen
 
 # ------------------------------------------------------------------------------------------ image
 
-def form_image(cfg: Mapping[str, Any], labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+def form_image(cfg: RandomiseSettings, labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
     """A CT-like image of ``labels`` with drawn contrast, blur, bias, cupping, rings, streaks and noise."""
     att = draw_attenuation(cfg, rng)
     lut = np.zeros(256, np.float32)
@@ -256,11 +266,11 @@ def form_image(cfg: Mapping[str, Any], labels: np.ndarray, rng: np.random.Genera
         lut[k] = v
     span = max(att.values()) - min(att.values())
     image = lut[labels]
-    sigma = _u(rng, cfg["blur_sigma"]) * rng.uniform(0.8, 1.2, 3)  # slightly anisotropic point spread
+    sigma = _u(rng, cfg.blur_sigma) * rng.uniform(0.8, 1.2, 3)  # slightly anisotropic point spread
     image = ndimage.gaussian_filter(image, sigma, mode="nearest")
     nz, ny, nx = labels.shape
     # smooth multiplicative bias field and beam-hardening cupping (darker towards the slice centre)
-    amp = _u(rng, cfg["bias_field"])
+    amp = _u(rng, cfg.bias_field)
     if amp > 0:
         low = ndimage.zoom(rng.standard_normal((3, 3, 3)), [n / 3 for n in labels.shape], order=3, mode="nearest")
         image = image * (1 + amp * low[:nz, :ny, :nx] / (np.abs(low).max() + 1e-9)).astype(np.float32)
@@ -268,23 +278,23 @@ def form_image(cfg: Mapping[str, Any], labels: np.ndarray, rng: np.random.Genera
     yy, xx = np.meshgrid(np.arange(ny) + 0.5 - cy, np.arange(nx) + 0.5 - cx, indexing="ij")
     r = np.hypot(yy, xx)
     big_r = 0.5 * math.hypot(ny, nx) * rng.uniform(0.8, 1.5)
-    cup = _u(rng, cfg["cupping"])
+    cup = _u(rng, cfg.cupping)
     image = image * (1 - cup * np.clip(1 - (r / big_r) ** 2, 0, 1)).astype(np.float32)[None]
-    if rng.random() < cfg["ring_probability"]:  # concentric about the rotation axis z
+    if rng.random() < cfg.ring_probability:  # concentric about the rotation axis z
         n_rings = int(rng.integers(2, 10))
         ring = sum(rng.uniform(-1, 1) * np.exp(-0.5 * ((r - rk) / rng.uniform(0.4, 1.0)) ** 2)
                    for rk in rng.uniform(0, 0.7 * max(ny, nx), n_rings))
-        image = image + (_u(rng, cfg["ring_amplitude"]) * span * ring).astype(np.float32)[None]
-    if rng.random() < cfg["streak_probability"]:  # straight streaks across slabs of slices
+        image = image + (_u(rng, cfg.ring_amplitude) * span * ring).astype(np.float32)[None]
+    if rng.random() < cfg.streak_probability:  # straight streaks across slabs of slices
         for _ in range(int(rng.integers(1, 4))):
             theta = rng.uniform(0, math.pi)
             dist = np.abs(yy * math.cos(theta) - xx * math.sin(theta) - rng.normal(0, ny / 4))
             streak = np.exp(-0.5 * (dist / rng.uniform(0.5, 1.5)) ** 2) * rng.choice([-1.0, 1.0])
             z0 = int(rng.integers(0, nz))
             z1 = min(nz, z0 + int(rng.integers(1, max(2, nz // 2))))
-            image[z0:z1] += (_u(rng, cfg["streak_amplitude"]) * span * streak).astype(np.float32)[None]
-    kind = _choice(rng, cfg["noise"])
-    level = _u(rng, cfg["noise_level"]) * span
+            image[z0:z1] += (_u(rng, cfg.streak_amplitude) * span * streak).astype(np.float32)[None]
+    kind = _choice(rng, cfg.noise)
+    level = _u(rng, cfg.noise_level) * span
     if level > 0:
         if kind == "poisson":  # photon counting: the std is `level` at the mean signal
             mean = max(float(np.mean(np.abs(image))), 1e-6)
@@ -300,11 +310,12 @@ def form_image(cfg: Mapping[str, Any], labels: np.ndarray, rng: np.random.Genera
     return image.astype(np.float32), info
 
 
-def generate_volume(cfg: Mapping[str, Any], seed: int, index: int,
+def generate_volume(cfg: RandomiseSettings | Mapping[str, Any], seed: int, index: int,
                     shape: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """Randomised cell ``index`` of the stream ``seed``: ``(image float32, labels uint8, drawn parameters)``."""
+    cfg = randomise_settings(cfg)
     rng = np.random.default_rng([int(seed), int(index), TAG])
-    labels, geo = draw_labels(cfg, shape or cfg["volume_size"], rng)
+    labels, geo = draw_labels(cfg, shape or cfg.volume_size, rng)
     image, img = form_image(cfg, labels, rng)
     return image, labels, {**geo, **img}
 
@@ -313,7 +324,7 @@ class RandomisedPatches(torch.utils.data.Dataset):
     """The global patch stream cut from randomised cells: item ``i`` from cell ``i // patches_per_volume``.
 
     Args:
-        cfg: ``train.randomise`` settings (mapping).
+        cfg: the ``train.randomise`` section (a mapping is validated).
         patch: patch edge (z, y, x); at most ``volume_size``.
         class_ids: run class id of each generator class name (default: the contract's ids).
         class_balance, augment_cfg: as :class:`~batterytwin.segment.data.PatchDataset`.
@@ -322,14 +333,14 @@ class RandomisedPatches(torch.utils.data.Dataset):
         ``(image float32 [1, pz, py, px], labels int64 [pz, py, px])``.
     """
 
-    def __init__(self, cfg: Mapping[str, Any], patch: Sequence[int], seed: int = 0,
+    def __init__(self, cfg: RandomiseSettings | Mapping[str, Any], patch: Sequence[int], seed: int = 0,
                  class_ids: Mapping[str, int] | None = None, class_balance: float = 1.0,
-                 augment_cfg: dict[str, Any] | None = None, length: int = 2**62, cache: int = 2):
-        self.cfg = dict(cfg)
+                 augment_cfg: AugmentSettings | Mapping[str, Any] | None = None, length: int = 2**62, cache: int = 2):
+        self.cfg = randomise_settings(cfg)
         self.patch = tuple(int(p) for p in patch)
-        self.seed, self.class_balance, self.augment_cfg = int(seed), float(class_balance), augment_cfg or {}
+        self.seed, self.class_balance, self.augment_cfg = int(seed), float(class_balance), augment_cfg
         self.length, self.cache_size = length, cache
-        size = [int(s) for s in self.cfg["volume_size"]]
+        size = list(self.cfg.volume_size)
         if any(p > s for p, s in zip(self.patch, size)):
             raise InputError(f"segment.train.randomise.volume_size: {size} is smaller than the patch {list(self.patch)}")
         ids = dict(class_ids) if class_ids is not None else {n: k for k, n in CLASSES.items()}
@@ -361,7 +372,7 @@ class RandomisedPatches(torch.utils.data.Dataset):
         return ds
 
     def __getitem__(self, i: int):
-        return self.volume(int(i) // int(self.cfg["patches_per_volume"]))[int(i)]
+        return self.volume(int(i) // self.cfg.patches_per_volume)[int(i)]
 
 
 class MixedPatches(torch.utils.data.Dataset):

@@ -27,14 +27,15 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from .. import store
+from ..config import as_settings
 from ..contracts import CLASSES, IGNORE_LABEL, SEGMENT_METRICS_SCHEMA
 from ..distributed import World, get_world, init_torch_distributed
 from ..errors import InputError
@@ -44,10 +45,10 @@ from ..training import (EXIT_PREEMPTED, Checkpoint, StopFlag, check_loss, load_m
                         warmup_cosine, wrap_ddp)
 from ..training import set_threads
 from . import data as D
-from .config import AXIS_NAMES
+from .config import AXIS_NAMES, ModelSettings, SegmentConfig, TrainSettings
 from .loss import dice_ce_loss, hard_dice_counts, labelled_weight
 from .metrics import SegmentationScores, final_scores
-from .model import build_model, check_patch, count_parameters
+from .model import build_model, check_patch, count_parameters, model_settings
 from .randomise import MixedPatches, RandomisedPatches
 from .window import gaussian_weight, predict_region
 
@@ -108,16 +109,16 @@ def _holdout(shape: Sequence[int], axis: str, fraction: float) -> tuple[slice, .
     return tuple(region)
 
 
-def _run_key(cfg: dict, inputs: Sequence[TrainInput], val: Sequence[TrainInput], world_size: int) -> str:
+def _run_key(cfg: SegmentConfig, inputs: Sequence[TrainInput], val: Sequence[TrainInput], world_size: int) -> str:
     """Identity of a training run: what determines its weights (resume only into the same run)."""
-    train = {k: v for k, v in cfg["train"].items() if k not in _RUNTIME_KEYS}
-    ident = {"model": cfg["model"], "train": train, "world_batch": cfg["train"]["batch_size"],
+    ident = {"model": cfg.model.model_dump(), "train": cfg.train.model_dump(exclude=set(_RUNTIME_KEYS)),
+             "world_batch": cfg.train.batch_size,
              "inputs": [[os.path.abspath(i.volume), os.path.abspath(i.labels)] for i in inputs],
              "val": [[os.path.abspath(i.volume), os.path.abspath(i.labels)] for i in val]}
-    if cfg["train"].get("init_from"):  # another starting model under the same name is another run
+    if cfg.train.init_from:  # another starting model under the same name is another run
         from .pretrained import resolve_model
 
-        ident["init_from_sha256"] = store.sha256_files([resolve_model(cfg["train"]["init_from"])])
+        ident["init_from_sha256"] = store.sha256_files([resolve_model(cfg.train.init_from)])
     return store.params_sha256(ident)
 
 
@@ -165,12 +166,241 @@ def _check_every_class_labelled(sources: Sequence[Any], classes: dict[int, str],
                          "segment.train.randomise.fraction > 0")
 
 
-def train(cfg: dict, inputs: Sequence[TrainInput], model_out: str, metrics_out: str, *,
+def _checked_request(cfg: SegmentConfig, inputs: Sequence[TrainInput], resume: str) -> Path:
+    """Refuse a request that cannot train (no inputs, unknown ``resume``, a missing checkpoint to resume, a
+    patch the network cannot take); returns the checkpoint path of the run."""
+    t = cfg.train
+    if not inputs and t.randomise.fraction < 1:
+        raise InputError("segment.train_samples: no training volume given (and train.randomise.fraction < 1)")
+    if resume not in ("auto", "yes", "no"):
+        raise InputError(f"--resume: must be auto, yes or no, got {resume!r}")
+    ckpt_path = Path(t.checkpoint_dir) / CHECKPOINT_NAME
+    if resume == "yes" and not ckpt_path.exists():
+        raise InputError(f"{ckpt_path}: no checkpoint to resume from (--resume yes)")
+    check_patch(t.patch_size, cfg.model, "segment.train.patch_size")
+    return ckpt_path
+
+
+@dataclass
+class TrainingData:
+    """What a run trains and validates on."""
+
+    classes: dict[int, str]
+    sources: list[D.PatchSource] = field(default_factory=list)  # the training label stores
+    val_sources: list[tuple] = field(default_factory=list)  # (image, labels, region, source) to validate
+    val_voxels: int = 0  # labelled voxels validated
+    dataset: torch.utils.data.Dataset | None = None  # the global patch stream
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+    def add_validation(self, image, labels, region, src, where: str, required: bool) -> None:
+        """Validate on the labelled parts of ``region`` (sparse hand labels: a few slices of a large scan);
+        the Dice itself counts labelled voxels only (:func:`~batterytwin.segment.loss.hard_dice_counts`)."""
+        parts = D.labelled_regions(labels, region)
+        if not parts:
+            if required:
+                raise InputError(f"{where}: validation label store holds no labelled voxel (all {IGNORE_LABEL})")
+            log.warning("%s: the held-out region holds no labelled voxel; it is not validated", where)
+        for part, n in parts:
+            self.val_sources.append((image, labels, part, src))
+            self.val_voxels += n
+
+
+def training_data(t: TrainSettings, inputs: Sequence[TrainInput], val_inputs: Sequence[TrainInput],
+                  world: World) -> TrainingData:
+    """The class map, the training and validation sources and the patch stream (stores and/or
+    domain-randomised cells, per patch from ``(seed, i)``) of a run."""
+    label_paths = [i.labels for i in inputs] + [i.labels for i in val_inputs]
+    data = TrainingData(_classes_of(label_paths) if label_paths else dict(CLASSES))
+    n_classes = data.n_classes
+    for inp in inputs:
+        vol, lab = _open_pair(inp, n_classes, world)
+        hold = None if val_inputs else _holdout(vol.shape, t.val_axis, t.val_fraction)
+        src = D.PatchSource.open(vol.array, lab.array, n_classes, hold, name=str(inp.labels), world=world)
+        data.sources.append(src)
+        if hold is not None:
+            data.add_validation(vol.array, lab.array, hold, src, str(inp.labels), required=False)
+    for inp in val_inputs:
+        vol, lab = _open_pair(inp, n_classes, world)
+        if vol.shape != lab.shape:
+            raise InputError(f"{inp.labels}: label store shape {lab.shape} differs from the volume shape {vol.shape}")
+        src = D.PatchSource(vol.array, lab.array, n_classes, None, *D.intensity_range(vol.array),
+                            name=str(inp.labels))
+        data.add_validation(vol.array, lab.array, None, src, str(inp.labels), required=True)
+    fraction = t.randomise.fraction
+    if data.sources and fraction == 0:
+        _check_every_class_labelled(data.sources, data.classes, [str(i.labels) for i in inputs])
+    if data.sources:
+        data.dataset = D.PatchDataset(data.sources, t.patch_size, seed=t.seed, class_balance=t.class_balance,
+                                      augment_cfg=t.augment)
+    if fraction > 0:
+        generated = RandomisedPatches(t.randomise, t.patch_size, t.seed,
+                                      class_ids={v: k for k, v in data.classes.items()},
+                                      class_balance=t.class_balance, augment_cfg=t.augment)
+        data.dataset = MixedPatches(data.dataset, generated, fraction, t.seed)
+    return data
+
+
+class TrainingRun:
+    """The network, optimiser, schedule, checkpoint and history of one training run (resumed from its
+    checkpoint when there is one), and its steps."""
+
+    def __init__(self, cfg: SegmentConfig, data: TrainingData, ckpt_path: Path, run_key: str, resume: str,
+                 world: World):
+        t = cfg.train
+        self.cfg, self.data, self.world = cfg, data, world
+        self.device = init_torch_distributed(world, t.device)
+        self.amp = t.amp and self.device.type == "cuda"
+        net = build_model(cfg.model, data.n_classes)
+        self.init = init_weights(net, t.init_from, data.classes, cfg.model, t.new_head) if t.init_from else None
+        net = net.to(self.device)
+        if self.device.type == "cuda":
+            net = net.to(memory_format=torch.channels_last_3d)
+        self.net, self.ddp = net, wrap_ddp(net, self.device)
+        self.opt = torch.optim.AdamW(net.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        self.sched = warmup_cosine(self.opt, t.steps, t.warmup_steps, t.min_lr_ratio)
+        self.ckpt = Checkpoint(ckpt_path, run_key, {"model": net, "optimizer": self.opt, "scheduler": self.sched},
+                               world)
+        ck = self.ckpt.load(self.device, resume, t.steps) or {"step": 0, "loss_curve": [], "validation": []}
+        self.start, self.curve, self.val_hist = int(ck["step"]), list(ck["loss_curve"]), list(ck["validation"])
+        self.step, self.elapsed, self.voxels, self.loop_s = self.start, float(ck.get("elapsed_s", 0.0)), 0, 0.0
+        self.t0 = time.time()  # start of this attempt's steps (set again by fit)
+        world.barrier()
+
+    def loader(self) -> torch.utils.data.DataLoader:
+        """This rank's share of the global batches of the remaining steps."""
+        t, world = self.cfg.train, self.world
+        sampler = D.StepSampler(t.batch_size, world.rank, world.size, self.start, t.steps)
+        return torch.utils.data.DataLoader(self.data.dataset, batch_size=t.batch_size // world.size, sampler=sampler,
+                                           num_workers=t.num_workers, pin_memory=self.device.type == "cuda",
+                                           persistent_workers=False)
+
+    def fit(self, loader: torch.utils.data.DataLoader) -> bool:
+        """Step until ``train.steps`` or a stop signal; returns whether a signal stopped it."""
+        t = self.cfg.train
+        self.t0 = time.time()
+        stopped = False
+        t_loop = time.time()
+        with StopFlag() as stop:
+            it = iter(loader)
+            while self.step < t.steps:
+                image, target = self._batch(it)
+                # one all-reduce: "has any rank been signalled?" and the global loss normaliser
+                stopped, (weight_total,) = stop.agreed(self.device, labelled_weight(target, self.data.n_classes,
+                                                                                    t.class_weights))
+                if stopped:
+                    break
+                loss, lr = self.optimise(image, target, weight_total)
+                self.step += 1
+                self.voxels += image.numel()
+                self.record(loss, lr)
+                if self.step % t.val_every == 0 and self.step < t.steps:
+                    self.validate(self.step)
+                if self.step % t.checkpoint_every == 0 or self.step == t.steps:
+                    self.checkpoint()
+        self.loop_s = time.time() - t_loop
+        return stopped
+
+    def _batch(self, it) -> tuple[torch.Tensor, torch.Tensor]:
+        image, target = next(it)
+        image, target = image.to(self.device, non_blocking=True), target.to(self.device, non_blocking=True)
+        if self.device.type == "cuda":
+            image = image.contiguous(memory_format=torch.channels_last_3d)
+        return image, target
+
+    def optimise(self, image: torch.Tensor, target: torch.Tensor, weight_total: torch.Tensor) -> tuple[float, float]:
+        """One optimiser step on this rank's share of a global batch: ``(loss averaged over the ranks, lr)``."""
+        t, world = self.cfg.train, self.world
+        with torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else contextlib.nullcontext():
+            logits = self.ddp(image)
+        loss = dice_ce_loss(logits, target, self.data.n_classes, weight_total=weight_total, global_batch=t.batch_size,
+                            world_size=world.size, dice_weight=t.dice_weight, ce_weight=t.ce_weight,
+                            class_weights=t.class_weights, tversky_weight=t.tversky_weight,
+                            tversky_alpha=t.tversky_alpha, tversky_beta=t.tversky_beta)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        lr = self.opt.param_groups[0]["lr"]
+        self.sched.step()
+        total = torch.tensor([loss.detach().double() / world.size], device=self.device)
+        torch.distributed.all_reduce(total)
+        return float(total), lr
+
+    def record(self, loss: float, lr: float) -> None:
+        """Stop on a non-finite loss (the same value on every rank: all stop, no model), else log it."""
+        steps = self.cfg.train.steps
+        check_loss(loss, self.step, "train-seg")
+        self.curve.append({"step": self.step, "loss": loss, "lr": lr})
+        if self.step % 10 == 0 or self.step == steps:
+            log.info("step %d/%d loss %.4f lr %.2e", self.step, steps, loss, lr)
+
+    def validate(self, step: int) -> None:
+        """Score the network on the validation regions (rank 0) and add it to the history as ``step``."""
+        data = self.data
+        if data.val_sources and self.world.is_root:
+            scores = SegmentationScores(data.n_classes)
+            dice = validate(self.net, data.val_sources, data.n_classes, self.cfg.train.patch_size, self.device,
+                            self.amp, scores=scores)
+            extra = scores.result()
+            self.val_hist.append({"step": step, "dice": [None if np.isnan(d) else float(d) for d in dice],
+                                  "mean_dice": float(np.nanmean(dice)), "precision": extra["precision"],
+                                  "recall": extra["recall"], "ece": extra["ece"], "reliability": extra["reliability"]})
+            log.info("step %d: validation mean Dice %.4f (%s)", step, self.val_hist[-1]["mean_dice"],
+                     ", ".join(f"{data.classes[c]} {d:.3f}" for c, d in enumerate(dice)))
+        self.world.barrier()
+
+    def checkpoint(self) -> None:
+        self.ckpt.save(self.step, format=FORMAT, loss_curve=self.curve, validation=self.val_hist,
+                       elapsed_s=self.wall_s())
+
+    def wall_s(self) -> float:
+        """Seconds of training, over every attempt of the run."""
+        return self.elapsed + time.time() - self.t0
+
+    def model_payload(self) -> dict[str, Any]:
+        """The model file: weights, architecture, classes and training settings (:func:`load_model`)."""
+        classes = self.data.classes
+        return {"format": FORMAT, "state_dict": {k: v.detach().cpu() for k, v in self.net.state_dict().items()},
+                "model": self.cfg.model.model_dump(), "classes": {str(k): v for k, v in classes.items()},
+                "n_classes": self.data.n_classes, "patch_size": list(self.cfg.train.patch_size),
+                "normalisation": "percentile_1_99", "train": json.loads(json.dumps(self.cfg.train.model_dump())),
+                "step": self.cfg.train.steps, "ignore_label": IGNORE_LABEL, "init": self.init}
+
+    def metrics(self, held_out: bool) -> dict[str, Any]:
+        """The metrics file: loss curve, validation history, final scores, throughput (``held_out``: validated
+        on held-out label stores, not on a slab of the training volumes)."""
+        t, world, classes = self.cfg.train, self.world, self.data.classes
+        final = self.val_hist[-1] if self.val_hist else None
+        vox_s = world.size * self.voxels / max(self.loop_s, 1e-9)
+        return {
+            "schema": SEGMENT_METRICS_SCHEMA,
+            "classes": {str(k): v for k, v in classes.items()},
+            "arch": self.cfg.model.arch, "parameters": count_parameters(self.net),
+            "world_size": world.size, "device": str(self.device), "global_batch": t.batch_size, "steps": t.steps,
+            "patch_size": list(t.patch_size),
+            "loss_curve": self.curve,
+            "validation": self.val_hist,
+            "final_dice": None if final is None else {classes[c]: d for c, d in enumerate(final["dice"])},
+            "final_mean_dice": None if final is None else final["mean_dice"],
+            **final_scores(final, classes),
+            "randomised_fraction": t.randomise.fraction,
+            "validation_split": "held-out label stores" if held_out else
+            f"slab of {t.val_fraction} along {t.val_axis} (labels hidden from training)",
+            "validation_labelled_voxels": self.data.val_voxels,
+            "train_voxels_per_s": vox_s if self.step > self.start else None,
+            "wall_s": self.wall_s(),
+            **store.provenance("segment.train", self.cfg.model_dump()),
+        }
+
+
+def train(cfg: SegmentConfig | Mapping[str, Any], inputs: Sequence[TrainInput], model_out: str, metrics_out: str, *,
           val_inputs: Sequence[TrainInput] = (), resume: str = "auto", world: World | None = None) -> int:
     """Train, write ``model_out`` and ``metrics_out``; return 0, or :data:`EXIT_PREEMPTED`.
 
     Args:
-        cfg: merged ``segment`` config (:func:`~batterytwin.segment.config.merge_config`).
+        cfg: the ``segment`` section (:class:`~batterytwin.segment.config.SegmentConfig`; a mapping is validated).
         inputs: training volumes with their label stores.
         val_inputs: held-out volumes for validation; without them a slab along
             ``train.val_axis`` of each training volume is held out (``train.val_fraction``).
@@ -178,186 +408,27 @@ def train(cfg: dict, inputs: Sequence[TrainInput], model_out: str, metrics_out: 
             must exist) or ``no`` (start afresh).
     """
     world = world or get_world()
-    t_cfg, m_cfg = cfg["train"], cfg["model"]
-    r_cfg = t_cfg["randomise"]
-    fraction = float(r_cfg["fraction"])
-    if not inputs and fraction < 1:
-        raise InputError("segment.train_samples: no training volume given (and train.randomise.fraction < 1)")
-    if resume not in ("auto", "yes", "no"):
-        raise InputError(f"--resume: must be auto, yes or no, got {resume!r}")
-    ckpt_path = Path(t_cfg["checkpoint_dir"]) / CHECKPOINT_NAME
-    if resume == "yes" and not ckpt_path.exists():
-        raise InputError(f"{ckpt_path}: no checkpoint to resume from (--resume yes)")
-    patch = t_cfg["patch_size"]
-    check_patch(patch, m_cfg, "segment.train.patch_size")
-    set_threads(world, int(t_cfg["threads"]))
-    torch.manual_seed(int(t_cfg["seed"]))
-
-    label_paths = [i.labels for i in inputs] + [i.labels for i in val_inputs]
-    classes = _classes_of(label_paths) if label_paths else dict(CLASSES)
-    n_classes = len(classes)
-    sources, val_sources = [], []
-    val_voxels = 0
-
-    def add_validation(image, labels, region, src, where: str, required: bool) -> None:
-        # validation predicts only the labelled parts (sparse hand labels: a few slices of a large scan);
-        # the Dice itself counts labelled voxels only (hard_dice_counts)
-        nonlocal val_voxels
-        parts = D.labelled_regions(labels, region)
-        if not parts:
-            if required:
-                raise InputError(f"{where}: validation label store holds no labelled voxel (all {IGNORE_LABEL})")
-            log.warning("%s: the held-out region holds no labelled voxel; it is not validated", where)
-        for part, n in parts:
-            val_sources.append((image, labels, part, src))
-            val_voxels += n
-
-    for inp in inputs:
-        vol, lab = _open_pair(inp, n_classes, world)
-        hold = None if val_inputs else _holdout(vol.shape, t_cfg["val_axis"], float(t_cfg["val_fraction"]))
-        src = D.PatchSource.open(vol.array, lab.array, n_classes, hold, name=str(inp.labels), world=world)
-        sources.append(src)
-        if hold is not None:
-            add_validation(vol.array, lab.array, hold, src, str(inp.labels), required=False)
-    for inp in val_inputs:
-        vol, lab = _open_pair(inp, n_classes, world)
-        if vol.shape != lab.shape:
-            raise InputError(f"{inp.labels}: label store shape {lab.shape} differs from the volume shape {vol.shape}")
-        src = D.PatchSource(vol.array, lab.array, n_classes, None, *D.intensity_range(vol.array),
-                            name=str(inp.labels))
-        add_validation(vol.array, lab.array, None, src, str(inp.labels), required=True)
-    if sources and fraction == 0:
-        _check_every_class_labelled(sources, classes, [str(i.labels) for i in inputs])
-    seed, balance = int(t_cfg["seed"]), float(t_cfg["class_balance"])
-    dataset = D.PatchDataset(sources, patch, seed=seed, class_balance=balance,
-                             augment_cfg=t_cfg["augment"]) if sources else None
-    if fraction > 0:  # domain-randomised cells, alone or mixed with the stores (per patch, from (seed, i))
-        generated = RandomisedPatches(r_cfg, patch, seed, class_ids={v: k for k, v in classes.items()},
-                                      class_balance=balance, augment_cfg=t_cfg["augment"])
-        dataset = MixedPatches(dataset, generated, fraction, seed)
-
-    device = init_torch_distributed(world, t_cfg["device"])
-    amp = bool(t_cfg["amp"]) and device.type == "cuda"
-    net = build_model(m_cfg, n_classes)
-    init = init_weights(net, t_cfg["init_from"], classes, m_cfg, bool(t_cfg["new_head"])) \
-        if t_cfg.get("init_from") else None
-    net = net.to(device)
-    if device.type == "cuda":
-        net = net.to(memory_format=torch.channels_last_3d)
-    ddp = wrap_ddp(net, device)
-    opt = torch.optim.AdamW(net.parameters(), lr=float(t_cfg["lr"]), weight_decay=float(t_cfg["weight_decay"]))
-    steps = int(t_cfg["steps"])
-    sched = warmup_cosine(opt, steps, int(t_cfg["warmup_steps"]), float(t_cfg["min_lr_ratio"]))
-    ckpt = Checkpoint(ckpt_path, _run_key(cfg, inputs, val_inputs, world.size),
-                      {"model": net, "optimizer": opt, "scheduler": sched}, world)
-    ck = ckpt.load(device, resume, steps) or {"step": 0, "loss_curve": [], "validation": []}
-    start, curve, val_hist = int(ck["step"]), list(ck["loss_curve"]), list(ck["validation"])
-    elapsed = float(ck.get("elapsed_s", 0.0))
-    world.barrier()
-
-    B = int(t_cfg["batch_size"])
-    sampler = D.StepSampler(B, world.rank, world.size, start, steps)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=B // world.size, sampler=sampler,
-                                         num_workers=int(t_cfg["num_workers"]),
-                                         pin_memory=device.type == "cuda", persistent_workers=False)
-    cw = t_cfg["class_weights"]
-    if cw is not None and len(cw) != n_classes:
-        raise InputError(f"segment.train.class_weights: needs {n_classes} values, got {len(cw)}")
+    cfg = as_settings(SegmentConfig, cfg, "segment")
+    t = cfg.train
+    ckpt_path = _checked_request(cfg, inputs, resume)
+    set_threads(world, t.threads)
+    torch.manual_seed(t.seed)
+    data = training_data(t, inputs, val_inputs, world)
+    run = TrainingRun(cfg, data, ckpt_path, _run_key(cfg, inputs, val_inputs, world.size), resume, world)
+    loader = run.loader()
+    if t.class_weights is not None and len(t.class_weights) != data.n_classes:
+        raise InputError(f"segment.train.class_weights: needs {data.n_classes} values, got {len(t.class_weights)}")
     log.info("training %s (%d parameters) on %d volume(s), %d classes, %d ranks x batch %d, steps %d..%d, %s",
-             m_cfg["arch"], count_parameters(net), len(sources), n_classes, world.size, B // world.size,
-             start, steps, device)
-
-    def checkpoint(step: int) -> None:
-        ckpt.save(step, format=FORMAT, loss_curve=curve, validation=val_hist, elapsed_s=elapsed + time.time() - t0)
-
-    def run_validation(step: int) -> None:
-        if val_sources and world.is_root:
-            scores = SegmentationScores(n_classes)
-            dice = validate(net, val_sources, n_classes, patch, device, amp, scores=scores)
-            extra = scores.result()
-            val_hist.append({"step": step, "dice": [None if np.isnan(d) else float(d) for d in dice],
-                             "mean_dice": float(np.nanmean(dice)), "precision": extra["precision"],
-                             "recall": extra["recall"], "ece": extra["ece"], "reliability": extra["reliability"]})
-            log.info("step %d: validation mean Dice %.4f (%s)", step, val_hist[-1]["mean_dice"],
-                     ", ".join(f"{classes[c]} {d:.3f}" for c, d in enumerate(dice)))
-        world.barrier()
-
-    t0 = time.time()
-    step = start
-    stopped = False
-    voxels = 0
-    t_loop = time.time()
-    with StopFlag() as stop:
-        it = iter(loader)
-        while step < steps:
-            image, target = next(it)
-            image, target = image.to(device, non_blocking=True), target.to(device, non_blocking=True)
-            if device.type == "cuda":
-                image = image.contiguous(memory_format=torch.channels_last_3d)
-            # one all-reduce: "has any rank been signalled?" and the global loss normaliser
-            stopped, (weight_total,) = stop.agreed(device, labelled_weight(target, n_classes, cw))
-            if stopped:
-                break
-            with torch.autocast("cuda", dtype=torch.bfloat16) if amp else contextlib.nullcontext():
-                logits = ddp(image)
-            loss = dice_ce_loss(logits, target, n_classes, weight_total=weight_total, global_batch=B,
-                                world_size=world.size, dice_weight=float(t_cfg["dice_weight"]),
-                                ce_weight=float(t_cfg["ce_weight"]), class_weights=cw,
-                                tversky_weight=float(t_cfg["tversky_weight"]), tversky_alpha=float(t_cfg["tversky_alpha"]),
-                                tversky_beta=float(t_cfg["tversky_beta"]))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            lr = opt.param_groups[0]["lr"]
-            sched.step()
-            step += 1
-            voxels += image.numel()
-            total = torch.tensor([loss.detach().double() / world.size], device=device)
-            torch.distributed.all_reduce(total)
-            check_loss(float(total), step, "train-seg")  # the same value on every rank: all stop, no model
-            curve.append({"step": step, "loss": float(total), "lr": lr})
-            if step % 10 == 0 or step == steps:
-                log.info("step %d/%d loss %.4f lr %.2e", step, steps, float(total), lr)
-            if step % int(t_cfg["val_every"]) == 0 and step < steps:
-                run_validation(step)
-            if step % int(t_cfg["checkpoint_every"]) == 0 or step == steps:
-                checkpoint(step)
-    loop_s = time.time() - t_loop
-    if stopped:
-        checkpoint(step)
-        return preempted("train-seg", step, steps, ckpt_path, world)
-
-    if not val_hist or val_hist[-1]["step"] != steps:
-        run_validation(steps)
+             cfg.model.arch, count_parameters(run.net), len(data.sources), data.n_classes, world.size,
+             t.batch_size // world.size, run.start, t.steps, run.device)
+    if run.fit(loader):
+        run.checkpoint()
+        return preempted("train-seg", run.step, t.steps, ckpt_path, world)
+    if not run.val_hist or run.val_hist[-1]["step"] != t.steps:
+        run.validate(t.steps)
     if world.is_root:
-        vox_s = world.size * voxels / max(loop_s, 1e-9)
-        payload = {"format": FORMAT, "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
-                   "model": m_cfg, "classes": {str(k): v for k, v in classes.items()}, "n_classes": n_classes,
-                   "patch_size": list(patch), "normalisation": "percentile_1_99", "train": json.loads(
-                       json.dumps({k: v for k, v in t_cfg.items()})), "step": steps,
-                   "ignore_label": IGNORE_LABEL, "init": init}
-        save_atomic(payload, model_out)
-        final = val_hist[-1] if val_hist else None
-        metrics = {
-            "schema": SEGMENT_METRICS_SCHEMA,
-            "classes": {str(k): v for k, v in classes.items()},
-            "arch": m_cfg["arch"], "parameters": count_parameters(net),
-            "world_size": world.size, "device": str(device), "global_batch": B, "steps": steps,
-            "patch_size": list(patch),
-            "loss_curve": curve,
-            "validation": val_hist,
-            "final_dice": None if final is None else {classes[c]: d for c, d in enumerate(final["dice"])},
-            "final_mean_dice": None if final is None else final["mean_dice"],
-            **final_scores(final, classes),
-            "randomised_fraction": fraction,
-            "validation_split": "held-out label stores" if val_inputs else
-            f"slab of {t_cfg['val_fraction']} along {t_cfg['val_axis']} (labels hidden from training)",
-            "validation_labelled_voxels": val_voxels,
-            "train_voxels_per_s": vox_s if step > start else None,
-            "wall_s": elapsed + time.time() - t0,
-            **store.provenance("segment.train", cfg),
-        }
-        store.write_json(metrics_out, metrics)
+        save_atomic(run.model_payload(), model_out)
+        store.write_json(metrics_out, run.metrics(held_out=bool(val_inputs)))
         log.info("wrote %s and %s", model_out, metrics_out)
     world.barrier()
     return 0
@@ -366,14 +437,14 @@ def train(cfg: dict, inputs: Sequence[TrainInput], model_out: str, metrics_out: 
 ARCH_KEYS = ("arch", "channels", "strides", "num_res_units", "init_filters", "feature_size")
 
 
-def head_keys(model_cfg: dict[str, Any], n_classes: int) -> set[str]:
+def head_keys(model: ModelSettings | Mapping[str, Any], n_classes: int) -> set[str]:
     """Names of the weights that depend on the number of classes (the output head of the network)."""
-    a = build_model(model_cfg, n_classes).state_dict()
-    b = build_model(model_cfg, n_classes + 1).state_dict()
+    a = build_model(model, n_classes).state_dict()
+    b = build_model(model, n_classes + 1).state_dict()
     return {k for k in a if a[k].shape != b[k].shape}
 
 
-def init_weights(net: torch.nn.Module, path: str, classes: dict[int, str], model_cfg: dict[str, Any],
+def init_weights(net: torch.nn.Module, path: str, classes: dict[int, str], model: ModelSettings | Mapping[str, Any],
                  new_head: bool = True) -> dict[str, Any]:
     """Start ``net`` from the weights of the model file ``path`` (``segment.train.init_from``: fine-tuning).
 
@@ -387,7 +458,7 @@ def init_weights(net: torch.nn.Module, path: str, classes: dict[int, str], model
         "base_classes"}``.
     Raises:
         InputError: the file is not a segmentation model, its architecture differs from
-            ``model_cfg``, or its classes differ from the training labels' without ``new_head``.
+            ``model``, or its classes differ from the training labels' without ``new_head``.
     """
     from .pretrained import file_sha256, resolve_model
 
@@ -395,7 +466,8 @@ def init_weights(net: torch.nn.Module, path: str, classes: dict[int, str], model
     file = resolve_model(path)
     meta = load_model_file(file, FORMAT, "segmentation model")
     theirs_cfg = {k: meta["model"].get(k) for k in ARCH_KEYS if k in meta["model"]}
-    ours_cfg = {k: model_cfg.get(k) for k in theirs_cfg}
+    ours = model_settings(model)
+    ours_cfg = {k: getattr(ours, k) for k in theirs_cfg}
     if theirs_cfg != ours_cfg:
         raise InputError(f"{where}: the model is {theirs_cfg}, segment.model is {ours_cfg}: set segment.model to "
                          "the model's architecture, or init_from: null to train from random weights")

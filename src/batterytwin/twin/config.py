@@ -9,10 +9,8 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from ..config import Section
+from ..config import Name, Section
 from ..cycling.life import DEFAULT_THRESHOLD
-
-NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 
 class EmpiricalSettings(Section):
@@ -70,7 +68,7 @@ class TwinConfig(Section):
     enabled: bool = Field(True, description="run the twin on the real-data evaluations")
     data_dir: str | None = Field(None, description="directory of the DiffBatt .npz splits (null: "
                                  "degradation.real_data.dir)")
-    evaluations: list[Annotated[str, Field(pattern=NAME)]] | None = Field(
+    evaluations: list[Name] | None = Field(
         None, description="names of degradation.real_data.evaluations to run (null: all)")
     physics: Literal["empirical", "pybamm"] = Field("empirical", description="reduced ageing model fitted per cell")
     fit_cycles: int = Field(100, ge=2, description="early cycles observed and fitted per cell")
