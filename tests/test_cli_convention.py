@@ -206,7 +206,7 @@ def test_segment_help_is_under_half_of_the_full_listing(capsys, monkeypatch):
 # ---------------------------------------------------------------------------------- inspect labels
 
 def test_inspect_label_statistics_leave_out_the_ignore_label(tmp_path):
-    from batterytwin.inspect import describe
+    from batterytwin.inspection import describe
 
     rng = np.random.default_rng(3)
     labels = rng.integers(0, 3, (12, 10, 9)).astype(np.uint8)
