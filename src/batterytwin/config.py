@@ -5,8 +5,8 @@ place a default lives. The workflow schema (``workflow/schemas/config.schema.jso
 from the models (:mod:`batterytwin.workflow_config`), and each stage command reads its section with
 the same two options::
 
-    batterytwin denoise IN OUT --config config.yaml              # the section of a whole config
-    batterytwin denoise IN OUT --config-json '{"patch_size": 3}'  # what Snakemake rules pass
+    batterytwin denoise -i IN -o OUT --config config.yaml              # the section of a whole config
+    batterytwin denoise -i IN -o OUT --config-json '{"patch_size": 3}'  # what Snakemake rules pass
 
 A few settings people type by hand also have flags; they are generated from the model
 (:func:`add_config_arguments`), so their type, choices, help and default are declared once.

@@ -65,7 +65,7 @@ def register(subparsers) -> None:
         "against --like (whose voxel size it takes)")
     g.add_argument("--labels", action="store_true", help="import a label image instead of a CT volume")
     g.add_argument("--classes", metavar="NAME=ID,...",
-                   help=f"class map of the ids in the image (default: {format_class_map(CLASSES).replace(',', ', ')})")
+                   help=f"class map of the ids in the image (default: {labels.format_class_map(CLASSES).replace(',', ', ')})")
     g.add_argument("--like", metavar="ZARR", help="the sample's volume store: same shape (after --crop), voxel size")
     g.add_argument("--unlabelled", type=int, default=IGNORE_LABEL, metavar="ID",
                    help="an id of the image meaning 'not labelled', written as 255 (default %(default)s)")
@@ -143,11 +143,6 @@ def run_ingest(args: argparse.Namespace) -> None:
                              clip=args.clip)
         log.info("wrote %s", args.output)
     world.barrier()
-
-
-def format_class_map(classes: dict[int, str]) -> str:
-    """``{0: "pore", 1: "solid"}`` -> ``"pore=0,solid=1"``: the ``--classes`` form (the config's ``name: id``)."""
-    return ",".join(f"{name}={cid}" for cid, name in sorted(classes.items()))
 
 
 def parse_classes(text: str | None) -> dict[int, str]:

@@ -1,6 +1,6 @@
 """Hand-label import: a label image in any ingest format -> a label store (uint8, ``classes``, 255).
 
-``batterytwin ingest LABELS OUT --labels --classes 0=pore,1=solid_electrolyte --like VOLUME`` reads
+``batterytwin ingest -i LABELS -o OUT --labels --classes pore=0,solid_electrolyte=1 --like VOLUME`` reads
 the label image with the ingest readers (TIFF folder, multi-page TIFF, HDF5, ``.npy``, raw), slab by
 slab (memory bounded like a volume ingest), and writes a store in the format of the phantom's truth
 store and of the network's output: ``uint8``, attribute ``classes`` (``{"0": "pore", ...}``),
@@ -86,8 +86,8 @@ def parse_class_map(text: str | Mapping | None, where: str = "--classes") -> dic
 
 
 def format_class_map(classes: Mapping[int, str]) -> str:
-    """``{0: "pore", 1: "solid"}`` -> ``"0=pore,1=solid"`` (the ``--classes`` form)."""
-    return ",".join(f"{int(k)}={v}" for k, v in sorted(classes.items()))
+    """``{0: "pore", 1: "solid"}`` -> ``"pore=0,solid=1"``: the ``--classes`` form (the config's ``name: id``)."""
+    return ",".join(f"{name}={int(cid)}" for cid, name in sorted(classes.items()))
 
 
 def import_labels(reader, out_path: Path | str, classes: Mapping[int, str] | None = None, *,
