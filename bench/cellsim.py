@@ -15,7 +15,7 @@ model to C (``cellsim.compile``) into a fresh, empty AOT cache for each timed ru
 compile time is inside its figures; ``--warm`` adds a 1-rank run on the filled cache (what a
 rerun or another sample with the same parameters costs). Each run also counts its compiles: ``gcc``
 is a wrapper that logs the calling process, so ``compiles`` / ``compiling_processes`` show one
-compile per job (rank 0 compiles, the other ranks load its libraries; issue 27).
+compile per job (rank 0 compiles, the other ranks load its libraries).
 
 Writes ``bench/results/cellsim-<date>.json`` (one entry per cycle count, merged into the file of
 the day; ``--out`` to change).

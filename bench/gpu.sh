@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One prepared GPU session (issue 19): every GPU figure of the issue in one call of at most ~8 minutes,
+# One prepared GPU session: every GPU figure in one call of at most ~8 minutes,
 # merged into one JSON with the device name.
 #
 #   bash bench/gpu.sh                 # on the GPU machine, from the repository root

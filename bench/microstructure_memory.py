@@ -1,4 +1,4 @@
-"""Benchmark: peak RSS and cost of the microstructure stage (slab-wise reading, issue 29) vs volume.
+"""Benchmark: peak RSS and cost of the microstructure stage (slab-wise reading) vs volume.
 
 Per edge N: a phantom label store N^3 (ground-truth labels of the built-in cell phantom, written
 shard by shard: chunk 64, shard 256 as the pipeline writes them), then ``batterytwin microstructure``

@@ -17,7 +17,7 @@ One quantile and one score convention for both stages:
 
 The log makes the correction multiplicative in the remaining life, so one quantile serves short- and
 long-lived cells; the base of the log does not change any interval (``q`` scales with it), only the
-reported ``q`` (natural log since issue 25; the diffusion stage reported log10 before).
+reported ``q`` (natural log).
 """
 
 from __future__ import annotations

@@ -110,8 +110,8 @@ def generate_unconditional(net: DegradationNet, payload: dict, n: int, st: Sampl
 
 def training_cells(payload: dict, rule: str, threshold: float) -> dict[str, np.ndarray]:
     """The model file's training cells (every cell of the training set, calibration cells included):
-    ``soh`` [n, L], ``valid_len`` [n], ``qmatrix`` [n, R, V] (float32; absent in model files written before
-    issue 25) and their ``life`` [n] and ``censored`` [n] under ``rule`` -- what any baseline or life
+    ``soh`` [n, L], ``valid_len`` [n], ``qmatrix`` [n, R, V] (float32; absent in model files written
+    by an older batterytwin) and their ``life`` [n] and ``censored`` [n] under ``rule`` -- what any baseline or life
     predictor needs to be refitted through its ``.fit``."""
     tr = payload["train"]
     out = {"soh": tr["soh"].numpy(), "valid_len": tr["valid_len"].numpy()}
@@ -126,7 +126,7 @@ def fit_baselines(payload: dict, rule: str, threshold: float, seed: int) -> dict
     """The baselines of :func:`batterytwin.cycling.baselines.fit_baselines`, fitted through ``.fit`` on the
     model file's training cells (uncensored cells only): name -> fitted model.
 
-    Model files written before issue 25 hold only the two capacity-matrix rows of the variance feature
+    Model files written by an older batterytwin hold only the two capacity-matrix rows of the variance feature
     (``q_variance_rows``) and the forest's grid of it (``forest_x``): each baseline is fitted on its own
     part (the same fit, since the features are the same); a predictor that needs the whole capacity
     matrix needs the model retrained.
@@ -135,7 +135,7 @@ def fit_baselines(payload: dict, rule: str, threshold: float, seed: int) -> dict
     life, cens, soh, vl = cells["life"], cells["censored"], cells["soh"], cells["valid_len"]
     if "qmatrix" in cells:
         return fit_life_baselines(cells["qmatrix"], life, cens, seed, soh, vl)
-    log.warning("%s: model file without train.qmatrix (written before issue 25): baselines refitted from "
+    log.warning("%s: model file without train.qmatrix (written by an older batterytwin): baselines refitted from "
                 "q_variance_rows and forest_x; retrain it for predictors that need the whole capacity matrix",
                 payload.get("source", "model"))
     tr = payload["train"]
@@ -150,7 +150,7 @@ def fit_baselines(payload: dict, rule: str, threshold: float, seed: int) -> dict
 def fit_life_model(payload: dict, rule: str, st: SampleSettings):
     """The stack (:class:`~batterytwin.cycling.life_model.LifeModel`) fitted on the model file's training
     cells, seeded from the sampling seed: (model, None), or (None, why not) when ``st.predictor`` is
-    ``diffusion``, the model file holds no ``train.qmatrix`` (written before issue 25) or too few
+    ``diffusion``, the model file holds no ``train.qmatrix`` (written by an older batterytwin) or too few
     uncensored training cells."""
     if st.predictor == "diffusion":
         return None, "degradation.sample.predictor: diffusion"
@@ -159,7 +159,7 @@ def fit_life_model(payload: dict, rule: str, st: SampleSettings):
     cells = training_cells(payload, rule, st.threshold)
     source = payload.get("source", "model")
     if "qmatrix" not in cells:
-        return None, (f"{source}: model file without train.qmatrix (written before issue 25): the stack needs the "
+        return None, (f"{source}: model file without train.qmatrix (written by an older batterytwin): the stack needs the "
                       f"training cells' capacity matrices; retrain the model")
     n_ok = int((~cells["censored"]).sum())
     if n_ok < MIN_CELLS:
