@@ -78,6 +78,12 @@ def test_phase_names_that_are_classes_pass_and_an_absent_optional_phase_is_allow
     three = {"pore": 0, "solid_electrolyte": 1, "cathode_active": 2}
     with pytest.raises(InputError, match="microstructure.anode_phase: 'lithium_metal' is not a class"):
         complete_config(with_changes(segment={"classes": three}))
+    # an electrode scan without an anode: anode_phase null, no separator sought
+    electrode = {"pore": 0, "cathode_active": 1, "binder": 2}
+    done = complete_config(with_changes(segment={"classes": electrode},
+                                        microstructure={"phases": ["pore"], "electrolyte_phase": "pore",
+                                                        "anode_phase": None}))
+    assert done["microstructure"]["anode_phase"] is None
     # samples that only train the segmentation never reach microstructure: their class map is theirs
     trained = {name: {**spec, "role": "train"} for name, spec in BASE["samples"].items()}
     complete_config({**with_changes(segment={"classes": three}), "samples": trained})

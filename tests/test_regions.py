@@ -55,6 +55,23 @@ def test_slice_counts_and_layer_run():
     assert layer_run(counts, REDEP) is None
 
 
+def test_electrode_scan_without_anode_finds_the_electrode_and_seeks_no_separator():
+    from batterytwin.microstructure.regions import find_regions
+
+    lab = np.zeros((12, 8, 8), np.uint8)  # pore 0, cathode_active 1, binder 2: an electrode alone
+    lab[:, :, :5] = 1
+    lab[:, 0, :] = 2
+    lab[9:] = 0  # a pore-only margin above the electrode
+    ids = {"pore": 0, "cathode_active": 1, "binder": 2}
+    p = MicrostructureConfig.model_validate({"electrolyte_phase": "pore", "anode_phase": None})
+    regions, flags = find_regions(slice_counts(lab), ids, p)
+    assert regions == {"positive_electrode": (0, 9)}
+    assert flags == {"separator_flag": "microstructure.anode_phase is null (no anode in the scan): "
+                                       "separator not sought"}
+    regions, flags = find_regions(slice_counts(lab), ids, p.model_copy(update={"anode_phase": "lithium_metal"}))
+    assert "no lithium_metal layer" in flags["separator_flag"]
+
+
 @pytest.fixture(scope="module")
 def phantom():
     _, lab = make_phantom((48, 48, 48), seed=2)

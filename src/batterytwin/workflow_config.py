@@ -110,14 +110,14 @@ class PipelineConfig(Section):
 
 # microstructure settings naming a class: required ones must be classes of the run; an optional one
 # (absent from some class maps) is refused only when it looks like a misspelt class
-REQUIRED_PHASES = ("electrolyte_phase", "active_phase", "anode_phase")
+REQUIRED_PHASES = ("electrolyte_phase", "active_phase", "anode_phase")  # anode_phase may be null: no anode
 OPTIONAL_PHASES = ("redeposited_phase",)
 
 
 def check_phase_names(micro: MicrostructureConfig, classes: list[str]) -> None:
     """Raise ``ValueError`` (one line, with a did-you-mean) for a phase name that is not in ``classes``."""
     named = [(f"microstructure.phases[{i}]", n) for i, n in enumerate(micro.phases)]
-    named += [(f"microstructure.{k}", getattr(micro, k)) for k in REQUIRED_PHASES]
+    named += [(f"microstructure.{k}", getattr(micro, k)) for k in REQUIRED_PHASES if getattr(micro, k) is not None]
     for key, name in named + [(f"microstructure.{k}", getattr(micro, k)) for k in OPTIONAL_PHASES]:
         if name in classes:
             continue

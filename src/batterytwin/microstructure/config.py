@@ -69,7 +69,8 @@ class MicrostructureConfig(Section):
                               "names of labels.zarr) whose tortuosity is measured over the whole volume")
     electrolyte_phase: str = Field("solid_electrolyte", description="electrolyte class of the cell block")
     active_phase: str = Field("cathode_active", description="marks the positive electrode (z slices where present)")
-    anode_phase: str = Field("lithium_metal", description="marks the anode (the separator ends there)")
+    anode_phase: str | None = Field("lithium_metal", description="marks the anode (the separator ends there); "
+                                    "null for a scan without an anode (an electrode alone): no separator region")
     redeposited_phase: str = Field("redeposited_lithium", description="redeposited lithium (dendrites, agglomerates)")
     layer_min_fraction: float = Field(0.01, ge=0, le=1, description="a z slice belongs to a layer when the class "
                                       "covers at least this fraction of it")

@@ -128,7 +128,9 @@ def find_regions(counts: np.ndarray, ids: dict[str, int], p: MicrostructureConfi
     an = None
     if p.anode_phase in ids:  # the anode layer among the slices above the electrode only
         an = layer_run(counts[pe[1]:], ids[p.anode_phase], p.layer_min_fraction, rel)
-    if an is None or an[0] == 0:
+    if p.anode_phase is None:
+        flags["separator_flag"] = "microstructure.anode_phase is null (no anode in the scan): separator not sought"
+    elif an is None or an[0] == 0:
         flags["separator_flag"] = (f"no {p.anode_phase} layer above the positive electrode (z >= {pe[1]}): "
                                    "separator not found")
     else:
