@@ -4,7 +4,7 @@ lists every figure under its stage, and that every embedded image decodes.
 
 The workflow is the project's own rule files (common, ingest, report) on a small phantom; the
 outputs of the later stages are written beforehand in their interface formats
-(tests/test_report_inputs.py) so that every report rule runs without the heavy stages.
+(tests/report_inputs.py) so that every report rule runs without the heavy stages.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import yaml
 
 from batterytwin.report.scaling import latest_bench
 
-from . import test_report_inputs as inputs
+from . import report_inputs as inputs
 from .conftest import BIN, REPO
 
 pytestmark = pytest.mark.slow

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
@@ -118,18 +119,26 @@ def format_um(value: float) -> str:
     return f"{value:g} µm" if value >= 1 else f"{value * 1000:g} nm"
 
 
-def add_scale_bar(ax, width_um: float, colour: str = "white") -> float:
+SCALE_BAR_BOX = "white"  # the scale bar's box: black bar and text on it read on any image
+
+
+def add_scale_bar(ax, width_um: float) -> float:
     """Draw a scale bar in the lower right of an image axis whose data units are micrometres.
+
+    Bar and text are black on a white, slightly transparent box, so they stay readable over
+    features of any colour (a bare white or black bar vanishes on a feature of its own colour).
 
     Returns the bar length in µm (a round number about a quarter of ``width_um``).
     """
     from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
 
     length = nice_length(width_um)
-    bar = AnchoredSizeBar(ax.transData, length, format_um(length), "lower right", pad=0.3, color=colour,
-                          frameon=False, size_vertical=width_um / 80, fontproperties={"size": 6},
+    bar = AnchoredSizeBar(ax.transData, length, format_um(length), "lower right", pad=0.15, sep=1.5, color="black",
+                          frameon=True, size_vertical=width_um / 80, fontproperties={"size": 6},
                           label_top=True, borderpad=0.3)
+    bar.patch.set(facecolor=SCALE_BAR_BOX, edgecolor="none", alpha=0.8)
     ax.add_artist(bar)
+    ax.scale_bar = bar
     return length
 
 
@@ -166,23 +175,52 @@ def save(fig: Figure, path: os.PathLike | str, dpi: int = DEFAULT_DPI) -> Path:
     return final
 
 
+UNITS = {"um": "µm", "um2": "µm²", "um3": "µm³", "per_um": "1/µm", "nm": "nm", "s": "s", "Ah": "Ah", "V": "V",
+         "K": "K", "C": "°C", "percent": "%"}
+_UNIT_SUFFIX = re.compile(r"_(per_um|um[23]?|nm|Ah|V|K|percent)$")
+
+
+def readable(key: str) -> str:
+    """A JSON key as text: a trailing unit as ``(unit)`` with the micro sign, underscores as spaces.
+
+    ``thickness_um`` -> ``thickness (µm)``, ``total_volume_um3`` -> ``total volume (µm³)``,
+    ``specific_area_per_um`` -> ``specific area (1/µm)``.
+    """
+    parts = []
+    for piece in str(key).split("."):
+        m = _UNIT_SUFFIX.search(piece)
+        unit = f" ({UNITS[m.group(1)]})" if m else ""
+        parts.append((piece[: m.start()] if m else piece).replace("_", " ") + unit)
+    return ".".join(parts)
+
+
+TABLE_FONT_SIZE = 6.5
+TABLE_PAD = 0.08  # of the font size, each side of a cell's text
+
+
 def table(ax, rows: Sequence[Sequence[str]], header: Sequence[str], title: str | None = None,
-          col_widths: Sequence[float] | None = None, align: Sequence[str] | None = None,
-          cell_loc: str = "center", fontsize: float = 6.5):
-    """A compact table filling ``ax`` from the top (header shaded, thin rules); returns the table."""
+          align: Sequence[str] | None = None, fontsize: float = TABLE_FONT_SIZE, row_height: float | None = None):
+    """A compact table at the top of ``ax`` (header shaded, thin rules); returns the table.
+
+    Every column is as wide as its widest text (measured when the figure is drawn), every cell in
+    one font at ``fontsize``; rows are ``row_height`` (axes fraction, default: the rows fill ``ax``).
+    """
     ax.set_axis_off()
     tab = ax.table(cellText=[list(r) for r in rows], colLabels=list(header), loc="upper center",
-                   cellLoc=cell_loc, colLoc="center", colWidths=col_widths)
+                   cellLoc="center", colLoc="center")
     tab.auto_set_font_size(False)
     tab.set_fontsize(fontsize)
+    tab.auto_set_column_width(list(range(len(header))))
+    height = row_height or 1.0 / (len(rows) + 1.5)
     for (r, c), cell in tab.get_celld().items():
         cell.set_linewidth(0.3)
-        cell.set_height(1.0 / (len(rows) + 1.5))
+        cell.set_height(height)
+        cell.PAD = TABLE_PAD
+        cell.get_text().set_fontfamily(plt.rcParams["font.family"])
         if r == 0:
             cell.set_facecolor("#E8E8E8")
         elif align is not None:
-            cell.set_text_props(ha=align[c])
-            cell.PAD = 0.03
+            cell.get_text().set_horizontalalignment(align[c])
     if title:
         ax.set_title(title)
     return tab
