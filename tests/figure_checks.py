@@ -12,10 +12,13 @@ import re
 from itertools import combinations
 
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.container import BarContainer
 from matplotlib.table import Table
 from matplotlib.text import Text
 from matplotlib.transforms import Bbox
+
+from batterytwin.report import style
 
 TOLERANCE_PX = 1.0
 ASCII_MICRO = re.compile(r"\bum[23]?\b|1/um\b")  # "um", "um2", "um3", "1/um": µm written without the micro sign
@@ -88,6 +91,8 @@ def drawn_texts(fig, renderer) -> list[tuple[str, Text, Bbox]]:
 
 def layout_problems(fig) -> list[str]:
     """Every layout defect of ``fig`` in words (empty: the figure reads cleanly)."""
+    if not hasattr(fig.canvas, "get_renderer"):  # a bare Figure(): draw it with Agg, as the report does
+        FigureCanvasAgg(fig)
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     frame = fig.bbox
@@ -98,7 +103,9 @@ def layout_problems(fig) -> list[str]:
             problems.append(f"{where}: {t.get_text()!r} outside the figure")
         if ASCII_MICRO.search(t.get_text()):
             problems.append(f"{where}: {t.get_text()!r} writes um for µm")
-    for ax in fig.axes:  # annotations belong inside their panel
+    for ax in fig.axes:  # annotations of a plot belong inside it (a panel without axes only holds text)
+        if not ax.axison:
+            continue
         panel = ax.get_window_extent(renderer)
         for t in ax.texts:
             if _shown(t) and not _inside(t.get_window_extent(renderer), panel):
@@ -140,8 +147,10 @@ def _table_problems(tab: Table, renderer, where: str) -> list[str]:
 
 
 def assert_clean(fig) -> None:
-    """Fail with the list of layout problems of ``fig`` when there is any."""
-    problems = layout_problems(fig)
+    """Fail with the list of layout problems of ``fig`` (drawn in the paper style, as
+    :func:`batterytwin.report.style.save` draws it) when there is any."""
+    with style.paper_style():
+        problems = layout_problems(fig)
     assert not problems, "figure layout:\n" + "\n".join(problems)
 
 

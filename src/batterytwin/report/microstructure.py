@@ -173,9 +173,10 @@ def plot_tortuosity(micro: Mapping[str, Any], msd: Mapping[str, Mapping[str, np.
     if not keys:
         raise InputError(f"msd.npz: none of the requested curves is present (have {sorted(msd)})")
     fits, ratios, tables = {}, {}, {}
+    notes = ["row i, column T_j: component ij of the D_eff/D_bulk tensor", "n/a: the axis does not percolate"]
     with style.paper_style():
-        fig = style.new_figure(style.DOUBLE_COLUMN_IN, 2.2 * len(keys) + 0.2)
-        grid = fig.add_gridspec(len(keys), 2, width_ratios=[1, 1.5])
+        fig = style.new_figure(style.DOUBLE_COLUMN_IN, 2.0 * len(keys) + 0.5)
+        grid = fig.add_gridspec(len(keys) + 1, 2, width_ratios=[1, 1.9], height_ratios=[2.0] * len(keys) + [0.3])
         for r, key in enumerate(keys):
             rec = tortuosity_record(micro, key) or {}
             curves = msd[key]
@@ -185,8 +186,8 @@ def plot_tortuosity(micro: Mapping[str, Any], msd: Mapping[str, Mapping[str, np.
             ax.set_title(f"{phase.replace('_', ' ')}, {where}")
             if not percolates(rec, curves):
                 ax.set_axis_off()
-                ax.text(0.5, 0.5, f"{phase.replace('_', ' ')} does not percolate\nalong any axis: no long-range "
-                        "diffusion,\nτ undefined", transform=ax.transAxes, ha="center", va="center")
+                ax.text(0.5, 0.5, f"{phase.replace('_', ' ')}\ndoes not percolate along any axis:\n"
+                        "no long-range diffusion, τ undefined", transform=ax.transAxes, ha="center", va="center")
             else:
                 fits[key], ratios[key] = _draw_msd(ax, curves, rec)
             axes_res = rec.get("axes") or {}
@@ -195,17 +196,19 @@ def plot_tortuosity(micro: Mapping[str, Any], msd: Mapping[str, Mapping[str, np.
             walk = rec.get("walk") or {}
             used = (f"; walk: {walk['n_walkers']} walkers × {walk['n_steps']} steps"
                     if walk.get("n_walkers") and walk.get("n_steps") else "")
-            tab_ax = fig.add_subplot(grid[r, 1])
             header = ["axis", "ε", "D_eff/D_bulk", "τ", "σ(τ)", *(["τ TauFactor"] if with_tf else []), "percolates",
                       "converged", "T_z", "T_y", "T_x"]
-            style.table(tab_ax, rows, header, row_height=0.13,
+            style.table(fig.add_subplot(grid[r, 1]), rows, header, row_height=0.16, fontsize=6,
                         title=rec.get("convention", "τ = ε D_bulk / D_eff").replace("tau", "τ").replace("eps", "ε")
                         .replace(" * ", " ") + used)
-            notes = ["T_i: row of the D_eff/D_bulk tensor", "n/a: axis does not percolate"]
-            notes.append("τ TauFactor: steady-state τ of the TauFactor cross-check (n/a: not solved on this axis)"
-                         if with_tf else "no TauFactor cross-check for this walk (microstructure.crosscheck_taufactor)")
-            tab_ax.text(0.0, 0.3, "\n".join(notes), transform=tab_ax.transAxes, ha="left", va="top", fontsize=6,
-                        color="0.25")
+            if with_tf and len(notes) == 2:
+                notes.append("τ TauFactor: steady-state τ of the TauFactor cross-check (n/a: not solved on that axis)")
+        if len(notes) == 2:
+            notes.append("no TauFactor cross-check (microstructure.crosscheck_taufactor) for these walks")
+        note_ax = fig.add_subplot(grid[-1, :])
+        note_ax.set_axis_off()
+        note_ax.text(0.0, 1.0, "; ".join(notes), transform=note_ax.transAxes, ha="left", va="top", fontsize=6,
+                     color="0.25", wrap=True)
     fig.fits = fits
     fig.ratios = ratios
     fig.tables = tables

@@ -195,7 +195,7 @@ def readable(key: str) -> str:
 
 
 TABLE_FONT_SIZE = 6.5
-TABLE_PAD = 0.08  # of the font size, each side of a cell's text
+TABLE_PAD = 0.1  # of the font size, each side of a cell's text
 
 
 def table(ax, rows: Sequence[Sequence[str]], header: Sequence[str], title: str | None = None,
