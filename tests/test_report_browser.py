@@ -139,7 +139,8 @@ def make_workflow(workdir: Path, samples: dict) -> None:
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
     cfg["samples"] = samples
     cfg["store"] = {"chunk": 16, "shard": 32}
-    cfg["report"] = {"dpi": 80, "ome_levels": 1, "ome_chunk": 16}
+    # the project's own report: with the repository's benchmark figure (report.benchmark)
+    cfg["report"] = {"dpi": 80, "ome_levels": 1, "ome_chunk": 16, "benchmark": True}
     # the stand-in sweep.zarr has no rate_capability block (its figure: tests/test_cellsim_rate.py)
     cfg["cellsim"]["rate_capability"] = {"enabled": False}
     (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))

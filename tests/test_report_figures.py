@@ -63,6 +63,7 @@ def test_training_legends_beside_bars_and_na_explained():
     metrics = inputs.segment_metrics(0)
     names = list(metrics["final_dice"])
     metrics["final_dice"][names[4]] = None                       # a class absent from the validation data
+    metrics["final_dice"][names[0]] = 0.95                       # a long bar in the top row, where a legend went
     metrics["final_precision"] = {n: 0.97 for n in names}        # markers near the right end, where a legend went
     metrics["final_recall"] = {n: (None if n == names[4] else 0.99) for n in names}
     fig = training.plot_training(metrics)
@@ -74,6 +75,7 @@ def test_training_legends_beside_bars_and_na_explained():
     assert [t.get_text() for t in ax_dice.get_legend().get_texts()] == [n.replace("_", " ") for n in names] + ["mean"]
     assert [t.get_text() for t in ax_bar.get_legend().get_texts()] == ["precision", "recall"]
     values = {t.get_text() for t in ax_bar.texts}
+    assert "0.950" in values
     assert {f"{metrics['final_dice'][n]:.3f}" for n in names if n != names[4]} <= values
 
 

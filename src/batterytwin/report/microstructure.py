@@ -310,7 +310,7 @@ def measured_rows(micro: Mapping[str, Any]) -> list[tuple[str, Any]]:
 
 def _pretty(key: str, width: int = 50) -> str:
     """Readable key: units in brackets with the micro sign, dots as ": ", long keys shortened in the middle."""
-    key = style.readable(key).replace(".", ": ")
+    key = style.readable(key).replace(".", ": ") + (" (slices)" if key.endswith("z_range") else "")
     return key if len(key) <= width else key[: width // 2 - 1] + "…" + key[-(width // 2) + 1:]
 
 
