@@ -13,6 +13,7 @@ from itertools import combinations
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import PathCollection
 from matplotlib.container import BarContainer
 from matplotlib.table import Table
 from matplotlib.text import Text
@@ -110,6 +111,16 @@ def layout_problems(fig) -> list[str]:
         for t in ax.texts:
             if _shown(t) and not _inside(t.get_window_extent(renderer), panel):
                 problems.append(f"text {t.get_text()!r} outside its panel {ax.get_title()!r}")
+    for ax in fig.axes:  # an annotation hides no data marker
+        points = _marker_points(ax)
+        for t in ax.texts:
+            if not _shown(t) or not len(points):
+                continue
+            box = t.get_window_extent(renderer).expanded(1.0, 1.0)
+            hit = (points[:, 0] > box.x0 + TOLERANCE_PX) & (points[:, 0] < box.x1 - TOLERANCE_PX) \
+                & (points[:, 1] > box.y0 + TOLERANCE_PX) & (points[:, 1] < box.y1 - TOLERANCE_PX)
+            if hit.any():
+                problems.append(f"text {t.get_text()!r} covers a data marker in {ax.get_title()!r}")
     for (w1, t1, b1), (w2, t2, b2) in combinations(texts, 2):
         if _overlap(b1, b2):
             problems.append(f"{w1} {t1.get_text()!r} overlaps {w2} {t2.get_text()!r}")
@@ -131,6 +142,16 @@ def layout_problems(fig) -> list[str]:
             if not UNIT.search(label):
                 problems.append(f"colour bar {label!r} has no unit in brackets")
     return problems
+
+
+def _marker_points(ax) -> np.ndarray:
+    """Display coordinates [n, 2] of the markers of ``ax``: scatter points and marked line vertices."""
+    pts = [c.get_offset_transform().transform(c.get_offsets()) for c in ax.collections
+           if isinstance(c, PathCollection) and len(c.get_offsets())]
+    pts += [line.get_transform().transform(line.get_xydata()) for line in ax.lines
+            if line.get_marker() not in (None, "None", "", " ") and len(line.get_xydata())]
+    pts = [p[np.isfinite(p).all(axis=1)] for p in pts]
+    return np.concatenate(pts) if pts else np.empty((0, 2))
 
 
 def _table_problems(tab: Table, renderer, where: str) -> list[str]:

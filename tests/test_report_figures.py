@@ -43,6 +43,8 @@ def test_checker_finds_each_kind_of_defect():
     ax = fig.add_subplot()
     ax.plot([0, 1], [0, 1])
     ax.text(1.6, 0.5, "0.0n/a")                                  # past the panel's right edge
+    ax.scatter([0.5], [0.2])
+    ax.text(0.5, 0.2, "1.000", ha="center", va="center")         # over a precision marker
     ax.set_xlabel("thickness (um)")                              # um for µm
     tab = fig.add_subplot().table(cellText=[["2.25e-05 -> 3.1e-05"]], colWidths=[0.1], loc="center")
     tab.auto_set_font_size(False)
@@ -52,6 +54,7 @@ def test_checker_finds_each_kind_of_defect():
     problems = "\n".join(layout_problems(fig))
     assert "'0.0n/a' outside its panel" in problems
     assert "writes um for µm" in problems
+    assert "'1.000' covers a data marker" in problems
     assert "'2.25e-05 -> 3.1e-05' spills over its border" in problems
     assert "colour bar 'entropy' has no unit" in problems
     clean = Figure(figsize=(3, 2), layout="constrained")
@@ -70,7 +73,7 @@ def test_training_legends_beside_bars_and_na_explained():
     assert_clean(fig)
     ax_loss, ax_dice, ax_bar, _ = fig.axes[:4]
     na = [t for t in ax_bar.texts if t.get_text().startswith("n/a")]
-    assert len(na) == 1 and "not in the validation data" in na[0].get_text()
+    assert len(na) == 1 and "absent" in na[0].get_text()
     # the per-class panel has its class legend; the bar panel's legend names the markers
     assert [t.get_text() for t in ax_dice.get_legend().get_texts()] == [n.replace("_", " ") for n in names] + ["mean"]
     assert [t.get_text() for t in ax_bar.get_legend().get_texts()] == ["precision", "recall"]

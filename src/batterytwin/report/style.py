@@ -80,6 +80,12 @@ def class_colour(class_id: int, name: str) -> str:
     return CLASS_COLOURS.get(name, _FALLBACK[int(class_id) % len(_FALLBACK)])
 
 
+def text_colour_on(colour) -> str:
+    """Black or white, whichever reads better on ``colour`` (by its relative luminance)."""
+    r, g, b = matplotlib.colors.to_rgb(colour)
+    return "black" if 0.2126 * r + 0.7152 * g + 0.0722 * b > 0.45 else "white"
+
+
 def class_colourmap(classes: Mapping[int, str], ignore_label: int = IGNORE_LABEL) -> tuple[ListedColormap, BoundaryNorm]:
     """Colour map + norm drawing label id ``k`` in its class colour (``ignore_label`` white).
 

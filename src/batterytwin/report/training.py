@@ -82,15 +82,14 @@ def plot_training(metrics: Mapping[str, Any], where: str = "metrics.json"):
         ys = np.arange(len(names))
         bars = ax_bar.barh(ys, [np.nan if v is None else v for v in vals],
                            color=[style.class_colour(k, n) for k, n in enumerate(names)], edgecolor="0.3", lw=0.4)
-        for y, v in zip(ys, vals):
+        for y, v, bar in zip(ys, vals, bars):
+            # at the start of the bar, where no precision/recall marker sits (they are near the Dice)
             if v is None:  # no bar: say why, inside the panel
-                ax_bar.text(0.02, y, "n/a (class not in the validation data)", va="center", ha="left", fontsize=6,
-                            color="0.3", clip_on=True)
-            elif v < 0.3:  # short bar: the number goes to its right, in black
-                ax_bar.text(v + 0.02, y, f"{v:.3f}", va="center", ha="left", fontsize=6, color="black", clip_on=True)
+                ax_bar.text(0.02, y, "n/a (absent)", va="center", ha="left", fontsize=6, color="0.3", clip_on=True)
             else:
-                ax_bar.text(min(v, 1.0) - 0.02, y, f"{v:.3f}", va="center", ha="right", fontsize=6, color="white",
-                            clip_on=True)
+                inside = v >= 0.15
+                ax_bar.text(0.02 if inside else v + 0.02, y, f"{v:.3f}", va="center", ha="left", fontsize=6,
+                            color=style.text_colour_on(bar.get_facecolor()) if inside else "black", clip_on=True)
         ax_bar.set_yticks(ys, [n.replace("_", " ") for n in names])
         ax_bar.invert_yaxis()
         ax_bar.set_xlim(0, 1)
