@@ -95,7 +95,7 @@ def test_slices_scale_bar_readable_and_map_without_banding(sample, tmp_path):
     ent[SHAPE[0] // 2, 5:8, 5:8] = 0.9
     inputs.write_volume(tmp_path / "uncertainty.zarr", ent, VOXEL, "segment", units="nats")
     panels = [volumes.load_panel("raw", d / "volume.zarr"), volumes.load_panel("segmented", d / "labels.zarr", "labels"),
-              volumes.load_panel("uncertainty", tmp_path / "uncertainty.zarr", "map")]
+              volumes.load_panel("uncertainty: MC dropout, 4 passes (nats)", tmp_path / "uncertainty.zarr", "map")]
     fig = volumes.plot_orthoslices(panels, "s")
     assert_clean(fig)
     image_axes = [ax for ax in fig.axes if ax.images]
@@ -113,7 +113,8 @@ def test_slices_scale_bar_readable_and_map_without_banding(sample, tmp_path):
     spread = np.ptp(im.norm(background))
     assert spread < 0.05, f"background spans {spread:.0%} of the colour map"
     bar = next(ax for ax in fig.axes if getattr(ax, "_colorbar", None) is not None)
-    assert unit_of(bar._colorbar.long_axis.get_label_text()) == "nats"
+    label = bar._colorbar.long_axis.get_label_text()
+    assert unit_of(label) == "nats" and label == "uncertainty: MC dropout, 4 passes (nats)"  # the unit once
 
 
 def three_phase_micro() -> dict:

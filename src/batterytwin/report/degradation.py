@@ -158,8 +158,6 @@ def score_lines(metrics: dict) -> list[str]:
         if m.get("contains_baselines"):
             lines.append(f"  (contains the baselines: {', '.join(m['contains_baselines'])})")
     if m.get("reason"):
-        import textwrap
-
         lines += ["", "default predictor is the diffusion model:"] + textwrap.wrap(str(m["reason"]), 44,
                                                                                 break_long_words=False)
     return lines

@@ -122,7 +122,9 @@ def plot_orthoslices(panels: Sequence[Panel], title: str | None = None, index: S
                     ax.set_ylabel(panel.title)
                 if panel.kind == "map" and c == 2:
                     units = panel.volume.attrs.get("units")
-                    fig.colorbar(im, ax=ax, shrink=0.8, label=f"{panel.title} ({units})" if units else panel.title)
+                    label = panel.title if not units or panel.title.endswith(f"({units})") \
+                        else f"{panel.title} ({units})"
+                    fig.colorbar(im, ax=ax, shrink=0.8, label=label)
         if labels_seen:
             style.class_legend(fig, labels_seen, present)
         if title:
