@@ -15,10 +15,11 @@ import pytest
 import zarr
 from matplotlib.figure import Figure
 
-from batterytwin.report import cellsim, degradation, microstructure, style, training, volumes
+from batterytwin.report import cellsim, degradation, microstructure, scaling, style, training, volumes
 from batterytwin.store import open_volume
 
 from . import report_inputs as inputs
+from .conftest import REPO
 from .figure_checks import assert_clean, cell_texts, layout_problems, unit_of
 
 SHAPE = (20, 24, 28)
@@ -280,4 +281,16 @@ def test_every_default_figure_reads_cleanly(sample):
     assert_clean(microstructure.plot_microstructure_table(sample["micro"]))
     assert_clean(microstructure.plot_tortuosity(sample["micro"], microstructure.read_msd(d / "msd.npz")))
     assert_clean(degradation.plot_predictions(d / "degradation.zarr"))
+    labels = open_volume(d / "truth.zarr").array[...]
+    frames = [(f"cell_t{t:03d}", inputs.microstructure(labels, VOXEL, 0, t)[0]) for t in range(3)]
+    series = microstructure.plot_series(frames)
+    assert_clean(series)
+    assert "total volume (µm³)" in [ax.get_title() for ax in series.axes]
     style.plt.close("all")
+
+
+def test_scaling_figure_reads_cleanly():
+    bench = scaling.latest_bench(REPO / "bench" / "results")
+    if bench is None:
+        pytest.skip("the repository holds no bench/chain.py result")
+    assert_clean(scaling.plot_scaling(json.loads(bench.read_text()), str(bench)))

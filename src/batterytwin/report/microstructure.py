@@ -411,7 +411,7 @@ def plot_series(micros: Sequence[tuple[str, Mapping[str, Any]]], max_panels: int
         for ax, k in zip(axes, keys):
             colour = style.CLASS_COLOURS["redeposited_lithium"] if "redeposited" in k else "#0072B2"
             ax.plot(frames, growth[k], marker="o", color=colour)
-            ax.set_title(k.replace("_", " "), fontsize=7)
+            ax.set_title(style.readable(k), fontsize=7)
             ax.set_xticks(frames, [name for name, _ in micros], rotation=45, ha="right", fontsize=6)
             ax.set_xlabel("frame")
         for ax in axes[len(keys):]:
