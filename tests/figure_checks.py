@@ -127,6 +127,8 @@ def layout_problems(fig) -> list[str]:
     for ax in fig.axes:
         for tab in ax.tables:
             problems += _table_problems(tab, renderer, ax.get_title())
+            if not _inside(tab.get_window_extent(renderer), ax.get_window_extent(renderer)):
+                problems.append(f"table {ax.get_title()!r} is larger than its panel")
         leg = ax.get_legend()
         if leg is not None and leg.get_visible():
             lbox = leg.get_window_extent(renderer)

@@ -116,7 +116,7 @@ def panel_order(micro: Mapping[str, Any], keys: Sequence[str]) -> list[str]:
 
 # The walk's stop reasons (``stop_reason`` of an axis record) in plain words
 STOP_REASONS = {"step_budget": "no: steps ran out", "walker_budget": "no: walkers ran out",
-                "no_diffusion": "no: walkers did not move"}
+                "no_diffusion": "no: walkers stood still"}
 
 
 def convergence_text(axis: Mapping[str, Any]) -> str:
@@ -176,7 +176,7 @@ def plot_tortuosity(micro: Mapping[str, Any], msd: Mapping[str, Mapping[str, np.
     notes = ["row i, column T_j: component ij of the D_eff/D_bulk tensor", "n/a: the axis does not percolate"]
     with style.paper_style():
         fig = style.new_figure(style.DOUBLE_COLUMN_IN, 2.0 * len(keys) + 0.5)
-        grid = fig.add_gridspec(len(keys) + 1, 2, width_ratios=[1, 1.9], height_ratios=[2.0] * len(keys) + [0.3])
+        grid = fig.add_gridspec(len(keys) + 1, 2, width_ratios=[1, 2.4], height_ratios=[2.0] * len(keys) + [0.3])
         for r, key in enumerate(keys):
             rec = tortuosity_record(micro, key) or {}
             curves = msd[key]

@@ -23,6 +23,7 @@ import numpy as np  # noqa: E402
 from matplotlib.colors import BoundaryNorm, ListedColormap  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.table import Table  # noqa: E402
 
 from ..contracts import IGNORE_LABEL  # noqa: E402
 from .config import ReportConfig  # noqa: E402
@@ -201,32 +202,72 @@ def readable(key: str) -> str:
 
 
 TABLE_FONT_SIZE = 6.5
-TABLE_PAD = 0.1  # of the font size, each side of a cell's text
+TABLE_MIN_FONT_SIZE = 5.0
+TABLE_PAD = 0.1  # of the text width, each side of a cell's text
+TABLE_HEADER_COLOUR = "#E8E8E8"
+
+
+class FittedTable(Table):
+    """A table whose columns are as wide as their widest text, in one font; when the columns would
+    be wider than the axes, the font shrinks (down to ``TABLE_MIN_FONT_SIZE``) until they fit.
+
+    The widths are measured when the figure is drawn, after the layout has sized the axes.
+    """
+
+    def __init__(self, ax, fontsize: float, **kwargs):
+        super().__init__(ax, **kwargs)
+        self.auto_set_font_size(False)
+        self.wanted_fontsize = fontsize
+
+    def fit(self, renderer) -> None:
+        """Set the largest font (at most the wanted one) with which the columns' required widths sum
+        to at most the axes' width; text extents do not scale smoothly with the size (hinting), so
+        the size steps down until the table fits."""
+        size = self.wanted_fontsize
+        while True:
+            self.set_fontsize(size)
+            widths: dict[int, float] = {}
+            for (_, c), cell in self.get_celld().items():
+                widths[c] = max(widths.get(c, 0.0), cell.get_required_width(renderer))
+            total = sum(widths.values())
+            if total <= 1.0 or size <= TABLE_MIN_FONT_SIZE:
+                return
+            size = max(TABLE_MIN_FONT_SIZE, min(size - 0.25, size / total))
+
+    def draw(self, renderer):
+        self.fit(renderer)
+        super().draw(renderer)
+
+    def get_window_extent(self, renderer=None):
+        if renderer is None:
+            renderer = self.get_figure(root=True)._get_renderer()
+        self.fit(renderer)
+        return super().get_window_extent(renderer)
 
 
 def table(ax, rows: Sequence[Sequence[str]], header: Sequence[str], title: str | None = None,
           align: Sequence[str] | None = None, fontsize: float = TABLE_FONT_SIZE, row_height: float | None = None):
     """A compact table at the top of ``ax`` (header shaded, thin rules); returns the table.
 
-    Every column is as wide as its widest text (measured when the figure is drawn), every cell in
-    one font at ``fontsize``; rows are ``row_height`` (axes fraction, default: the rows fill ``ax``).
+    Every column is as wide as its widest text and every cell in one font at ``fontsize``, smaller
+    when the table would be wider than ``ax`` (:class:`FittedTable`); rows are ``row_height``
+    (axes fraction, default: the rows fill ``ax``).
     """
     ax.set_axis_off()
-    tab = ax.table(cellText=[list(r) for r in rows], colLabels=list(header), loc="upper center",
-                   cellLoc="center", colLoc="center")
-    tab.auto_set_font_size(False)
+    tab = FittedTable(ax, fontsize, loc="upper center")
+    height = row_height or 1.0 / (len(rows) + 1.5)
+    family = plt.rcParams["font.family"]
+    for r, row in enumerate([list(header), *[list(x) for x in rows]]):
+        for c, text in enumerate(row):
+            ha = "center" if r == 0 or align is None else align[c]
+            cell = tab.add_cell(r, c, width=0.1, height=height, text=str(text), loc=ha,
+                                facecolor=TABLE_HEADER_COLOUR if r == 0 else "white", edgecolor="black")
+            cell.set_linewidth(0.3)
+            cell.PAD = TABLE_PAD
+            cell.get_text().set_fontfamily(family)
     tab.set_fontsize(fontsize)
     tab.auto_set_column_width(list(range(len(header))))
-    height = row_height or 1.0 / (len(rows) + 1.5)
-    for (r, c), cell in tab.get_celld().items():
-        cell.set_linewidth(0.3)
-        cell.set_height(height)
-        cell.PAD = TABLE_PAD
-        cell.get_text().set_fontfamily(plt.rcParams["font.family"])
-        if r == 0:
-            cell.set_facecolor("#E8E8E8")
-        elif align is not None:
-            cell.get_text().set_horizontalalignment(align[c])
+    ax.add_table(tab)
     if title:
         ax.set_title(title)
     return tab
