@@ -1,6 +1,6 @@
 """Report figures and OME-Zarr export: every figure draws the values of its stage outputs.
 
-The inputs are small stores in the formats of docs/interfaces.md (tests/test_report_inputs.py):
+The inputs are small stores in the formats of docs/interfaces.md (tests/report_inputs.py):
 real phantoms for the CT stores, seeded stand-ins for the later stages. Each test reads the plotted
 data back from the matplotlib artists and compares it with numbers computed here independently
 (numpy on the arrays the test wrote, analytic slopes, skimage), and checks that the PNG changes
@@ -21,7 +21,7 @@ from batterytwin.report import cellsim, degradation, microstructure, style, trai
 from batterytwin.report.ome import export_ome
 from batterytwin.store import open_volume
 
-from . import test_report_inputs as inputs
+from . import report_inputs as inputs
 
 SHAPE = (20, 24, 28)
 VOXEL = (1.0, 0.5, 0.5)
@@ -277,7 +277,7 @@ def test_degradation_intervals_are_sample_quantiles(samples, tmp_path):
     np.testing.assert_array_equal(rul.points[0], deg["life_true"])
     np.testing.assert_array_equal(rul.points[1], deg["life_stack"])
     assert rul.predictor == "stack"
-    assert rul.axes[0].get_title() == "stack (default predictor); RUL RMSE 10.5 cycles; coverage 100%"
+    assert rul.axes[0].get_title().replace("\n", " ") == "stack (default predictor); RUL RMSE 10.5 cycles; coverage 100%"
     text = rul.axes[1].texts[0].get_text()
     assert "best point predictor: random forest" in text and "* random forest" in text
     assert "diffusion model                14" in text and "contains the baselines: variance" in text
@@ -287,7 +287,7 @@ def test_degradation_intervals_are_sample_quantiles(samples, tmp_path):
     old = inputs.write_degradation(tmp_path / "old.zarr", 1, stack=False)
     rul = degradation.plot_rul(tmp_path / "old.zarr")
     np.testing.assert_array_equal(rul.points[1], old["life_pred"])
-    assert rul.predictor == "diffusion" and rul.axes[0].get_title() == "diffusion model; RUL RMSE 13.5 cycles; coverage 88%"
+    assert rul.predictor == "diffusion" and rul.axes[0].get_title().replace("\n", " ") == "diffusion model; RUL RMSE 13.5 cycles; coverage 88%"
     # the fallback: the diffusion model is the default predictor, and the figure gives the reason
     g = zarr.open_group(str(tmp_path / "old.zarr"), mode="r+")
     diffusion = {**g.attrs["metrics"]["model"], "name": "diffusion"}
@@ -295,7 +295,7 @@ def test_degradation_intervals_are_sample_quantiles(samples, tmp_path):
                                     "needs at least 6"}, "diffusion": diffusion, "best_point_predictor": "model"}
     rul = degradation.plot_rul(tmp_path / "old.zarr")
     text = rul.axes[1].texts[0].get_text()
-    assert rul.predictor == "diffusion" and rul.axes[0].get_title().startswith("diffusion model (default predictor);")
+    assert rul.predictor == "diffusion" and rul.axes[0].get_title().replace("\n", " ").startswith("diffusion model (default predictor);")
     assert "best point predictor: diffusion model (default)" in text and "3 uncensored training" in text
 
 

@@ -4,7 +4,7 @@ lists every figure under its stage, and that every embedded image decodes.
 
 The workflow is the project's own rule files (common, ingest, report) on a small phantom; the
 outputs of the later stages are written beforehand in their interface formats
-(tests/test_report_inputs.py) so that every report rule runs without the heavy stages.
+(tests/report_inputs.py) so that every report rule runs without the heavy stages.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import yaml
 
 from batterytwin.report.scaling import latest_bench
 
-from . import test_report_inputs as inputs
+from . import report_inputs as inputs
 from .conftest import BIN, REPO
 
 pytestmark = pytest.mark.slow
@@ -139,7 +139,8 @@ def make_workflow(workdir: Path, samples: dict) -> None:
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
     cfg["samples"] = samples
     cfg["store"] = {"chunk": 16, "shard": 32}
-    cfg["report"] = {"dpi": 80, "ome_levels": 1, "ome_chunk": 16}
+    # the project's own report: with the repository's benchmark figure (report.benchmark)
+    cfg["report"] = {"dpi": 80, "ome_levels": 1, "ome_chunk": 16, "benchmark": True}
     # the stand-in sweep.zarr has no rate_capability block (its figure: tests/test_cellsim_rate.py)
     cfg["cellsim"]["rate_capability"] = {"enabled": False}
     (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))

@@ -244,9 +244,13 @@ class CellRunner:
                 raise
             if mon is not None:
                 mon.on_discharge(sol)
+            # PyBaMM chooses a step's output times (setup_timestepping) from this flag before it
+            # calls step(): set it now for the next discharge (the len(capacities)+1-th, 0-based)
+            solver.store_first_last = mon is None or len(mon.capacities) + 1 >= n_curves
             return sol
 
         solver.step = step
+        self._discharge_solver, self._n_curves = solver, n_curves
 
     # -- run -------------------------------------------------------------------------------
     _monitor = None
@@ -262,6 +266,7 @@ class CellRunner:
             self.build(condition)
         mon = _Monitor(self, None, stop_after=2)  # two PyBaMM "cycles" = one protocol cycle
         self._monitor = mon
+        self._discharge_solver.store_first_last = self._n_curves == 0  # the first discharge's curve is kept
         try:
             self.sim.solve(inputs=self._inputs(condition), save_at_cycles=[1], callbacks=[mon])
         except (_Stop, pybamm.SolverError, ValueError, ArithmeticError, RuntimeError):
@@ -279,6 +284,7 @@ class CellRunner:
         n_v = 0 if self.cfg.voltage_grid is None else len(self.cfg.voltage_grid)
         mon = _Monitor(self, time_limit_s)
         self._monitor = mon
+        self._discharge_solver.store_first_last = self._n_curves == 0  # the first discharge's curve is kept
         t0 = time.perf_counter()
         status, message = STATUS_OK, ""
         try:

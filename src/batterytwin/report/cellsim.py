@@ -9,6 +9,7 @@ Input: ``sweep.zarr`` (cellsim; see docs/interfaces.md): arrays ``inputs`` [n, k
 from __future__ import annotations
 
 import os
+import re
 import textwrap
 from dataclasses import dataclass
 from typing import Any
@@ -54,6 +55,28 @@ def open_sweep(path: os.PathLike | str, max_conditions: int = 64) -> tuple[Sweep
     return Sweep(str(path), rows, inputs, names, varied, status, attrs), g
 
 
+_SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
+def input_label(name: str) -> str:
+    """A sweep input as an axis label with its unit: ``discharge_c_rate`` -> ``discharge C-rate (C)``,
+    ``ambient_temperature_C`` -> ``ambient temperature (°C)``, ``SEI kinetic rate constant [m.s-1]``
+    -> ``SEI kinetic rate constant (m s⁻¹)``; a PyBaMM name without a unit is dimensionless."""
+    if name.endswith("]") and "[" in name:
+        base, _, unit = name[:-1].rpartition("[")
+        unit = re.sub(r"(?<=[A-Za-z])(-?\d+)", lambda m: m.group(1).translate(_SUPERSCRIPT), unit.replace(".", " "))
+        return f"{base.strip()} ({unit})"
+    low = name.lower()
+    if low.endswith("c_rate"):
+        return f"{name[: -len('c_rate')].replace('_', ' ')}C-rate (C)".strip()
+    if low == "depth_of_discharge":
+        return "depth of discharge (fraction of nominal)"
+    if name.endswith("_C"):
+        return f"{name[:-2].replace('_', ' ')} (°C)"
+    readable = style.readable(name)
+    return readable if readable.endswith(")") else f"{readable} (dimensionless)"
+
+
 def _colouring(sw: Sweep):
     """Colour per row from the first varied input (continuous map), and its legend label."""
     if not sw.varied:
@@ -77,12 +100,12 @@ def _linestyles(sw: Sweep) -> tuple[list[str], dict[str, str]]:
     if len(values) > len(_STYLES):
         return ["-"] * len(sw.rows), {}
     ls = {v: _STYLES[i] for i, v in enumerate(values)}
-    return [ls[v] for v in sw.inputs[:, j]], {f"{sw.varied[1]}={v:g}": s for v, s in ls.items()}
+    return [ls[v] for v in sw.inputs[:, j]], {f"{input_label(sw.varied[1])}: {v:g}": s for v, s in ls.items()}
 
 
 def _finish(fig, axes, sm, cname, styles_legend):
     if sm is not None:
-        fig.colorbar(sm, ax=axes, label=cname.replace("_", " "), shrink=0.9)
+        fig.colorbar(sm, ax=axes, label=input_label(cname), shrink=0.9)
     if styles_legend:
         from matplotlib.lines import Line2D
 
@@ -134,6 +157,12 @@ def _num(x: Any) -> str:
     return "-" if x is None else str(x)
 
 
+def _clip(text: Any, n: int) -> str:
+    """``text`` cut to ``n`` characters, the cut marked with an ellipsis."""
+    text = str(text)
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
 def cell_parameter_rows(attrs: dict) -> list[list[str]]:
     """The cell-parameter table of a sweep: warnings, cell form, transport, N/P balance, substitutions.
 
@@ -149,7 +178,7 @@ def cell_parameter_rows(attrs: dict) -> list[list[str]]:
         for i, part in enumerate(textwrap.wrap(why, 54)[:4]):  # the "from" column, over a few rows
             rows.append(["WARNING", region.replace("positive_", "") if i == 0 else "", part])
     if attrs.get("cell_form"):
-        rows.append(["cell form", str(attrs["cell_form"]), str(attrs.get("cell_form_reason", ""))[:60]])
+        rows.append(["cell form", str(attrs["cell_form"]), _clip(attrs.get("cell_form_reason", ""), 60)])
     if attrs.get("transport"):
         rows.append(["electrolyte transport", str(attrs["transport"]), "cellsim.transport"])
     bal = attrs.get("balance") or {}
@@ -159,26 +188,27 @@ def cell_parameter_rows(attrs: dict) -> list[list[str]]:
                      f"{_num(bal.get('n_to_p_before'))} / {_num(bal.get('n_to_p_after'))}",
                      "rescaled: " + (", ".join(bal.get("rescaled") or {}) or "nothing")])
     if bal.get("warning"):
-        rows.append(["WARNING", str(bal["warning"])[:70], ""])
+        rows.append(["WARNING", _clip(bal["warning"], 70), ""])
     for name, sub in (attrs.get("substitutions") or {}).items():
         if str(sub.get("from", "")).startswith(("derived: (phase", "Xu2019")):
             continue  # equivalents and added half-cell constants: in sweep.json, not the table
-        rows.append([name[:52], f"{_num(sub.get('old'))} -> {_num(sub.get('value'))}",
-                     str(sub.get("from", "")).split(": ")[-1][:60]])
+        rows.append([_clip(name, 52), f"{_num(sub.get('old'))} → {_num(sub.get('value'))}",
+                     _clip(str(sub.get("from", "")).split(": ")[-1], 60)])
     return rows
 
 
 def _cell_table(ax, rows: list[list[str]]) -> None:
-    tab = style.table(ax, rows, ["cell parameter", "value", "from"], col_widths=[0.40, 0.16, 0.44],
-                      cell_loc="left", fontsize=6)
+    tab = style.table(ax, rows, ["cell parameter", "value", "from"], align=["left", "left", "left"], fontsize=6)
     for (r, _), cell in tab.get_celld().items():
         if r > 0 and rows[r - 1][0] == "WARNING":
             cell.set_text_props(color="#D55E00", weight="bold")
 
 
 def plot_capacity_fade(path: os.PathLike | str, max_conditions: int = 64):
-    """State of health (percent of the first cycle) and discharge capacity per cycle, per condition,
-    and below them the cell-parameter table (:func:`cell_parameter_rows`; N/P balance, warnings).
+    """State of health (percent of the first cycle) and discharge capacity per cycle, per condition;
+    below them the last SOH of each condition against every varied input (so that each input is
+    seen, not only the one that colours the curves), and the cell-parameter table
+    (:func:`cell_parameter_rows`; N/P balance, warnings).
 
     Failed conditions (status 2/3) are drawn up to their last cycle with a cross at the stop.
     """
@@ -190,12 +220,16 @@ def plot_capacity_fade(path: os.PathLike | str, max_conditions: int = 64):
     lss, ls_legend = _linestyles(sw)
     cycles = np.arange(1, soh.shape[1] + 1)
     rows = cell_parameter_rows(sw.attrs)
-    table_h = 0.15 * (len(rows) + 2) if rows else 0.0
+    varied = sw.varied[:4]
+    table_h = 0.16 * (len(rows) + 2) if rows else 0.0
+    inputs_h = 1.7 if varied else 0.0
+    heights = [2.6] + ([inputs_h] if varied else []) + ([table_h] if rows else [])
     with style.paper_style():
-        fig = style.new_figure(style.DOUBLE_COLUMN_IN, 2.6 + table_h)
+        fig = style.new_figure(style.DOUBLE_COLUMN_IN, sum(heights) + 0.3)
         ncol = 2 if cap is not None else 1
-        grid = fig.add_gridspec(2 if rows else 1, ncol, height_ratios=[2.6, table_h] if rows else None)
-        axes = [fig.add_subplot(grid[0, j]) for j in range(ncol)]
+        outer = fig.add_gridspec(len(heights), 1, height_ratios=heights)
+        top = outer[0].subgridspec(1, ncol)
+        axes = [fig.add_subplot(top[0, j]) for j in range(ncol)]
         for ax, data, ylabel in zip(axes, (soh, cap), ("state of health (%)", "discharge capacity (Ah)")):
             for i in range(len(sw.rows)):
                 y = data[i]
@@ -208,13 +242,48 @@ def plot_capacity_fade(path: os.PathLike | str, max_conditions: int = 64):
             ax.set_ylabel(ylabel)
         counts = {STATUS_NAMES.get(k, str(k)).replace("_", " "): int((sw.status == k).sum()) for k in np.unique(sw.status)}
         _finish(fig, axes, sm, cname, ls_legend)
+        fig.final_soh = _final_soh(soh)
+        fig.input_axes = _input_panels(fig, outer[1], sw, varied, fig.final_soh, colours) if varied else []
         if rows:
-            _cell_table(fig.add_subplot(grid[1, :]), rows)
+            _cell_table(fig.add_subplot(outer[-1]), rows)
         fig.suptitle("capacity fade across the sweep (" + ", ".join(f"{v} {k}" for k, v in counts.items())
                      + (")" if all(sw.status == STATUS_OK) else "; x: run stopped)"))
     fig.soh = soh
     fig.cell_rows = rows
     return fig
+
+
+def _final_soh(soh: np.ndarray) -> np.ndarray:
+    """The last finite SOH of each condition (NaN for a condition with none)."""
+    out = np.full(soh.shape[0], np.nan)
+    for i, y in enumerate(soh):
+        ok = np.flatnonzero(np.isfinite(y))
+        if ok.size:
+            out[i] = y[ok[-1]]
+    return out
+
+
+def _input_panels(fig, spec, sw: Sweep, varied: list[str], final: np.ndarray, colours) -> list:
+    """One panel per varied input: the last SOH of each condition against that input (log axis for
+    an input spanning two decades or more), coloured as the curves; a stopped run is a cross."""
+    grid = spec.subgridspec(1, len(varied))
+    axes = []
+    for k, name in enumerate(varied):
+        ax = fig.add_subplot(grid[0, k], sharey=axes[0] if axes else None)
+        x = sw.inputs[:, sw.input_names.index(name)]
+        ok = sw.status == STATUS_OK
+        ax.scatter(x[ok], final[ok], c=[colours[i] for i in np.flatnonzero(ok)], s=12, edgecolor="0.2", lw=0.3)
+        if (~ok).any():
+            ax.scatter(x[~ok], final[~ok], marker="x", color="#D55E00", s=14)
+        if x.min() > 0 and x.max() / x.min() >= 100:
+            ax.set_xscale("log")
+        ax.set_xlabel(input_label(name))
+        if k == 0:
+            ax.set_ylabel("last SOH (%)")
+        else:
+            ax.tick_params(labelleft=False)
+        axes.append(ax)
+    return axes
 
 
 def rate_sensitivity_rows(block: dict) -> list[list[str]]:
@@ -289,6 +358,6 @@ def plot_rate_capability(path: os.PathLike | str):
             style.table(fig.add_subplot(grid[1, :]), rows,
                         ["perturbed", "factor", "value", f"capacity at {block['sensitivity']['c_rate']:g}C (Ah)",
                          "dQ/dx (central difference)"],
-                        col_widths=[0.14, 0.08, 0.12, 0.2, 0.46], fontsize=6)
+                        fontsize=6)
     fig.rate_rows = rows
     return fig

@@ -16,3 +16,5 @@ class ReportConfig(Section):
     ome_chunk: int = Field(64, ge=8, description="chunk edge of every OME-Zarr level (napari/neuroglancer read unit)")
     max_conditions: int = Field(24, ge=1, description="sweep conditions drawn in the voltage and fade figures")
     max_cells: int = Field(6, ge=1, description="cells drawn in the degradation-prediction figure (held-out first)")
+    benchmark: bool = Field(False, description="add the scaling figure of the repository's own benchmark "
+                            "(bench/results, bench/chain.py): for the project's report, not a scan's")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 from typing import Any
 
 import numpy as np
@@ -45,7 +46,13 @@ def pick_cells(g, max_cells: int) -> np.ndarray:
 
 def plot_predictions(path: os.PathLike | str, max_cells: int = 6):
     """One panel per cell: true SOH, mean predicted SOH, and the central ``interval_level`` band
-    of the sampled curves (pointwise quantiles over the samples still running at each point).
+    of the sampled curves (pointwise quantiles over the samples still running at each point),
+    drawn up to the last cycle of the truth; a censored cell (truth ends before end of life) is
+    marked where its truth ends, and its true life reads "≥".
+
+    Returns:
+        the figure; ``fig.drawn`` = {cell: {"lo", "hi", "mean", "true" (full arrays), "end" (points
+        drawn), "censored"}}.
     """
     g = open_predictions(path)
     attrs = dict(g.attrs)
@@ -54,6 +61,7 @@ def plot_predictions(path: os.PathLike | str, max_cells: int = 6):
     thr = attrs.get("threshold_percent")
     names = list(attrs.get("cell_names") or [])
     cells = pick_cells(g, max_cells)
+    censored = _flags(g, "censored", int(g["life_true"].shape[0]), 0)
     ncol = 2 if len(cells) == 4 else min(3, len(cells))
     nrow = math.ceil(len(cells) / ncol)
     q_lo, q_hi = (1 - level) / 2, 1 - (1 - level) / 2
@@ -73,21 +81,29 @@ def plot_predictions(path: os.PathLike | str, max_cells: int = 6):
                 hi = np.nanquantile(samples, q_hi, axis=0)
                 mean = np.asarray(g["soh_pred"][int(i)], dtype=np.float64) if "soh_pred" in g \
                     else np.nanmean(samples, axis=0)
-            ax.fill_between(cyc, lo, hi, color="#0072B2", alpha=0.25, lw=0, label=f"{level:.0%} interval")
-            ax.plot(cyc, mean, color="#0072B2", label="predicted (mean)")
+            # the prediction is drawn where the truth is known, so that the two compare point by point
+            known = np.flatnonzero(np.isfinite(true))
+            end = int(known[-1]) + 1 if known.size else len(cyc)
+            ax.fill_between(cyc[:end], lo[:end], hi[:end], color="#0072B2", alpha=0.25, lw=0,
+                            label=f"{level:.0%} interval")
+            ax.plot(cyc[:end], mean[:end], color="#0072B2", label="predicted (mean)")
             ax.plot(cyc, true, color="black", lw=1.0, ls="--", label="true")
             if thr is not None:
                 ax.axhline(float(thr), color="0.6", lw=0.6, ls=":")
             t, lp, l0, l1 = (float(g[k][int(i)]) for k in ("life_true", "life_pred", "life_lo", "life_hi"))
+            cens = bool(censored[int(i)])
+            if cens and known.size:  # the truth stops before end of life: its life is only a lower bound
+                ax.axvline(cyc[end - 1], color="#D55E00", lw=0.8, ls="-.", label="censored: truth ends")
             ax.set_title(f"{names[i] if i < len(names) else f'cell {i}'}: life {lp:.0f} "
-                         f"[{l0:.0f}, {l1:.0f}] vs {t:.0f}", fontsize=7)
+                         f"[{l0:.0f}, {l1:.0f}] vs {'≥ ' if cens else ''}{t:.0f}", fontsize=7)
             ax.set_xlabel("cycle")
-            drawn[int(i)] = {"lo": lo, "hi": hi, "mean": mean, "true": true}
+            drawn[int(i)] = {"lo": lo, "hi": hi, "mean": mean, "true": true, "end": end, "censored": cens}
         for ax in axes[len(cells):]:
             ax.set_axis_off()
         for r in range(nrow):
             axes[r * ncol].set_ylabel("SOH (%)")
-        axes[0].legend(loc="lower left")
+        handles = {lab: h for ax in axes for h, lab in zip(*ax.get_legend_handles_labels())}
+        fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncol=len(handles))
         metrics = attrs.get("metrics", {})
         m = metrics.get("diffusion", metrics.get("model", {}))  # before issue 25: "model" was the diffusion model
         extra = (f"; SOH-curve RMSE {m['soh_curve_rmse_percent']:.2f} %"
@@ -142,11 +158,24 @@ def score_lines(metrics: dict) -> list[str]:
         if m.get("contains_baselines"):
             lines.append(f"  (contains the baselines: {', '.join(m['contains_baselines'])})")
     if m.get("reason"):
-        import textwrap
-
         lines += ["", "default predictor is the diffusion model:"] + textwrap.wrap(str(m["reason"]), 44,
                                                                                 break_long_words=False)
     return lines
+
+
+def not_informative(true: np.ndarray, pred: np.ndarray) -> str | None:
+    """Why a predicted-vs-true plot of these lives would carry no information, or None when it does:
+    no finite true life, or every cell with the same true and predicted life (the sweep stopped
+    every cell at the same cycle, e.g. its simulated horizon, before any reached end of life)."""
+    ok = np.isfinite(true) & np.isfinite(pred)
+    if not ok.any():
+        return "no cell has a finite true and predicted life: nothing to compare"
+    values = np.unique(np.concatenate([true[ok], pred[ok]]))
+    if values.size == 1:
+        return (f"every cell has true and predicted life {values[0]:g} cycles: the simulated cycles end before "
+                "the cells reach end of life, so this horizon carries no life information (simulate more "
+                "cycles, cellsim.n_cycles, or lower degradation.threshold)")
+    return None
 
 
 def plot_rul(path: os.PathLike | str):
@@ -176,25 +205,31 @@ def plot_rul(path: os.PathLike | str):
         groups = [("held out", evaluated & ~censored, "#0072B2", "o", "full"),
                   ("held out, censored", evaluated & censored, "#0072B2", "o", "none"),
                   ("training", ~evaluated, "0.55", "s", "full")]
-        for label, sel, colour, marker, fill in groups:
-            if not sel.any():
-                continue
-            yerr = np.vstack([np.clip(pred[sel] - lo[sel], 0, None), np.clip(hi[sel] - pred[sel], 0, None)])
-            ax.errorbar(true[sel], pred[sel], yerr=yerr, fmt=marker, color=colour, ms=3.5, elinewidth=0.6,
-                        capsize=1.5, fillstyle=fill, label=label)
-        finite = np.concatenate([true, lo, hi])
-        finite = finite[np.isfinite(finite)]
-        lo_, hi_ = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-        pad = 0.08 * (hi_ - lo_ or 1.0)
-        lims = (max(0.0, lo_ - pad), hi_ + pad)
-        ax.plot(lims, lims, color="0.3", lw=0.7, ls="--", label="ideal")
-        ax.set_xlim(*lims)
-        ax.set_ylim(*lims)
-        ax.set_aspect("equal")
-        ax.set_xlabel("true cycle life (cycles)")
-        what = "stack" if name == "stack" else "median"
-        ax.set_ylabel(f"predicted cycle life ({what}, {level:.0%} interval)")
-        ax.legend(loc="upper left")
+        informative = not_informative(true, pred) is None
+        if informative:
+            for label, sel, colour, marker, fill in groups:
+                if not sel.any():
+                    continue
+                yerr = np.vstack([np.clip(pred[sel] - lo[sel], 0, None), np.clip(hi[sel] - pred[sel], 0, None)])
+                ax.errorbar(true[sel], pred[sel], yerr=yerr, fmt=marker, color=colour, ms=3.5, elinewidth=0.6,
+                            capsize=1.5, fillstyle=fill, label=label)
+            finite = np.concatenate([true, lo, hi])
+            finite = finite[np.isfinite(finite)]
+            lo_, hi_ = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+            pad = 0.08 * (hi_ - lo_ or 1.0)
+            lims = (max(0.0, lo_ - pad), hi_ + pad)
+            ax.plot(lims, lims, color="0.3", lw=0.7, ls="--", label="ideal")
+            ax.set_xlim(*lims)
+            ax.set_ylim(*lims)
+            ax.set_aspect("equal")
+            ax.set_xlabel("true cycle life (cycles)")
+            what = "stack" if name == "stack" else "median"
+            ax.set_ylabel(f"predicted cycle life ({what}, {level:.0%} interval)")
+            ax.legend(loc="upper left")
+        else:
+            ax.set_axis_off()
+            ax.text(0.5, 0.5, "\n".join(textwrap.wrap(not_informative(true, pred), 48)), transform=ax.transAxes,
+                    ha="center", va="center", fontsize=7)
         m: dict[str, Any] = metrics.get("model", {})
         parts = [f"{LABELS[name]}" + (" (default predictor)" if "name" in m else "")]
         if _number(m.get("rul_rmse_cycles")):
@@ -203,10 +238,11 @@ def plot_rul(path: os.PathLike | str):
             parts.append(f"coverage {m['interval_coverage']:.0%}")
         if len(parts) == 1 and metrics.get("n_evaluated") == 0:
             parts.append(f"no uncensored held-out cell ({metrics.get('n_censored', '?')} censored): no RUL RMSE")
-        ax.set_title("; ".join(parts), fontsize=7)
+        ax.set_title("\n".join(textwrap.wrap("; ".join(parts), 60)), fontsize=7)
         side.set_axis_off()
         side.text(0.0, 1.0, "\n".join(score_lines(metrics)), transform=side.transAxes, va="top", ha="left",
                   family="monospace", fontsize=6.5)
     fig.points = (true, pred)
     fig.predictor = name
+    fig.informative = informative
     return fig

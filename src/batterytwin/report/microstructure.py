@@ -114,76 +114,127 @@ def panel_order(micro: Mapping[str, Any], keys: Sequence[str]) -> list[str]:
     return sorted(keys, key=order)
 
 
+# The walk's stop reasons (``stop_reason`` of an axis record) in plain words
+STOP_REASONS = {"step_budget": "no: steps ran out", "walker_budget": "no: walkers ran out",
+                "no_diffusion": "no: walkers stood still"}
+
+
+def convergence_text(axis: Mapping[str, Any]) -> str:
+    """The "converged" cell of an axis: yes, n/a (not percolating), or no with the reason in words."""
+    conv = axis.get("converged", axis.get("linear_regime"))  # older records: only the linear-regime check
+    if conv is False and axis.get("stop_reason") in STOP_REASONS:
+        return STOP_REASONS[axis["stop_reason"]]
+    return _fmt(conv)
+
+
+def percolates(rec: Mapping[str, Any], curves: Mapping[str, np.ndarray]) -> bool:
+    """Whether a walk has any diffusion to draw: an axis marked percolating, or (no record) a
+    mean squared displacement above zero."""
+    axes = rec.get("axes") or {}
+    if axes:
+        return any(a.get("percolating") for a in axes.values())
+    return bool(np.nanmax(curves["msd"], initial=0.0) > 0)
+
+
+def tortuosity_rows(rec: Mapping[str, Any], with_taufactor: bool) -> list[list[str]]:
+    """Per axis: ε, D_eff/D_bulk, τ, σ(τ), [TauFactor τ], percolating, converged, tensor row."""
+    axes_res = rec.get("axes") or {}
+    tensor = rec.get("tensor_D_eff_over_D_bulk")
+    rows = []
+    for i, a in enumerate(AXES):
+        e = axes_res.get(a, {})
+        t_row = [_fmt(tensor[i][j]) for j in range(3)] if tensor else ["n/a"] * 3
+        tf = [_fmt(e.get("tau_taufactor"))] if with_taufactor else []
+        rows.append([a, _fmt(e.get("eps")), _fmt(e.get("D_eff_over_D_bulk")), _fmt(e.get("tau")),
+                     _fmt(e.get("tau_std"), 2), *tf, _fmt(e.get("percolating")), convergence_text(e), *t_row])
+    return rows
+
+
 def plot_tortuosity(micro: Mapping[str, Any], msd: Mapping[str, Mapping[str, np.ndarray]],
                     keys: Sequence[str] | None = None, max_panels: int = 3):
     """Per walk (cell region or whole-volume phase): MSD vs time per axis with the Einstein fit over
     the stage's fit window, the free-space MSD, and the table of eps, D_eff/D_bulk, tau per axis
     and the D_eff/D_bulk tensor from ``microstructure.json``.
 
+    A phase that percolates along no axis gets no curves, only the statement that it does not
+    percolate; the TauFactor column appears only when the stage solved TauFactor for the walk.
+
     Args:
         micro: parsed ``microstructure.json``; msd: :func:`read_msd` output.
         keys: MSD keys to draw (default: :func:`panel_order`, first ``max_panels``).
     Returns:
-        the figure; ``fig.fits`` = {key: (slope [3], intercept [3], start)} as drawn, and
-        ``fig.ratios`` = {key: slope / free-space slope} (= D_pore/D_bulk per axis).
+        the figure; ``fig.fits`` = {key: (slope [3], intercept [3], start)} as drawn (percolating
+        walks only), ``fig.ratios`` = {key: slope / free-space slope} (= D_pore/D_bulk per axis),
+        ``fig.tables`` = {key: table rows}.
     """
     if not msd:
         raise InputError("msd.npz: no MSD curves")
     keys = [k for k in (keys or panel_order(micro, list(msd))) if k in msd][:max_panels]
     if not keys:
         raise InputError(f"msd.npz: none of the requested curves is present (have {sorted(msd)})")
-    fits, ratios = {}, {}
+    fits, ratios, tables = {}, {}, {}
+    notes = ["row i, column T_j: component ij of the D_eff/D_bulk tensor", "n/a: the axis does not percolate"]
     with style.paper_style():
-        fig = style.new_figure(style.DOUBLE_COLUMN_IN, 2.1 * len(keys) + 0.2)
-        grid = fig.add_gridspec(len(keys), 2, width_ratios=[1, 1.35])
+        fig = style.new_figure(style.DOUBLE_COLUMN_IN, 2.0 * len(keys) + 0.5)
+        grid = fig.add_gridspec(len(keys) + 1, 2, width_ratios=[1, 2.4], height_ratios=[2.0] * len(keys) + [0.3])
         for r, key in enumerate(keys):
             rec = tortuosity_record(micro, key) or {}
             curves = msd[key]
-            t, m, free = curves["t"], curves["msd"], curves["free_slope"]
-            window = (rec.get("walk") or {}).get("fit_window_steps")
-            slope, intercept, start = linear_fit(t, m, window[0] if window else None)
-            fits[key] = (slope, intercept, start)
-            ratios[key] = slope / free
-            ax = fig.add_subplot(grid[r, 0])
-            for i, a in enumerate(AXES):
-                ax.plot(t, m[:, i], color=style.AXIS_COLOURS[a], marker="o", ms=2, lw=1.0, label=a)
-            tt = t[t >= start]
-            for i in range(3):
-                ax.plot(tt, slope[i] * tt + intercept[i], color="black", lw=0.7, ls="--",
-                        label="Einstein fit" if i == 0 else None)
-            if np.all(np.isfinite(free)):
-                ax.plot(t, free.mean() * t, color="0.6", lw=0.8, ls=":", label="free space")
-                ax.set_ylim(0, max(float(np.nanmax(m)), 1e-12) * 1.15)
-            ax.axvspan(start, t[-1], color="0.92", lw=0, zorder=0)
-            ax.set_xlabel("walk time (steps)")
-            ax.set_ylabel("MSD (µm²)")
-            ax.legend(loc="upper left", ncol=2)
             region, _, phase = key.partition(".")
             where = "whole volume" if region == "volume" else region.replace("_", " ")
+            ax = fig.add_subplot(grid[r, 0])
             ax.set_title(f"{phase.replace('_', ' ')}, {where}")
+            if not percolates(rec, curves):
+                ax.set_axis_off()
+                ax.text(0.5, 0.5, f"{phase.replace('_', ' ')}\ndoes not percolate along any axis:\n"
+                        "no long-range diffusion, τ undefined", transform=ax.transAxes, ha="center", va="center")
+            else:
+                fits[key], ratios[key] = _draw_msd(ax, curves, rec)
             axes_res = rec.get("axes") or {}
-            tensor = rec.get("tensor_D_eff_over_D_bulk")
-            rows = []
-            for i, a in enumerate(AXES):
-                e = axes_res.get(a, {})
-                t_row = [_fmt(tensor[i][j]) for j in range(3)] if tensor else ["n/a"] * 3
-                # converged: "yes", "NO (step budget)"; older records only have the linear-regime check
-                conv = e.get("converged", e.get("linear_regime"))
-                conv_s = _fmt(conv) if conv is not False or "stop_reason" not in e else \
-                    "NO: " + str(e["stop_reason"]).replace("_budget", "")
-                rows.append([a, _fmt(e.get("eps")), _fmt(e.get("D_eff_over_D_bulk")), _fmt(e.get("tau")),
-                             _fmt(e.get("tau_std"), 2), _fmt(e.get("tau_taufactor")), _fmt(e.get("percolating")),
-                             conv_s, *t_row])
+            with_tf = any("tau_taufactor" in e for e in axes_res.values())
+            rows = tables[key] = tortuosity_rows(rec, with_tf)
             walk = rec.get("walk") or {}
-            used = (f"\nwalk: {walk['n_walkers']} walkers x {walk['n_steps']} steps"
+            used = (f"; walk: {walk['n_walkers']} walkers × {walk['n_steps']} steps"
                     if walk.get("n_walkers") and walk.get("n_steps") else "")
-            style.table(fig.add_subplot(grid[r, 1]), rows,
-                   ["axis", "ε", "D_eff/D", "τ", "σ(τ)", "τ TF", "perc.", "conv.", "T·z", "T·y", "T·x"],
-                   title=f"{rec.get('convention', 'tau = eps * D_bulk / D_eff')}; T = D_eff/D_bulk{used}",
-                   col_widths=[0.06, 0.08, 0.1, 0.08, 0.08, 0.08, 0.07, 0.15, 0.1, 0.1, 0.1])
+            header = ["axis", "ε", "D_eff/D_bulk", "τ", "σ(τ)", *(["τ TauFactor"] if with_tf else []), "percolates",
+                      "converged", "T_z", "T_y", "T_x"]
+            style.table(fig.add_subplot(grid[r, 1]), rows, header, row_height=0.16, fontsize=6,
+                        title=rec.get("convention", "τ = ε D_bulk / D_eff").replace("tau", "τ").replace("eps", "ε")
+                        .replace(" * ", " ") + used)
+            if with_tf and len(notes) == 2:
+                notes.append("τ TauFactor: steady-state τ of the TauFactor cross-check (n/a: not solved on that axis)")
+        if len(notes) == 2:
+            notes.append("no TauFactor cross-check (microstructure.crosscheck_taufactor) for these walks")
+        note_ax = fig.add_subplot(grid[-1, :])
+        note_ax.set_axis_off()
+        note_ax.text(0.0, 1.0, "; ".join(notes), transform=note_ax.transAxes, ha="left", va="top", fontsize=6,
+                     color="0.25", wrap=True)
     fig.fits = fits
     fig.ratios = ratios
+    fig.tables = tables
     return fig
+
+
+def _draw_msd(ax, curves: Mapping[str, np.ndarray], rec: Mapping[str, Any]):
+    """MSD per axis, the Einstein fit over the fit window (shaded) and the free-space MSD on ``ax``;
+    returns ((slope, intercept, start), slope / free-space slope)."""
+    t, m, free = curves["t"], curves["msd"], curves["free_slope"]
+    window = (rec.get("walk") or {}).get("fit_window_steps")
+    slope, intercept, start = linear_fit(t, m, window[0] if window else None)
+    for i, a in enumerate(AXES):
+        ax.plot(t, m[:, i], color=style.AXIS_COLOURS[a], marker="o", ms=2, lw=1.0, label=a)
+    tt = t[t >= start]
+    for i in range(3):
+        ax.plot(tt, slope[i] * tt + intercept[i], color="black", lw=0.7, ls="--",
+                label="Einstein fit" if i == 0 else None)
+    if np.all(np.isfinite(free)):
+        ax.plot(t, free.mean() * t, color="0.6", lw=0.8, ls=":", label="free space")
+        ax.set_ylim(0, max(float(np.nanmax(m)), 1e-12) * 1.15)
+    ax.axvspan(start, t[-1], color="0.92", lw=0, zorder=0)
+    ax.set_xlabel("walk time (steps)")
+    ax.set_ylabel("MSD (µm²)")
+    ax.legend(loc="upper left", ncol=2)
+    return (slope, intercept, start), slope / free
 
 
 def _numeric_leaves(obj: Any, prefix: str = "", depth: int = 0) -> list[tuple[str, Any]]:
@@ -222,32 +273,55 @@ SECTION_ORDER = ("lithium", "particles", "percolation", "layers", "interfaces")
 DROP = ("layers.*.z_start", "layers.*.z_stop", "interfaces.*.area_um2")
 
 
+def _zero(v: Any) -> bool:
+    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and v == 0)
+
+
+def _absent_prefixes(micro: Mapping[str, Any]) -> list[str]:
+    """Key prefixes of sections that describe something the sample does not have: lithium without a
+    redeposited-lithium agglomerate, layers of classes with no voxel or zero thickness."""
+    out = []
+    lithium = micro.get("lithium")
+    if isinstance(lithium, Mapping) and not lithium.get("count"):
+        out.append("lithium.")
+    fractions = micro.get("volume_fractions") or {}
+    for name, layer in (micro.get("layers") or {}).items():
+        if fractions.get(name) == 0 or (isinstance(layer, Mapping) and _zero(layer.get("thickness_um"))):
+            out.append(f"layers.{name}.")
+    return out
+
+
 def measured_rows(micro: Mapping[str, Any]) -> list[tuple[str, Any]]:
-    """(dotted key, value) of the measured quantities besides fractions, tortuosity and cell."""
+    """(dotted key, value) of the measured quantities besides fractions, tortuosity and cell, for
+    what the sample has (no lithium rows without lithium, no layer rows of an absent class)."""
     import fnmatch
 
+    absent = tuple(_absent_prefixes(micro))
     rows = _percolation_rows(micro) + [(k, v) for key, val in micro.items() if key not in SKIP
                                        for k, v in _numeric_leaves(val, f"{key}.")]
-    rows = [(k, v) for k, v in rows if not any(fnmatch.fnmatchcase(k, pat) for pat in DROP)]
+    rows = [(k, v) for k, v in rows if not any(fnmatch.fnmatchcase(k, pat) for pat in DROP)
+            and not k.startswith(absent)]
     rank = {s: i for i, s in enumerate(SECTION_ORDER)}
     rows = sorted(rows, key=lambda kv: rank.get(kv[0].split(".")[0], len(rank)))  # stable within a section
-    # "interfaces.a|b.specific_area_per_um" -> "interface a|b (1/um)": keeps the phase names readable
-    return [(f"interface {k.split('.')[1]} (1/um)" if k.startswith("interfaces.") and
+    # "interfaces.a|b.specific_area_per_um" -> "interface a|b (1/µm)": keeps the phase names readable
+    return [(f"interface {k.split('.')[1]} (1/µm)" if k.startswith("interfaces.") and
              k.endswith(".specific_area_per_um") else k, v) for k, v in rows]
 
 
 def _pretty(key: str, width: int = 50) -> str:
-    """Readable key: underscores as spaces, long dotted paths shortened in the middle."""
-    key = key.replace("_", " ")
+    """Readable key: units in brackets with the micro sign, dots as ": ", long keys shortened in the middle."""
+    key = style.readable(key).replace(".", ": ") + (" (slices)" if key.endswith("z_range") else "")
     return key if len(key) <= width else key[: width // 2 - 1] + "…" + key[-(width // 2) + 1:]
 
 
 def plot_microstructure_table(micro: Mapping[str, Any], max_rows: int = 48):
-    """Volume fractions per class (bars), the cell parameters handed to PyBaMM, and every other
-    measured quantity of ``microstructure.json`` (surface areas, thicknesses, lithium statistics...).
+    """Volume fractions of the classes present (bars), the cell parameters handed to PyBaMM, and every
+    other measured quantity of ``microstructure.json`` the sample has (surface areas, thicknesses,
+    lithium statistics...).
 
     Returns:
-        the figure; ``fig.fractions`` = the plotted fractions, ``fig.rows`` = the table rows.
+        the figure; ``fig.fractions`` = the plotted fractions, ``fig.absent`` = classes with no voxel
+        (not drawn), ``fig.rows`` = the table rows.
     """
     fractions = micro.get("volume_fractions") or {}
     if not fractions:
@@ -264,33 +338,41 @@ def plot_microstructure_table(micro: Mapping[str, Any], max_rows: int = 48):
     half = (len(shown) + 1) // 2
     pairs = [[_pretty(a[0]), _fmt(a[1]), *((_pretty(b[0]), _fmt(b[1])) if b else ("", ""))]
              for a, b in zip(shown[:half], shown[half:] + [None])]
-    top_h = max(1.6, 0.16 * (len(cell_rows) + 2))
-    bottom_h = 0.16 * (len(pairs) + 2) + 0.2 if pairs else 0.0
+    names = [n for n in fractions if float(fractions[n] or 0) > 0]
+    absent = [n for n in fractions if n not in names]
+    vals = [float(fractions[n]) for n in names]
+    row_in = 0.16  # inches per table row
+    top_h = max(0.35 + 0.25 * len(names), row_in * (len(cell_rows) + 2))
+    bottom_h = row_in * (len(pairs) + 2) + 0.2 if pairs else 0.0
     with style.paper_style():
-        fig = style.new_figure(style.DOUBLE_COLUMN_IN, top_h + bottom_h + 0.2)
+        fig = style.new_figure(style.DOUBLE_COLUMN_IN, top_h + bottom_h + 0.3)
         grid = fig.add_gridspec(2 if pairs else 1, 2, height_ratios=[top_h, bottom_h] if pairs else None,
                                 width_ratios=[1, 1.2])
         ax = fig.add_subplot(grid[0, 0])
-        names = list(fractions)
-        vals = [float(fractions[n]) for n in names]
         ax.barh(range(len(names)), vals, color=[style.class_colour(classes.get(n, i), n) for i, n in enumerate(names)],
                 edgecolor="0.3", lw=0.4)
         for y, v in enumerate(vals):
-            ax.text(v + 0.01, y, f"{v:.3f}" if v >= 0.01 or v == 0 else f"{v:.2g}", va="center", fontsize=6)
+            ax.text(v + 0.01, y, f"{v:.3f}" if v >= 0.01 else f"{v:.2g}", va="center", fontsize=6)
         ax.set_yticks(range(len(names)), [_pretty(n) for n in names])
         ax.invert_yaxis()
-        ax.set_xlim(0, min(1.0, max(vals) * 1.25 + 0.05))
-        ax.set_xlabel("volume fraction")
+        ax.set_xlim(0, min(1.0, max(vals, default=0.0) * 1.3 + 0.05))
+        ax.set_xlabel("volume fraction" + (f"\n(no voxel: {', '.join(_pretty(n) for n in absent)})" if absent else ""))
         ax.set_title("phases (whole volume)")
-        style.table(fig.add_subplot(grid[0, 1]), cell_rows or [["-", "-", "-"]], ["region", "quantity", "value"],
-               title=f"cell parameters for PyBaMM (stacking axis {cell.get('stacking_axis', 'z')})",
-               col_widths=[0.2, 0.58, 0.22], align=["left", "left", "right"])
+        tab_ax = fig.add_subplot(grid[0, 1])
+        if cell_rows:
+            style.table(tab_ax, cell_rows, ["region", "quantity", "value"],
+                        title=f"cell parameters for PyBaMM (stacking axis {cell.get('stacking_axis', 'z')})",
+                        align=["left", "left", "right"])
+        else:
+            tab_ax.set_axis_off()
+            tab_ax.text(0.5, 0.5, "no cell regions measured", ha="center", va="center", transform=tab_ax.transAxes)
         if pairs:
             style.table(fig.add_subplot(grid[1, :]), pairs, ["quantity", "value", "quantity", "value"],
-                   title="other measurements" + (f" (first {max_rows} of {len(other)})" if len(other) > max_rows
-                                                 else ""),
-                   col_widths=[0.38, 0.12, 0.38, 0.12], align=["left", "right", "left", "right"])
+                        title="other measurements" + (f" (first {max_rows} of {len(other)})" if len(other) > max_rows
+                                                      else ""),
+                        align=["left", "right", "left", "right"])
     fig.fractions = dict(zip(names, vals))
+    fig.absent = absent
     fig.rows = {"cell": cell_rows, "other": shown}
     return fig
 
@@ -329,7 +411,7 @@ def plot_series(micros: Sequence[tuple[str, Mapping[str, Any]]], max_panels: int
         for ax, k in zip(axes, keys):
             colour = style.CLASS_COLOURS["redeposited_lithium"] if "redeposited" in k else "#0072B2"
             ax.plot(frames, growth[k], marker="o", color=colour)
-            ax.set_title(k.replace("_", " "), fontsize=7)
+            ax.set_title(style.readable(k), fontsize=7)
             ax.set_xticks(frames, [name for name, _ in micros], rotation=45, ha="right", fontsize=6)
             ax.set_xlabel("frame")
         for ax in axes[len(keys):]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
@@ -22,6 +23,7 @@ import numpy as np  # noqa: E402
 from matplotlib.colors import BoundaryNorm, ListedColormap  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.table import Table  # noqa: E402
 
 from ..contracts import IGNORE_LABEL  # noqa: E402
 from .config import ReportConfig  # noqa: E402
@@ -79,6 +81,12 @@ def class_colour(class_id: int, name: str) -> str:
     return CLASS_COLOURS.get(name, _FALLBACK[int(class_id) % len(_FALLBACK)])
 
 
+def text_colour_on(colour) -> str:
+    """Black or white, whichever reads better on ``colour`` (by its relative luminance)."""
+    r, g, b = matplotlib.colors.to_rgb(colour)
+    return "black" if 0.2126 * r + 0.7152 * g + 0.0722 * b > 0.45 else "white"
+
+
 def class_colourmap(classes: Mapping[int, str], ignore_label: int = IGNORE_LABEL) -> tuple[ListedColormap, BoundaryNorm]:
     """Colour map + norm drawing label id ``k`` in its class colour (``ignore_label`` white).
 
@@ -118,18 +126,26 @@ def format_um(value: float) -> str:
     return f"{value:g} µm" if value >= 1 else f"{value * 1000:g} nm"
 
 
-def add_scale_bar(ax, width_um: float, colour: str = "white") -> float:
+SCALE_BAR_BOX = "white"  # the scale bar's box: black bar and text on it read on any image
+
+
+def add_scale_bar(ax, width_um: float) -> float:
     """Draw a scale bar in the lower right of an image axis whose data units are micrometres.
+
+    Bar and text are black on a white, slightly transparent box, so they stay readable over
+    features of any colour (a bare white or black bar vanishes on a feature of its own colour).
 
     Returns the bar length in µm (a round number about a quarter of ``width_um``).
     """
     from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
 
     length = nice_length(width_um)
-    bar = AnchoredSizeBar(ax.transData, length, format_um(length), "lower right", pad=0.3, color=colour,
-                          frameon=False, size_vertical=width_um / 80, fontproperties={"size": 6},
+    bar = AnchoredSizeBar(ax.transData, length, format_um(length), "lower right", pad=0.15, sep=1.5, color="black",
+                          frameon=True, size_vertical=width_um / 80, fontproperties={"size": 6},
                           label_top=True, borderpad=0.3)
+    bar.patch.set(facecolor=SCALE_BAR_BOX, edgecolor="none", alpha=0.8)
     ax.add_artist(bar)
+    ax.scale_bar = bar
     return length
 
 
@@ -166,23 +182,92 @@ def save(fig: Figure, path: os.PathLike | str, dpi: int = DEFAULT_DPI) -> Path:
     return final
 
 
+UNITS = {"um": "µm", "um2": "µm²", "um3": "µm³", "per_um": "1/µm", "nm": "nm", "s": "s", "Ah": "Ah", "V": "V",
+         "K": "K", "C": "°C", "percent": "%"}
+_UNIT_SUFFIX = re.compile(r"_(per_um|um[23]?|nm|Ah|V|K|percent)$")
+
+
+def readable(key: str) -> str:
+    """A JSON key as text: a trailing unit as ``(unit)`` with the micro sign, underscores as spaces.
+
+    ``thickness_um`` -> ``thickness (µm)``, ``total_volume_um3`` -> ``total volume (µm³)``,
+    ``specific_area_per_um`` -> ``specific area (1/µm)``.
+    """
+    parts = []
+    for piece in str(key).split("."):
+        m = _UNIT_SUFFIX.search(piece)
+        unit = f" ({UNITS[m.group(1)]})" if m else ""
+        parts.append((piece[: m.start()] if m else piece).replace("_", " ") + unit)
+    return ".".join(parts)
+
+
+TABLE_FONT_SIZE = 6.5
+TABLE_MIN_FONT_SIZE = 5.0
+TABLE_PAD = 0.1  # of the text width, each side of a cell's text
+TABLE_HEADER_COLOUR = "#E8E8E8"
+
+
+class FittedTable(Table):
+    """A table whose columns are as wide as their widest text, in one font; when the columns would
+    be wider than the axes, the font shrinks (down to ``TABLE_MIN_FONT_SIZE``) until they fit.
+
+    The widths are measured when the figure is drawn, after the layout has sized the axes.
+    """
+
+    def __init__(self, ax, fontsize: float, **kwargs):
+        super().__init__(ax, **kwargs)
+        self.auto_set_font_size(False)
+        self.wanted_fontsize = fontsize
+
+    def fit(self, renderer) -> None:
+        """Set the largest font (at most the wanted one) with which the columns' required widths sum
+        to at most the axes' width; text extents do not scale smoothly with the size (hinting), so
+        the size steps down until the table fits."""
+        size = self.wanted_fontsize
+        while True:
+            self.set_fontsize(size)
+            widths: dict[int, float] = {}
+            for (_, c), cell in self.get_celld().items():
+                widths[c] = max(widths.get(c, 0.0), cell.get_required_width(renderer))
+            total = sum(widths.values())
+            if total <= 1.0 or size <= TABLE_MIN_FONT_SIZE:
+                return
+            size = max(TABLE_MIN_FONT_SIZE, min(size - 0.25, size / total))
+
+    def draw(self, renderer):
+        self.fit(renderer)
+        super().draw(renderer)
+
+    def get_window_extent(self, renderer=None):
+        if renderer is None:
+            renderer = self.get_figure(root=True)._get_renderer()
+        self.fit(renderer)
+        return super().get_window_extent(renderer)
+
+
 def table(ax, rows: Sequence[Sequence[str]], header: Sequence[str], title: str | None = None,
-          col_widths: Sequence[float] | None = None, align: Sequence[str] | None = None,
-          cell_loc: str = "center", fontsize: float = 6.5):
-    """A compact table filling ``ax`` from the top (header shaded, thin rules); returns the table."""
+          align: Sequence[str] | None = None, fontsize: float = TABLE_FONT_SIZE, row_height: float | None = None):
+    """A compact table at the top of ``ax`` (header shaded, thin rules); returns the table.
+
+    Every column is as wide as its widest text and every cell in one font at ``fontsize``, smaller
+    when the table would be wider than ``ax`` (:class:`FittedTable`); rows are ``row_height``
+    (axes fraction, default: the rows fill ``ax``).
+    """
     ax.set_axis_off()
-    tab = ax.table(cellText=[list(r) for r in rows], colLabels=list(header), loc="upper center",
-                   cellLoc=cell_loc, colLoc="center", colWidths=col_widths)
-    tab.auto_set_font_size(False)
+    tab = FittedTable(ax, fontsize, loc="upper center")
+    height = row_height or 1.0 / (len(rows) + 1.5)
+    family = plt.rcParams["font.family"]
+    for r, row in enumerate([list(header), *[list(x) for x in rows]]):
+        for c, text in enumerate(row):
+            ha = "center" if r == 0 or align is None else align[c]
+            cell = tab.add_cell(r, c, width=0.1, height=height, text=str(text), loc=ha,
+                                facecolor=TABLE_HEADER_COLOUR if r == 0 else "white", edgecolor="black")
+            cell.set_linewidth(0.3)
+            cell.PAD = TABLE_PAD
+            cell.get_text().set_fontfamily(family)
     tab.set_fontsize(fontsize)
-    for (r, c), cell in tab.get_celld().items():
-        cell.set_linewidth(0.3)
-        cell.set_height(1.0 / (len(rows) + 1.5))
-        if r == 0:
-            cell.set_facecolor("#E8E8E8")
-        elif align is not None:
-            cell.set_text_props(ha=align[c])
-            cell.PAD = 0.03
+    tab.auto_set_column_width(list(range(len(header))))
+    ax.add_table(tab)
     if title:
         ax.set_title(title)
     return tab

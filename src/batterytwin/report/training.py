@@ -65,12 +65,12 @@ def plot_training(metrics: Mapping[str, Any], where: str = "metrics.json"):
             dice = np.array([[np.nan if d is None else float(d) for d in v["dice"]] for v in val])
             for k in range(dice.shape[1]):
                 name = classes.get(k, str(k))
-                # class colours as in the bar panel, which doubles as the legend
                 ax_dice.plot(vsteps, dice[:, k], marker="o", color=style.class_colour(k, name),
-                             markeredgecolor="0.2", markeredgewidth=0.3)
+                             markeredgecolor="0.2", markeredgewidth=0.3, label=name.replace("_", " "))
             ax_dice.plot(vsteps, [float(v["mean_dice"]) for v in val], color="0.2", ls="--", label="mean")
             ax_dice.set_ylim(0, 1.02)
-            ax_dice.legend(loc="lower right")
+            # the class legend beside the panel, where it hides no curve
+            ax_dice.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), handlelength=1.5)
         else:
             ax_dice.text(0.5, 0.5, "no validation record", ha="center", va="center", transform=ax_dice.transAxes)
         ax_dice.set_xlabel("training step")
@@ -82,12 +82,14 @@ def plot_training(metrics: Mapping[str, Any], where: str = "metrics.json"):
         ys = np.arange(len(names))
         bars = ax_bar.barh(ys, [np.nan if v is None else v for v in vals],
                            color=[style.class_colour(k, n) for k, n in enumerate(names)], edgecolor="0.3", lw=0.4)
-        for y, v in zip(ys, vals):
-            if v is None or v < 0.3:  # short bar: the number goes to its right, in black
-                ax_bar.text((v or 0.0) + 0.02, y, "n/a" if v is None else f"{v:.3f}", va="center", ha="left",
-                            fontsize=6, color="black")
+        for y, v, bar in zip(ys, vals, bars):
+            # at the start of the bar, where no precision/recall marker sits (they are near the Dice)
+            if v is None:  # no bar: say why, inside the panel
+                ax_bar.text(0.02, y, "n/a (absent)", va="center", ha="left", fontsize=6, color="0.3", clip_on=True)
             else:
-                ax_bar.text(min(v, 1.0) - 0.02, y, f"{v:.3f}", va="center", ha="right", fontsize=6, color="white")
+                inside = v >= 0.15
+                ax_bar.text(0.02 if inside else v + 0.02, y, f"{v:.3f}", va="center", ha="left", fontsize=6,
+                            color=style.text_colour_on(bar.get_facecolor()) if inside else "black", clip_on=True)
         ax_bar.set_yticks(ys, [n.replace("_", " ") for n in names])
         ax_bar.invert_yaxis()
         ax_bar.set_xlim(0, 1)
@@ -102,8 +104,8 @@ def plot_training(metrics: Mapping[str, Any], where: str = "metrics.json"):
                 xs = np.array([np.nan if values.get(n) is None else float(values[n]) for n in names])
                 fig.markers[label] = ax_bar.scatter(xs, ys, marker=marker, s=14, facecolor="white",
                                                     edgecolor="0.1", lw=0.7, zorder=3, label=label)
-        if fig.markers:
-            ax_bar.legend(loc="upper right", fontsize=6, framealpha=0.9)
+        if fig.markers:  # beside the bars, not over them
+            ax_bar.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=6)
         fig.reliability = _plot_reliability(ax_rel, metrics.get("final_reliability"), metrics.get("final_ece"))
     return fig
 

@@ -81,14 +81,10 @@ def plot_twin(path: os.PathLike | str, max_cells: int = 6):
             if k % ncol == 0:
                 ax.set_ylabel("SOH (%)")
             if k == 0:
-                ax.legend(loc="lower left", fontsize=6)
+                ax.legend(loc="lower left", fontsize=6, frameon=True, framealpha=0.9, edgecolor="none")
             drawn[i] = {"true": true, "physics": phys, "hybrid": hyb}
-        tab = fig.add_subplot(grid[nrow, :])
-        tab.set_axis_off()
-        table = tab.table(cellText=error_rows(metrics), colLabels=["method", "RUL RMSE (cycles)",
-                          f"{level:.0%} interval coverage", "SOH-curve RMSE (%)"], loc="center", cellLoc="center")
-        table.auto_set_font_size(False)
-        table.set_fontsize(7)
+        style.table(fig.add_subplot(grid[nrow, :]), error_rows(metrics),
+                    ["method", "RUL RMSE (cycles)", f"{level:.0%} interval coverage", "SOH-curve RMSE (%)"])
         fig.suptitle(f"hybrid digital twin: {metrics.get('n_evaluated', '?')} cells, {metrics.get('eol_rule', '?')} rule, "
                      f"fit on the first {fit_cycles:.0f} cycles")
     fig.drawn = drawn

@@ -102,9 +102,12 @@ def plot_orthoslices(panels: Sequence[Panel], title: str | None = None, index: S
                 for pl in planes.values():
                     present.update(int(v) for v in np.unique(pl) if v != ignore)
                 draw = dict(cmap=cmap, norm=norm)
+            elif panel.kind == "map":
+                draw = dict(cmap="viridis", interpolation="antialiased", **map_window(*planes.values()))
             else:
                 lo, hi = style.robust_window(*planes.values())
-                draw = dict(cmap="gray" if panel.kind == "image" else "viridis", vmin=lo, vmax=hi)
+                # antialiased: a plane of more voxels than pixels is filtered, not sampled (no moire bands)
+                draw = dict(cmap="gray", vmin=lo, vmax=hi, interpolation="antialiased")
             for c, normal in enumerate(PLANES):
                 ax = fig.add_subplot(grid[r, c])
                 im = ax.imshow(planes[normal], extent=plane_extent(shape, voxel, normal), **draw)
@@ -112,19 +115,34 @@ def plot_orthoslices(panels: Sequence[Panel], title: str | None = None, index: S
                 ax.set_yticks([])
                 for side in ("top", "right", "bottom", "left"):
                     ax.spines[side].set_visible(False)
-                style.add_scale_bar(ax, plane_extent(shape, voxel, normal)[1],
-                                    colour="white" if panel.kind != "labels" else "black")
+                style.add_scale_bar(ax, plane_extent(shape, voxel, normal)[1])
                 if r == 0:
                     ax.set_title(f"{normal} mid-plane ({_AXIS_LABELS[normal][1][0]}{_AXIS_LABELS[normal][0][0]})")
                 if c == 0:
                     ax.set_ylabel(panel.title)
                 if panel.kind == "map" and c == 2:
-                    fig.colorbar(im, ax=ax, shrink=0.8, label=panel.volume.attrs.get("units", ""))
+                    units = panel.volume.attrs.get("units")
+                    label = panel.title if not units or panel.title.endswith(f"({units})") \
+                        else f"{panel.title} ({units})"
+                    fig.colorbar(im, ax=ax, shrink=0.8, label=label)
         if labels_seen:
             style.class_legend(fig, labels_seen, present)
         if title:
             fig.suptitle(title)
     return fig
+
+
+def map_window(*planes: np.ndarray) -> dict[str, float]:
+    """Colour range of a non-negative scalar map (entropy): from 0 to the 99.5th percentile, at least
+    ten times the median. A window spanning only the near-constant background would spread its
+    few float16 steps over the whole colour map and draw them as bands."""
+    vals = np.concatenate([np.asarray(p, dtype=np.float64).ravel() for p in planes])
+    vals = vals[np.isfinite(vals)]
+    if vals.size == 0:
+        return {"vmin": 0.0, "vmax": 1.0}
+    lo = min(0.0, float(vals.min()))
+    hi = max(float(np.percentile(vals, 99.5)), 10.0 * float(np.median(vals)))
+    return {"vmin": lo, "vmax": hi if hi > lo else lo + 1.0}
 
 
 def nlm_parameters(attrs: Mapping[str, Any]) -> dict[str, Any]:
@@ -216,7 +234,7 @@ def plot_nlm(noisy: Volume, denoised: Volume, clean: Volume | None = None,
         im = ax.imshow(removed, cmap="RdBu_r", vmin=-r, vmax=r, extent=extent)
         ax.set_title("removed noise")
         ax.set_axis_off()
-        fig.colorbar(im, ax=ax, shrink=0.7)
+        fig.colorbar(im, ax=ax, shrink=0.7, label="noisy − denoised (grey value)")
         ax = axes[-1]
         zs = (np.arange(nz) + 0.5) * voxel[0]
         colours = {"noisy": "0.6", "denoised": "#0072B2", "noise-free": "#D55E00"}
