@@ -309,15 +309,18 @@ def _check_label_shape(name: str, spec: Mapping[str, Any], key: str) -> None:
     from .ingest.readers import open_reader
 
     where = f"samples.{name}.{key}"
+    label_crop = spec["crop"] if spec["bin"] == 1 else None
     try:
         scan = open_reader(spec["source"], spec["format"], dataset=spec["dataset"], shape=spec["shape"],
                            dtype=spec["dtype"], byte_order=spec["byte_order"], header_bytes=spec["header_bytes"],
                            channel=spec["channel"], timepoint=spec["timepoint"])
+        expected = ingested_shape(scan.shape, spec["crop"], spec["bin"], f"{spec['source']}: crop")
+    except InputError as exc:
+        raise InputError(f"samples.{name}.source: {exc}") from None
+    try:
         labels = open_reader(spec[key], spec["labels_format"], dataset=spec["labels_dataset"] or spec["dataset"],
                              shape=spec["shape"], dtype="uint8" if spec["shape"] is not None else None)
-        label_crop = spec["crop"] if spec["bin"] == 1 else None
-        expected = ingested_shape(scan.shape, spec["crop"], spec["bin"], f"samples.{name}.crop")
-        got = ingested_shape(labels.shape, label_crop, 1, f"{where}: crop")
+        got = ingested_shape(labels.shape, label_crop, 1, f"{spec[key]}: crop")
     except InputError as exc:
         raise InputError(f"{where}: {exc}") from None
     if got != expected:
