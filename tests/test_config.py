@@ -141,7 +141,8 @@ def test_a_bad_config_is_one_line_naming_the_key(bad, key, problem):
 
 def test_the_twin_may_repeat_the_degradation_end_of_life_settings():
     same = {"degradation": {"eol_rule": "threshold", "sample": {"threshold": 75}},
-            "twin": {"eol_rule": "threshold", "threshold": 75, "data_dir": BASE["degradation"]["real_data"]["dir"]}}
+            "twin": {"eol_rule": "threshold", "threshold": 75,
+                     "data_dir": complete_config(BASE)["degradation"]["real_data"]["dir"]}}
     done = complete_config(deep_merge(BASE, same))
     assert done["twin"]["threshold"] == 75 and done["twin"]["eol_rule"] == "threshold"
 
