@@ -1,4 +1,4 @@
-"""The Snakemake layer: the run's plan (``workflow_config.plan_workflow``), the checks a dry run makes,
+"""The Snakemake layer: the run's plan (``workflow_plan.plan_workflow``), the checks a dry run makes,
 a failed rule's error line on the console, and rule files whose include order does not matter."""
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import yaml
 
 from batterytwin.config import deep_merge
 from batterytwin.errors import InputError
-from batterytwin.workflow_config import check_real_data, complete_config, plan_workflow
+from batterytwin.workflow_config import complete_config
+from batterytwin.workflow_plan import check_real_data, plan_workflow
 
 from .conftest import BIN, REPO
 

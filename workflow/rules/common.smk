@@ -11,7 +11,8 @@ from snakemake.utils import validate
 from batterytwin.config import check_yaml_files
 from batterytwin.errors import InputError
 from batterytwin.report import targets as report_targets
-from batterytwin.workflow_config import LABEL_IMPORTS, complete_config, plan_workflow, sample_dir
+from batterytwin.workflow_config import complete_config
+from batterytwin.workflow_plan import LABEL_IMPORTS, plan_workflow, sample_dir
 
 # The typed models (src/batterytwin/<stage>/config.py) fill every default and name a bad key in one
 # line; the schema generated from them (workflow/schemas/config.schema.json) is checked after.

@@ -8,7 +8,7 @@ from batterytwin.segment.pretrained import is_pretrained, shipped_file
 SEGMENT_METHOD = PLAN.segment.method
 SEGMENT_INPUT = PLAN.segment.input
 SEGMENT_UNCERTAINTY = PLAN.segment.uncertainty
-# training and validation samples and their label stores: workflow_config.plan_segment
+# training and validation samples and their label stores: workflow_plan.plan_segment
 SEGMENT_TRAIN = PLAN.segment.train
 SEGMENT_VAL = PLAN.segment.val
 SEGMENT_TARGETS = expand(
