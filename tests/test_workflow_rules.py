@@ -308,3 +308,39 @@ def test_rule_files_plan_the_same_jobs_in_any_include_order(tmp_path):
     counts = _job_counts(pipeline.stdout)
     assert counts["report_twin"] == 2 and counts["twin"] == 2 and counts["report_slices_ingest"] == 2
     assert _job_counts(reordered_run.stdout) == counts
+
+
+# --- the report's figure rules run their own command ------------------------------------------------
+
+# Stands in for the CLI: writes its arguments to the file after -o (the figure).
+FAKE_CLI = """#!/bin/sh
+out=""; prev=""
+for arg in "$@"; do [ "$prev" = "-o" ] && out="$arg"; prev="$arg"; done
+echo "$*" > "$out"
+"""
+
+
+def test_each_figure_rule_runs_its_own_command(tmp_path):
+    """Rules made in report.smk's loop: each job runs its row's command (Snakemake evaluates a rule's
+    shell command again when the job runs, after the loop has moved on)."""
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "batterytwin").write_text(FAKE_CLI)
+    (tmp_path / "bin" / "batterytwin").chmod(0o755)
+    for store in ("volume.zarr", "truth.zarr"):
+        (tmp_path / "results" / "ph" / store).mkdir(parents=True)
+    (tmp_path / "results" / "models" / "segment").mkdir(parents=True)
+    (tmp_path / "results" / "models" / "segment" / "metrics.json").write_text("{}")
+    (tmp_path / "Snakefile").write_text(f'include: "{RULES / "common.smk"}"\ninclude: "{RULES / "report.smk"}"\n')
+    (tmp_path / "ph.yaml").write_text(yaml.safe_dump({"samples": {"ph": {"source": "synthetic", "seed": 2}}}))
+    env = dict(os.environ, PATH=f"{tmp_path / 'bin'}{os.pathsep}{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    figures = ["results/ph/figures/ingest_slices.png", "results/figures/segment_training.png"]
+    cmd = [str(BIN / "snakemake"), *figures, "--snakefile", str(tmp_path / "Snakefile"), "--cores", "1",
+           "--configfile", str(REPO / "config.yaml"), str(tmp_path / "ph.yaml")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    dpi = BASE["report"]["dpi"]
+    assert (tmp_path / figures[0]).read_text().split() == [
+        "report", "slices", "--raw", "results/ph/volume.zarr", "--truth", "results/ph/truth.zarr", "--title", "ph",
+        "--dpi", str(dpi), "-o", figures[0]]
+    assert (tmp_path / figures[1]).read_text().split() == [
+        "report", "training", "results/models/segment/metrics.json", "--dpi", str(dpi), "-o", figures[1]]

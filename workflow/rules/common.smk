@@ -5,7 +5,9 @@ import json
 import os
 import re
 import sys
+from types import SimpleNamespace
 
+from snakemake.utils import format as snakemake_format
 from snakemake.utils import validate
 
 from batterytwin.config import check_yaml_files
@@ -178,10 +180,18 @@ def _report_sample_inputs(files, **kw):
     return lambda w: report_targets.sample_inputs(sample_dir(w.sample), files, is_synthetic(w.sample), **kw)
 
 
-def _report_flags(keys, prefix=None):
-    """A params function: `--key path` for each of `keys` among a figure rule's inputs
-    (`PREFIX key=path` with `prefix`)."""
-    return lambda w, input: report_targets.flags(input, keys, prefix)
+def _report_command(row):
+    """A params function: the `args` of a figure row formatted as a rule's shell command is: {input.x:q},
+    {wildcards.x:q}, {params.x} of the row's params, and {params.flags}, `--key path` for each of the
+    row's `flags` among the inputs (`PREFIX key=path` with `flags_prefix`). A rule made in a loop cannot
+    name the loop's row in its shell command: Snakemake evaluates that again when the job runs."""
+
+    def command(wildcards, input):
+        params = {k: v(wildcards) if callable(v) else v for k, v in row.get("params", {}).items()}
+        params["flags"] = report_targets.flags(input, row.get("flags", []), row.get("flags_prefix"))
+        return snakemake_format(row["args"], input=input, wildcards=wildcards, params=SimpleNamespace(**params))
+
+    return command
 
 
 def _report_output(row):

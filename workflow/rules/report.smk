@@ -20,8 +20,8 @@ _REAL = dict(subcategory="{evaluation} (real cycling data)",
              input=lambda w: {"predictions": f"results/degradation_real/{w.evaluation}.zarr"})
 
 # The figures: one row, one rule (the key) running `batterytwin report <args> --dpi DPI -o {output}`.
-# `args` is shell text formatted like a rule's shell command ({input.x}, {params.x}, {wildcards.x});
-# `flags` names optional inputs passed as `--key path` when present ({params.flags}).
+# `args` is formatted like a rule's shell command ({input.x}, {params.x}, {wildcards.x}) when the job
+# is made; `flags` names optional inputs passed as `--key path` when present ({params.flags}).
 # Defaults: output results/{sample}/figures/<fig>.png, caption workflow/report/<fig>.rst, category the
 # stage's, subcategory {sample}, log logs/{sample}/<rule>.log, resources "report".
 # A row without `fig` (the OME-Zarr export) is a directory output, not part of the HTML report.
@@ -162,7 +162,7 @@ for _name, _row in REPORT_RULES.items():
         output:
             _report_output(_row),
         params:
-            flags=_report_flags(_row.get("flags", []), _row.get("flags_prefix")),
+            command=_report_command(_row),
             dpi=["--dpi", REPORT["dpi"]] if "fig" in _row else [],
             **_row.get("params", {}),
         log:
@@ -175,4 +175,4 @@ for _name, _row in REPORT_RULES.items():
         resources:
             **RES(_row.get("resources", "report")),
         shell:
-            logged(f"batterytwin report {_row['args']} {{params.dpi:q}} -o {{output:q}}")
+            logged("batterytwin report {params.command} {params.dpi:q} -o {output:q}")
