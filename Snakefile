@@ -1,6 +1,7 @@
 # batterytwin: X-ray micro-CT of lithium batteries -> digital twin.
 # `snakemake --cores 2` runs the whole chain on the built-in synthetic phantom (config.yaml);
-# on a Slurm cluster see README "Running on a Slurm cluster" (config.cluster.yaml, slurm/).
+# on a Slurm cluster see docs/slurm.md (config.cluster.yaml, slurm/). The rule files share
+# workflow/rules/common.smk (included first): the validated config and the run's plan.
 from snakemake.utils import min_version
 
 min_version("9.0")

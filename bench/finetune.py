@@ -87,7 +87,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     demo = yaml.safe_load((REPO / "config.yaml").read_text())["segment"]
-    base = merge_config({"model": demo["model"], "train": dict(demo["train"], threads=args.threads)})
+    base = merge_config({"model": demo.get("model", {}), "train": dict(demo["train"], threads=args.threads)})
     pre_steps = args.pretrain_steps or (60 if args.quick else base["train"]["steps"])
     ft_steps = 20 if args.quick else args.finetune_steps
     result = {"bench": "finetune", "date": datetime.date.today().isoformat(), "command": " ".join(sys.argv),

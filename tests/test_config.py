@@ -6,13 +6,17 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
+import tifffile
 import yaml
 
 from batterytwin.config import deep_merge
 from batterytwin.errors import InputError
 from batterytwin.ingest.config import parse_sample
+from batterytwin.ingest.driver import ingested_shape
 from batterytwin.workflow_config import complete_config, schema_text
 
 from .conftest import REPO
@@ -51,15 +55,36 @@ def test_every_config_and_snippet_validates(name, data):
     jsonschema.validate(done, json.loads(SCHEMA.read_text()))  # the generated schema accepts the completed config
 
 
+def _write_inputs(root: Path, spec: dict) -> None:
+    """The files of a file sample: its scan, and label images of the scan's shape after crop/bin (the
+    dry run reads their headers); a TIFF folder for tiff-stack; other scans are empty files."""
+    crop = [r.split(":") for r in (spec.get("crop") or ",,").split(",")]
+    shape = [max(8, int(r[1]) if len(r) == 2 and r[1] else 8) for r in crop]  # holds the crop
+    binned = spec.get("bin", 1) != 1  # labels of a binned scan have the binned volume's shape
+    label_shape = ingested_shape(shape, spec.get("crop"), spec["bin"]) if binned else shape
+    for key, fmt, size in (("source", spec.get("format", "auto"), shape),
+                           ("labels", spec.get("labels_format", "auto"), label_shape),
+                           ("val_labels", spec.get("labels_format", "auto"), label_shape)):
+        if not spec.get(key):
+            continue
+        path = root / spec[key]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if fmt == "tiff-stack" or (fmt == "auto" and not path.suffix):
+            path.mkdir()
+            for z in range(size[0]):
+                tifffile.imwrite(path / f"{z:04d}.tif", np.zeros(size[1:], np.uint8))
+        elif path.suffix.lower() in (".tif", ".tiff"):
+            tifffile.imwrite(path, np.zeros(size, np.uint8))
+        else:
+            path.touch()
+
+
 @pytest.mark.parametrize("name, data", CONFIGS, ids=[n for n, _ in CONFIGS])
 def test_every_config_and_snippet_dry_runs(tmp_path, name, data):
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(data))
     for spec in data.get("samples", {}).values():  # file samples need their inputs to plan the DAG
         if spec.get("source", "synthetic") != "synthetic":
-            for key in ("source", "labels", "val_labels"):  # hand-label images are inputs too
-                if spec.get(key):
-                    (tmp_path / spec[key]).parent.mkdir(parents=True, exist_ok=True)
-                    (tmp_path / spec[key]).touch()
+            _write_inputs(tmp_path, spec)
     init_from = data.get("segment", {}).get("train", {}).get("init_from")  # a pretrained model is an input too
     if init_from:
         (tmp_path / init_from).parent.mkdir(parents=True, exist_ok=True)
@@ -120,7 +145,8 @@ def test_a_bad_config_is_one_line_naming_the_key(bad, key, problem):
 
 def test_the_twin_may_repeat_the_degradation_end_of_life_settings():
     same = {"degradation": {"eol_rule": "threshold", "sample": {"threshold": 75}},
-            "twin": {"eol_rule": "threshold", "threshold": 75, "data_dir": BASE["degradation"]["real_data"]["dir"]}}
+            "twin": {"eol_rule": "threshold", "threshold": 75,
+                     "data_dir": complete_config(BASE)["degradation"]["real_data"]["dir"]}}
     done = complete_config(deep_merge(BASE, same))
     assert done["twin"]["threshold"] == 75 and done["twin"]["eol_rule"] == "threshold"
 

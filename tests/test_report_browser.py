@@ -143,6 +143,8 @@ def make_workflow(workdir: Path, samples: dict) -> None:
     cfg["report"] = {"dpi": 80, "ome_levels": 1, "ome_chunk": 16, "benchmark": True}
     # the stand-in sweep.zarr has no rate_capability block (its figure: tests/test_cellsim_rate.py)
     cfg["cellsim"]["rate_capability"] = {"enabled": False}
+    # no real-data evaluations: this workflow has no degradation rules to make their predictions
+    cfg["degradation"]["real_data"] = {"enabled": False}
     (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
     rules = REPO / "workflow" / "rules"
     (workdir / "Snakefile").write_text(

@@ -6,7 +6,8 @@ after changing any settings model with::
     python -m batterytwin.workflow_config workflow/schemas/config.schema.json
 
 ``workflow/rules/common.smk`` validates ``config`` with :func:`complete_config` (one line naming
-the key on a problem) and then with the generated schema, so rules read complete sections.
+the key on a problem) and then with the generated schema, so rules read complete sections
+(what the run then does: :mod:`batterytwin.workflow_plan`).
 """
 
 from __future__ import annotations
@@ -105,6 +106,10 @@ class PipelineConfig(Section):
         if twin.data_dir is not None and twin.data_dir != deg.real_data.dir:
             raise ValueError(f"twin.data_dir: {twin.data_dir!r} differs from degradation.real_data.dir "
                              f"{deg.real_data.dir!r} (one data directory for both stages: leave twin.data_dir null)")
+        unknown = sorted(set(twin.evaluations or []) - set(deg.real_data.evaluations))
+        if unknown:
+            raise ValueError(f"twin.evaluations: {unknown} not in degradation.real_data.evaluations "
+                             f"({', '.join(deg.real_data.evaluations) or 'none'})")
         return self
 
 

@@ -26,6 +26,8 @@ rule simulate:
     resources:
         **RES("simulate"),
     shell:
-        "{resources.mpi} -n {resources.tasks} batterytwin simulate"
-        " -i {input.microstructure:q} -o {output.sweep:q} --summary {output.summary:q}"
-        " --work-dir {params.work:q} --config-json {params.settings:q} > {log:q} 2>&1"
+        logged(
+            "{resources.mpi} -n {resources.tasks} batterytwin simulate"
+            " -i {input.microstructure:q} -o {output.sweep:q} --summary {output.summary:q}"
+            " --work-dir {params.work:q} --config-json {params.settings:q}"
+        )

@@ -7,46 +7,12 @@
 #  3. Real cycling data (DiffBatt splits, config degradation.real_data): train per training set, evaluate
 #     per test split -> results/degradation_real/{evaluation}.zarr + .json. Default data: the splits
 #     shipped in data/cycling (checked against its SHA256SUMS); enabled with the data absent or corrupt
-#     is an error (set degradation.real_data.enabled: false to skip).
+#     is an error (set degradation.real_data.enabled: false to skip; checked by the run's plan).
 import json
-import os
-import sys
-
-DEG = config["degradation"]
-DEG_REAL = DEG["real_data"]
-DEG_REAL_ON = DEG_REAL["enabled"] and bool(DEG_REAL["evaluations"])
-# a relative dir is read from the working directory, else from the repository (the shipped data/cycling)
-DEG_REAL_DIR = DEG_REAL["dir"]
-if not os.path.isabs(DEG_REAL_DIR) and not os.path.isdir(DEG_REAL_DIR):
-    _in_repo = os.path.join(workflow.basedir, DEG_REAL_DIR)
-    DEG_REAL_DIR = _in_repo if os.path.isdir(_in_repo) else DEG_REAL_DIR
-if DEG_REAL_ON:  # enabled and absent (or corrupt) is an error, not a silent skip
-    from batterytwin.cycling.loaders import verify_checksum
-
-    if not os.path.isdir(DEG_REAL_DIR):
-        sys.exit(
-            f"batterytwin config: error: degradation.real_data.dir: real cycling data directory {DEG_REAL['dir']!r} "
-            "not found (the shipped data is data/cycling; set enabled: false to skip real-data evaluation)"
-        )
-    _needed = {f for files in DEG_REAL["train_sets"].values() for f in files} | {
-        e["test"] for e in DEG_REAL["evaluations"].values()
-    }
-    for _name in sorted(_needed):
-        _path = os.path.join(DEG_REAL_DIR, _name)
-        if not os.path.isfile(_path):
-            sys.exit(f"batterytwin config: error: degradation.real_data: {_path}: no such file")
-        try:
-            verify_checksum(_path)
-        except InputError as exc:
-            sys.exit(f"batterytwin config: error: degradation.real_data: {exc}")
-DEG_REAL_EVALS = DEG_REAL["evaluations"] if DEG_REAL_ON else {}
 
 DEGRADATION_TARGETS = expand("results/{sample}/degradation.{ext}", sample=ANALYSE, ext=("zarr", "json")) + expand(
-    "results/degradation_real/{evaluation}.{ext}", evaluation=list(DEG_REAL_EVALS), ext=("zarr", "json")
+    "results/degradation_real/{evaluation}.{ext}", evaluation=list(PLAN.real_evaluations), ext=("zarr", "json")
 )
-
-
-include: "degradation_functions.smk"
 
 
 rule degradation_train:
@@ -68,9 +34,11 @@ rule degradation_train:
     resources:
         **RES("degradation_train"),
     shell:
-        "{resources.mpi} -n {resources.tasks} batterytwin train-degradation --sweep {input.sweeps:q}"
-        " --config-json {params.settings:q} --checkpoint {params.checkpoint:q}"
-        " --out {output.model:q} --metrics {output.metrics:q} > {log:q} 2>&1"
+        logged(
+            "{resources.mpi} -n {resources.tasks} batterytwin train-degradation --sweep {input.sweeps:q}"
+            " --config-json {params.settings:q} --checkpoint {params.checkpoint:q}"
+            " -o {output.model:q} --metrics {output.metrics:q}"
+        )
 
 
 rule degradation_predict:
@@ -92,9 +60,11 @@ rule degradation_predict:
     resources:
         **RES("degradation_predict"),
     shell:
-        "{resources.mpi} -n {resources.tasks} batterytwin predict-degradation --model {input.model:q}"
-        " --sweep {input.sweep:q} --config-json {params.settings:q}"
-        " --out {output.store:q} --metrics {output.metrics:q} > {log:q} 2>&1"
+        logged(
+            "{resources.mpi} -n {resources.tasks} batterytwin predict-degradation --model {input.model:q}"
+            " --sweep {input.sweep:q} --config-json {params.settings:q}"
+            " -o {output.store:q} --metrics {output.metrics:q}"
+        )
 
 
 rule degradation_real_train:
@@ -116,15 +86,17 @@ rule degradation_real_train:
     resources:
         **RES("degradation_train"),
     shell:
-        "{resources.mpi} -n {resources.tasks} batterytwin train-degradation --npz {input.npz:q}"
-        " --config-json {params.settings:q} --checkpoint {params.checkpoint:q}"
-        " --out {output.model:q} --metrics {output.metrics:q} > {log:q} 2>&1"
+        logged(
+            "{resources.mpi} -n {resources.tasks} batterytwin train-degradation --npz {input.npz:q}"
+            " --config-json {params.settings:q} --checkpoint {params.checkpoint:q}"
+            " -o {output.model:q} --metrics {output.metrics:q}"
+        )
 
 
 rule degradation_real_predict:
     input:
-        model=lambda w: f"results/models/degradation/real_{DEG_REAL_EVALS[w.evaluation]['train_set']}.pt",
-        npz=lambda w: os.path.join(DEG_REAL_DIR, DEG_REAL_EVALS[w.evaluation]["test"]),
+        model=lambda w: f"results/models/degradation/real_{DEG_REAL['evaluations'][w.evaluation]['train_set']}.pt",
+        npz=_real_test_file,
     output:
         store=directory("results/degradation_real/{evaluation}.zarr"),
         metrics="results/degradation_real/{evaluation}.json",
@@ -140,6 +112,8 @@ rule degradation_real_predict:
     resources:
         **RES("degradation_predict"),
     shell:
-        "{resources.mpi} -n {resources.tasks} batterytwin predict-degradation --model {input.model:q}"
-        " --npz {input.npz:q} --config-json {params.settings:q}"
-        " --out {output.store:q} --metrics {output.metrics:q} > {log:q} 2>&1"
+        logged(
+            "{resources.mpi} -n {resources.tasks} batterytwin predict-degradation --model {input.model:q}"
+            " --npz {input.npz:q} --config-json {params.settings:q}"
+            " -o {output.store:q} --metrics {output.metrics:q}"
+        )

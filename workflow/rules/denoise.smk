@@ -7,9 +7,6 @@ import json
 DENOISE_TARGETS = expand("results/{sample}/denoised.zarr", sample=SAMPLES)
 
 
-include: "denoise_functions.smk"
-
-
 rule denoise:
     input:
         unpack(_denoise_inputs),
@@ -30,6 +27,8 @@ rule denoise:
     resources:
         **RES("denoise"),
     shell:
-        "{resources.mpi} -n {resources.tasks} batterytwin denoise {input.volume:q} {output.volume:q}"
-        " --config-json {params.settings:q} {params.reference:q} --threads {threads:q} --metrics {output.metrics:q}"
-        " --work-dir {params.work:q} > {log:q} 2>&1"
+        logged(
+            "{resources.mpi} -n {resources.tasks} batterytwin denoise -i {input.volume:q} -o {output.volume:q}"
+            " --config-json {params.settings:q} {params.reference:q} --threads {threads:q}"
+            " --metrics {output.metrics:q} --work-dir {params.work:q}"
+        )

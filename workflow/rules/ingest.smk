@@ -6,9 +6,6 @@
 INGEST_TARGETS = expand("results/{sample}/volume.zarr", sample=SAMPLES)
 
 
-include: "ingest_functions.smk"
-
-
 rule phantom:
     output:
         volume=directory("results/{sample}/volume.zarr"),
@@ -35,11 +32,13 @@ rule phantom:
     resources:
         **RES("phantom"),
     shell:
-        "{resources.mpi} -n {resources.tasks} batterytwin phantom {output.volume:q}"
-        " --clean {output.clean:q} --labels {output.truth:q} --shape {params.shape:q}"
-        " --seed {params.seed:q} --frame {params.frame:q} --n-frames {params.n_frames:q}"
-        " --voxel-size-um {params.voxel:q} {params.extra:q}"
-        " --chunk {params.chunk:q} --shard {params.shard:q} > {log:q} 2>&1"
+        logged(
+            "{resources.mpi} -n {resources.tasks} batterytwin phantom -o {output.volume:q}"
+            " --clean {output.clean:q} --labels {output.truth:q} --shape {params.shape:q}"
+            " --seed {params.seed:q} --frame {params.frame:q} --n-frames {params.n_frames:q}"
+            " --voxel-size-um {params.voxel:q} {params.extra:q}"
+            " --chunk {params.chunk:q} --shard {params.shard:q}"
+        )
 
 
 rule ingest:
@@ -64,8 +63,10 @@ rule ingest:
     resources:
         **RES("ingest", mpi=False),
     shell:
-        "batterytwin ingest {input:q} {output.volume:q} {params.options:q}"
-        " --chunk {params.chunk:q} --shard {params.shard:q} --max-memory-mb {params.memory:q} > {log:q} 2>&1"
+        logged(
+            "batterytwin ingest -i {input:q} -o {output.volume:q} {params.options:q}"
+            " --chunk {params.chunk:q} --shard {params.shard:q} --max-memory-mb {params.memory:q}"
+        )
 
 
 rule import_labels:
@@ -92,5 +93,7 @@ rule import_labels:
     resources:
         **RES("ingest", mpi=False),
     shell:
-        "batterytwin ingest {input.labels:q} {output.store:q} --labels --like {input.like:q} {params.options:q}"
-        " --chunk {params.chunk:q} --shard {params.shard:q} --max-memory-mb {params.memory:q} > {log:q} 2>&1"
+        logged(
+            "batterytwin ingest -i {input.labels:q} -o {output.store:q} --labels --like {input.like:q}"
+            " {params.options:q} --chunk {params.chunk:q} --shard {params.shard:q} --max-memory-mb {params.memory:q}"
+        )

@@ -8,9 +8,6 @@ import json
 MICROSTRUCTURE_TARGETS = expand("results/{sample}/microstructure.json", sample=ANALYSE)
 
 
-include: "microstructure_functions.smk"
-
-
 rule microstructure:
     input:
         unpack(_previous_frame),
@@ -32,7 +29,9 @@ rule microstructure:
     resources:
         **RES("microstructure"),
     shell:
-        "{resources.mpi} -n {resources.tasks} batterytwin microstructure"
-        " --labels {input.labels:q} --output {output.metrics:q} --msd {output.msd:q}"
-        " --checkpoint-dir {params.work:q} --previous={params.previous:q}"
-        " --config-json {params.settings:q} > {log:q} 2>&1"
+        logged(
+            "{resources.mpi} -n {resources.tasks} batterytwin microstructure"
+            " -i {input.labels:q} -o {output.metrics:q} --msd {output.msd:q}"
+            " --checkpoint-dir {params.work:q} --previous={params.previous:q}"
+            " --config-json {params.settings:q}"
+        )

@@ -5,59 +5,23 @@ import json
 
 from batterytwin.segment.pretrained import is_pretrained, shipped_file
 
-SEG = config["segment"]
-SEGMENT_UNCERTAINTY = bool(SEG["uncertainty"])
-SEGMENT_INPUT = "denoised.zarr" if SEG["input"] == "denoised" else "volume.zarr"
-
-
-# label store per sample: segment.label_stores, else samples.<name>.labels (a label image is imported to
-# results/<name>/hand_labels.zarr, a .zarr store is used as is), else the phantom's truth
-SEGMENT_LABELS = {
-    s: SEG["label_stores"].get(s) or label_store(s, "labels") or f"{sample_dir(s)}/truth.zarr" for s in SAMPLES
-}
-# training samples: segment.train_samples, else those with role train/both that have labels
-SEGMENT_TRAIN = list(SEG["train_samples"]) or [
-    s
-    for s in SAMPLES
-    if SAMPLE_SPECS[s]["role"] in ("train", "both")
-    and (is_synthetic(s) or SAMPLE_SPECS[s].get("labels") or s in SEG["label_stores"])
-]
-# validation: segment.val_samples, else held-out synthetic samples (role analyse: they have truth);
-# plus, for every sample with samples.<name>.val_labels, its held-out labelled voxels
-SEGMENT_VAL = list(SEG["val_samples"]) or [
-    s for s in SYNTHETIC if SAMPLE_SPECS[s]["role"] == "analyse"
-]
-# segment.pseudo_labels: gmm -- training samples without labels (no label store found above: the
-# truth.zarr fallback of a sample that is not synthetic) train on their GMM label store instead.
-SEGMENT_METHOD = SEG["method"]
-SEGMENT_PSEUDO = []
-if SEG["pseudo_labels"] == "gmm":
-    SEGMENT_PSEUDO = [
-        s
-        for s in (list(SEG["train_samples"]) or [s for s in SAMPLES if SAMPLE_SPECS[s]["role"] in ("train", "both")])
-        if not is_synthetic(s) and SEGMENT_LABELS[s] == f"{sample_dir(s)}/truth.zarr"
-    ]
-    SEGMENT_LABELS.update({s: f"{sample_dir(s)}/gmm_labels.zarr" for s in SEGMENT_PSEUDO})
-    SEGMENT_TRAIN = SEGMENT_TRAIN + [s for s in SEGMENT_PSEUDO if s not in SEGMENT_TRAIN]
-SEGMENT_VAL_LABELS = {s: label_store(s, "val_labels") for s in SAMPLES if label_store(s, "val_labels")}
-_SEG_STORES = ["labels.zarr"] + (["uncertainty.zarr"] if SEGMENT_UNCERTAINTY else [])
-SEGMENT_TARGETS = expand("results/{sample}/{store}", sample=SAMPLES, store=_SEG_STORES)
-_SEG_PAIRS = (
-    [("--volume", "--labels", s, SEGMENT_LABELS[s]) for s in SEGMENT_TRAIN]
-    + [("--val-volume", "--val-labels", s, SEGMENT_LABELS[s]) for s in SEGMENT_VAL]
-    + [("--val-volume", "--val-labels", s, path) for s, path in SEGMENT_VAL_LABELS.items()]
+SEGMENT_METHOD = PLAN.segment.method
+SEGMENT_INPUT = PLAN.segment.input
+SEGMENT_UNCERTAINTY = PLAN.segment.uncertainty
+# training and validation samples and their label stores: workflow_plan.plan_segment
+SEGMENT_TRAIN = PLAN.segment.train
+SEGMENT_VAL = PLAN.segment.val
+SEGMENT_TARGETS = expand(
+    "results/{sample}/{store}",
+    sample=SAMPLES,
+    store=["labels.zarr"] + (["uncertainty.zarr"] if SEGMENT_UNCERTAINTY else []),
 )
-SEGMENT_DATA_ARGS = [
-    arg for fv, fl, s, lab in _SEG_PAIRS for arg in (fv, f"{sample_dir(s)}/{SEGMENT_INPUT}", fl, lab)
-]
-SEGMENT_VOLUME_INPUTS = sorted({f"{sample_dir(s)}/{SEGMENT_INPUT}" for _, _, s, _ in _SEG_PAIRS})
-SEGMENT_LABEL_INPUTS = sorted({lab for _, _, _, lab in _SEG_PAIRS})
 
 
 rule train_seg:
     input:
-        volumes=SEGMENT_VOLUME_INPUTS,
-        labels=SEGMENT_LABEL_INPUTS,
+        volumes=PLAN.segment.volume_inputs(),
+        labels=PLAN.segment.label_inputs(),
         # segment.train.init_from: fine-tuning starts from that model (a changed file retrains); the name
         # "pretrained" is the shipped batteryNET (train-seg resolves the name and checks its digest)
         **({"init_from": str(shipped_file()) if is_pretrained(SEG["train"]["init_from"]) else SEG["train"]["init_from"]}
@@ -66,7 +30,7 @@ rule train_seg:
         model="results/models/segment/model.pt",
         metrics="results/models/segment/metrics.json",
     params:
-        data=SEGMENT_DATA_ARGS,
+        data=PLAN.segment.data_args(),
         cfg=json.dumps({k: SEG[k] for k in ("model", "train", "infer")}),
         checkpoint_dir=SEG["train"]["checkpoint_dir"],
     log:
@@ -79,9 +43,11 @@ rule train_seg:
     resources:
         **RES("train_seg"),
     shell:
-        "{resources.mpi} -n {resources.tasks} batterytwin train-seg {params.data:q}"
-        " --config-json {params.cfg:q} --checkpoint-dir {params.checkpoint_dir:q}"
-        " --model-out {output.model:q} --metrics-out {output.metrics:q} > {log:q} 2>&1"
+        logged(
+            "{resources.mpi} -n {resources.tasks} batterytwin train-seg {params.data:q}"
+            " --config-json {params.cfg:q} --checkpoint-dir {params.checkpoint_dir:q}"
+            " -o {output.model:q} --metrics {output.metrics:q}"
+        )
 
 
 # the output layout of a label store: segment.infer.chunk/shard, else the run's store settings
@@ -115,9 +81,10 @@ rule segment:
     resources:
         **RES("segment"),
     shell:
-        "{resources.mpi} -n {resources.tasks} batterytwin segment --input {input.volume:q}"
-        " {params.model:q} --output {output.labels:q} {params.uncertainty:q}"
-        " --config-json {params.cfg:q} > {log:q} 2>&1"
+        logged(
+            "{resources.mpi} -n {resources.tasks} batterytwin segment -i {input.volume:q}"
+            " {params.model:q} -o {output.labels:q} {params.uncertainty:q} --config-json {params.cfg:q}"
+        )
 
 
 rule segment_gmm:
@@ -137,5 +104,7 @@ rule segment_gmm:
     resources:
         **RES("segment"),
     shell:
-        "{resources.mpi} -n {resources.tasks} batterytwin segment --input {input.volume:q}"
-        " --output {output.labels:q} --config-json {params.cfg:q} > {log:q} 2>&1"
+        logged(
+            "{resources.mpi} -n {resources.tasks} batterytwin segment -i {input.volume:q}"
+            " -o {output.labels:q} --config-json {params.cfg:q}"
+        )

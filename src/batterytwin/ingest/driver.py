@@ -50,6 +50,12 @@ def parse_crop(crop: Any, shape: Sequence[int], where: str = "crop") -> tuple[sl
     return tuple(out)
 
 
+def ingested_shape(shape: Sequence[int], crop: Any = None, bin_factor: int = 1, where: str = "crop") -> tuple[int, ...]:
+    """The shape of the volume ingest writes from a source of ``shape``: ``crop`` (:func:`parse_crop`),
+    then ``bin_factor`` (trailing voxels that do not fill a bin are dropped, as in :func:`bin_volume`)."""
+    return tuple((s.stop - s.start) // int(bin_factor) for s in parse_crop(crop, shape, where))
+
+
 def bin_volume(block: np.ndarray, factor: int) -> np.ndarray:
     """Mean over ``factor``^3 blocks; trailing voxels that do not fill a block are dropped."""
     if factor == 1:
@@ -88,7 +94,7 @@ def ingest_volume(reader, out_path: Path | str, *, voxel_size_um: Any, crop: Any
     bin_factor = int(bin_factor)
     region = parse_crop(crop, reader.shape, f"{where}: crop")
     cropped = [s.stop - s.start for s in region]
-    out_shape = tuple(n // bin_factor for n in cropped)
+    out_shape = ingested_shape(reader.shape, crop, bin_factor, f"{where}: crop")
     if min(out_shape) < 1:
         raise InputError(f"{where}: bin {bin_factor} leaves an empty volume from crop {cropped}")
     if output_dtype == "auto":
