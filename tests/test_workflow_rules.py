@@ -310,6 +310,20 @@ def test_rule_files_plan_the_same_jobs_in_any_include_order(tmp_path):
     assert _job_counts(reordered_run.stdout) == counts
 
 
+def test_benchmark_figure_only_in_the_projects_own_report(tmp_path):
+    """The scaling figure of the repository's benchmark is planned only with report.benchmark (config.yaml
+    sets it); a user's config leaves it out."""
+    user = tmp_path / "user.yaml"
+    user.write_text(yaml.safe_dump({"report": {"benchmark": False}}))
+    args = ("-n", "--quiet", "rules", "--configfile", str(REPO / "config.yaml"))
+    own = run_snakemake(tmp_path, REPO / "Snakefile", *args)
+    users = run_snakemake(tmp_path, REPO / "Snakefile", *args, str(user))
+    assert own.returncode == 0 and users.returncode == 0, own.stderr + users.stderr
+    assert _job_counts(own.stdout).get("report_scaling") == 1
+    counts = _job_counts(users.stdout)
+    assert "report_scaling" not in counts and counts["report_twin"] == 2
+
+
 # --- the report's figure rules run their own command ------------------------------------------------
 
 # Stands in for the CLI: writes its arguments to the file after -o (the figure).
@@ -343,4 +357,4 @@ def test_each_figure_rule_runs_its_own_command(tmp_path):
         "report", "slices", "--raw", "results/ph/volume.zarr", "--truth", "results/ph/truth.zarr", "--title", "ph",
         "--dpi", str(dpi), "-o", figures[0]]
     assert (tmp_path / figures[1]).read_text().split() == [
-        "report", "training", "results/models/segment/metrics.json", "--dpi", str(dpi), "-o", figures[1]]
+        "report", "training", "-i", "results/models/segment/metrics.json", "--dpi", str(dpi), "-o", figures[1]]

@@ -41,7 +41,7 @@ REPORT_RULES = {
         stage="segment", fig="segment_training", label="training loss and Dice",
         output="results/figures/segment_training.png", subcategory="model", log="logs/report/segment_training.log",
         input=lambda w: {"metrics": "results/models/segment/metrics.json"},
-        args="training {input.metrics:q}",
+        args="training -i {input.metrics:q}",
         message="Figure: segmentation training loss and per-class Dice"),
     "report_slices_segment": dict(
         stage="segment", fig="segment_slices", label="orthogonal slices: raw, denoised, segmented",
@@ -54,18 +54,18 @@ REPORT_RULES = {
         input=_report_sample_inputs({"volume": "volume.zarr", "labels": "labels.zarr"}),
         flags=["truth"], flags_prefix="--labels",
         params={"levels": REPORT["ome_levels"], "chunk": REPORT["ome_chunk"]},
-        args="ome --volume {input.volume:q} --labels segmentation={input.labels:q} {params.flags:q}"
+        args="ome -i {input.volume:q} --labels segmentation={input.labels:q} {params.flags:q}"
              " --levels {params.levels} --chunk {params.chunk}",
         message="OME-Zarr export of {wildcards.sample} (volume + labels, {params.levels} extra levels)"),
     "report_tortuosity": dict(
         stage="microstructure", fig="microstructure_tortuosity", label="MSD curves and tortuosity",
         input=_report_sample_inputs({"microstructure": "microstructure.json", "msd": "msd.npz"}, truth=False),
-        args="tortuosity {input.microstructure:q} --msd {input.msd:q}",
+        args="tortuosity -i {input.microstructure:q} --msd {input.msd:q}",
         message="Figure: tortuosity of {wildcards.sample}"),
     "report_microstructure_table": dict(
         stage="microstructure", fig="microstructure_table", label="microstructure table",
         input=_report_sample_inputs({"microstructure": "microstructure.json"}, truth=False),
-        args="microstructure {input.microstructure:q}",
+        args="microstructure -i {input.microstructure:q}",
         message="Figure: microstructure table of {wildcards.sample}"),
     "report_series": dict(
         stage="microstructure", fig="series_lithium", label="lithium growth over frames",
@@ -73,43 +73,43 @@ REPORT_RULES = {
         log="logs/report/series_{series}.log",
         input=lambda w: [f"{sample_dir(s)}/microstructure.json" for s in _SERIES[w.series]],
         params={"names": lambda w: _SERIES[w.series]},
-        args="series {input:q} --names {params.names:q}",
+        args="series -i {input:q} --names {params.names:q}",
         message="Figure: lithium growth over the frames of {wildcards.series}"),
     "report_voltage": dict(
         stage="cellsim", fig="cellsim_voltage", label="discharge voltage curves",
         input=_report_sample_inputs({"sweep": "sweep.zarr"}, truth=False),
         params={"max_conditions": REPORT["max_conditions"]},
-        args="voltage {input.sweep:q} --max-conditions {params.max_conditions}",
+        args="voltage -i {input.sweep:q} --max-conditions {params.max_conditions}",
         message="Figure: PyBaMM voltage curves of {wildcards.sample}"),
     "report_fade": dict(
         stage="cellsim", fig="cellsim_fade", label="capacity fade",
         input=_report_sample_inputs({"sweep": "sweep.zarr"}, truth=False),
         params={"max_conditions": REPORT["max_conditions"]},
-        args="fade {input.sweep:q} --max-conditions {params.max_conditions}",
+        args="fade -i {input.sweep:q} --max-conditions {params.max_conditions}",
         message="Figure: capacity fade across the sweep of {wildcards.sample}"),
     "report_degradation": dict(
         stage="degradation", fig="degradation_predictions", label="SOH predictions with intervals",
         input=_report_sample_inputs({"predictions": "degradation.zarr"}, truth=False),
         params={"max_cells": REPORT["max_cells"]},
-        args="degradation {input.predictions:q} --max-cells {params.max_cells}",
+        args="degradation -i {input.predictions:q} --max-cells {params.max_cells}",
         message="Figure: degradation-model predictions for the sweep of {wildcards.sample}"),
     "report_rul": dict(
         stage="degradation", fig="degradation_rul", label="predicted vs true life",
         input=_report_sample_inputs({"predictions": "degradation.zarr"}, truth=False),
-        args="rul {input.predictions:q}",
+        args="rul -i {input.predictions:q}",
         message="Figure: predicted vs true cycle life for the sweep of {wildcards.sample}"),
     "report_degradation_real": dict(
         stage="degradation", fig="degradation_predictions", label="SOH predictions with intervals", **_REAL,
         output="results/figures/degradation_real_{evaluation}_predictions.png",
         log="logs/report/degradation_real_{evaluation}_predictions.log",
         params={"max_cells": REPORT["max_cells"]},
-        args="degradation {input.predictions:q} --max-cells {params.max_cells}",
+        args="degradation -i {input.predictions:q} --max-cells {params.max_cells}",
         message="Figure: degradation-model predictions on real cycling data ({wildcards.evaluation})"),
     "report_rul_real": dict(
         stage="degradation", fig="degradation_rul", label="predicted vs true life", **_REAL,
         output="results/figures/degradation_real_{evaluation}_rul.png",
         log="logs/report/degradation_real_{evaluation}_rul.log",
-        args="rul {input.predictions:q}",
+        args="rul -i {input.predictions:q}",
         message="Figure: predicted vs true cycle life on real cycling data ({wildcards.evaluation})"),
     "report_twin": dict(
         stage="twin", fig="twin", label="measured vs physics vs hybrid SOH, error table",
@@ -117,23 +117,23 @@ REPORT_RULES = {
         subcategory="{evaluation} (real cycling data)",
         input=lambda w: {"twin": f"results/twin/{w.evaluation}.zarr"},
         params={"max_cells": REPORT["max_cells"]},
-        args="twin {input.twin:q} --max-cells {params.max_cells}",
+        args="twin -i {input.twin:q} --max-cells {params.max_cells}",
         message="Figure: hybrid digital twin of the real cells of {wildcards.evaluation}"),
 }
 if config["cellsim"]["rate_capability"]["enabled"]:
     REPORT_RULES["report_rate"] = dict(
         stage="cellsim", fig="cellsim_rate", label="capacity vs C-rate",
         input=_report_sample_inputs({"sweep": "sweep.zarr"}, truth=False),
-        args="rate {input.sweep:q}",
+        args="rate -i {input.sweep:q}",
         message="Figure: rate capability and plating of {wildcards.sample}")
 # The scaling figure of bench/chain.py, when the repository of these rules holds its result
 _SCALING_BENCH = latest_bench(os.path.normpath(os.path.join(str(workflow.current_basedir), "../../bench/results")))
-if _SCALING_BENCH is not None:
+if REPORT["benchmark"] and _SCALING_BENCH is not None:
     REPORT_RULES["report_scaling"] = dict(
         stage="scaling", fig="scaling", label="cost and memory vs voxels",
         output="results/figures/scaling.png", subcategory="bench/chain.py", log="logs/report/scaling.log",
         input=lambda w: {"bench": str(_SCALING_BENCH)},
-        args="scaling {input.bench:q}",
+        args="scaling -i {input.bench:q}",
         message="Figure: scaling of each stage (bench/chain.py)")
 if PLAN.segment.method in ("gmm", "pretrained"):
     REPORT_RULES.pop("report_training")  # segment.method gmm or pretrained trains no network
