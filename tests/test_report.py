@@ -348,10 +348,6 @@ def test_cli_figures_and_bad_input(samples, tmp_path, cli):
 def test_report_targets_follow_each_stage_samples():
     from batterytwin.report import targets
 
-    samples = ["a", "b", "c"]
-    assert targets.stage_samples(None, "labels.zarr", samples) == samples          # stage not included
-    assert targets.stage_samples(["results/c/labels.zarr", "results/a/labels.zarr", "results/a/x.zarr"],
-                                 "labels.zarr", samples) == ["a", "c"]             # sample order kept
     specs = {"s_t000": {"series": "s"}, "s_t001": {"series": "s"}, "b": {}}
     assert targets.series_frames(list(specs), specs) == {"s": ["s_t000", "s_t001"]}
     figures = {"ingest": ["i.png"], "denoise": ["d.png"]}

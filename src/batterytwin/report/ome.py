@@ -81,7 +81,7 @@ def export_ome(volume: os.PathLike | str, out: os.PathLike | str, labels: Mappin
     if not isinstance(chunk, int) or chunk < 1:
         raise InputError(f"report ome: --chunk must be an integer >= 1, got {chunk!r}")
     vol = open_volume(volume)
-    require_kind(vol, "ct", "report ome --volume")
+    require_kind(vol, "ct", "report ome --input")
     check_finite(vol)
     lab = {name: open_volume(p) for name, p in (labels or {}).items()}
     for name, lv in lab.items():

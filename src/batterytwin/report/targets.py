@@ -10,19 +10,6 @@ import re
 from typing import Any, Iterable, Mapping, Sequence
 
 
-def stage_samples(targets: Iterable[str] | None, filename: str, samples: Sequence[str]) -> list[str]:
-    """Samples whose ``results/{sample}/<filename>`` is among a stage's targets, in sample order.
-
-    ``targets`` None (the stage's rule file does not define them) or naming its outputs otherwise:
-    every sample.
-    """
-    if targets is None:
-        return list(samples)
-    pattern = re.compile(rf"results/([^/]+)/{re.escape(filename)}")
-    found = {m.group(1) for t in targets if (m := pattern.fullmatch(str(t)))}
-    return [s for s in samples if s in found] or list(samples)
-
-
 def series_frames(samples: Sequence[str], specs: Mapping[str, Mapping[str, Any]]) -> dict[str, list[str]]:
     """Time series name -> its frame samples in order (samples whose spec names a ``series``)."""
     out: dict[str, list[str]] = {}
