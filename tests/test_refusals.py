@@ -219,7 +219,7 @@ def test_a_store_of_the_wrong_kind_is_refused(tmp_path, cli):
             (ct, "report slices --uncertainty", ("report", "slices", "--uncertainty", ct, "--out", tmp_path / "s.png")),
             (labels, "report nlm --denoised", ("report", "nlm", "--noisy", ct, "--denoised", labels, "--out",
                                                tmp_path / "n.png")),
-            (labels, "report ome --volume", ("report", "ome", "--volume", labels, "--out", tmp_path / "o.zarr")),
+            (labels, "report ome --input", ("report", "ome", "-i", labels, "-o", tmp_path / "o.zarr")),
             (ct, "report ome --labels seg", ("report", "ome", "--volume", ct, "--labels", f"seg={ct}", "--out",
                                              tmp_path / "o.zarr"))]
     for path, role, argv in runs:
