@@ -14,6 +14,7 @@ from batterytwin.cellsim.driver import simulate
 from .cellsim_inputs import plain_capacities, plain_pv, read_group, write_microstructure
 
 pybamm = pytest.importorskip("pybamm")
+pytestmark = pytest.mark.slow  # PyBaMM ageing runs of the demo's cellsim section (up to its 200 cycles)
 
 ROOT = Path(__file__).resolve().parents[1]
 SEI_K = "SEI kinetic rate constant [m.s-1]"
@@ -57,7 +58,6 @@ def test_demo_fade_equals_plain_pybamm(tmp_path):
     assert direct[-1] < 0.98 * direct[0] and arrays["soh"][0, -1] < 98.0
 
 
-@pytest.mark.slow
 def test_demo_range_reaches_end_of_life_in_part(tmp_path):
     """The demo's cycles, stop rule and SEI rate range: the fast end crosses 80 % SOH, the slow end not;
     the degradation stage's loader and threshold rule see one end of life and one censored cell."""

@@ -115,6 +115,7 @@ def _train_args(cells: Path, out: Path, ckpt: Path) -> list[str]:
                 "cond_dim": 16, "cond_layers": 1, "cond_heads": 2, "patch": 2, "rows_per_token": 2}})]
 
 
+@pytest.mark.slow
 def test_sigusr1_exits_75_and_the_rerun_ends_with_the_uninterrupted_weights(tmp_path, cli):
     """SIGUSR1 during ``batterytwin train-degradation`` (a process of its own): checkpoint + exit 75;
     rerunning the same command resumes and writes the model of an uninterrupted run. The uninterrupted
