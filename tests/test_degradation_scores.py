@@ -53,6 +53,7 @@ def test_parametrisations_recover_x0_and_noise(prediction):
         torch.testing.assert_close(got_eps, noise, rtol=0, atol=2e-4 if t > 0 else 5e-3)
 
 
+@pytest.mark.slow
 def test_rule_mismatch_is_an_error(tmp_path):
     """The rule is stored with the model: a model trained on HUST (threshold rule) refuses MATR test data
     (end of record): one line, exit 2, nothing at the output path; the same data under the model's rule runs."""
