@@ -1,12 +1,14 @@
 # Two commands on a fresh machine: `make demo` runs the whole chain on the built-in synthetic
 # phantom, `make test` runs the test suite. Both create .venv and install the pinned dependencies.
+# `make test-fast` leaves out the tests marked slow (Snakemake runs, mpiexec, kill/resume, long
+# training and ageing): a few minutes on 2 cores while developing; `make test` (CI) runs them all.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 CORES ?= 2
 PIP_FLAGS ?= -q --disable-pip-version-check
 
-.PHONY: install demo test bench report dryrun lint clean
+.PHONY: install demo test test-fast bench report dryrun lint clean
 
 install: $(VENV)/.installed
 
@@ -31,6 +33,9 @@ lint: install
 
 test: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q tests
+
+test-fast: install
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -m "not slow" tests
 
 bench: install
 	for b in bench/*.py; do PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python $$b || exit 1; done

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from batterytwin.errors import EXIT_OK
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
@@ -19,7 +21,7 @@ def mpiexec(n: int, *args: str, timeout: float = 300, env: dict | None = None) -
     run_env = dict(os.environ, **(env or {}))
     run_env["PATH"] = f"{BIN}{os.pathsep}{run_env.get('PATH', '')}"
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=run_env, cwd=REPO)
-    if proc.returncode != 0:
+    if proc.returncode != EXIT_OK:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
 

@@ -29,6 +29,7 @@ import torch
 
 from batterytwin import store
 from batterytwin.distributed import World
+from batterytwin.errors import EXIT_BAD_INPUT, EXIT_OK
 from batterytwin.ingest.phantom import make_phantom
 
 from .conftest import REPO
@@ -93,7 +94,7 @@ def base(tmp_path_factory) -> Base:
     code = main(["-q", "train-seg", "--volume", str(vol), "--labels", str(labp), "--model-out", str(model),
                  "--metrics-out", str(root / "m.json"), "--checkpoint-dir", str(root / "ck"),
                  "--config-json", json.dumps(TINY_SEG)])
-    assert code == 0 and model.exists()
+    assert code == EXIT_OK and model.exists()
     ckpt = root / "checkpoint.pt"  # what a training checkpoint holds (run_key, step, states)
     torch.save({"run_key": "abc", "step": 1, "model": {}, "optimizer": {}}, ckpt)
     return Base(root, vol, labp, nan, inf, lab_unknown, tiny, npy, npy_nan, model, ckpt)
@@ -336,7 +337,7 @@ def run_case(case: Case, b: Base, tmp: Path, capsys) -> tuple[str, int, str]:
     try:
         code = main(["-q", *argv])
     except SystemExit as exc:  # argparse
-        code = exc.code if isinstance(exc.code, int) else 2
+        code = exc.code if isinstance(exc.code, int) else EXIT_BAD_INPUT
     except BaseException as exc:  # noqa: BLE001 - anything escaping main is a traceback
         return "traceback", -1, f"{type(exc).__name__}: {exc}"
     err = capsys.readouterr().err
@@ -344,9 +345,9 @@ def run_case(case: Case, b: Base, tmp: Path, capsys) -> tuple[str, int, str]:
              if ln.strip() and not LOG_LINE.match(ln) and not ln.startswith(("usage:", " "))]
     expect = case.expect(b, tmp) if callable(case.expect) else case.expect
     leftovers = [o for o in case.outputs if (tmp / o).exists()]
-    if code == 0:
+    if code == EXIT_OK:
         outcome = "silent"
-    elif code != 2 or "Traceback" in err:
+    elif code != EXIT_BAD_INPUT or "Traceback" in err:
         outcome = "traceback"
     elif len(lines) == 1 and expect in lines[0] and not leftovers:
         outcome = "clear"
@@ -369,7 +370,7 @@ def test_ingest_overwrite_replaces_a_file_when_asked(base: Base, tmp_path: Path,
 
     out = tmp_path / "out.zarr"
     out.write_text("old")
-    assert main(["-q", "ingest", str(base.npy), str(out), "--voxel-size-um", "0.5", "--overwrite"]) == 0
+    assert main(["-q", "ingest", str(base.npy), str(out), "--voxel-size-um", "0.5", "--overwrite"]) == EXIT_OK
     assert store.open_volume(out).shape == (32, 32, 32)
 
 
@@ -444,6 +445,8 @@ def test_work_dir_lock_is_exclusive_and_stale_locks_are_taken_over(tmp_path: Pat
 
 
 
+@pytest.mark.slow
+@pytest.mark.mpi
 def test_two_ranks_share_the_manifest_checksums(tmp_path: Path) -> None:
     from .conftest import mpiexec
 

@@ -15,34 +15,12 @@ from batterytwin.cellsim.design import make_design
 from batterytwin.cellsim.driver import simulate
 from batterytwin.cellsim.params import build_parameter_values, microstructure_substitutions
 from batterytwin.cellsim.runner import capacity_at_voltages, soh_percent
-from batterytwin.errors import InputError
+from batterytwin.errors import EXIT_BAD_INPUT, InputError
 
+from .cellsim_inputs import OKANE_AM, OKANE_L, plain_capacities, plain_pv, read_group, write_microstructure
 from .conftest import mpiexec
 
 pybamm = pytest.importorskip("pybamm")
-
-OKANE_L, OKANE_AM = 75.6e-6, 0.665  # OKane2022 positive thickness and active fraction
-
-
-def write_microstructure(path: Path, eps=0.30, tau=2.0, thickness_um=70.0, am=0.62, radius_um=5.0,
-                         sep_eps=0.45, sep_b=1.6) -> Path:
-    """A small ``microstructure.json`` (schema batterytwin.microstructure/1, ``cell`` block)."""
-    ms = {
-        "schema": "batterytwin.microstructure/1",
-        "voxel_size_um": [0.5, 0.5, 0.5],
-        "classes": {"0": "pore", "1": "solid_electrolyte", "3": "cathode_active"},
-        "cell": {
-            "stacking_axis": "z", "electrolyte_phase": "solid_electrolyte",
-            "positive_electrode": {"thickness_um": thickness_um, "electrolyte_volume_fraction": eps,
-                                   "active_material_volume_fraction": am, "porosity_void": 0.02,
-                                   "tortuosity_electrolyte": tau, "bruggeman": None,
-                                   "particle_radius_um": radius_um},
-            "separator": {"thickness_um": 15.0, "electrolyte_volume_fraction": sep_eps,
-                          "tortuosity_electrolyte": None, "bruggeman": sep_b},
-        },
-    }
-    path.write_text(json.dumps(ms))
-    return path
 
 
 # Small sweep shared by several tests: SPM + SEI, 3 cycles, 2 C-rates + one absurd C-rate.
@@ -158,13 +136,6 @@ def sweep(tmp_path_factory):
     return out
 
 
-def _read(path):
-    import zarr
-
-    g = zarr.open_group(str(path), mode="r")
-    return {k: g[k][...] for k in g.array_keys()}, dict(g.attrs)
-
-
 def _direct_capacities(ms_path: Path, c_dis: float, k_sei: float, n_cycles: int) -> np.ndarray:
     """An independent PyBaMM run of one condition: string experiment, numbers, fresh Simulation."""
     ms = json.loads(ms_path.read_text())["cell"]
@@ -198,7 +169,7 @@ def _direct_capacities(ms_path: Path, c_dis: float, k_sei: float, n_cycles: int)
 
 
 def test_stored_capacities_equal_direct_pybamm(sweep):
-    arrays, attrs = _read(sweep["zarr"])
+    arrays, attrs = read_group(sweep["zarr"])
     names = attrs["input_names"]
     i = next(j for j, row in enumerate(arrays["inputs"])
              if row[names.index("discharge_c_rate")] == 2.0
@@ -224,7 +195,7 @@ def test_stored_capacities_equal_direct_pybamm(sweep):
 
 
 def test_absurd_c_rate_fails_others_complete(sweep):
-    arrays, attrs = _read(sweep["zarr"])
+    arrays, attrs = read_group(sweep["zarr"])
     summary = json.loads(sweep["json"].read_text())
     c = arrays["inputs"][:, attrs["input_names"].index("discharge_c_rate")]
     assert np.all(arrays["status"][c == 1.0e4] == 2)
@@ -238,7 +209,7 @@ def test_absurd_c_rate_fails_others_complete(sweep):
 
 
 def test_resume_computes_only_missing(sweep, tmp_path, caplog):
-    before, _ = _read(sweep["zarr"])
+    before, _ = read_group(sweep["zarr"])
     files = sorted(sweep["work"].glob("run-*/c-*.npz"))
     assert len(files) == 6
     victim = files[2]
@@ -250,7 +221,7 @@ def test_resume_computes_only_missing(sweep, tmp_path, caplog):
     assert "6 conditions, 5 already in" in caplog.text and "1 to run" in caplog.text
     assert victim.exists()
     assert all(f.stat().st_mtime_ns == t for f, t in stamps.items())  # others untouched
-    after, _ = _read(out)
+    after, _ = read_group(out)
     np.testing.assert_array_equal(after["status"], before["status"])
     np.testing.assert_allclose(after["capacity_Ah"], before["capacity_Ah"], rtol=1e-9)
 
@@ -264,8 +235,8 @@ def test_two_ranks_equal_one_rank(sweep, tmp_path):
     mpiexec(2, "batterytwin", "simulate", "-i", str(sweep["ms"]), "-o", str(out), "--summary",
             str(tmp_path / "sweep.json"), "--work-dir", str(tmp_path / "work"), "--config", str(cfg),
             timeout=240)
-    one, _ = _read(sweep["zarr"])
-    two, _ = _read(out)
+    one, _ = read_group(sweep["zarr"])
+    two, _ = read_group(out)
     for key in ("inputs", "status"):
         np.testing.assert_array_equal(two[key], one[key])
     for key in ("capacity_Ah", "soh", "qv_capacity_Ah"):
@@ -282,7 +253,7 @@ def _high_rate_capacity(tmp_path: Path, name: str, eps: float, tau: float) -> np
     summary = simulate(str(ms), str(tmp_path / f"{name}.zarr"), str(tmp_path / f"{name}.json.out"),
                        str(tmp_path / "work"), cfg)
     assert summary["counts"]["ok"] == 1
-    return _read(tmp_path / f"{name}.zarr")[0]["capacity_Ah"][0, 0]
+    return read_group(tmp_path / f"{name}.zarr")[0]["capacity_Ah"][0, 0]
 
 
 def test_denser_more_tortuous_cathode_gives_less_high_rate_capacity(tmp_path):
@@ -310,7 +281,7 @@ def test_stop_below_soh(tmp_path):
                sweep={"method": "grid", "axes": {"SEI kinetic rate constant [m.s-1]": [1e-13]}})
     summary = simulate(str(ms), str(tmp_path / "s.zarr"), str(tmp_path / "s.json"), str(tmp_path / "w"), cfg)
     cond = summary["conditions"][0]
-    arrays, _ = _read(tmp_path / "s.zarr")
+    arrays, _ = read_group(tmp_path / "s.zarr")
     k = cond["cycles_completed"]
     assert cond["status"] == 1 and "SOH" in cond["message"] and 1 < k < 5
     assert arrays["soh"][0, k - 1] < 99.0 <= arrays["soh"][0, k - 2]  # stopped at the first cycle below
@@ -332,7 +303,7 @@ def test_cli_bad_input(cli, tmp_path, override, message):
     ms = write_microstructure(tmp_path / "m.json")
     code, err = cli("simulate", "-i", ms, "-o", tmp_path / "s.zarr", "--summary", tmp_path / "s.json",
                     "--work-dir", tmp_path / "w", "--config-json", json.dumps(override))
-    assert code == 2
+    assert code == EXIT_BAD_INPUT
     assert message in err and err.count("\n") == 1  # one line, no traceback
     assert not (tmp_path / "s.zarr").exists()
 
@@ -340,7 +311,7 @@ def test_cli_bad_input(cli, tmp_path, override, message):
 def test_cli_missing_microstructure(cli, tmp_path):
     code, err = cli("simulate", "-i", tmp_path / "nope.json", "-o", tmp_path / "s.zarr", "--summary",
                     tmp_path / "s.json", "--work-dir", tmp_path / "w")
-    assert code == 2 and "no such microstructure file" in err
+    assert code == EXIT_BAD_INPUT and "no such microstructure file" in err
 
 
 # -- electrode balance, tortuosity factor, lithium-metal form (issue 20, issue 15) ----------------
@@ -382,63 +353,18 @@ def test_balance_keeps_the_sets_n_to_p(tmp_path, thickness_um):
     assert _np_by_hand(pv, (y_100, y_0)) == pytest.approx(1.3, rel=1e-6)
 
 
-def _plain_pv(ms_path: Path, transport: str = "bruggeman"):
-    """OKane2022 with the fixture's measured values written out by hand (no batterytwin code)."""
-    ms = json.loads(ms_path.read_text())["cell"]
-    pe, sep = ms["positive_electrode"], ms["separator"]
-    pv = pybamm.ParameterValues("OKane2022")
-    pv.update({
-        "Positive electrode porosity": pe["electrolyte_volume_fraction"],
-        "Positive electrode active material volume fraction": pe["active_material_volume_fraction"],
-        "Positive electrode thickness [m]": pe["thickness_um"] * 1e-6,
-        "Positive particle radius [m]": pe["particle_radius_um"] * 1e-6,
-        "Separator porosity": sep["electrolyte_volume_fraction"],
-        "Separator thickness [m]": sep["thickness_um"] * 1e-6,
-        "Nominal cell capacity [A.h]": 5.0 * (pe["thickness_um"] * 1e-6 / OKANE_L)
-        * (pe["active_material_volume_fraction"] / OKANE_AM),
-        "Ambient temperature [K]": 298.15,
-    })
-    if transport == "bruggeman":
-        pv.update({
-            "Positive electrode Bruggeman coefficient (electrolyte)":
-                1 - math.log(pe["tortuosity_electrolyte"]) / math.log(pe["electrolyte_volume_fraction"]),
-            "Separator Bruggeman coefficient (electrolyte)": sep["bruggeman"]})
-    else:  # PyBaMM's B = phase fraction / tau; unmeasured tau = phi^(1-b) of the set's exponents
-        eps_n = pv["Negative electrode porosity"]
-        pv.update({
-            "Positive electrode tortuosity factor (electrolyte)": pe["tortuosity_electrolyte"],
-            "Separator tortuosity factor (electrolyte)": sep["electrolyte_volume_fraction"] ** (1 - sep["bruggeman"]),
-            "Negative electrode tortuosity factor (electrolyte)":
-                eps_n ** (1 - pv["Negative electrode Bruggeman coefficient (electrolyte)"]),
-            "Negative electrode tortuosity factor (electrode)":
-                (1 - eps_n) ** (1 - pv["Negative electrode Bruggeman coefficient (electrode)"]),
-            "Positive electrode tortuosity factor (electrode)": (1 - pe["electrolyte_volume_fraction"])
-                ** (1 - pv["Positive electrode Bruggeman coefficient (electrode)"]),
-        }, check_already_exists=False)
-    return pv
-
-
-_CYCLE = ("Discharge at 1.0C until 2.5 V", "Rest for 5 minutes", "Charge at 0.5C until 4.2 V",
-          "Hold at 4.2 V until C/50", "Rest for 5 minutes")
 ONE_CONDITION = {"n_cycles": 2, "n_early": 0, "model_options": {},
                  "sweep": {"method": "grid", "axes": {"discharge_c_rate": [1.0]}}}
-
-
-def _plain_capacities(model, pv, n_cycles: int) -> np.ndarray:
-    sim = pybamm.Simulation(model, experiment=pybamm.Experiment([_CYCLE] * n_cycles), parameter_values=pv)
-    sol = sim.solve()
-    q = [c.steps[0]["Discharge capacity [A.h]"].entries for c in sol.cycles]
-    return np.array([x[-1] - x[0] for x in q])
 
 
 def test_balanced_cell_equals_plain_pybamm(tmp_path):
     ms = write_microstructure(tmp_path / "m.json", thickness_um=10.0, am=0.48)
     cfg = dict(ONE_CONDITION, model="SPM", model_options={"SEI": "ec reaction limited"}, transport="bruggeman")
     summary = simulate(str(ms), str(tmp_path / "s.zarr"), str(tmp_path / "s.json"), str(tmp_path / "w"), cfg)
-    arrays, attrs = _read(tmp_path / "s.zarr")
+    arrays, attrs = read_group(tmp_path / "s.zarr")
     bal = attrs["balance"]
     assert summary["balance"] == bal and summary["cell_form"] == "full_cell"
-    pv = _plain_pv(ms)
+    pv = plain_pv(ms)
     _, _, y_100, y_0 = pybamm.lithium_ion.get_min_max_stoichiometries(pybamm.ParameterValues("OKane2022"))
     l_n = bal["rescaled"]["Negative electrode thickness [m]"]["value"]
     assert attrs["substitutions"]["Negative electrode thickness [m]"]["value"] == l_n
@@ -446,7 +372,7 @@ def test_balanced_cell_equals_plain_pybamm(tmp_path):
     pv["Negative electrode thickness [m]"] = l_n
     assert _np_by_hand(pv, (y_100, y_0)) == pytest.approx(bal["n_to_p_parameter_set"], rel=1e-6)
     assert bal["n_to_p_after"] == pytest.approx(bal["n_to_p_parameter_set"], rel=1e-6)
-    direct = _plain_capacities(pybamm.lithium_ion.SPM({"SEI": "ec reaction limited"}), pv, 2)
+    direct = plain_capacities(pybamm.lithium_ion.SPM({"SEI": "ec reaction limited"}), pv, 2)
     np.testing.assert_allclose(arrays["capacity_Ah"][0], direct, rtol=1e-3)
     # the report's cell-parameter table shows the balance
     from batterytwin.report.cellsim import plot_capacity_fade
@@ -461,19 +387,19 @@ def test_tortuosity_factor_route_equals_plain_pybamm(tmp_path):
     ms = write_microstructure(tmp_path / "m.json", eps=0.25, tau=3.0)
     cfg = dict(ONE_CONDITION, model="SPMe", balance={"enabled": False})
     simulate(str(ms), str(tmp_path / "s.zarr"), str(tmp_path / "s.json"), str(tmp_path / "w"), cfg)
-    arrays, attrs = _read(tmp_path / "s.zarr")
+    arrays, attrs = read_group(tmp_path / "s.zarr")
     assert attrs["transport"] == "tortuosity_factor"
     assert attrs["model_options"]["transport efficiency"] == "tortuosity factor"
     subs = attrs["substitutions"]
     assert subs["Positive electrode tortuosity factor (electrolyte)"]["value"] == 3.0
     assert "Positive electrode Bruggeman coefficient (electrolyte)" not in subs
-    pv = _plain_pv(ms, "tortuosity_factor")
-    direct = _plain_capacities(pybamm.lithium_ion.SPMe({"transport efficiency": "tortuosity factor"}), pv, 2)
+    pv = plain_pv(ms, "tortuosity_factor")
+    direct = plain_capacities(pybamm.lithium_ion.SPMe({"transport efficiency": "tortuosity factor"}), pv, 2)
     np.testing.assert_allclose(arrays["capacity_Ah"][0], direct, rtol=1e-3)
     # at the measured porosity the two routes are the same transport: same capacities
     brug = dict(cfg, transport="bruggeman")
     simulate(str(ms), str(tmp_path / "b.zarr"), str(tmp_path / "b.json"), str(tmp_path / "w"), brug)
-    np.testing.assert_allclose(_read(tmp_path / "b.zarr")[0]["capacity_Ah"][0], direct, rtol=1e-3)
+    np.testing.assert_allclose(read_group(tmp_path / "b.zarr")[0]["capacity_Ah"][0], direct, rtol=1e-3)
 
 
 def test_lithium_metal_form_equals_plain_half_cell(tmp_path):
@@ -486,9 +412,9 @@ def test_lithium_metal_form_equals_plain_half_cell(tmp_path):
     summary = simulate(str(ms_path), str(tmp_path / "s.zarr"), str(tmp_path / "s.json"), str(tmp_path / "w"), cfg)
     assert summary["cell_form"] == "lithium_metal" and "lithium_metal" in summary["cell_form_reason"]
     assert summary["balance"]["n_to_p_after"] is None
-    arrays, attrs = _read(tmp_path / "s.zarr")
+    arrays, attrs = read_group(tmp_path / "s.zarr")
     assert attrs["model_options"]["working electrode"] == "positive"
-    pv = _plain_pv(ms_path)
+    pv = plain_pv(ms_path)
     name = "Exchange-current density for lithium metal electrode [A.m-2]"
     pv.update({name: pybamm.ParameterValues("Xu2019")[name]}, check_already_exists=False)
     y = pybamm.lithium_ion.get_initial_stoichiometry_half_cell(1.0, pv)
@@ -496,7 +422,7 @@ def test_lithium_metal_form_equals_plain_half_cell(tmp_path):
     c_max = pv["Maximum concentration in positive electrode [mol.m-3]"]
     pv["Initial concentration in positive electrode [mol.m-3]"] = y * c_max
     model = pybamm.lithium_ion.SPM({"working electrode": "positive", "SEI": "ec reaction limited"})
-    direct = _plain_capacities(model, pv, 2)
+    direct = plain_capacities(model, pv, 2)
     assert arrays["status"][0] == 1
     np.testing.assert_allclose(arrays["capacity_Ah"][0, 0], direct[0], rtol=1e-3)
     np.testing.assert_allclose(arrays["capacity_Ah"][0], direct, rtol=1e-3)
@@ -506,11 +432,11 @@ def test_cli_refuses_n_to_p_below_one(cli, tmp_path):
     ms = write_microstructure(tmp_path / "m.json", thickness_um=120.0)
     code, err = cli("simulate", "-i", ms, "-o", tmp_path / "s.zarr", "--summary", tmp_path / "s.json",
                     "--work-dir", tmp_path / "w", "--config-json", json.dumps({"balance": {"enabled": False}}))
-    pv = _plain_pv(ms)
+    pv = plain_pv(ms)
     _, _, y_100, y_0 = pybamm.lithium_ion.get_min_max_stoichiometries(pybamm.ParameterValues("OKane2022"))
     ratio = _np_by_hand(pv, (y_100, y_0))
     assert ratio < 1.0
-    assert code == 2 and err.count("\n") == 1
+    assert code == EXIT_BAD_INPUT and err.count("\n") == 1
     assert "120 um" in err and f"N/P = {ratio:.3f}" in err and "cellsim.balance" in err
     assert not (tmp_path / "s.zarr").exists()
 
@@ -540,4 +466,4 @@ def test_cli_bad_cell_settings(cli, tmp_path, override, message):
     ms = write_microstructure(tmp_path / "m.json")
     code, err = cli("simulate", "-i", ms, "-o", tmp_path / "s.zarr", "--summary", tmp_path / "s.json",
                     "--work-dir", tmp_path / "w", "--config-json", json.dumps(override))
-    assert code == 2 and message in err and err.count("\n") == 1
+    assert code == EXIT_BAD_INPUT and message in err and err.count("\n") == 1

@@ -11,9 +11,10 @@ import yaml
 
 from batterytwin.cellsim.driver import simulate
 
-from .test_cellsim import _plain_capacities, _plain_pv, _read, write_microstructure
+from .cellsim_inputs import plain_capacities, plain_pv, read_group, write_microstructure
 
 pybamm = pytest.importorskip("pybamm")
+pytestmark = pytest.mark.slow  # PyBaMM ageing runs of the demo's cellsim section (up to its 200 cycles)
 
 ROOT = Path(__file__).resolve().parents[1]
 SEI_K = "SEI kinetic rate constant [m.s-1]"
@@ -45,13 +46,13 @@ def test_demo_fade_equals_plain_pybamm(tmp_path):
     n = 6
     simulate(str(ms), str(tmp_path / "s.zarr"), str(tmp_path / "s.json"), str(tmp_path / "w"),
              one_condition(cfg, k, n_cycles=n, n_early=0))
-    arrays, attrs = _read(tmp_path / "s.zarr")
+    arrays, attrs = read_group(tmp_path / "s.zarr")
     assert arrays["status"][0] == 1
-    pv = _plain_pv(ms, "tortuosity_factor")
+    pv = plain_pv(ms, "tortuosity_factor")
     pv.update({SEI_K: k, "Negative electrode thickness [m]":
                attrs["balance"]["rescaled"]["Negative electrode thickness [m]"]["value"]})
     model = pybamm.lithium_ion.SPMe({**cfg["model_options"], "transport efficiency": "tortuosity factor"})
-    direct = _plain_capacities(model, pv, n)
+    direct = plain_capacities(model, pv, n)
     np.testing.assert_allclose(arrays["capacity_Ah"][0], direct, rtol=1e-3)
     # and it ages visibly: > 2 % of the first cycle lost within these few cycles, in both
     assert direct[-1] < 0.98 * direct[0] and arrays["soh"][0, -1] < 98.0
@@ -70,7 +71,7 @@ def test_demo_range_reaches_end_of_life_in_part(tmp_path):
         "discharge_c_rate": [1.0], "charge_c_rate": [0.5], "ambient_temperature_C": [25.0],
         SEI_K: [axis["low"], axis["high"]]}})
     summary = simulate(str(ms), str(tmp_path / "s.zarr"), str(tmp_path / "s.json"), str(tmp_path / "w"), cfg)
-    arrays, attrs = _read(tmp_path / "s.zarr")
+    arrays, attrs = read_group(tmp_path / "s.zarr")
     k = arrays["inputs"][:, attrs["input_names"].index(SEI_K)]
     slow, fast = int(np.argmin(k)), int(np.argmax(k))
     assert list(arrays["status"]) == [1, 1]

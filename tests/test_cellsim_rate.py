@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,9 +12,10 @@ import pytest
 from batterytwin.cellsim.driver import cell_parameters, resolve_config
 from batterytwin.cellsim.params import read_microstructure
 from batterytwin.cellsim.rate import run_rate_capability
+from batterytwin.errors import EXIT_BAD_INPUT, EXIT_OK
 
+from .cellsim_inputs import write_microstructure
 from .conftest import mpiexec
-from .test_cellsim import write_microstructure
 
 pybamm = pytest.importorskip("pybamm")
 
@@ -127,7 +127,7 @@ def test_simulate_writes_rate_block_and_figure(tmp_path, cli):
     fig = plot_rate_capability(out)
     assert [r[:2] for r in fig.rate_rows] == [["thickness", "x1"], ["thickness", "x1.1"]]
     code, err = cli("report", "rate", str(out), "--out", str(tmp_path / "rate.png"))
-    assert code == 0 and (tmp_path / "rate.png").stat().st_size > 5000, err
+    assert code == EXIT_OK and (tmp_path / "rate.png").stat().st_size > 5000, err
 
 
 def test_report_without_rate_block_is_input_error(tmp_path, cli):
@@ -138,7 +138,7 @@ def test_report_without_rate_block_is_input_error(tmp_path, cli):
            "sweep": {"method": "grid", "axes": {"discharge_c_rate": [1.0]}}}
     simulate(str(ms), str(tmp_path / "s.zarr"), str(tmp_path / "s.json"), str(tmp_path / "w"), cfg)
     code, err = cli("report", "rate", str(tmp_path / "s.zarr"), "--out", str(tmp_path / "rate.png"))
-    assert code == 2 and "no rate_capability" in err and len(err.strip().splitlines()) == 1
+    assert code == EXIT_BAD_INPUT and "no rate_capability" in err and len(err.strip().splitlines()) == 1
 
 
 # -- compile once per job -------------------------------------------------------------------------

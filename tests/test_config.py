@@ -14,13 +14,13 @@ import tifffile
 import yaml
 
 from batterytwin.config import deep_merge
-from batterytwin.errors import InputError
+from batterytwin.errors import EXIT_BAD_INPUT, InputError
 from batterytwin.ingest.config import parse_sample
 from batterytwin.ingest.driver import ingested_shape
 from batterytwin.workflow_config import complete_config, schema_text
 
 from .conftest import REPO
-from .test_workflow import snakemake
+from .snakemake_run import snakemake
 
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.json"
 BASE = yaml.safe_load((REPO / "config.yaml").read_text())
@@ -79,6 +79,7 @@ def _write_inputs(root: Path, spec: dict) -> None:
             path.touch()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, data", CONFIGS, ids=[n for n, _ in CONFIGS])
 def test_every_config_and_snippet_dry_runs(tmp_path, name, data):
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(data))
@@ -94,6 +95,7 @@ def test_every_config_and_snippet_dry_runs(tmp_path, name, data):
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_file_samples_get_only_their_own_defaults(tmp_path):
     """The README's file sample used to fail: the synthetic branch's defaults were filled into it."""
     files = {"npy": {"source": "data/scan.npy", "voxel_size_um": 0.65},
@@ -151,6 +153,7 @@ def test_the_twin_may_repeat_the_degradation_end_of_life_settings():
     assert done["twin"]["threshold"] == 75 and done["twin"]["eol_rule"] == "threshold"
 
 
+@pytest.mark.slow
 def test_snakemake_names_the_bad_key_in_one_line(tmp_path):
     (tmp_path / "bad.yaml").write_text("segment:\n  train: {lr: -1}\n")
     proc = snakemake(tmp_path, "-n", "--configfile", str(REPO / "config.yaml"), str(tmp_path / "bad.yaml"), timeout=300)
@@ -162,7 +165,7 @@ def test_stage_cli_settings_error_is_one_line_and_writes_nothing(tmp_path):
     out = tmp_path / "d.zarr"
     proc = subprocess.run([sys.executable, "-m", "batterytwin.cli", "denoise", "-i", str(tmp_path / "in.zarr"), "-o", str(out),
                            "--config-json", '{"search_radius": -1}'], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2
+    assert proc.returncode == EXIT_BAD_INPUT
     assert proc.stderr.strip().splitlines() == ["batterytwin denoise: error: denoise.search_radius: must be >= 0, got -1"]
     assert not out.exists()
 

@@ -22,18 +22,19 @@ from batterytwin.config import check_yaml_files, load_settings, load_yaml
 from batterytwin.contracts import CLASSES
 from batterytwin.denoise.config import DenoiseConfig
 from batterytwin.distributed import World
-from batterytwin.errors import InputError
+from batterytwin.errors import EXIT_BAD_INPUT, InputError
 from batterytwin.segment.config import SegmentConfig
 from batterytwin.workflow_config import complete_config
 
 from .conftest import REPO
+from .snakemake_run import snakemake
 
 BASE = yaml.safe_load((REPO / "config.yaml").read_text())
 
 
 def one_line(code: int, err: str, *names) -> None:
     lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 1, err
+    assert code == EXIT_BAD_INPUT and len(lines) == 1, err
     for n in names:
         assert str(n) in lines[0], (n, err)
 
@@ -160,9 +161,8 @@ def test_workflow_configfiles_with_duplicate_keys_are_refused(tmp_path):
         check_yaml_files([REPO / "config.yaml", bad])
 
 
+@pytest.mark.slow
 def test_snakemake_refuses_a_configfile_with_duplicate_keys(tmp_path):
-    from .test_workflow import snakemake
-
     bad = tmp_path / "bad.yaml"
     bad.write_text("denoise:\n  h_factor: 1.0\nreport:\n  dpi: 100\ndenoise:\n  h_factor: 2.0\n")
     proc = snakemake(tmp_path, "-n", "--configfile", str(REPO / "config.yaml"), str(bad), timeout=300)

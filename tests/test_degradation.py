@@ -1,8 +1,4 @@
-"""Tests of the degradation stage: data loaders, samplers, masking, training, DDP, resume, metrics.
-
-Run as a script under mpiexec (``python tests/test_degradation.py ddp-worker ...``) it is the worker
-of the multi-rank test; pytest only collects the ``test_*`` functions.
-"""
+"""Tests of the degradation stage: data loaders, samplers, masking, training, DDP, resume, metrics."""
 
 from __future__ import annotations
 
@@ -17,16 +13,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch") if __name__ != "__main__" else __import__("torch")
+torch = pytest.importorskip("torch")
 
 from batterytwin.contracts import SWEEP_SCHEMA  # noqa: E402
 from batterytwin.cycling import curves, life, loaders  # noqa: E402
 from batterytwin.cycling.curves import CurveSet  # noqa: E402
 from batterytwin.degradation import data  # noqa: E402
-from batterytwin.errors import InputError  # noqa: E402
+from batterytwin.errors import EXIT_BAD_INPUT, EXIT_OK, InputError  # noqa: E402
+
+from .cycling_cells import CPP, L_TINY, synthetic_cells, write_user_dir  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-L_TINY, CPP = 64, 10
 
 TINY = dict(steps=6, batch_size=8, lr=2e-3, warmup=2, p_uncond=0.2, ema_decay=0.9, seed=3, checkpoint_every=100,
             timesteps=100, widths=[16, 16], attention=[False, True], emb_dim=32, cond_dim=16, cond_layers=1,
@@ -35,39 +32,6 @@ TINY_UNET = {**TINY, "representation": "unet", "prediction": "eps", "variance_fe
 
 
 # ------------------------------------------------------------------ synthetic data
-def synthetic_cells(n: int, seed: int, rows: int = 10, volts: int = 16, length: int = L_TINY) -> CurveSet:
-    """Cells whose fade rate k sets both the capacity matrix and the curve (the condition is informative).
-
-    SOH(i) = 100 - 20 * (i / i80)**1.5 crosses 80 % at point i80 = 0.625 L / k; the record stops 6 points
-    after the crossing (or at the curve end). The capacity matrix is k times a fixed smooth pattern.
-    """
-    rng = np.random.default_rng(seed)
-    k = rng.uniform(0.9, 2.0, n)
-    i80 = 0.625 * length / k
-    i = np.arange(length)
-    soh = 100.0 - 20.0 * (i[None, :] / i80[:, None]) ** 1.5 + rng.normal(0, 0.05, (n, length))
-    soh[:, 0] = 100.0  # percent of the first cycle, by definition
-    valid = np.minimum(np.ceil(i80).astype(int) + 6, length)
-    soh = np.where(i[None, :] < valid[:, None], soh, np.nan)
-    r = np.arange(1, rows + 1)[:, None] / rows
-    v = np.sin(np.linspace(0, np.pi, volts))[None, :]
-    q = -0.01 * k[:, None, None] * (r * v)[None] + rng.normal(0, 1e-4, (n, rows, volts))
-    return CurveSet(soh, valid, q, CPP, "threshold", [f"c{j}" for j in range(n)], "synthetic")
-
-
-def write_user_dir(cs: CurveSet, d: Path) -> None:
-    """The generic user format from a curve set: capacity CSV per cycle + Q(V) npz (row k = cycle k+1)."""
-    d.mkdir(parents=True, exist_ok=True)
-    volts = np.linspace(3.6, 2.0, cs.qmatrix.shape[2])
-    for j, name in enumerate(cs.names):
-        n_pts = int(cs.valid_len[j])
-        cycles = 1 + CPP * np.arange(n_pts)
-        lines = ["cycle,capacity_Ah"] + [f"{c},{1.1 * s / 100:.9f}" for c, s in zip(cycles, cs.soh[j, :n_pts])]
-        (d / f"{name}.capacity.csv").write_text("\n".join(lines) + "\n")
-        base = np.linspace(1.1, 0.0, len(volts))
-        np.savez(d / f"{name}.qv.npz", voltage_V=volts, capacity_Ah=base[None] + cs.qmatrix[j].astype(np.float64))
-
-
 def write_sweep(path: Path, soh: np.ndarray, qv: np.ndarray, status: np.ndarray) -> None:
     """A cellsim-layout sweep.zarr (docs/interfaces.md) with the arrays the degradation stage reads."""
     import zarr
@@ -265,7 +229,7 @@ def test_cli_bad_input_exit_code(tmp_path):
     env = {**os.environ, "BATTERYTWIN_NO_MPI": "1"}
     r = subprocess.run([sys.executable, "-m", "batterytwin.cli", "train-degradation", "--npz", str(tmp_path / "x.npz"),
                         "--out", str(tmp_path / "m.pt")], capture_output=True, text=True, env=env, timeout=120)
-    assert r.returncode == 2 and "no such file" in r.stderr
+    assert r.returncode == EXIT_BAD_INPUT and "no such file" in r.stderr
 
 
 # ------------------------------------------------------------------ training
@@ -295,6 +259,7 @@ def test_resume_equals_uninterrupted(process_group, tmp_path):
     assert any(not torch.equal(state["ema"][k], a[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_tiny_model_beats_mean_curve(process_group):
     """A tiny model trained for CPU-seconds predicts held-out curves and lives better than the mean curve."""
     from batterytwin.degradation.config import SampleSettings
@@ -408,6 +373,7 @@ def test_default_predictor_falls_back_to_the_diffusion_model_with_a_reason(proce
     check_stack_metrics(m, arrays)
 
 
+@pytest.mark.slow
 @pytest.mark.mpi
 def test_ddp_two_ranks_equal_one(tmp_path):
     """k steps with the same global batch: 2 ranks (gloo over mpiexec) == 1 rank, to 1e-5; the same
@@ -426,7 +392,7 @@ def test_ddp_two_ranks_equal_one(tmp_path):
                    "cond_layers": 1, "cond_heads": 2, "patch": 2, "rows_per_token": 2, "p_uncond": 0.3,
                    "calibration_min_cells": 1}})]
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=tmp_path)
-        assert r.returncode == 0, r.stderr[-3000:]
+        assert r.returncode == EXIT_OK, r.stderr[-3000:]
         outs[n] = torch.load(tmp_path / f"ck{n}.pt", weights_only=True)
     # the 2-rank model through predict-degradation (2 ranks share the cells): store + metrics JSON
     cmd = [str(mpiexec), "-n", "2", sys.executable, "-m", "batterytwin.cli", "-q", "predict-degradation",
@@ -435,7 +401,7 @@ def test_ddp_two_ranks_equal_one(tmp_path):
            "--samples", "3", "--ddim-steps", "4", "--batch", "6", "--synthetic", "2", "--threads", "1",
            "--device", "cpu", "--config-json", json.dumps({"sample": {"life_model": {"members": list(SMALL_STACK)}}})]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=tmp_path)
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.returncode == EXIT_OK, r.stderr[-3000:]
     brief = json.loads(r.stdout.strip().splitlines()[-1])  # the console summary names the default predictor
     assert brief["predictor"] == "stack" and brief["best_point_predictor"]
     # the same on 1 rank: the same stack, intervals, diffusion lives and metrics
@@ -443,7 +409,7 @@ def test_ddp_two_ranks_equal_one(tmp_path):
     one[2] = "1"  # mpiexec -n 1
     one[one.index("--out") + 1], one[one.index("--metrics") + 1] = str(tmp_path / "pred1.zarr"), str(tmp_path / "pred1.json")
     r = subprocess.run(one, capture_output=True, text=True, timeout=240, cwd=tmp_path)
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.returncode == EXIT_OK, r.stderr[-3000:]
     import zarr
 
     g = zarr.open_group(str(tmp_path / "pred.zarr"), mode="r")

@@ -20,7 +20,7 @@ from batterytwin.denoise.config import DenoiseConfig
 from batterytwin.denoise.driver import denoise_store, read_with_halo
 from batterytwin.denoise.nlm import nlm
 from batterytwin.denoise.sigma import estimate_sigma
-from batterytwin.errors import InputError
+from batterytwin.errors import EXIT_BAD_INPUT, EXIT_OK, InputError
 
 from .conftest import REPO
 
@@ -156,7 +156,7 @@ def test_cli_nan_input_exit_2_and_no_output(tmp_path):
     src = write_store(tmp_path / "v.zarr", x, chunk=4, shard=8)
     proc = subprocess.run([BIN / "batterytwin", "denoise", str(src), str(tmp_path / "d.zarr"), "--patch-size", "3",
                            "--search-radius", "1", "--h", "0.1"], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2 and "NaN" in proc.stderr
+    assert proc.returncode == EXIT_BAD_INPUT and "NaN" in proc.stderr
     assert not (tmp_path / "d.zarr").exists() and not list(tmp_path.glob("d.zarr.tmp-*"))
 
 
@@ -170,7 +170,7 @@ def test_two_ranks_equal_one(sample, tmp_path):
         out = tmp_path / f"n{n}" / "denoised.zarr"
         proc = subprocess.run([BIN / "mpiexec", "-n", str(n), BIN / "batterytwin", "-q", *common[:2], str(out), *common[2:]],
                               capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert proc.returncode == EXIT_OK, proc.stderr[-3000:]
         outs[n] = (np.asarray(store.open_volume(out).array[...]), json.loads((out.parent / "denoise.json").read_text()))
     assert np.array_equal(outs[1][0], outs[2][0])
     assert outs[2][1]["ranks"] == 2 and outs[1][1]["ranks"] == 1

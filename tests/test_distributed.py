@@ -37,6 +37,7 @@ def test_work_partitions_cover_items_once():
     assert blocks == [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9]]
 
 
+@pytest.mark.slow
 @pytest.mark.mpi
 def test_two_mpi_ranks_form_a_gloo_process_group():
     out = mpiexec(2, sys.executable, "-c", BRIDGE, timeout=180).stdout

@@ -9,6 +9,7 @@ import tifffile
 from skimage.measure import block_reduce
 
 from batterytwin import store
+from batterytwin.errors import EXIT_BAD_INPUT, EXIT_OK
 from batterytwin.ingest import driver, readers
 
 RNG = np.random.default_rng(7)
@@ -43,7 +44,7 @@ def test_every_format_round_trips_exactly(tmp_path, cli):
     for name, (src, extra) in _sources(tmp_path).items():
         out = tmp_path / f"{name}.zarr"
         code, err = cli("ingest", *src, out, "--voxel-size-um", "0.65", "--chunk", "8", "--shard", "16", *extra)
-        assert code == 0, err
+        assert code == EXIT_OK, err
         vol = store.open_volume(out)
         np.testing.assert_array_equal(vol.array[:], VOLUME, err_msg=name)
         assert vol.array.dtype == np.uint16 and vol.shards == (16, 16, 16)
@@ -57,7 +58,7 @@ def test_crop_and_bin_match_block_reduce(tmp_path, cli):
     np.save(tmp_path / "v.npy", VOLUME)
     code, err = cli("ingest", tmp_path / "v.npy", tmp_path / "o.zarr", "--voxel-size-um", "1", "2", "3",
                     "--crop", "3:35,:,2:22", "--bin", "2", "--chunk", "4", "--shard", "8")
-    assert code == 0, err
+    assert code == EXIT_OK, err
     expected = block_reduce(VOLUME[3:35, :28, 2:22].astype(np.float64), (2, 2, 2), np.mean)
     vol = store.open_volume(tmp_path / "o.zarr")
     np.testing.assert_allclose(vol.array[:], expected, rtol=1e-6)
@@ -118,7 +119,7 @@ def test_bad_input_gives_one_line_error_and_no_output(tmp_path, cli):
     for argv, message in _bad_inputs(tmp_path):
         out = tmp_path / "out.zarr"
         code, err = cli(argv[0], argv[1], out, *argv[2:])
-        assert code == 2, (argv, err)
+        assert code == EXIT_BAD_INPUT, (argv, err)
         lines = err.strip().splitlines()
         assert len(lines) == 1 and message in lines[0], (message, err)
         assert lines[0].startswith("batterytwin ingest: error:")
@@ -131,7 +132,7 @@ def test_missing_voxel_size_is_rejected(tmp_path, capsys):
     np.save(tmp_path / "ok.npy", VOLUME)
     with pytest.raises(SystemExit) as exc:
         main(["ingest", str(tmp_path / "ok.npy"), str(tmp_path / "o.zarr")])
-    assert exc.value.code == 2 and "--voxel-size-um" in capsys.readouterr().err
+    assert exc.value.code == EXIT_BAD_INPUT and "--voxel-size-um" in capsys.readouterr().err
 
 
 def test_nan_fill_replaces_non_finite(tmp_path, cli):
@@ -139,6 +140,6 @@ def test_nan_fill_replaces_non_finite(tmp_path, cli):
     nan[5, 1, 1], nan[6, 2, 2] = np.nan, np.inf
     np.save(tmp_path / "nan.npy", nan)
     code, err = cli("ingest", tmp_path / "nan.npy", tmp_path / "o.zarr", "--voxel-size-um", "1", "--nan-fill", "-1")
-    assert code == 0, err
+    assert code == EXIT_OK, err
     out = store.open_volume(tmp_path / "o.zarr").array[:]
     assert out[5, 1, 1] == -1 and out[6, 2, 2] == -1 and np.isfinite(out).all()

@@ -23,6 +23,7 @@ import pytest
 import tifffile
 
 from batterytwin import store
+from batterytwin.errors import EXIT_BAD_INPUT, EXIT_OK
 
 VOL = np.arange(6 * 20 * 24, dtype=np.uint16).reshape(6, 20, 24) * 7
 
@@ -47,7 +48,7 @@ def _refused(capsys, tmp_path, src, names, *extra):
     out = tmp_path / "out.zarr"
     before = _sha(src) if Path(src).is_file() else None
     code, err = _ingest(capsys, src, out, *extra)
-    assert code == 2 and len(err) == 1 and names in err[0], (code, err)
+    assert code == EXIT_BAD_INPUT and len(err) == 1 and names in err[0], (code, err)
     assert not out.exists() and not list(tmp_path.glob("out.zarr.tmp-*"))
     if before is not None:
         assert _sha(src) == before
@@ -57,7 +58,7 @@ def _refused(capsys, tmp_path, src, names, *extra):
 def _accepted(capsys, tmp_path, src, *extra) -> np.ndarray:
     out = tmp_path / "out.zarr"
     code, err = _ingest(capsys, src, out, *extra)
-    assert code == 0, err
+    assert code == EXIT_OK, err
     data = store.open_volume(out).array[:]
     shutil.rmtree(out)
     return data
@@ -249,7 +250,7 @@ def test_fifo_folder_and_binary_inputs_are_refused_without_hanging(capsys, tmp_p
         proc = subprocess.run([sys.executable, "-m", "batterytwin.cli", "-q", *argv], capture_output=True,
                               text=True, timeout=60, env={**os.environ, "OMP_NUM_THREADS": "1"})
         lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-        assert proc.returncode == 2 and len(lines) == 1 and expect[name] in lines[0], (name, proc.stderr)
+        assert proc.returncode == EXIT_BAD_INPUT and len(lines) == 1 and expect[name] in lines[0], (name, proc.stderr)
         assert not list(tmp_path.glob("o*.zarr*")) and not list(tmp_path.glob("o*.json"))
 
 
@@ -259,11 +260,11 @@ def test_unwritable_output_is_one_line_naming_it(capsys, tmp_path):
     np.save(src, VOL)
     out = Path("/proc/out.zarr")  # a filesystem nobody may write, not even root
     code, err = _ingest(capsys, src, out)
-    assert code == 2 and len(err) == 1 and str(out) in err[0] and "(E" in err[0], err
+    assert code == EXIT_BAD_INPUT and len(err) == 1 and str(out) in err[0] and "(E" in err[0], err
     blocker = tmp_path / "file.txt"  # the output's folder is a file
     blocker.write_text("x")
     code, err = _ingest(capsys, src, blocker / "out.zarr")
-    assert code == 2 and len(err) == 1 and str(blocker) in err[0] and "(E" in err[0], err
+    assert code == EXIT_BAD_INPUT and len(err) == 1 and str(blocker) in err[0] and "(E" in err[0], err
     assert blocker.read_text() == "x"
 
 
@@ -287,7 +288,7 @@ def test_full_or_read_only_output_filesystem_blames_the_output(capsys, tmp_path,
     capsys.readouterr()
     code = main(["-q", "denoise", str(src), str(out), "--patch-size", "3", "--search-radius", "1"])
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
-    assert code == 2 and len(err) == 1, err
+    assert code == EXIT_BAD_INPUT and len(err) == 1, err
     assert f"{out}: {os.strerror(err_no)} ({errno.errorcode[err_no]})" in err[0] and str(src) not in err[0]
     assert not out.exists() and not list(tmp_path.glob("den.zarr.tmp-*"))
     assert {q: _sha(q) for q in src.rglob("*") if q.is_file()} == before
@@ -309,6 +310,6 @@ def test_stale_temporaries_of_the_same_output_are_cleaned(capsys, tmp_path):
         p.mkdir()
         (p / "zarr.json").write_text(json.dumps({"zarr_format": 3, "node_type": "group"}))
     code, err = _ingest(capsys, src, out)
-    assert code == 0, err
+    assert code == EXIT_OK, err
     assert not any(p.exists() for p in stale) and all(p.exists() for p in kept)
     np.testing.assert_array_equal(store.open_volume(out).array[:], VOL)

@@ -25,14 +25,18 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import pytest
 import torch
 
 from batterytwin import store
 from batterytwin.cli import main
 from batterytwin.distributed import World
+from batterytwin.errors import EXIT_OK
 from batterytwin.ingest.phantom import make_phantom
 
 from .conftest import REPO
+
+pytestmark = pytest.mark.slow  # each command runs to completion three or four times
 
 RNG = random.Random(18)
 KILLS = 2  # killed runs per command before the final rerun
@@ -55,7 +59,7 @@ def run_and_kill(argv: list, started: Callable[[], bool], delay: float, timeout:
     if killed:
         proc.send_signal(signal.SIGKILL)
     _, err = proc.communicate(timeout=timeout)
-    assert killed or proc.returncode == 0, err.decode()[-2000:]
+    assert killed or proc.returncode == EXIT_OK, err.decode()[-2000:]
     return killed
 
 
@@ -64,27 +68,34 @@ def tmp_sibling(path: Path) -> Callable[[], bool]:
 
 
 def assert_same_store(ref: Path, got: Path) -> None:
+    """``got`` holds the reference's data and attributes (apart from the creation time), and its manifest
+    lists as many files as the reference's, every one present with its size and CRC-32."""
     a, b = store.open_volume(ref), store.open_volume(got)
     assert a.shape == b.shape and a.array.dtype == b.array.dtype
     np.testing.assert_array_equal(np.asarray(a.array[...]), np.asarray(b.array[...]))
     skip = {"created"}
     assert {k: v for k, v in a.attrs.items() if k not in skip} == {k: v for k, v in b.attrs.items() if k not in skip}
-    store.verify_store(got, checksums=True)
+    n_files = store.verify_store(ref, checksums=True)
+    assert n_files > 0 and store.verify_store(got, checksums=True) == n_files
 
 
-def kill_then_finish(argv: list, out: Path, started: Callable[[], bool], max_delay: float, kills: int = KILLS) -> int:
-    """``kills`` killed runs, then a final rerun to completion; returns the kills that landed."""
+def kill_then_finish(argv: list, out: Path, ref: Path, started: Callable[[], bool], max_delay: float,
+                     kills: int = KILLS) -> int:
+    """``kills`` killed runs, then a final rerun to completion; returns the kills that landed.
+
+    After each killed run the output is absent, or complete: equal to the reference ``ref``."""
     landed = 0
     for _ in range(kills):
         landed += run_and_kill(argv, started, RNG.uniform(0.0, max_delay))
-        assert not out.exists() or store.verify_store(out) >= 0  # absent, or complete
+        if out.exists():
+            assert_same_store(ref, out)
     print(f"{argv[0]}: {landed}/{kills} kills landed before the run ended")
-    assert main(["-q", *map(str, argv)]) == 0
+    assert main(["-q", *map(str, argv)]) == EXIT_OK
     return landed
 
 
 def _reference(argv: list, out: Path) -> Path:
-    assert main(["-q", *map(str, argv)]) == 0
+    assert main(["-q", *map(str, argv)]) == EXIT_OK
     ref = out.with_name("reference-" + out.name)
     os.rename(out, ref)
     return ref
@@ -95,7 +106,7 @@ def test_phantom_killed_then_rerun_equals_uninterrupted(tmp_path: Path) -> None:
     argv = ["phantom", out, "--shape", "48", "48", "48", "--chunk", "16", "--shard", "16",
             "--param", "photons=200"]
     ref = _reference(argv, out)
-    kill_then_finish(argv, out, tmp_sibling(out), 0.6)
+    kill_then_finish(argv, out, ref, tmp_sibling(out), 0.6)
     assert_same_store(ref, out)
 
 
@@ -105,7 +116,7 @@ def test_ingest_killed_then_rerun_equals_uninterrupted(tmp_path: Path) -> None:
     out = tmp_path / "volume.zarr"
     argv = ["ingest", src, out, "--voxel-size-um", "0.5", "--chunk", "8", "--shard", "8", "--max-memory-mb", "0.05"]
     ref = _reference(argv, out)
-    kill_then_finish(argv, out, tmp_sibling(out), 0.5)
+    kill_then_finish(argv, out, ref, tmp_sibling(out), 0.5)
     assert_same_store(ref, out)
 
 
@@ -121,7 +132,7 @@ def test_denoise_killed_then_resumed_equals_uninterrupted(tmp_path: Path) -> Non
     shutil.rmtree(work, ignore_errors=True)
     (out.parent / "denoise.json").unlink()
     partial = work / "shards"
-    kill_then_finish(argv, out, lambda: partial.exists(), 1.0)  # the dead run's lock is stale: taken over
+    kill_then_finish(argv, out, ref, lambda: partial.exists(), 1.0)  # the dead run's lock is stale: taken over
     assert_same_store(ref, out)
     assert not (work / ".lock").exists() and not (work / "denoised.partial.zarr").exists()
 
@@ -143,17 +154,22 @@ def test_train_seg_killed_then_resumed_equals_uninterrupted(tmp_path: Path) -> N
         return ["train-seg", "--volume", vol, "--labels", labp, "--model-out", model, "--metrics-out",
                 model.with_suffix(".json"), "--checkpoint-dir", ckpt, "--config-json", json.dumps(tiny)]
 
-    assert main(["-q", *map(str, argv(tmp_path / "ref.pt", tmp_path / "ck_ref"))]) == 0
+    assert main(["-q", *map(str, argv(tmp_path / "ref.pt", tmp_path / "ck_ref"))]) == EXIT_OK
     model, ckpt = tmp_path / "model.pt", tmp_path / "ck"
+
+    def assert_same_model() -> None:
+        a = torch.load(tmp_path / "ref.pt", weights_only=True)["state_dict"]
+        b = torch.load(model, weights_only=True)["state_dict"]
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
     landed = 0
     for _ in range(KILLS):
         landed += run_and_kill(argv(model, ckpt), lambda: ckpt.exists() and any(ckpt.iterdir()), RNG.uniform(0.0, 1.0))
-        assert not model.exists() or torch.load(model, weights_only=True)
+        if model.exists():  # absent, or complete: the reference's weights
+            assert_same_model()
     print(f"train-seg: {landed}/{KILLS} kills landed before the run ended")
-    assert main(["-q", *map(str, argv(model, ckpt))]) == 0
-    a = torch.load(tmp_path / "ref.pt", weights_only=True)["state_dict"]
-    b = torch.load(model, weights_only=True)["state_dict"]
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert main(["-q", *map(str, argv(model, ckpt))]) == EXIT_OK
+    assert_same_model()
 
 
 def _labelled_pair(tmp_path: Path, shape=(32, 32, 32), seed=6) -> tuple[Path, Path]:
@@ -180,12 +196,12 @@ def test_microstructure_killed_then_resumed_equals_uninterrupted(tmp_path: Path)
         return ["microstructure", "--labels", labp, "--output", tmp_path / f"{tag}.json", "--msd",
                 tmp_path / f"{tag}.npz", "--checkpoint-dir", tmp_path / f"ck_{tag}", *walk]
 
-    assert main(["-q", *map(str, argv("ref"))]) == 0
+    assert main(["-q", *map(str, argv("ref"))]) == EXIT_OK
     ck = tmp_path / "ck_run"
     landed = sum(run_and_kill(argv("run"), lambda: ck.exists(), RNG.uniform(0.0, 0.3))
                  for _ in range(KILLS))
     print(f"microstructure: {landed}/{KILLS} kills landed before the run ended")
-    assert main(["-q", *map(str, argv("run"))]) == 0
+    assert main(["-q", *map(str, argv("run"))]) == EXIT_OK
     volatile = {"created", "wall_time_s"}
     a = {k: v for k, v in json.loads((tmp_path / "ref.json").read_text()).items() if k not in volatile}
     b = {k: v for k, v in json.loads((tmp_path / "run.json").read_text()).items() if k not in volatile}
@@ -204,10 +220,10 @@ def test_segment_killed_then_rerun_equals_uninterrupted(tmp_path: Path) -> None:
                       "init_from": None}}
     assert main(["-q", "train-seg", "--volume", str(vol), "--labels", str(labp), "--model-out", str(model),
                  "--metrics-out", str(tmp_path / "m.json"), "--checkpoint-dir", str(tmp_path / "ck"),
-                 "--config-json", json.dumps(tiny)]) == 0
+                 "--config-json", json.dumps(tiny)]) == EXIT_OK
     out = tmp_path / "labels.zarr"
     argv = ["segment", "--input", vol, "--model", model, "--output", out, "--config-json",
             json.dumps({"infer": {"chunk": 8, "shard": 8, "threads": 1}})]
     ref = _reference(argv, out)
-    kill_then_finish(argv, out, tmp_sibling(out), 0.5, kills=1)  # no resume: one kill shows the commit
+    kill_then_finish(argv, out, ref, tmp_sibling(out), 0.5, kills=1)  # no resume: one kill shows the commit
     assert_same_store(ref, out)

@@ -11,9 +11,10 @@ import pytest
 
 from batterytwin import store
 from batterytwin.contracts import CLASSES
-from batterytwin.errors import InputError
+from batterytwin.errors import EXIT_BAD_INPUT, EXIT_OK, InputError
 
 from .conftest import REPO
+from .snakemake_run import snakemake
 
 SHAPE = (6, 20, 24)
 MAP = "0=pore,1=solid_electrolyte,2=lithium_metal"
@@ -67,7 +68,7 @@ def test_label_import_round_trip(kind, tmp_path, volume, cli):
     src = write_label_file(kind, lab.astype(np.uint16) if kind == "tiff" else lab, tmp_path)
     out = tmp_path / "hand_labels.zarr"
     code, err = cli("ingest", src, out, "--labels", "--classes", MAP, "--like", volume, "--chunk", "8", "--shard", "16")
-    assert code == 0, err
+    assert code == EXIT_OK, err
     got = store.open_volume(out)
     np.testing.assert_array_equal(got.array[:], lab)
     assert got.array.dtype == np.uint8
@@ -91,7 +92,7 @@ def test_label_import_crop_and_unlabelled_id_streamed_in_small_slabs(tmp_path, v
     code, err = cli("ingest", src, out, "--labels", "--classes", "1=pore,2=solid_electrolyte,3=lithium_metal",
                     "--unlabelled", "0", "--crop", f"1:{SHAPE[0] + 1},,3:", "--like", volume,
                     "--max-memory-mb", "0.001", "--chunk", "8", "--shard", "16")
-    assert code == 0, err
+    assert code == EXIT_OK, err
     got = store.open_volume(out)
     np.testing.assert_array_equal(got.array[:], np.where(lab == 255, 255, lab + 1))
     assert got.classes == {1: "pore", 2: "solid_electrolyte", 3: "lithium_metal"}
@@ -102,12 +103,12 @@ def test_default_class_map_is_the_contract(tmp_path, volume, cli):
     lab[2, 0, :6] = np.arange(6)
     src = write_label_file("npy", lab, tmp_path)
     code, err = cli("ingest", src, tmp_path / "o.zarr", "--labels", "--like", volume)
-    assert code == 0, err
+    assert code == EXIT_OK, err
     assert store.open_volume(tmp_path / "o.zarr").classes == CLASSES
 
 
 def _one_error_line(code, err, out: Path, *needles):
-    assert code == 2, err
+    assert code == EXIT_BAD_INPUT, err
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1, err
     for n in needles:
@@ -163,10 +164,9 @@ def test_parse_class_map_forms():
 
 # ----------------------------------------------------------------------------- workflow wiring
 
+@pytest.mark.slow
 def test_dry_run_plans_import_and_training_on_tiff_labels(tmp_path):
     import tifffile
-
-    from .test_workflow import snakemake
 
     data = tmp_path / "data"
     data.mkdir()
@@ -234,9 +234,8 @@ def test_corrupted_copy_of_a_data_file_is_a_checksum_error(tmp_path):
     assert "\n" not in msg and "snl_train.npz" in msg and "SHA-256" in msg and "9e0773d3" in msg
 
 
+@pytest.mark.slow
 def test_workflow_finds_the_shipped_data_and_refuses_missing_data(tmp_path):
-    from .test_workflow import snakemake
-
     ok = snakemake(tmp_path, "-n", "-p", "--configfile", str(REPO / "config.yaml"))
     assert ok.returncode == 0, ok.stderr
     assert f"--npz {CYCLING / 'matr_1_test.npz'}" in ok.stdout  # found from another working directory

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from batterytwin.errors import EXIT_BAD_INPUT, EXIT_OK
 from batterytwin.ingest.phantom import CLASSES, make_phantom
 from batterytwin.store import create_volume, volume_attrs
 
@@ -39,7 +40,7 @@ def test_driver_outputs_and_cell_block(phantom_store, tmp_path, cli):
     out, msd = tmp_path / "m.json", tmp_path / "msd.npz"
     code, err = cli("microstructure", "--labels", path, "--output", out, "--msd", msd, *WALK,
                     "--checkpoint-dir", tmp_path / "work")
-    assert code == 0, err
+    assert code == EXIT_OK, err
     rec = json.loads(out.read_text())
     assert rec["schema"] == "batterytwin.microstructure/1"
     assert rec["voxel_size_um"] == [0.5, 0.5, 0.5] and rec["classes"] == CLS
@@ -96,12 +97,13 @@ def test_driver_outputs_and_cell_block(phantom_store, tmp_path, cli):
     out2 = tmp_path / "m2.json"
     code, err = cli("microstructure", "--labels", path, "--output", out2, "--msd", tmp_path / "msd2.npz", *WALK,
                     "--checkpoint-dir", tmp_path / "work")
-    assert code == 0, err
+    assert code == EXIT_OK, err
     assert sorted((tmp_path / "work").rglob("batch_*.npz")) == batches
     assert all(p.stat().st_mtime_ns == s for p, s in stamp.items())
     assert json.loads(out2.read_text())["cell"] == rec["cell"]
 
 
+@pytest.mark.slow
 @pytest.mark.mpi
 def test_two_ranks_equal_one(phantom_store, tmp_path, cli):
     """Extensions (more steps, more batches) are decided on gathered moments: 2 ranks == 1 rank."""
@@ -110,7 +112,7 @@ def test_two_ranks_equal_one(phantom_store, tmp_path, cli):
     one = tmp_path / "one.json"
     code, err = cli("microstructure", "--labels", path, "--output", one, "--msd", tmp_path / "1.npz", *grow,
                     "--no-surface-area")
-    assert code == 0, err
+    assert code == EXIT_OK, err
     two = tmp_path / "two.json"
     mpiexec(2, str(BIN / "batterytwin"), "-q", "microstructure", "--labels", str(path), "--output", str(two),
             "--msd", str(tmp_path / "2.npz"), *grow, "--no-surface-area", timeout=240)
@@ -170,30 +172,30 @@ def test_bad_input(tmp_path, cli):
             "--steps", "100", "--records", "5"]
     fixed = {"max_steps": 100, "max_walkers": 64}
     code, err = cli("microstructure", "--labels", p, *args, "--phases", "pore", "binder")
-    assert code == 2 and "'binder' is not a class" in err
+    assert code == EXIT_BAD_INPUT and "'binder' is not a class" in err
     code, err = cli("microstructure", "--labels", p, *args[:-4], "--steps", "200000", "--records", "5",
                     "--config-json", '{"walk": {"max_steps": 200000}}')
-    assert code == 2 and "too small for the requested walk" in err
+    assert code == EXIT_BAD_INPUT and "too small for the requested walk" in err
     empty = _store(tmp_path / "e.zarr", np.ones_like(lab), good)
     code, err = cli("microstructure", "--labels", empty, *args)
-    assert code == 2 and "absent" in err
+    assert code == EXIT_BAD_INPUT and "absent" in err
     # absent_phase: skip records the absent phase as not measured and measures the rest
     skip_args = ["--output", tmp_path / "skip.json", "--msd", tmp_path / "skip.npz", *args[4:]]
     code, err = cli("microstructure", "--labels", empty, *skip_args, "--config-json",
                     json.dumps({"absent_phase": "skip", "walk": fixed}))
-    assert code == 0, err
+    assert code == EXIT_OK, err
     rec = json.loads((tmp_path / "skip.json").read_text())
     assert rec["tortuosity"]["pore"]["axes"] is None and "absent" in rec["tortuosity"]["pore"]["flag"]
     assert rec["tortuosity"]["solid_electrolyte"]["axes"]["z"]["tau"] == pytest.approx(1.0, abs=0.1)
     no_vs = {k: v for k, v in good.items() if k != "voxel_size_um"}
     p2 = _store(tmp_path / "b.zarr", lab, no_vs)
     code, err = cli("microstructure", "--labels", p2, *args)
-    assert code == 2 and "voxel_size_um" in err
+    assert code == EXIT_BAD_INPUT and "voxel_size_um" in err
     no_cls = {k: v for k, v in good.items() if k != "classes"}
     code, err = cli("microstructure", "--labels", _store(tmp_path / "c.zarr", lab, no_cls), *args)
-    assert code == 2 and "classes" in err
+    assert code == EXIT_BAD_INPUT and "classes" in err
     code, err = cli("microstructure", "--labels", p, *args, "--config-json", '{"walk": {"n_walker": 5}}')
-    assert code == 2 and "walk.n_walker" in err
+    assert code == EXIT_BAD_INPUT and "walk.n_walker" in err
     assert not (tmp_path / "o.json").exists()
 
 
@@ -207,7 +209,7 @@ def test_time_series_lithium_growth(tmp_path, cli):
         prev = ["--previous", outs[-1]] if outs else []
         code, err = cli("microstructure", "--labels", path, "--output", out, "--msd", tmp_path / f"{frame}.npz",
                         *WALK, "--no-surface-area", "--phases", "solid_electrolyte", *prev)
-        assert code == 0, err
+        assert code == EXIT_OK, err
         outs.append(out)
     a, b = (json.loads(o.read_text())["lithium"] for o in outs)
     assert np.isclose(a["total_volume_um3"], vols[0]) and np.isclose(b["total_volume_um3"], vols[1])

@@ -14,6 +14,7 @@ import pytest
 from scipy import ndimage
 
 from batterytwin.distributed import World
+from batterytwin.errors import EXIT_OK
 from batterytwin.ingest.phantom import CLASSES, make_phantom
 from batterytwin.microstructure import stats
 from batterytwin.microstructure.clusters import STRUCTURES, phase_clusters
@@ -159,6 +160,7 @@ def test_measure_store_equals_measure(tmp_path):
     assert a["cell"]["positive_electrode"]["tortuosity_electrolyte"] is not None
 
 
+@pytest.mark.slow
 @pytest.mark.mpi
 def test_two_ranks_equal_one_with_slabs_split(label_store, tmp_path, cli):
     """2 ranks split the slabs (face planes exchanged between ranks) and the walker batches."""
@@ -167,7 +169,7 @@ def test_two_ranks_equal_one_with_slabs_split(label_store, tmp_path, cli):
             "--config-json", '{"walk": {"max_steps": 200, "max_walkers": 256}}']
     one = tmp_path / "one.json"
     code, err = cli("microstructure", "--labels", path, "--output", one, "--msd", tmp_path / "1.npz", *walk)
-    assert code == 0, err
+    assert code == EXIT_OK, err
     two = tmp_path / "two.json"
     mpiexec(2, str(BIN / "batterytwin"), "-q", "microstructure", "--labels", str(path), "--output", str(two),
             "--msd", str(tmp_path / "2.npz"), *walk, timeout=240)
@@ -212,6 +214,7 @@ if world.is_root:
 """
 
 
+@pytest.mark.slow
 @pytest.mark.mpi
 def test_three_ranks_uneven_and_idle_equal_whole_volume(label_store):
     path, lab = label_store

@@ -233,6 +233,7 @@ def converged_medium(request):
     return request.param, im, res, refs
 
 
+@pytest.mark.slow
 def test_defaults_converge_to_taufactor(converged_medium):
     """Default budgets: every percolating axis converged and within 3 % of TauFactor; the
     bootstrap interval's coverage of the reference is counted and printed (not asserted per axis)."""
@@ -257,6 +258,7 @@ def test_defaults_converge_to_taufactor(converged_medium):
     print(f"coverage so far: 1 sigma {one}/{len(all_rows)}, 2 sigma {two}/{len(all_rows)}")
 
 
+@pytest.mark.slow
 def test_short_walk_is_flagged_then_extended(converged_medium, caplog):
     """The same medium with a tiny budget (250 steps, the first block only): converged false, a
     WARNING, and further from TauFactor than the converged default walk."""

@@ -18,7 +18,7 @@ from hypothesis.extra import numpy as hnp
 
 from batterytwin import store
 from batterytwin.distributed import World
-from batterytwin.errors import InputError
+from batterytwin.errors import EXIT_BAD_INPUT, EXIT_OK, InputError
 
 FEW = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                      HealthCheck.too_slow])
@@ -182,7 +182,7 @@ def _cli(capsys, *argv) -> tuple[int, str]:
 def _one_clear_line(code, err) -> None:
     lines = [ln for ln in err.strip().splitlines() if ln.strip() and not ln.startswith(("usage:", " "))
              and " WARNING " not in ln]
-    assert code == 2 and len(lines) == 1 and "Traceback" not in err, (code, err)
+    assert code == EXIT_BAD_INPUT and len(lines) == 1 and "Traceback" not in err, (code, err)
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -191,7 +191,7 @@ def test_phantom_cli_clear_error_or_a_finite_image(tmp_path_factory, capsys, nam
     tmp = tmp_path_factory.mktemp("ph")
     out = tmp / "v.zarr"
     code, err = _cli(capsys, "phantom", out, "--shape", "16", "16", "16", "--param", f"{name}={json.dumps(value)}")
-    if code == 0:
+    if code == EXIT_OK:
         vol = store.open_volume(out)
         store.check_finite(vol)
     else:
@@ -209,7 +209,7 @@ def test_ingest_cli_clear_error_or_the_same_voxels(tmp_path_factory, capsys, chu
     np.save(src, data)
     code, err = _cli(capsys, "ingest", src, out, "--voxel-size-um", "1", "--chunk", chunk, "--shard", shard,
                      "--max-memory-mb", mem, "--output-dtype", dtype)
-    if code != 0:
+    if code != EXIT_OK:
         _one_clear_line(code, err)
         assert not out.exists()
         return
@@ -296,9 +296,9 @@ def test_ingest_commits_the_data_read_or_refuses(tmp_path_factory, data, fmt, ou
     finite = data.dtype.kind not in "f" or bool(np.isfinite(data).all())
     info = np.iinfo(target) if target.kind in "iu" else np.finfo(target)
     fits = finite and (data.size == 0 or (float(data.min()) >= float(info.min) and float(data.max()) <= float(info.max)))
-    if code != 0:
+    if code != EXIT_OK:
         lines = [ln for ln in err.getvalue().splitlines() if ln.strip()]
-        assert code == 2 and len(lines) == 1 and str(src) in lines[0] and not out.exists(), lines
+        assert code == EXIT_BAD_INPUT and len(lines) == 1 and str(src) in lines[0] and not out.exists(), lines
         assert not fits, lines  # refused only what cannot be stored faithfully
         return
     assert fits

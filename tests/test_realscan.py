@@ -30,24 +30,20 @@ import yaml
 
 from batterytwin import store
 from batterytwin.contracts import CLASSES, IGNORE_LABEL
+from batterytwin.errors import EXIT_OK
 
 from .conftest import BIN, REPO
 from .ctforward import CAM as ID_CAM, LI as ID_LI, dice_per_class, forward_volume, sparse_labels, write_dxchange, \
     write_sparse_labels, write_tiff_stack
+from .snakemake_run import snakemake
 
 # ------------------------------------------------------------------------------------------ helpers
-
-def snakemake(workdir: Path, *args: str, timeout: float = 1800) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
-    cmd = [str(BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=workdir)
-
 
 def batterytwin(*args: str, timeout: float = 1800) -> subprocess.CompletedProcess:
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
     proc = subprocess.run([str(BIN / "batterytwin"), *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, env=env)
-    assert proc.returncode == 0, f"batterytwin {' '.join(map(str, args))}:\n{proc.stdout}\n{proc.stderr}"
+    assert proc.returncode == EXIT_OK, f"batterytwin {' '.join(map(str, args))}:\n{proc.stdout}\n{proc.stderr}"
     return proc
 
 
@@ -119,7 +115,7 @@ def test_own_scan_files_through_the_whole_chain(tmp_path):
     cfg["degradation"]["real_data"] = {"enabled": False}
     (tmp_path / "myscan.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     t0 = time.perf_counter()
-    proc = snakemake(tmp_path, "--cores", "2", "--configfile", "myscan.yaml", "--replace-workflow-config")
+    proc = snakemake(tmp_path, "--cores", "2", "--configfile", "myscan.yaml", "--replace-workflow-config", cwd=tmp_path)
     wall = time.perf_counter() - t0
     assert proc.returncode == 0, proc.stderr[-6000:]
     print(f"whole chain on two file samples: {wall:.0f} s")
@@ -188,7 +184,7 @@ def test_own_scan_files_through_the_whole_chain(tmp_path):
 
     # snakemake --report: the HTML report builds from these outputs
     rep = snakemake(tmp_path, "--configfile", "myscan.yaml", "--replace-workflow-config",
-                    "--report", "results/report.html", timeout=600)
+                    "--report", "results/report.html", timeout=600, cwd=tmp_path)
     assert rep.returncode == 0, rep.stderr[-4000:]
     assert (results / "report.html").stat().st_size > 10_000
 

@@ -27,6 +27,7 @@ from scipy import ndimage
 from batterytwin import store
 from batterytwin.contracts import CLASSES
 from batterytwin.distributed import World
+from batterytwin.errors import EXIT_BAD_INPUT, EXIT_OK
 
 from .conftest import REPO
 
@@ -68,7 +69,7 @@ def three_phases(n: int = 32, seed: int = 0, fractions=(0.3, 0.4, 0.3), levels=(
 
 def refused(code: int, err: str, *names) -> None:
     lines = err.strip().splitlines()
-    assert code == 2, err
+    assert code == EXIT_BAD_INPUT, err
     assert len(lines) == 1, err
     for name in names:
         assert str(name) in lines[0], (name, err)
@@ -118,7 +119,7 @@ def test_denoise_refuses_a_noise_free_volume_without_h_and_accepts_it_with_h(tmp
     refused(code, err, ramp, "noise sigma", "denoise.h")
     assert not (tmp_path / "out.zarr").exists()
     code, err = cli("denoise", ramp, tmp_path / "out.zarr", "--patch-size", 3, "--search-radius", 1, "--h", 0.05)
-    assert code == 0, err
+    assert code == EXIT_OK, err
     assert np.isfinite(store.open_volume(tmp_path / "out.zarr").array[...]).all()
 
 
@@ -166,7 +167,7 @@ def test_gmm_finds_every_phase_despite_outliers_and_uneven_peaks(tmp_path, cli, 
         idx = rng.choice(flat.size, int(0.004 * flat.size), replace=False)
         flat[idx] = np.where(np.arange(idx.size) % 2, 25.0, -20.0)
     code, err, out = gmm_segment(cli, tmp_path, img, GMM3)
-    assert code == 0, err
+    assert code == EXIT_OK, err
     lab = store.open_volume(out).array[...]
     ids = np.array([ID[n] for n in GMM3], np.uint8)
     est = np.array([(lab == c).mean() for c in ids])

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from batterytwin import store
 from batterytwin.distributed import World
-from batterytwin.errors import InputError
+from batterytwin.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_PREEMPTED, InputError
 from batterytwin.ingest.phantom import CLASSES, make_phantom
 from batterytwin.segment.config import merge_config
 from batterytwin.segment.loss import dice_ce_loss, labelled_weight
@@ -26,6 +26,7 @@ from batterytwin.segment.model import build_model
 from batterytwin.segment.window import meets, predict_region, window_extent
 
 from .conftest import BIN, REPO, mpiexec
+from .labelled_phantom import write_stores
 
 # a tiny network so that DDP/resume/inference checks take seconds on a shared CPU; half of its patches
 # come from domain-randomised cells, so 2 ranks == 1 rank and resume == uninterrupted cover both streams
@@ -33,21 +34,6 @@ TINY = {"model": {"channels": [4, 8], "strides": [2], "num_res_units": 1},
         "train": {"steps": 16, "batch_size": 4, "patch_size": [16, 16, 16], "warmup_steps": 2, "init_from": None,
                   "val_every": 8, "checkpoint_every": 2, "threads": 1, "lr": 0.01,
                   "randomise": {"fraction": 0.5, "volume_size": [24, 24, 24], "patches_per_volume": 3}}}
-
-
-def write_stores(root: Path, shape=(32, 32, 32), seed=0, labels=None, classes=None):
-    """Phantom volume + label stores (tests' stand-in for ingest), small chunks and shards."""
-    img, lab = make_phantom(shape, seed=seed)
-    lab = lab if labels is None else labels
-    classes = classes or {str(k): v for k, v in CLASSES.items()}
-    vol_p, lab_p = root / f"volume{seed}.zarr", root / f"truth{seed}.zarr"
-    with store.atomic_output(vol_p, World()) as t:
-        store.create_volume(t, img.shape, "float32", store.volume_attrs("ingest", 0.5), chunk=16, shard=16)[...] = img
-    with store.atomic_output(lab_p, World()) as t:
-        store.create_volume(t, lab.shape, "uint8", store.volume_attrs("ingest", 0.5, classes=classes,
-                                                                        ignore_label=255),
-                            chunk=16, shard=16)[...] = lab
-    return vol_p, lab_p
 
 
 def tiny_cfg(tmp: Path, **train):
@@ -152,7 +138,7 @@ def reference_run(phantom_stores):
     out = root / "ref"
     cfg = tiny_cfg(out)
     assert train(cfg, [TrainInput(str(vol), str(lab))], str(out / "model.pt"), str(out / "metrics.json"),
-                 resume="no") == 0
+                 resume="no") == EXIT_OK
     return out
 
 
@@ -175,6 +161,7 @@ def test_metrics_and_model_file(reference_run):
     assert metrics["randomised_fraction"] == 0.5 and meta["train"]["randomise"]["volume_size"] == [24, 24, 24]
 
 
+@pytest.mark.slow
 @pytest.mark.mpi
 def test_two_gloo_ranks_reach_the_weights_of_one_rank(phantom_stores, reference_run):
     root, vol, lab = phantom_stores
@@ -189,9 +176,10 @@ def test_two_gloo_ranks_reach_the_weights_of_one_rank(phantom_stores, reference_
     assert max_diff(state(out / "model.pt"), {k: v for k, v in init.items()}) > 1e-3
 
 
+@pytest.mark.slow
 @pytest.mark.mpi
 def test_preempted_run_resumes_to_the_uninterrupted_weights(phantom_stores, reference_run):
-    from batterytwin.segment.train import EXIT_PREEMPTED, TrainInput, train
+    from batterytwin.segment.train import TrainInput, train
 
     root, vol, lab = phantom_stores
     out = root / "preempt"
@@ -212,7 +200,7 @@ def test_preempted_run_resumes_to_the_uninterrupted_weights(phantom_stores, refe
     assert not (out / "model.pt").exists()
     # resume (requires the checkpoint) and finish: the weights of the uninterrupted run
     assert train(cfg, [TrainInput(str(vol), str(lab))], str(out / "model.pt"), str(out / "metrics.json"),
-                 resume="yes") == 0
+                 resume="yes") == EXIT_OK
     assert max_diff(state(out / "model.pt"), state(reference_run / "model.pt")) < 1e-6
     curve = store.read_json(out / "metrics.json")["loss_curve"]
     ref_curve = store.read_json(reference_run / "metrics.json")["loss_curve"]
@@ -220,6 +208,7 @@ def test_preempted_run_resumes_to_the_uninterrupted_weights(phantom_stores, refe
 
 
 # --------------------------------------------------------------------------- inference
+@pytest.mark.slow
 @pytest.mark.mpi
 def test_inference_two_ranks_write_the_store_of_one_rank(phantom_stores, reference_run, tmp_path):
     from batterytwin.segment.infer import segment_volume
@@ -263,32 +252,32 @@ def test_bad_inputs_are_input_errors(tmp_path, cli):
             "--metrics-out", str(tmp_path / "m.json"), "--checkpoint-dir", str(tmp_path / "ck"),
             "--config-json", json.dumps({"model": TINY["model"], "train": {"patch_size": 16, "steps": 1, "init_from": None}})]
     code, err = cli(*base, "--labels", str(lab_small))
-    assert code == 2 and "differs from the volume shape" in err
+    assert code == EXIT_BAD_INPUT and "differs from the volume shape" in err
     # class ids beyond the configured classes
     img, labels = make_phantom((24, 24, 24), seed=0)
     labels[3, 3, 3] = 9
     _, lab_bad = write_stores(tmp_path / "b", (24, 24, 24), seed=0, labels=labels)
     code, err = cli(*base, "--labels", str(lab_bad))
-    assert code == 2 and "unknown label id(s) [9]" in err
+    assert code == EXIT_BAD_INPUT and "unknown label id(s) [9]" in err
     # patch larger than the volume
     big = ["--config-json", json.dumps({"model": TINY["model"], "train": {"patch_size": 32, "steps": 1, "init_from": None}})]
     code, err = cli(*base[:-2], *big, "--labels", str(lab))
-    assert code == 2 and "larger than the volume" in err
+    assert code == EXIT_BAD_INPUT and "larger than the volume" in err
     # patch not a multiple of the network's down-sampling
     odd = ["--config-json", json.dumps({"model": TINY["model"], "train": {"patch_size": 15, "steps": 1, "init_from": None}})]
     code, err = cli(*base[:-2], *odd, "--labels", str(lab))
-    assert code == 2 and "multiple of 2" in err
+    assert code == EXIT_BAD_INPUT and "multiple of 2" in err
     # resume demanded but no checkpoint
     code, err = cli(*base, "--labels", str(lab), "--resume", "yes")
-    assert code == 2 and "no checkpoint to resume from" in err
+    assert code == EXIT_BAD_INPUT and "no checkpoint to resume from" in err
     # unknown config key
     code, err = cli(*base[:-2], "--config-json", '{"train": {"stepz": 3}}', "--labels", str(lab))
-    assert code == 2 and "unknown key 'stepz'" in err
+    assert code == EXIT_BAD_INPUT and "unknown key 'stepz'" in err
     # inference with a file that is not a model
     (tmp_path / "junk.pt").write_bytes(b"not a model")
     code, err = cli("segment", "--input", str(vol), "--model", str(tmp_path / "junk.pt"), "--output",
                     str(tmp_path / "l.zarr"))
-    assert code == 2 and "junk.pt" in err
+    assert code == EXIT_BAD_INPUT and "junk.pt" in err
     assert not (tmp_path / "l.zarr").exists()
     with pytest.raises(InputError, match="no such model file"):
         from batterytwin.segment.train import load_model
@@ -405,7 +394,7 @@ def test_training_on_sparse_slices_with_held_out_slices(tmp_path):
     cfg = tiny_cfg(tmp_path, steps=6, val_every=6, class_balance=0.5)
     out = tmp_path / "run"
     assert train(cfg, [TrainInput(str(vol), str(lab))], str(out / "model.pt"), str(out / "metrics.json"),
-                 val_inputs=[TrainInput(str(vol), str(val_p))], resume="no") == 0
+                 val_inputs=[TrainInput(str(vol), str(val_p))], resume="no") == EXIT_OK
     metrics = store.read_json(out / "metrics.json")
     assert metrics["validation_labelled_voxels"] == 2 * 32 * 32
     assert len(metrics["loss_curve"]) == 6 and all(np.isfinite(e["loss"]) for e in metrics["loss_curve"])

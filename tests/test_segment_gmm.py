@@ -26,6 +26,7 @@ from scipy.stats import norm
 from batterytwin import store
 from batterytwin.contracts import CLASSES
 from batterytwin.distributed import World
+from batterytwin.errors import EXIT_BAD_INPUT, EXIT_OK
 from batterytwin.segment.config import GmmSettings, merge_config
 from batterytwin.segment.gmm import (classify, clean_labels, fit_mixture, halo, pad_tile, sample_blocks,
                                      sample_intensities)
@@ -161,6 +162,8 @@ def test_sample_is_chunkwise_and_split_independent():
                                   np.sort(img[:10, :10, :10].ravel()))
 
 
+@pytest.mark.slow
+@pytest.mark.mpi
 def test_ranks_and_shards_identical(tmp_path):
     truth, img = field_volume(40, 7, (0.5, 0.3, 0.2), (0.1, 0.5, 0.9))
     vol = write_volume(tmp_path / "vol.zarr", img, chunk=16, shard=16)
@@ -201,19 +204,19 @@ def test_bad_input_one_line_exit_2_no_output(tmp_path, cli):
     out = tmp_path / "labels.zarr"
     code, err = cli("segment", "--input", vol, "--output", out, "--method", "gmm", "--config-json",
                     json.dumps({"gmm": {"classes": ["pore", "solid_electrolyte", "cathode_active"]}}))
-    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert code == EXIT_BAD_INPUT and len(err.strip().splitlines()) == 1
     assert "3 components" in err and "2 distinct" in err
     code, err = cli("segment", "--input", vol, "--output", out, "--config-json",
                     json.dumps({"method": "gmm", "gmm": {"classes": ["pore", "graphite"]}}))
-    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert code == EXIT_BAD_INPUT and len(err.strip().splitlines()) == 1
     assert "segment.gmm.classes" in err and "graphite" in err
     code, err = cli("segment", "--input", vol, "--output", out)  # network without --model
-    assert code == 2 and "--model" in err
+    assert code == EXIT_BAD_INPUT and "--model" in err
     assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["two.zarr"]
     # the two-phase volume itself segments fine with two classes
     code, err = cli("segment", "--input", vol, "--output", out, "--method", "gmm", "--config-json",
                     json.dumps({"gmm": {"classes": ["pore", "cathode_active"]}}))
-    assert code == 0, err
+    assert code == EXIT_OK, err
     lab = store.open_volume(out).array[...]
     np.testing.assert_array_equal(lab, np.where(img < 0.5, ID["pore"], ID["cathode_active"]))
 

@@ -19,6 +19,7 @@ import torch
 from batterytwin import store
 from batterytwin.contracts import CLASSES, IGNORE_LABEL
 from batterytwin.distributed import World
+from batterytwin.errors import EXIT_BAD_INPUT, EXIT_OK
 from batterytwin.segment import pretrained
 from batterytwin.segment.config import merge_config
 from batterytwin.segment.data import intensity_range
@@ -29,6 +30,7 @@ from .conftest import REPO
 from .ctforward import dice_per_class, forward_volume, otsu_oracle, sparse_labels
 from .electrode import CLASSES as ELECTRODE_CLASSES
 from .electrode import electrode_volume
+from .snakemake_run import snakemake
 
 # measured with the shipped weights (docs/models.md), ctforward 48^3: network minus multi-Otsu with the oracle
 # map, seed 31: 0.858 - 0.638 = 0.220 (seeds 32, 33: 0.222, 0.222)
@@ -80,7 +82,7 @@ def test_zero_shot_on_an_unseen_ct_volume_beats_multi_otsu_via_the_cli(tmp_path,
     vol = write_pair(tmp_path, "scan", image)
     code, err = cli("segment", "--input", vol, "--model", "pretrained", "--output", tmp_path / "labels.zarr",
                     "--config-json", json.dumps({"infer": {"threads": 1}}))
-    assert code == 0, err
+    assert code == EXIT_OK, err
     out = store.open_volume(tmp_path / "labels.zarr")
     pred = np.asarray(out.array[...])
     assert out.attrs["source"]["model"] == pretrained.resolve_model("pretrained")
@@ -90,7 +92,7 @@ def test_zero_shot_on_an_unseen_ct_volume_beats_multi_otsu_via_the_cli(tmp_path,
     # --method pretrained needs no --model
     code, err = cli("segment", "--input", vol, "--method", "pretrained", "--output", tmp_path / "l2.zarr",
                     "--config-json", json.dumps({"infer": {"threads": 1}}))
-    assert code == 0, err
+    assert code == EXIT_OK, err
     assert np.array_equal(np.asarray(store.open_volume(tmp_path / "l2.zarr").array[...]), pred)
 
 
@@ -100,7 +102,7 @@ def _tune(tmp_path, name, pair, init_from, steps, **train_over):
     cfg = merge_config({"train": {**settings, **train_over}})
     model = tmp_path / f"{name}.pt"
     assert train(cfg, [TrainInput(str(pair[0]), str(pair[1]))], str(model), str(tmp_path / f"{name}.json"),
-                 resume="no") == 0
+                 resume="no") == EXIT_OK
     return model
 
 
@@ -137,7 +139,7 @@ def test_another_class_set_keeps_the_encoder_and_starts_a_new_head(tmp_path, cli
     code, err = cli("train-seg", "--volume", pair[0], "--labels", pair[1], "--model-out", tmp_path / "no.pt",
                     "--metrics-out", tmp_path / "no.json", "--checkpoint-dir", tmp_path / "ck_no", "--config-json",
                     json.dumps({"train": {"steps": 1, "new_head": False, "init_from": "pretrained"}}))
-    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert code == EXIT_BAD_INPUT and len(err.strip().splitlines()) == 1, err
     assert "pretrained" in err and "new_head" in err and "binder" in err
     assert not (tmp_path / "no.pt").exists()
 
@@ -151,7 +153,7 @@ def test_a_damaged_shipped_file_is_one_line_naming_both_digests(tmp_path, cli, m
     vol = write_pair(tmp_path, "scan", np.random.default_rng(0).random((16, 16, 16), np.float32))
     code, err = cli("segment", "--input", vol, "--model", "pretrained", "--output", tmp_path / "labels.zarr")
     got = hashlib.sha256(bytes(data)).hexdigest()
-    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert code == EXIT_BAD_INPUT and len(err.strip().splitlines()) == 1, err
     assert str(bad) in err and got in err and pretrained.SHA256 in err
     assert not (tmp_path / "labels.zarr").exists()
     # an intact copy elsewhere is accepted
@@ -169,7 +171,7 @@ def test_the_recipe_reproduces_its_first_steps_bit_identically(tmp_path):
         cfg = pretrain_segment.recipe_config(steps=3, work=str(tmp_path / name), threads=1, device="cpu")
         if seed is not None:
             cfg["train"]["seed"] = seed
-        assert train(cfg, [], str(tmp_path / f"{name}.pt"), str(tmp_path / f"{name}.json"), resume="no") == 0
+        assert train(cfg, [], str(tmp_path / f"{name}.pt"), str(tmp_path / f"{name}.json"), resume="no") == EXIT_OK
         return torch.load(tmp_path / f"{name}.pt", map_location="cpu", weights_only=True)["state_dict"]
 
     a, b, c = run("a"), run("b"), run("c", seed=pretrain_segment.RECIPE["train"]["seed"] + 1)
@@ -177,9 +179,8 @@ def test_the_recipe_reproduces_its_first_steps_bit_identically(tmp_path):
     assert any(not torch.equal(a[k], c[k]) for k in a)  # the seed is what fixes them
 
 
+@pytest.mark.slow
 def test_workflow_method_pretrained_segments_without_a_training_rule(tmp_path):
-    from .test_workflow import snakemake
-
     (tmp_path / "c.yaml").write_text("segment: {method: pretrained}\n")
     proc = snakemake(tmp_path, "-n", "-p", "results/phantom/labels.zarr", "--configfile", str(REPO / "config.yaml"),
                      str(tmp_path / "c.yaml"), timeout=300)

@@ -15,10 +15,11 @@ from scipy.optimize import linear_sum_assignment
 from sklearn.mixture import GaussianMixture
 
 from batterytwin import store
+from batterytwin.errors import EXIT_OK
 from batterytwin.ingest.phantom import make_phantom
 from batterytwin.segment.config import merge_config
 
-from .test_segment import write_stores
+from .labelled_phantom import write_stores
 
 QUALITY = {"model": {"channels": [8, 16, 32, 64], "strides": [2, 2, 2], "num_res_units": 1},
            "train": {"steps": 200, "batch_size": 2, "patch_size": [32, 32, 32], "lr": 0.005, "warmup_steps": 10,
@@ -57,7 +58,7 @@ def test_trained_model_beats_gmm_on_a_held_out_phantom(tmp_path):
     cfg = merge_config({"model": QUALITY["model"],
                         "train": dict(QUALITY["train"], checkpoint_dir=str(tmp_path / "ckpt"))})
     assert train(cfg, [TrainInput(str(vol), str(lab))], str(tmp_path / "model.pt"), str(tmp_path / "m.json"),
-                 resume="no") == 0
+                 resume="no") == EXIT_OK
     segment_volume(str(held_vol), str(tmp_path / "model.pt"), str(tmp_path / "labels.zarr"), None,
                    dict(cfg["infer"], threads=1))
     pred = store.open_volume(tmp_path / "labels.zarr").array[...]

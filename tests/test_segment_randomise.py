@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from batterytwin.contracts import CLASSES
+from batterytwin.errors import EXIT_OK
 from batterytwin.segment import data as D
 from batterytwin.segment.config import merge_config
 from batterytwin.segment.randomise import RandomisedPatches, draw_attenuation, generate_volume
@@ -158,13 +159,14 @@ GENERALISE = {"model": {"channels": [8, 16, 32], "strides": [2, 2], "num_res_uni
 MEASURED_MEAN_DICE = 0.695  # 1200 steps, torch CPU, 1 thread (multi-Otsu with oracle mapping: 0.638)
 
 
+@pytest.mark.slow
 def test_model_trained_on_randomised_cells_beats_multi_otsu_on_an_unseen_ct_volume(tmp_path):
     from batterytwin.segment.train import load_model, train
     from batterytwin.segment.window import predict_region
 
     cfg = merge_config({"model": GENERALISE["model"],
                         "train": dict(GENERALISE["train"], checkpoint_dir=str(tmp_path / "ckpt"))})
-    assert train(cfg, [], str(tmp_path / "model.pt"), str(tmp_path / "metrics.json"), resume="no") == 0
+    assert train(cfg, [], str(tmp_path / "model.pt"), str(tmp_path / "metrics.json"), resume="no") == EXIT_OK
     image, truth = forward_volume((40, 40, 40), seed=7)
     net, meta = load_model(str(tmp_path / "model.pt"))
     lo, hi = D.intensity_range(image)

@@ -19,7 +19,7 @@ import torch
 from batterytwin import store
 from batterytwin.contracts import CLASSES
 from batterytwin.distributed import World
-from batterytwin.errors import InputError
+from batterytwin.errors import EXIT_BAD_INPUT, EXIT_OK, InputError
 from batterytwin.segment.config import merge_config
 from batterytwin.segment.metrics import ECE_BINS, SegmentationScores
 
@@ -138,7 +138,7 @@ def dropout_model(tmp_path_factory):
     cfg = merge_config({"model": dict(SMALL, dropout=0.1),
                         "train": dict(TRAIN, steps=120, checkpoint_dir=str(root / "ck"))})
     assert train(cfg, [TrainInput(str(a[0]), str(a[1]))], str(root / "model.pt"), str(root / "metrics.json"),
-                 val_inputs=[TrainInput(str(b[0]), str(b[1]))], resume="no") == 0
+                 val_inputs=[TrainInput(str(b[0]), str(b[1]))], resume="no") == EXIT_OK
     return root, a, b, cfg
 
 
@@ -146,6 +146,7 @@ def infer_cfg(**kw):
     return merge_config({"infer": dict({"threads": 1, "chunk": 8, "shard": 16}, **kw)})["infer"]
 
 
+@pytest.mark.slow
 def test_validation_metrics_json_holds_precision_recall_and_ece_of_the_model(dropout_model, tmp_path):
     """final_precision/recall/ece of metrics.json == sklearn on the labels `segment` writes with that model."""
     from sklearn.metrics import precision_recall_fscore_support
@@ -175,6 +176,7 @@ def test_validation_metrics_json_holds_precision_recall_and_ece_of_the_model(dro
     assert sum(rel["voxels"]) == truth.size and len(rel["voxels"]) == metrics["ece_bins"] == ECE_BINS
 
 
+@pytest.mark.slow
 def test_mc_dropout_is_more_uncertain_where_the_model_is_wrong(dropout_model, tmp_path):
     from sklearn.metrics import roc_auc_score
 
@@ -197,6 +199,8 @@ def test_mc_dropout_is_more_uncertain_where_the_model_is_wrong(dropout_model, tm
     assert store.open_volume(tmp_path / "l.zarr").attrs["uncertainty_method"] == "mc_dropout"
 
 
+@pytest.mark.slow
+@pytest.mark.mpi
 def test_mc_dropout_is_seeded_and_two_ranks_write_the_store_of_one(dropout_model, tmp_path):
     from batterytwin.segment.infer import segment_volume
 
@@ -231,17 +235,18 @@ def test_mc_dropout_without_dropout_layers_and_a_foreign_init_model_are_input_er
     vol, lab = write_pair(tmp_path, "v", *forward_volume((16, 16, 16), seed=4))
     code, err = cli("segment", "--input", vol, "--model", tmp_path / "m.pt", "--output", tmp_path / "l.zarr",
                     "--uncertainty", tmp_path / "u.zarr", "--uncertainty-method", "mc_dropout")
-    assert code == 2 and "needs a model trained with dropout" in err and len(err.strip().splitlines()) == 1
+    assert code == EXIT_BAD_INPUT and "needs a model trained with dropout" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "l.zarr").exists() and not (tmp_path / "u.zarr").exists()
     # fine-tuning from a file that is not a segmentation model
     (tmp_path / "junk.pt").write_bytes(b"not a model")
     code, err = cli("train-seg", "--volume", vol, "--labels", lab, "--model-out", tmp_path / "t.pt",
                     "--metrics-out", tmp_path / "t.json", "--checkpoint-dir", tmp_path / "ck", "--config-json",
                     json.dumps({"model": SMALL, "train": dict(TRAIN, steps=1, init_from=str(tmp_path / "junk.pt"))}))
-    assert code == 2 and "junk.pt" in err and len(err.strip().splitlines()) == 1
+    assert code == EXIT_BAD_INPUT and "junk.pt" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "t.pt").exists()
 
 
+@pytest.mark.slow
 def test_fine_tuning_starts_from_the_pretrained_weights(dropout_model, tmp_path):
     from batterytwin.segment.train import TrainInput, train
 
@@ -251,7 +256,7 @@ def test_fine_tuning_starts_from_the_pretrained_weights(dropout_model, tmp_path)
     tune = merge_config({"model": cfg["model"], "train": dict(TRAIN, steps=1, warmup_steps=0, lr=1e-30,
                          init_from=str(root / "model.pt"), checkpoint_dir=str(tmp_path / "ck"))})
     assert train(tune, [TrainInput(str(vol_a), str(lab_a))], str(tmp_path / "m.pt"), str(tmp_path / "m.json"),
-                 resume="no") == 0
+                 resume="no") == EXIT_OK
     tuned = torch.load(tmp_path / "m.pt", weights_only=True)["state_dict"]
     assert max(float((tuned[k].float() - v.float()).abs().max()) for k, v in pretrained.items()) < 1e-12
     # from scratch, the same step gives other weights (the init is what made them equal)
@@ -267,6 +272,7 @@ def test_fine_tuning_starts_from_the_pretrained_weights(dropout_model, tmp_path)
     assert not (tmp_path / "b.pt").exists()
 
 
+@pytest.mark.slow
 def test_report_figure_shows_precision_recall_and_the_reliability_of_the_run(dropout_model, tmp_path):
     from batterytwin.report import training
 
@@ -289,6 +295,7 @@ def test_report_figure_shows_precision_recall_and_the_reliability_of_the_run(dro
     assert fig.reliability is None and not fig.markers
 
 
+@pytest.mark.slow
 def test_report_slices_name_the_uncertainty_method_of_the_store(dropout_model, tmp_path, cli):
     from batterytwin.report.cli import uncertainty_title
     from batterytwin.segment.infer import segment_volume
@@ -302,4 +309,4 @@ def test_report_slices_name_the_uncertainty_method_of_the_store(dropout_model, t
                       "mc_dropout": "uncertainty: MC dropout, 4 passes (nats)"}
     code, _ = cli("report", "slices", "--labels", tmp_path / "l_mc_dropout.zarr", "--uncertainty",
                   tmp_path / "u_mc_dropout.zarr", "--out", tmp_path / "s.png", "--dpi", "40")
-    assert code in (0, None) and (tmp_path / "s.png").stat().st_size > 0
+    assert code in (EXIT_OK, None) and (tmp_path / "s.png").stat().st_size > 0

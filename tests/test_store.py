@@ -93,6 +93,7 @@ def _shard_files(root: Path) -> list[Path]:
     return sorted(p.relative_to(root) for p in (root / "0" / "c").rglob("*") if p.is_file())
 
 
+@pytest.mark.slow
 @pytest.mark.mpi
 def test_two_ranks_write_the_same_store_as_one(tmp_path):
     """Parallel writers own whole shards: 2 ranks give byte-identical shard files to 1 rank."""

@@ -19,7 +19,7 @@ import pytest
 import zarr
 
 from batterytwin import store
-from batterytwin.errors import InputError
+from batterytwin.errors import EXIT_BAD_INPUT, EXIT_OK, InputError
 
 SHAPE = (32, 32, 32)
 
@@ -31,7 +31,7 @@ def stores(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("integrity")
     code = main(["-q", "phantom", str(root / "volume.zarr"), "--labels", str(root / "labels.zarr"),
                  "--shape", *map(str, SHAPE), "--chunk", "8", "--shard", "16", "--seed", "5"])
-    assert code == 0
+    assert code == EXIT_OK
     sparse = root / "sparse_labels.zarr"  # its last shard is all ignore (255): never written
     lab = store.open_volume(root / "labels.zarr")
     data = lab.array[:]
@@ -181,7 +181,7 @@ def test_corrupt_store_is_refused_by_the_stage(stores, tmp_path, capsys, name, w
     capsys.readouterr()
     code = main(["-q", *_argv(stage, inp, out)])
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
-    assert code == 2, err
+    assert code == EXIT_BAD_INPUT, err
     assert len(err) == 1 and str(inp) in err[0] and names in err[0], err
     assert not out.exists() and not out.with_suffix(".npz").exists()
     assert not list(tmp_path.glob("out*tmp-*"))
