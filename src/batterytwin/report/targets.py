@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 
 def series_frames(samples: Sequence[str], specs: Mapping[str, Mapping[str, Any]]) -> dict[str, list[str]]:
