@@ -1,4 +1,4 @@
-"""Ageing sweeps (issue 16): the demo's cellsim setup (config.yaml) fades like PyBaMM run directly,
+"""Ageing sweeps: the demo's cellsim setup (config.yaml) fades like PyBaMM run directly,
 and over its cycles part of its range of rate constants reaches end of life and part does not."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from batterytwin.cellsim.driver import simulate
+from batterytwin.workflow_config import complete_config
 
 from .cellsim_inputs import plain_capacities, plain_pv, read_group, write_microstructure
 
@@ -24,7 +25,7 @@ EOL = 80.0  # the degradation stage's threshold end-of-life rule (degradation.sa
 def demo_section() -> dict:
     """The ``cellsim`` section ``make demo`` runs (its ageing sweep: the rate experiment is
     tested in test_cellsim_rate.py)."""
-    cfg = yaml.safe_load((ROOT / "config.yaml").read_text())["cellsim"]
+    cfg = complete_config(yaml.safe_load((ROOT / "config.yaml").read_text()))["cellsim"]  # with its defaults
     return dict(cfg, rate_capability={"enabled": False})
 
 
