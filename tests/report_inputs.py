@@ -62,7 +62,7 @@ def write_segment(sample_dir: Path, labels, voxel, seed: int = 0, uncertainty: b
     write_volume(sample_dir / "labels.zarr", pred, voxel, "segment", classes=CLASS_ATTRS, ignore_label=255)
     if uncertainty:
         ent = ndimage.gaussian_filter((pred != labels).astype(np.float32), 1.0).astype(np.float16)
-        write_volume(sample_dir / "uncertainty.zarr", ent, voxel, "segment", units="nats")
+        write_volume(sample_dir / "uncertainty.zarr", ent, voxel, "segment", quantity="softmax entropy", units="nats")
     return pred
 
 

@@ -194,10 +194,10 @@ def test_dry_run_plans_import_and_training_on_tiff_labels(tmp_path):
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     assert "import_labels" in out and "train_seg" in out
-    assert "batterytwin ingest data/scan_labels.tif results/scan1/hand_labels.zarr --labels" in out
-    assert "--classes 0=pore,1=solid_electrolyte,2=lithium_metal" in out
+    assert "batterytwin ingest -i data/scan_labels.tif -o results/scan1/hand_labels.zarr --labels" in out
+    assert "--classes pore=0,solid_electrolyte=1,lithium_metal=2" in out
     assert "--like results/scan1/volume.zarr" in out
-    assert "batterytwin ingest data/scan_val.tif results/scan1/val_labels.zarr --labels" in out
+    assert "batterytwin ingest -i data/scan_val.tif -o results/scan1/val_labels.zarr --labels" in out
     train = next(line for line in out.splitlines() if "batterytwin train-seg" in line)
     assert "--volume results/scan1/volume.zarr --labels results/scan1/hand_labels.zarr" in train
     assert "--val-volume results/scan1/volume.zarr --val-labels results/scan1/val_labels.zarr" in train

@@ -110,8 +110,8 @@ def test_own_scan_files_through_the_whole_chain(tmp_path):
         "scan_h5": {"source": "data/scan2.h5", "format": "hdf5", "dataset": "/exchange/data",
                     "voxel_size_um": [0.5, 0.5, 0.5]},
     }
-    cfg["segment"]["train"]["val_axis"] = "y"  # labels on x slices (as in the README)
-    cfg["denoise"]["reference"] = True  # asked for, but the files have no clean image: must be skipped
+    cfg["segment"].setdefault("train", {})["val_axis"] = "y"  # labels on x slices (as in the README)
+    cfg.setdefault("denoise", {})["reference"] = True  # asked for, but the files have no clean image: must be skipped
     cfg["degradation"]["real_data"] = {"enabled": False}
     (tmp_path / "myscan.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     t0 = time.perf_counter()

@@ -239,5 +239,5 @@ def test_series_figure_is_planned_for_a_time_series(tmp_path):
         (tmp_path / "results" / f"cell_t{t:03d}" / "microstructure.json").write_text("{}")
     proc = _snakemake(tmp_path, "-n", "--printshellcmds", "results/figures/series_cell_lithium.png")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "batterytwin report series results/cell_t000/microstructure.json results/cell_t001/microstructure.json " \
+    assert "batterytwin report series -i results/cell_t000/microstructure.json results/cell_t001/microstructure.json " \
            "results/cell_t002/microstructure.json --names cell_t000 cell_t001 cell_t002" in proc.stdout
