@@ -294,3 +294,18 @@ def test_scaling_figure_reads_cleanly():
     if bench is None:
         pytest.skip("the repository holds no bench/chain.py result")
     assert_clean(scaling.plot_scaling(json.loads(bench.read_text()), str(bench)))
+
+
+def test_rate_sensitivity_units_use_the_micro_sign():
+    """The sweep records derivative units as ASCII ("Ah per um", cellsim/rate.py); the table shows µm."""
+    from batterytwin.cellsim.rate import UNITS
+
+    block = {"sensitivity": {"rows": [{"quantity": q, "factor": 1.0, "value": 1.0, "capacity_Ah": 0.39}
+                                      for q in UNITS],
+                             "derivatives": {q: {"dQ_dx": 0.039, "unit": u, "elasticity": 1.0}
+                                             for q, u in UNITS.items()}}}
+    rows = cellsim.rate_sensitivity_rows(block)
+    assert [r[4] for r in rows] == ["0.039 Ah per unit tau (elasticity 1)",
+                                    "0.039 Ah per unit volume fraction (elasticity 1)",
+                                    "0.039 Ah per µm (elasticity 1)"]
+    assert style.micro("um2 and um3, not drum") == "µm² and µm³, not drum"

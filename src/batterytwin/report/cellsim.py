@@ -294,7 +294,7 @@ def rate_sensitivity_rows(block: dict) -> list[list[str]]:
     for r in sens.get("rows") or []:
         d = deriv.get(r["quantity"]) if r["factor"] == 1.0 else None
         rows.append([r["quantity"], f"x{r['factor']:g}", _num(r.get("value")), _num(r.get("capacity_Ah")),
-                     f"{_num(d['dQ_dx'])} {d['unit']} (elasticity {_num(d.get('elasticity'))})" if d else ""])
+                     f"{_num(d['dQ_dx'])} {style.micro(d['unit'])} (elasticity {_num(d.get('elasticity'))})" if d else ""])
     return rows
 
 

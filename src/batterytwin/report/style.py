@@ -187,6 +187,11 @@ UNITS = {"um": "µm", "um2": "µm²", "um3": "µm³", "per_um": "1/µm", "nm": "
 _UNIT_SUFFIX = re.compile(r"_(per_um|um[23]?|nm|Ah|V|K|percent)$")
 
 
+def micro(text: str) -> str:
+    """Free text with the micrometre written with the micro sign: ``"Ah per um"`` -> ``"Ah per µm"``."""
+    return re.sub(r"\bum([23]?)\b", lambda m: "µm" + {"": "", "2": "²", "3": "³"}[m.group(1)], str(text))
+
+
 def readable(key: str) -> str:
     """A JSON key as text: a trailing unit as ``(unit)`` with the micro sign, underscores as spaces.
 
