@@ -277,7 +277,7 @@ def _input_panels(fig, spec, sw: Sweep, varied: list[str], final: np.ndarray, co
             ax.scatter(x[~ok], final[~ok], marker="x", color="#D55E00", s=14)
         if x.min() > 0 and x.max() / x.min() >= 100:
             ax.set_xscale("log")
-        ax.set_xlabel(input_label(name))
+        ax.set_xlabel("\n".join(textwrap.wrap(input_label(name), 22)))  # side by side: no label runs into the next
         if k == 0:
             ax.set_ylabel("last SOH (%)")
         else:
