@@ -173,7 +173,7 @@ def write_degradation(path: Path, seed: int = 0, n: int = 8, samples: int = 16, 
                       stack: bool = True) -> dict:
     """degradation.zarr as batterytwin.degradation.predict writes it (n cells, S samples, L points); with
     ``stack`` the default predictor is the stack (``life_stack*``, metrics ``model.name: stack``), else the
-    store is one written before issue 25 (``model`` is the diffusion model)."""
+    store is one written by an older batterytwin (``model`` is the diffusion model)."""
     rng = np.random.default_rng(seed)
     cyc = np.arange(length) * 10.0
     rate = 0.04 + 0.02 * rng.random(n)

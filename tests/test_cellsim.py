@@ -24,7 +24,7 @@ pybamm = pytest.importorskip("pybamm")
 
 
 # Small sweep shared by several tests: SPM + SEI, 3 cycles, 2 C-rates + one absurd C-rate.
-# Pinned to the unbalanced Bruggeman route these tests were written for (defaults since issue 20:
+# Pinned to the unbalanced Bruggeman route these tests were written for (the defaults are
 # balanced N/P, tortuosity-factor transport; tested below).
 SWEEP_CFG = {
     "transport": "bruggeman",
@@ -314,7 +314,7 @@ def test_cli_missing_microstructure(cli, tmp_path):
     assert code == EXIT_BAD_INPUT and "no such microstructure file" in err
 
 
-# -- electrode balance, tortuosity factor, lithium-metal form (issue 20, issue 15) ----------------
+# -- electrode balance, tortuosity factor, lithium-metal form ----------------
 
 F = 96485.33212
 

@@ -133,7 +133,7 @@ def test_file_samples_get_only_their_own_defaults(tmp_path):
     ({"degradation": {"real_data": {"evaluations": {"e": {"train_set": "../m", "test": "t.npz"}}}}},
      "degradation.real_data.evaluations.e.train_set: must match", "^[A-Za-z0-9]"),
     ({"twin": {"evaluations": ["a b"]}}, "twin.evaluations.0: must match", "^[A-Za-z0-9]"),
-    # one end-of-life rule, threshold and data directory for the diffusion model and the twin (issue 25)
+    # one end-of-life rule, threshold and data directory for the diffusion model and the twin
     ({"twin": {"eol_rule": "threshold"}}, "twin.eol_rule", "differs from degradation.eol_rule None"),
     ({"twin": {"threshold": 75}}, "twin.threshold", "differs from the degradation real-data threshold 80"),
     ({"degradation": {"real_data": {"sample": {"threshold": 70}}}}, "twin.threshold", "threshold 70"),

@@ -1,4 +1,4 @@
-"""Configuration that would mean something else is refused (issue 26, class 4), several members each.
+"""Configuration that would mean something else is refused, several members each.
 
 - phase names microstructure needs that are not classes of ``segment.classes`` (a typo on either side);
 - a class of the label stores with no labelled training voxel (``train-seg``);

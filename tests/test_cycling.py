@@ -176,7 +176,7 @@ def test_interval_scores_and_interval_in_ln_remaining_life():
 
 
 # ------------------------------------------------------------------ baselines through .fit
-# The figures of main (7591428) before issue 25, computed there by
+# The figures of main (7591428), computed there by
 # degradation.predict.fit_baselines(payload) -- the model-file path that set coef_ and model_ by hand --
 # on a payload built as train.model_payload built it from data/cycling/matr_1_train.npz (every cell),
 # predicting data/cycling/matr_1_test.npz (42 cells, end_of_record, none censored); for SNL on the
@@ -227,7 +227,7 @@ def test_fit_uses_uncensored_cells_only_and_needs_two():
 
 
 def test_forest_features_are_idempotent_on_their_grid():
-    """What lets a model file written before issue 25 (forest_x only) refit the same forest."""
+    """What lets a model file written by an older batterytwin (forest_x only) refit the same forest."""
     q = np.random.default_rng(0).normal(size=(3, 100, 50)).astype(np.float32)
     r, v = baselines.forest_grid(100, 50)
     x = baselines.forest_features(q)

@@ -330,7 +330,7 @@ def test_best_point_predictor_is_the_lowest_finite_rmse():
 
 
 def test_default_predictor_falls_back_to_the_diffusion_model_with_a_reason(process_group, caplog):
-    """Too few uncensored training cells, or a model file without train.qmatrix (before issue 25): ``model``
+    """Too few uncensored training cells, or a model file without train.qmatrix (an older batterytwin's): ``model``
     is the diffusion model's figures with ``name: diffusion`` and the reason, logged at WARNING; asked for
     (predictor: diffusion) it says so and warns of nothing. With enough cells the stack is the model."""
     import logging

@@ -75,7 +75,7 @@ def test_rule_mismatch_is_an_error(tmp_path):
     payload = torch.load(tmp_path / "m.pt", weights_only=True)
     assert payload["eol_rule"] == "threshold"
     assert len(payload["calibration"]["names"]) == 19  # round(0.35 * 55) HUST cells held out of training
-    # the whole capacity matrices of every training cell travel with the model (issue 25): any baseline or
+    # the whole capacity matrices of every training cell travel with the model: any baseline or
     # predictor refits from them through .fit; a file without them (older) refits the same baselines
     from batterytwin.degradation.predict import fit_baselines
 

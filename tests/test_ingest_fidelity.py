@@ -1,4 +1,4 @@
-"""Ingest commits what it reads, or refuses (issue 26, classes 2 and the I/O part of 6).
+"""Ingest commits what it reads, or refuses: formats, hyperstacks, narrowing, truncation and I/O errors.
 
 Each family of hostile input is tried with several members: one line naming the file or setting,
 exit 2, nothing at the output path, the input unchanged. Where ingest accepts, the store holds

@@ -219,7 +219,7 @@ def test_ingest_cli_clear_error_or_the_same_voxels(tmp_path_factory, capsys, chu
     np.testing.assert_array_equal(got, want)
 
 
-# ------------------------------------------------------------------------------ store corruption (issue 26)
+# ------------------------------------------------------------------------------ store corruption
 FLIPS = st.lists(st.tuples(st.integers(0, 10**6), st.floats(0.0, 1.0), st.integers(0, 7)), min_size=1, max_size=4)
 
 
@@ -251,7 +251,7 @@ def test_bit_flips_in_shards_are_refused_never_silently_read(tmp_path_factory, d
     np.testing.assert_array_equal(got, data)
 
 
-# ------------------------------------------------------------------------------ ingest formats (issue 26)
+# ------------------------------------------------------------------------------ ingest formats
 INGEST_DTYPES = [np.uint8, np.uint16, np.int16, np.float32, np.float64]
 
 

@@ -1,4 +1,4 @@
-"""A scientist's own scan through the whole workflow, on data the project did not make (issue 13).
+"""A scientist's own scan through the whole workflow, on data the project did not make.
 
 The volumes come from :mod:`tests.ctforward` (other geometry, other contrasts, radon + Poisson +
 filtered back-projection), written as the files a beamline gives: a folder of TIFF slices, a DXchange

@@ -1,4 +1,4 @@
-"""Stages refuse what they cannot answer (issue 26, classes 3, 5 and 6): each class tried with several members.
+"""Stages refuse what they cannot answer: each class tried with several members.
 
 Every refusal: exit status 2, one line on stderr naming the file or setting, nothing at the output
 path, and the inputs byte for byte as they were.

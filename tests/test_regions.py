@@ -1,4 +1,4 @@
-"""Cell regions (issue 27a): layer boundaries robust to segmentation noise, through-plane tau of thin
+"""Cell regions: layer boundaries robust to segmentation noise, through-plane tau of thin
 slabs against TauFactor, and the gate that keeps an untrusted tau away from PyBaMM."""
 
 from __future__ import annotations

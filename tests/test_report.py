@@ -283,7 +283,7 @@ def test_degradation_intervals_are_sample_quantiles(samples, tmp_path):
     assert "diffusion model                14" in text and "contains the baselines: variance" in text
     assert [ln.split()[0] for ln in text.splitlines() if ln.startswith("  ") and "0." in ln] == ["ridge", "variance"]
     _png(rul, tmp_path / "r.png")
-    # a store written before issue 25: "model" is the diffusion model, drawn from life_pred
+    # a store written by an older batterytwin: "model" is the diffusion model, drawn from life_pred
     old = inputs.write_degradation(tmp_path / "old.zarr", 1, stack=False)
     rul = degradation.plot_rul(tmp_path / "old.zarr")
     np.testing.assert_array_equal(rul.points[1], old["life_pred"])

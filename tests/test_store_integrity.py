@@ -1,4 +1,4 @@
-"""Store integrity (issue 26, class 1): a changed, edited or missing part of a committed store is refused.
+"""Store integrity: a changed, edited or missing part of a committed store is refused.
 
 Each corruption is applied to a copy of a store committed by ``batterytwin phantom``; every stage that
 reads it must exit 2 with one line naming the store (the file, the chunk or the field), leave nothing

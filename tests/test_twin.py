@@ -1,4 +1,4 @@
-"""Hybrid digital twin (issue 17): parameter recovery against the generating formula and PyBaMM itself,
+"""Hybrid digital twin: parameter recovery against the generating formula and PyBaMM itself,
 the learned correction on synthetic cells with a known systematic error, failed fits, bad inputs.
 
 Tolerances were measured (docs/twin.md, "Tests"): each is a few times the observed error.

@@ -7,7 +7,7 @@ Input: ``degradation.zarr`` written by ``batterytwin.degradation.predict`` -- ar
 ``life_true`` [n] (the diffusion model), ``life_stack``/``_lo``/``_hi`` [n] (the stack, when it is the
 default predictor), ``censored``/``evaluated`` int8 [n]; attributes ``cycles_per_point``,
 ``interval_level``, ``threshold_percent``, ``cell_names``, ``metrics`` (``model``: the default
-predictor, ``diffusion``, the baselines, ``best_point_predictor``; stores written before issue 25 hold
+predictor, ``diffusion``, the baselines, ``best_point_predictor``; stores written by an older batterytwin hold
 only ``model``, the diffusion model). Only the cells drawn are read.
 """
 
@@ -105,7 +105,7 @@ def plot_predictions(path: os.PathLike | str, max_cells: int = 6):
         handles = {lab: h for ax in axes for h, lab in zip(*ax.get_legend_handles_labels())}
         fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncol=len(handles))
         metrics = attrs.get("metrics", {})
-        m = metrics.get("diffusion", metrics.get("model", {}))  # before issue 25: "model" was the diffusion model
+        m = metrics.get("diffusion", metrics.get("model", {}))  # older stores: "model" was the diffusion model
         extra = (f"; SOH-curve RMSE {m['soh_curve_rmse_percent']:.2f} %"
                  if isinstance(m.get("soh_curve_rmse_percent"), (int, float)) else "")
         fig.suptitle(f"diffusion model: sampled SOH curves vs truth ({len(cells)} cells){extra}")
