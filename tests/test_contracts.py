@@ -110,3 +110,15 @@ def test_open_group_or_input_error(tmp_path):
     tmp.mkdir()
     with pytest.raises(InputError, match="unfinished temporary store"):
         store.open_group(tmp)
+
+
+def test_class_map_form_written_by_the_rule_reads_back_without_warning(caplog):
+    """The workflow writes ``--classes`` with contracts.format_class_map; ingest reads it back unchanged
+    and takes it as the current spelling (no old-spelling warning)."""
+    from batterytwin.contracts import CLASSES, format_class_map
+    from batterytwin.ingest.cli import parse_classes
+
+    text = format_class_map(CLASSES)
+    assert text.split(",")[0] == f"{CLASSES[0]}=0"
+    assert parse_classes(text) == dict(CLASSES) and "old spelling" not in caplog.text
+    assert parse_classes(format_class_map({2: "binder", 0: "pore"})) == {0: "pore", 2: "binder"}

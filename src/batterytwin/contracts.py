@@ -25,6 +25,7 @@ Example::
 from __future__ import annotations
 
 import math
+from typing import Mapping
 
 __all__ = [
     "MICROSTRUCTURE_SCHEMA", "SWEEP_SCHEMA", "SEGMENT_METRICS_SCHEMA",
@@ -75,3 +76,9 @@ def bruggeman(eps: float | None, tau: float | None) -> float | None:
     if eps is None or tau is None or not 0.0 < eps < 1.0 or not tau > 0.0:
         return None
     return 1.0 - math.log(tau) / math.log(eps)
+
+
+def format_class_map(classes: Mapping[int, str]) -> str:
+    """``{0: "pore", 1: "solid"}`` -> ``"pore=0,solid=1"``: the ``--classes`` form of ``ingest --labels``
+    (the config's ``name: id``), written by the workflow's label-import rule and read by the CLI."""
+    return ",".join(f"{name}={int(cid)}" for cid, name in sorted(classes.items()))

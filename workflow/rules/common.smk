@@ -11,6 +11,7 @@ from snakemake.utils import format as snakemake_format
 from snakemake.utils import validate
 
 from batterytwin.config import check_yaml_files
+from batterytwin.contracts import format_class_map
 from batterytwin.errors import InputError
 from batterytwin.report import targets as report_targets
 from batterytwin.workflow_config import complete_config
@@ -120,8 +121,8 @@ def _label_image(wildcards):
 
 def _label_import_options(wildcards):
     spec = SAMPLE_SPECS[wildcards.sample]
-    classes = [f"{name}={cid}" for name, cid in sorted(SEG["classes"].items(), key=lambda kv: kv[1])]
-    args = ["--classes", ",".join(classes), "--format", spec["labels_format"],
+    classes = format_class_map({cid: name for name, cid in SEG["classes"].items()})
+    args = ["--classes", classes, "--format", spec["labels_format"],
             "--unlabelled", str(spec["labels_unlabelled"])]
     args += ["--dataset", spec["labels_dataset"] or spec["dataset"]]
     if spec["crop"] is not None and spec["bin"] == 1:  # labels drawn on the source scan

@@ -7,7 +7,7 @@ import json
 import logging
 import math
 
-from ..contracts import CLASSES, IGNORE_LABEL
+from ..contracts import CLASSES, IGNORE_LABEL, format_class_map
 from .. import store
 from ..cliargs import InputsOutputs, arrange, deprecated
 from ..distributed import get_world
@@ -65,7 +65,7 @@ def register(subparsers) -> None:
         "against --like (whose voxel size it takes)")
     g.add_argument("--labels", action="store_true", help="import a label image instead of a CT volume")
     g.add_argument("--classes", metavar="NAME=ID,...",
-                   help=f"class map of the ids in the image (default: {labels.format_class_map(CLASSES).replace(',', ', ')})")
+                   help=f"class map of the ids in the image (default: {format_class_map(CLASSES).replace(',', ', ')})")
     g.add_argument("--like", metavar="ZARR", help="the sample's volume store: same shape (after --crop), voxel size")
     g.add_argument("--unlabelled", type=int, default=IGNORE_LABEL, metavar="ID",
                    help="an id of the image meaning 'not labelled', written as 255 (default %(default)s)")

@@ -34,7 +34,7 @@ import numpy as np
 import zarr
 
 from .. import store
-from ..contracts import CLASSES, IGNORE_LABEL
+from ..contracts import CLASSES, IGNORE_LABEL, format_class_map
 from ..distributed import World
 from ..errors import InputError
 from ..progress import progress
@@ -83,11 +83,6 @@ def parse_class_map(text: str | Mapping | None, where: str = "--classes") -> dic
             raise InputError(f"{where}: class '{name}' is named twice (ids {seen[name]} and {cid})")
         out[cid], seen[name] = name, cid
     return dict(sorted(out.items()))
-
-
-def format_class_map(classes: Mapping[int, str]) -> str:
-    """``{0: "pore", 1: "solid"}`` -> ``"pore=0,solid=1"``: the ``--classes`` form (the config's ``name: id``)."""
-    return ",".join(f"{name}={int(cid)}" for cid, name in sorted(classes.items()))
 
 
 def import_labels(reader, out_path: Path | str, classes: Mapping[int, str] | None = None, *,
